@@ -1,0 +1,31 @@
+"""meshtls: a SPIFFE-aware TLS 1.3 mutual-TLS mesh transport for Trio.
+
+Only the names re-exported here are public; modules starting with ``_`` are private.
+"""
+
+from ._authorize import Authorizer as Authorizer
+from ._authorize import all_of as all_of
+from ._authorize import any_of as any_of
+from ._authorize import authorize_any as authorize_any
+from ._authorize import authorize_id as authorize_id
+from ._authorize import authorize_member_of as authorize_member_of
+from ._authorize import authorize_one_of as authorize_one_of
+from ._authorize import authorize_path_prefix as authorize_path_prefix
+from ._bundle import BundleSet as BundleSet
+from ._bundle import X509Bundle as X509Bundle
+from ._errors import REASONS as REASONS
+from ._errors import BundleError as BundleError
+from ._errors import ConfigError as ConfigError
+from ._errors import MeshError as MeshError
+from ._errors import Reason as Reason
+from ._errors import SpiffeIdError as SpiffeIdError
+from ._errors import UnauthorizedPeerError as UnauthorizedPeerError
+from ._errors import VerificationError as VerificationError
+from ._policy import ValidationPolicy as ValidationPolicy
+from ._spiffeid import SpiffeId as SpiffeId
+from ._spiffeid import TrustDomain as TrustDomain
+from ._svid import VerifiedPeer as VerifiedPeer
+from ._svid import X509Svid as X509Svid
+from ._svid import verify_svid as verify_svid
+
+__version__ = "0.1.0.dev0"

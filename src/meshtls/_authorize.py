@@ -1,0 +1,170 @@
+"""Authorizers: who, among verified peers, may talk to us.
+
+An authorizer is a plain callable that takes a `VerifiedPeer` and returns None, or
+raises `UnauthorizedPeerError` (reason ``unauthorized``) naming the peer. Every place
+that accepts a peer requires one, so "anyone verified" must be written out as
+`authorize_any()`. Each is a frozen value with a readable repr for logs and config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from ._errors import ConfigError, SpiffeIdError, UnauthorizedPeerError
+from ._spiffeid import SpiffeId, TrustDomain, _path_error
+from ._svid import VerifiedPeer
+
+Authorizer = Callable[[VerifiedPeer], None]
+
+
+def _as_id(value: SpiffeId | str) -> SpiffeId:
+    return value if isinstance(value, SpiffeId) else SpiffeId.parse(value)
+
+
+def _as_td(value: TrustDomain | str) -> TrustDomain:
+    return value if isinstance(value, TrustDomain) else TrustDomain.parse(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Any:
+    def __call__(self, peer: VerifiedPeer) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "authorize_any()"
+
+
+@dataclass(frozen=True, slots=True)
+class _OneOf:
+    ids: frozenset[SpiffeId]
+
+    def __call__(self, peer: VerifiedPeer) -> None:
+        if peer.spiffe_id not in self.ids:
+            expected = ", ".join(sorted(map(str, self.ids)))
+            raise UnauthorizedPeerError(f"peer {peer.spiffe_id} is not {expected}")
+
+    def __repr__(self) -> str:
+        return f"authorize_one_of({', '.join(sorted(map(repr, map(str, self.ids))))})"
+
+
+@dataclass(frozen=True, slots=True)
+class _MemberOf:
+    trust_domain: TrustDomain
+
+    def __call__(self, peer: VerifiedPeer) -> None:
+        if peer.spiffe_id.trust_domain != self.trust_domain:
+            raise UnauthorizedPeerError(
+                f"peer {peer.spiffe_id} is not a member of trust domain {self.trust_domain}"
+            )
+
+    def __repr__(self) -> str:
+        return f"authorize_member_of({str(self.trust_domain)!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _PathPrefix:
+    trust_domain: TrustDomain
+    prefix: str
+
+    def __call__(self, peer: VerifiedPeer) -> None:
+        sid = peer.spiffe_id
+        path = sid.path
+        if sid.trust_domain == self.trust_domain and (
+            path == self.prefix or path.startswith(self.prefix + "/")
+        ):
+            return
+        raise UnauthorizedPeerError(
+            f"peer {sid} is not under spiffe://{self.trust_domain}{self.prefix}"
+        )
+
+    def __repr__(self) -> str:
+        return f"authorize_path_prefix({str(self.trust_domain)!r}, {self.prefix!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _AnyOf:
+    authorizers: tuple[Authorizer, ...]
+
+    def __call__(self, peer: VerifiedPeer) -> None:
+        refusals: list[str] = []
+        for authorizer in self.authorizers:
+            try:
+                authorizer(peer)
+            except UnauthorizedPeerError as exc:
+                refusals.append(str(exc).removeprefix("unauthorized: "))
+            else:
+                return
+        raise UnauthorizedPeerError("; ".join(refusals) or f"peer {peer.spiffe_id}: no authorizer")
+
+    def __repr__(self) -> str:
+        return f"any_of({', '.join(map(repr, self.authorizers))})"
+
+
+@dataclass(frozen=True, slots=True)
+class _AllOf:
+    authorizers: tuple[Authorizer, ...]
+
+    def __call__(self, peer: VerifiedPeer) -> None:
+        for authorizer in self.authorizers:
+            authorizer(peer)
+
+    def __repr__(self) -> str:
+        return f"all_of({', '.join(map(repr, self.authorizers))})"
+
+
+def authorize_any() -> Authorizer:
+    """Accept every peer that passed verification, from any trusted trust domain."""
+    return _Any()
+
+
+def authorize_id(spiffe_id: SpiffeId | str) -> Authorizer:
+    """Accept exactly one SPIFFE ID. A string is parsed strictly (`SpiffeIdError`)."""
+    return _OneOf(frozenset({_as_id(spiffe_id)}))
+
+
+def authorize_one_of(*spiffe_ids: SpiffeId | str) -> Authorizer:
+    """Accept any of the given SPIFFE IDs. At least one is required (`ConfigError`)."""
+    if not spiffe_ids:
+        raise ConfigError("authorize_one_of() needs at least one SPIFFE ID")
+    return _OneOf(frozenset(map(_as_id, spiffe_ids)))
+
+
+def authorize_member_of(trust_domain: TrustDomain | str) -> Authorizer:
+    """Accept any id in `trust_domain`."""
+    return _MemberOf(_as_td(trust_domain))
+
+
+def authorize_path_prefix(trust_domain: TrustDomain | str, prefix: str) -> Authorizer:
+    """Accept ids in `trust_domain` whose path is `prefix` or lies below it.
+
+    The prefix matches whole segments only: ``/ns/prod`` accepts ``/ns/prod`` and
+    ``/ns/prod/web`` but not ``/ns/production``. It must be a valid, non-empty path.
+    """
+    error = _path_error(prefix)
+    if not prefix or error is not None:
+        raise SpiffeIdError(
+            f"path prefix {prefix!r} is not a SPIFFE ID path"
+            + (f": {str(error).rsplit(' (', 1)[0]}" if error else ""),
+            rule=error.rule if error else "ID-12",
+        )
+    return _PathPrefix(_as_td(trust_domain), prefix)
+
+
+def any_of(*authorizers: Authorizer) -> Authorizer:
+    """Accept a peer that at least one of `authorizers` accepts."""
+    if not authorizers:
+        raise ConfigError("any_of() needs at least one authorizer")
+    return _AnyOf(tuple(authorizers))
+
+
+def all_of(*authorizers: Authorizer) -> Authorizer:
+    """Accept a peer only if every one of `authorizers` accepts it."""
+    if not authorizers:
+        raise ConfigError("all_of() needs at least one authorizer")
+    return _AllOf(tuple(authorizers))
+
+
+def authorize_ids(ids: Iterable[SpiffeId | str]) -> Authorizer:
+    """`authorize_one_of` for an iterable, as config files give it."""
+    return authorize_one_of(*ids)

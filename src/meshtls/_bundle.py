@@ -1,0 +1,261 @@
+"""Trust bundles, one per trust domain, never merged (SPIFFE_Trust_Domain_and_Bundle.md).
+
+A `BundleSet` maps each trust domain to its own `X509Bundle`. Verification looks
+up the bundle of the leaf's *own* trust domain and builds its path against those
+roots alone, so a federated CA can never vouch for another domain's ids (L-10).
+
+Loading checks rules B-1..B-6. Applying an update checks B-4 (no rollback of
+``spiffe_sequence``). Every value here is immutable; an update makes a new set.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Final, TypeAlias, cast
+
+from cryptography import x509
+from cryptography.x509 import verification
+
+from ._errors import BundleError
+from ._spiffeid import TrustDomain
+
+DEFAULT_REFRESH_HINT: Final = timedelta(minutes=5)
+_KNOWN_KTY: Final = frozenset({"EC", "RSA", "OKP"})
+
+_Json: TypeAlias = "bool | int | float | str | list[_Json] | dict[str, _Json] | None"
+
+
+def _as_trust_domain(value: TrustDomain | str) -> TrustDomain:
+    return value if isinstance(value, TrustDomain) else TrustDomain.parse(value)
+
+
+def load_pem_certificates(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
+    """Every certificate in `pem`. Raises `BundleError` naming `what` if there are none."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        return tuple(x509.load_pem_x509_certificates(data))
+    except ValueError as exc:
+        raise BundleError(f"{what}: no readable PEM certificate ({exc})") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class X509Bundle:
+    """The X.509 authorities of one trust domain, with the bundle's sequence and refresh hint.
+
+    ``authorities`` may be empty: ``{"keys": []}`` is a valid bundle that trusts nothing (B-1).
+    """
+
+    trust_domain: TrustDomain
+    authorities: tuple[x509.Certificate, ...]
+    sequence: int | None = None
+    refresh_hint: timedelta | None = None
+    _store: verification.Store | None = field(default=None, init=False, repr=False, compare=False)
+    # Facts about each root, filled in by the verifier on first use (see _svid._anchors).
+    _anchor_cache: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.authorities:
+            object.__setattr__(self, "_store", verification.Store(list(self.authorities)))
+
+    @classmethod
+    def from_pem(cls, trust_domain: TrustDomain | str, pem: bytes | str) -> X509Bundle:
+        """Roots from PEM text. Raises `BundleError` if it holds no certificate."""
+        td = _as_trust_domain(trust_domain)
+        return cls(td, load_pem_certificates(pem, what=f"bundle for {td}"))
+
+    @classmethod
+    def from_spiffe_bundle(cls, trust_domain: TrustDomain | str, text: str | bytes) -> X509Bundle:
+        """Parse a SPIFFE bundle (a JWKS document). Raises `BundleError` naming the rule."""
+        td = _as_trust_domain(trust_domain)
+        return cls._from_jwks(td, _loads_strict(text, what=f"SPIFFE bundle for {td}"))
+
+    @classmethod
+    def _from_jwks(cls, td: TrustDomain, document: _Json) -> X509Bundle:
+        if not isinstance(document, dict):
+            raise BundleError(f"SPIFFE bundle for {td} is not a JSON object", rule="B-1")
+        keys = document.get("keys")
+        if not isinstance(keys, list):
+            raise BundleError(f"SPIFFE bundle for {td} has no 'keys' array", rule="B-1")
+        authorities: list[x509.Certificate] = []
+        for index, key in enumerate(keys):
+            if not isinstance(key, dict):
+                raise BundleError(f"SPIFFE bundle for {td}: keys[{index}] is not an object")
+            # B-2: an unknown kty or use, or a JWT authority, is skipped on its own.
+            if key.get("use") != "x509-svid" or key.get("kty") not in _KNOWN_KTY:
+                continue
+            x5c = key.get("x5c")
+            if x5c is None:  # B-3: an x509-svid entry without x5c is ignored
+                continue
+            authorities.append(_authority_from_x5c(td, index, x5c))
+        return cls(
+            td,
+            tuple(authorities),
+            sequence=_sequence(td, document.get("spiffe_sequence")),
+            refresh_hint=_refresh_hint(td, document.get("spiffe_refresh_hint")),
+        )
+
+    @property
+    def refresh_interval(self) -> timedelta:
+        """How soon to fetch this bundle again: its hint, else about 5 minutes (B-5)."""
+        return self.refresh_hint if self.refresh_hint is not None else DEFAULT_REFRESH_HINT
+
+    def check_update(self, new: X509Bundle) -> None:
+        """Raise `BundleError` if `new` may not replace this bundle (B-4 rollback, wrong domain)."""
+        if new.trust_domain != self.trust_domain:
+            raise BundleError(f"bundle for {new.trust_domain} cannot replace {self.trust_domain}")
+        if self.sequence is not None and new.sequence is not None and new.sequence < self.sequence:
+            raise BundleError(
+                f"bundle for {self.trust_domain} goes back from spiffe_sequence"
+                f" {self.sequence} to {new.sequence}",
+                rule="B-4",
+            )
+
+    @property
+    def store(self) -> verification.Store | None:
+        """The path-validation store of these roots, built once; None when there are none."""
+        return self._store
+
+
+def _authority_from_x5c(td: TrustDomain, index: int, x5c: _Json) -> x509.Certificate:
+    if not isinstance(x5c, list) or not x5c or not isinstance(x5c[0], str):
+        raise BundleError(f"SPIFFE bundle for {td}: keys[{index}].x5c is not a list of base64 DER")
+    try:
+        return x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise BundleError(
+            f"SPIFFE bundle for {td}: keys[{index}].x5c[0] is not a DER certificate ({exc})",
+            rule="B-3",
+        ) from exc
+
+
+def _sequence(td: TrustDomain, value: _Json) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BundleError(f"SPIFFE bundle for {td}: spiffe_sequence {value!r} is not a count")
+    return value
+
+
+def _refresh_hint(td: TrustDomain, value: _Json) -> timedelta | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise BundleError(
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {value!r} is not a number of seconds",
+            rule="B-5",
+        )
+    return timedelta(seconds=value)
+
+
+def _reject_duplicates(pairs: list[tuple[str, _Json]]) -> dict[str, _Json]:
+    """`json.loads` hook: a repeated key is an error, not "last one wins" (B-6)."""
+    result: dict[str, _Json] = {}
+    for key, value in pairs:
+        if key in result:
+            raise BundleError(f"duplicate key {key!r} in JSON", rule="B-6")
+        result[key] = value
+    return result
+
+
+def _loads_strict(text: str | bytes, *, what: str) -> _Json:
+    try:
+        return cast(_Json, json.loads(text, object_pairs_hook=_reject_duplicates))
+    except BundleError as exc:
+        raise BundleError(f"{what}: {exc}", rule=exc.rule) from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{what} is not valid JSON ({exc})") from exc
+
+
+class BundleSet(Mapping[TrustDomain, X509Bundle]):
+    """Bundles by trust domain: ours plus any federated ones. Immutable.
+
+    Lookups accept a `TrustDomain`. Building one from a mapping whose keys name the
+    same trust domain twice is a `BundleError` (B-6).
+    """
+
+    __slots__ = ("_bundles",)
+
+    def __init__(self, bundles: Mapping[TrustDomain, X509Bundle] | None = None) -> None:
+        self._bundles: dict[TrustDomain, X509Bundle] = {}
+        for td, bundle in (bundles or {}).items():
+            if bundle.trust_domain != td:
+                raise BundleError(f"bundle for {bundle.trust_domain} filed under {td}")
+            self._bundles[td] = bundle
+
+    @classmethod
+    def from_pem(
+        cls, pems: Mapping[str, bytes | str] | Mapping[TrustDomain, bytes | str]
+    ) -> BundleSet:
+        """``{"example.org": pem_bytes, ...}``: the roots of each trust domain, as PEM."""
+        return cls._build(
+            X509Bundle.from_pem(_as_trust_domain(td), pem) for td, pem in pems.items()
+        )
+
+    @classmethod
+    def from_spiffe_bundles(
+        cls, documents: Mapping[str, str | bytes] | Mapping[TrustDomain, str | bytes]
+    ) -> BundleSet:
+        """``{"example.org": jwks_json_text, ...}``: one SPIFFE bundle document per trust domain."""
+        return cls._build(
+            X509Bundle.from_spiffe_bundle(_as_trust_domain(td), text)
+            for td, text in documents.items()
+        )
+
+    @classmethod
+    def from_federated_json(cls, text: str | bytes) -> BundleSet:
+        """A bundle map ``{"<trust domain or spiffe://td>": <SPIFFE bundle>, ...}`` as JSON text.
+
+        A trust domain named twice is an error, even though plain `json.loads` keeps the last
+        one silently (B-6).
+        """
+        document = _loads_strict(text, what="federated bundle map")
+        if not isinstance(document, dict):
+            raise BundleError("federated bundle map is not a JSON object")
+        return cls._build(
+            X509Bundle._from_jwks(_as_trust_domain(key), value) for key, value in document.items()
+        )
+
+    @classmethod
+    def _build(cls, bundles: Iterator[X509Bundle] | list[X509Bundle]) -> BundleSet:
+        result: dict[TrustDomain, X509Bundle] = {}
+        for bundle in bundles:
+            if bundle.trust_domain in result:
+                raise BundleError(f"trust domain {bundle.trust_domain} appears twice", rule="B-6")
+            result[bundle.trust_domain] = bundle
+        return cls(result)
+
+    def with_bundle(self, bundle: X509Bundle) -> BundleSet:
+        """A new set with `bundle` added or replacing its domain's. Raises on rollback (B-4)."""
+        current = self._bundles.get(bundle.trust_domain)
+        if current is not None:
+            current.check_update(bundle)
+        return BundleSet({**self._bundles, bundle.trust_domain: bundle})
+
+    def replaced_by(self, new: BundleSet) -> BundleSet:
+        """Apply a full-state update (B-7): domains absent from `new` are dropped.
+
+        Raises `BundleError` if any domain's sequence goes backwards (B-4); then nothing changes.
+        """
+        for td, bundle in new.items():
+            current = self._bundles.get(td)
+            if current is not None:
+                current.check_update(bundle)
+        return new
+
+    def __getitem__(self, trust_domain: TrustDomain) -> X509Bundle:
+        return self._bundles[trust_domain]
+
+    def __iter__(self) -> Iterator[TrustDomain]:
+        return iter(self._bundles)
+
+    def __len__(self) -> int:
+        return len(self._bundles)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{td}: {len(b.authorities)} roots" for td, b in self._bundles.items())
+        return f"BundleSet({{{inner}}})"

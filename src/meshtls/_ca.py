@@ -1,0 +1,555 @@
+"""Certificate minting for development and tests: the in-memory `CA` and the on-disk `LocalCA`.
+
+`CA` (public as `meshtls.testing.CA`) can mint every defective certificate in
+SPIFFE-RULES.md, with times given explicitly; go-spiffe's test CA is the model.
+`LocalCA` keeps a development CA in a directory for ``meshtls ca`` and for the
+embedded default identity. Nothing here does network I/O; `LocalCA` reads and
+writes its own directory only, keys 0600, and overwrites nothing unless told.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final, Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
+
+from ._bundle import BundleSet, X509Bundle, load_pem_certificates
+from ._errors import ConfigError
+from ._spiffeid import SpiffeId, TrustDomain
+from ._svid import PrivateKey, X509Svid
+
+KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "ed25519"]
+KeyUsageName = Literal[
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+]
+LEAF_KEY_USAGE: Final[frozenset[KeyUsageName]] = frozenset({"digital_signature"})
+CA_KEY_USAGE: Final[frozenset[KeyUsageName]] = frozenset({"key_cert_sign", "crl_sign"})
+SVID_EKU: Final = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
+DEFAULT_LEAF_TTL: Final = timedelta(minutes=30)
+DEFAULT_CA_TTL: Final = timedelta(days=365)
+
+
+def generate_key(key_type: KeyType = "ec-p256") -> PrivateKey:
+    if key_type == "ec-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ConfigError(f"unknown key type {key_type!r}")
+
+
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+
+def _public(key: PrivateKey) -> PublicKey:
+    public = key.public_key()
+    if not isinstance(public, PublicKey):
+        raise ConfigError(f"unsupported key type {type(key).__name__}")
+    return public
+
+
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        return hashes.SHA256()
+    return None  # Ed25519/Ed448 sign without a separate hash
+
+
+def _key_usage(names: Iterable[KeyUsageName]) -> x509.KeyUsage:
+    chosen = set(names)
+    return x509.KeyUsage(
+        digital_signature="digital_signature" in chosen,
+        content_commitment="content_commitment" in chosen,
+        key_encipherment="key_encipherment" in chosen,
+        data_encipherment="data_encipherment" in chosen,
+        key_agreement="key_agreement" in chosen,
+        key_cert_sign="key_cert_sign" in chosen,
+        crl_sign="crl_sign" in chosen,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificateSpec:
+    """Everything about one certificate, defects included. Defaults make a good leaf SVID.
+
+    - ``uris``/``dns_names``: the SAN; with both empty there is no SAN extension at all.
+    - ``is_ca``: basic constraints cA; None leaves the extension out.
+    - ``key_usage``: None leaves the extension out; ``key_usage_critical`` as you like.
+    - ``eku``: None leaves extended key usage out.
+    """
+
+    subject: x509.Name
+    not_before: datetime
+    not_after: datetime
+    uris: Sequence[str] = ()
+    dns_names: Sequence[str] = ()
+    is_ca: bool | None = False
+    path_length: int | None = None
+    key_usage: Iterable[KeyUsageName] | None = LEAF_KEY_USAGE
+    key_usage_critical: bool = True
+    eku: Sequence[x509.ObjectIdentifier] | None = SVID_EKU
+    name_constraints: x509.NameConstraints | None = None
+    ocsp_url: str | None = None
+    crl_url: str | None = None
+    serial: int | None = None
+
+
+def build_certificate(
+    spec: CertificateSpec,
+    public_key: PublicKey,
+    *,
+    issuer: x509.Name,
+    signing_key: PrivateKey,
+    issuer_key_id: x509.SubjectKeyIdentifier | None,
+) -> x509.Certificate:
+    """Sign one certificate as `spec` says. The caller chooses every defect."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(spec.subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(spec.serial if spec.serial is not None else x509.random_serial_number())
+        .not_valid_before(spec.not_before)
+        .not_valid_after(spec.not_after)
+    )
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    builder = builder.add_extension(ski, critical=False)
+    if issuer_key_id is not None:
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_key_id)
+        builder = builder.add_extension(aki, critical=False)
+    if spec.is_ca is not None:
+        path_length = spec.path_length if spec.is_ca else None
+        builder = builder.add_extension(x509.BasicConstraints(spec.is_ca, path_length), True)
+    if spec.key_usage is not None:
+        builder = builder.add_extension(_key_usage(spec.key_usage), spec.key_usage_critical)
+    if spec.eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(spec.eku)), critical=False)
+    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(u) for u in spec.uris]
+    names += [x509.DNSName(d) for d in spec.dns_names]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if spec.name_constraints is not None:
+        builder = builder.add_extension(spec.name_constraints, critical=True)
+    if spec.ocsp_url:
+        access = x509.AccessDescription(
+            AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(spec.ocsp_url)
+        )
+        builder = builder.add_extension(x509.AuthorityInformationAccess([access]), False)
+    if spec.crl_url:
+        point = x509.DistributionPoint(
+            [x509.UniformResourceIdentifier(spec.crl_url)], None, None, None
+        )
+        builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    return builder.sign(signing_key, _hash_for(signing_key))
+
+
+def _ca_name(trust_domain: TrustDomain, label: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshtls"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, str(trust_domain)[:64]),
+            x509.NameAttribute(NameOID.COMMON_NAME, label),
+        ]
+    )
+
+
+LEAF_SUBJECT: Final = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshtls")])
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A leaf as a test CA minted it, defects and all: the chain to send, and the leaf's key."""
+
+    chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    def svid(self) -> X509Svid:
+        """As our own `X509Svid`; raises if the leaf names no valid SPIFFE ID."""
+        return X509Svid.from_parts(self.chain, self.private_key)
+
+    @property
+    def chain_pem(self) -> bytes:
+        return _pem(self.chain)
+
+    @property
+    def key_pem(self) -> bytes:
+        return _pem_key(self.private_key)
+
+
+class CA:
+    """An in-memory CA of one trust domain, for tests: roots, intermediates and leaf SVIDs.
+
+    Every time is explicit: a CA is made at `now` and is valid from a day before it
+    for a year unless told otherwise; leaves default to ``[now, now + 30 min]``.
+    Keyword knobs make each defect of the rule tables (see `CertificateSpec`).
+    """
+
+    def __init__(
+        self,
+        trust_domain: TrustDomain | str = "example.org",
+        *,
+        now: datetime,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        key_type: KeyType = "ec-p256",
+        parent: CA | None = None,
+        label: str | None = None,
+        is_ca: bool | None = True,
+        path_length: int | None = None,
+        key_usage: Iterable[KeyUsageName] | None = CA_KEY_USAGE,
+        key_usage_critical: bool = True,
+        uris: Sequence[str] = (),
+        name_constraints: x509.NameConstraints | None = None,
+        signing_key: PrivateKey | None = None,
+    ) -> None:
+        self.trust_domain = (
+            trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain(trust_domain)
+        )
+        self.now = now
+        self.parent = parent
+        self.key = generate_key(key_type)
+        self.depth: int = 0 if parent is None else parent.depth + 1
+        default_label = "root" if parent is None else f"intermediate {self.depth}"
+        self.name = _ca_name(self.trust_domain, label or default_label)
+        spec = CertificateSpec(
+            subject=self.name,
+            not_before=not_before or now - timedelta(days=1),
+            not_after=not_after or now + DEFAULT_CA_TTL,
+            uris=uris,
+            is_ca=is_ca,
+            path_length=path_length,
+            key_usage=key_usage,
+            key_usage_critical=key_usage_critical,
+            eku=None,
+            name_constraints=name_constraints,
+        )
+        issuer = parent if parent is not None else self
+        self.certificate = build_certificate(
+            spec,
+            _public(self.key),
+            issuer=issuer.name,
+            signing_key=signing_key or issuer.key,
+            issuer_key_id=None if parent is None else parent.key_id,
+        )
+
+    @property
+    def key_id(self) -> x509.SubjectKeyIdentifier:
+        return x509.SubjectKeyIdentifier.from_public_key(_public(self.key))
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        """This CA's certificate and its parents' up to, not including, the root."""
+        if self.parent is None:
+            return ()
+        return (self.certificate, *self.parent.chain)
+
+    @property
+    def root(self) -> CA:
+        return self if self.parent is None else self.parent.root
+
+    def intermediate(
+        self,
+        *,
+        label: str | None = None,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        key_type: KeyType = "ec-p256",
+        is_ca: bool | None = True,
+        path_length: int | None = None,
+        key_usage: Iterable[KeyUsageName] | None = CA_KEY_USAGE,
+        uris: Sequence[str] = (),
+        name_constraints: x509.NameConstraints | None = None,
+    ) -> CA:
+        """A CA signed by this one, in the same trust domain."""
+        return CA(
+            self.trust_domain,
+            now=self.now,
+            parent=self,
+            label=label,
+            not_before=not_before,
+            not_after=not_after,
+            key_type=key_type,
+            is_ca=is_ca,
+            path_length=path_length,
+            key_usage=key_usage,
+            uris=uris,
+            name_constraints=name_constraints,
+        )
+
+    def issue(
+        self,
+        spiffe_id: SpiffeId | str | None = None,
+        *,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        ttl: timedelta | None = None,
+        key_type: KeyType = "ec-p256",
+        signing_key: PrivateKey | None = None,
+        uris: Sequence[str] | None = None,
+        dns_names: Sequence[str] = (),
+        is_ca: bool | None = False,
+        key_usage: Iterable[KeyUsageName] | None = LEAF_KEY_USAGE,
+        key_usage_critical: bool = True,
+        eku: Sequence[x509.ObjectIdentifier] | None = SVID_EKU,
+        ocsp_url: str | None = None,
+        crl_url: str | None = None,
+        serial: int | None = None,
+    ) -> IssuedCertificate:
+        """A leaf for `spiffe_id` (default ``spiffe://<td>/workload``), with its chain.
+
+        `uris` replaces the URI SAN with raw strings, so invalid ids can be minted.
+        `signing_key` forges: the leaf names this CA as issuer but another key signs it.
+        """
+        sid = str(spiffe_id) if spiffe_id is not None else f"spiffe://{self.trust_domain}/workload"
+        start = not_before or self.now
+        spec = CertificateSpec(
+            subject=LEAF_SUBJECT,
+            not_before=start,
+            not_after=not_after or start + (ttl or DEFAULT_LEAF_TTL),
+            uris=[sid] if uris is None else uris,
+            dns_names=dns_names,
+            is_ca=is_ca,
+            key_usage=key_usage,
+            key_usage_critical=key_usage_critical,
+            eku=eku,
+            ocsp_url=ocsp_url,
+            crl_url=crl_url,
+            serial=serial,
+        )
+        key = generate_key(key_type)
+        leaf = build_certificate(
+            spec,
+            _public(key),
+            issuer=self.name,
+            signing_key=signing_key or self.key,
+            issuer_key_id=self.key_id,
+        )
+        return IssuedCertificate((leaf, *self.chain), key)
+
+    @property
+    def bundle_pem(self) -> bytes:
+        """The root certificate of this CA's hierarchy, as PEM."""
+        return self.root.certificate.public_bytes(serialization.Encoding.PEM)
+
+    def bundle(self) -> X509Bundle:
+        return X509Bundle(self.trust_domain, (self.root.certificate,))
+
+    def bundle_set(self, *others: CA) -> BundleSet:
+        """A `BundleSet` of this CA's trust domain and those of `others` (federation)."""
+        return BundleSet._build([ca.bundle() for ca in (self, *others)])
+
+
+# ---------------------------------------------------------------- on disk
+
+
+def _write(path: Path, data: bytes, *, private: bool, force: bool) -> None:
+    """Write atomically; keys 0600. Refuse to overwrite unless `force` (ConfigError)."""
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; pass --force to overwrite it")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+
+
+def _pem_key(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem(certs: Iterable[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalCA:
+    """A development CA kept in a directory. Layout:
+
+    ``root.pem``/``root.key``; with an intermediate, ``intermediate.pem``/``.key`` too;
+    ``bundle.pem`` (the root: the trust bundle); ``ca.json`` (trust domain);
+    ``revoked.json`` and ``crl.pem`` once something is revoked.
+    """
+
+    directory: Path
+    trust_domain: TrustDomain
+    issuer_certificate: x509.Certificate
+    issuer_key: PrivateKey
+    chain: tuple[x509.Certificate, ...]  # what a leaf sends after itself (intermediates)
+
+    @classmethod
+    def init(
+        cls,
+        directory: Path,
+        trust_domain: TrustDomain,
+        *,
+        intermediate: bool = False,
+        now: datetime | None = None,
+        lifetime: timedelta = DEFAULT_CA_TTL,
+        force: bool = False,
+    ) -> LocalCA:
+        now = now or datetime.now(UTC)
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = CA(
+            trust_domain, now=now, not_before=now - timedelta(minutes=5), not_after=now + lifetime
+        )
+        files: list[tuple[str, bytes, bool]] = [
+            ("root.pem", _pem([ca.certificate]), False),
+            ("root.key", _pem_key(ca.key), True),
+        ]
+        if intermediate:
+            ca = ca.intermediate(not_before=now - timedelta(minutes=5), not_after=now + lifetime)
+            files += [
+                ("intermediate.pem", _pem([ca.certificate]), False),
+                ("intermediate.key", _pem_key(ca.key), True),
+            ]
+        files += [
+            ("bundle.pem", ca.bundle_pem, False),
+            ("ca.json", json.dumps({"trust_domain": str(trust_domain)}).encode(), False),
+        ]
+        if not force:
+            for name, _, _ in files:
+                if (directory / name).exists():
+                    raise ConfigError(f"{directory / name} exists; pass --force to overwrite it")
+        for name, data, private in files:
+            _write(directory / name, data, private=private, force=True)
+        return cls.open(directory)
+
+    @classmethod
+    def open(cls, directory: Path) -> LocalCA:
+        """Load a CA directory made by `init`. Raises `ConfigError` with one clear line."""
+        try:
+            meta = json.loads((directory / "ca.json").read_text())
+            trust_domain = TrustDomain(meta["trust_domain"])
+            stem = "intermediate" if (directory / "intermediate.pem").exists() else "root"
+            cert = load_pem_certificates((directory / f"{stem}.pem").read_bytes(), what=stem)[0]
+            key = serialization.load_pem_private_key(
+                (directory / f"{stem}.key").read_bytes(), password=None
+            )
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"{directory} is not a CA directory: {exc.filename} is missing"
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{directory}: unreadable CA files ({exc})") from None
+        if not isinstance(
+            key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+        ):
+            raise ConfigError(f"{directory}: unsupported CA key type {type(key).__name__}")
+        chain = (cert,) if stem == "intermediate" else ()
+        return cls(directory, trust_domain, cert, key, chain)
+
+    def issue(
+        self,
+        spiffe_id: SpiffeId,
+        *,
+        ttl: timedelta = DEFAULT_LEAF_TTL,
+        now: datetime | None = None,
+        dns_names: Sequence[str] = (),
+        ocsp_url: str | None = None,
+        crl_url: str | None = None,
+    ) -> X509Svid:
+        """Issue a leaf SVID for `spiffe_id`, a member of this CA's trust domain."""
+        if spiffe_id.trust_domain != self.trust_domain:
+            raise ConfigError(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain}")
+        if spiffe_id.is_root:
+            raise ConfigError(f"{spiffe_id} has no path; a workload id needs one (L-3)")
+        if ttl <= timedelta(0):
+            raise ConfigError(f"ttl must be positive, not {ttl}")
+        now = now or datetime.now(UTC)
+        not_after = min(now + ttl, self.issuer_certificate.not_valid_after_utc)
+        spec = CertificateSpec(
+            subject=LEAF_SUBJECT,
+            not_before=now,
+            not_after=not_after,
+            uris=[str(spiffe_id)],
+            dns_names=dns_names,
+            ocsp_url=ocsp_url,
+            crl_url=crl_url,
+        )
+        key = generate_key("ec-p256")
+        leaf = build_certificate(
+            spec,
+            _public(key),
+            issuer=self.issuer_certificate.subject,
+            signing_key=self.issuer_key,
+            issuer_key_id=x509.SubjectKeyIdentifier.from_public_key(_public(self.issuer_key)),
+        )
+        return X509Svid((leaf, *self.chain), key, spiffe_id)
+
+    def bundle(self) -> BundleSet:
+        pem = (self.directory / "bundle.pem").read_bytes()
+        return BundleSet.from_pem({self.trust_domain: pem})
+
+    def write_svid(self, svid: X509Svid, prefix: Path, *, force: bool = False) -> tuple[Path, Path]:
+        """Write ``PREFIX.pem`` (leaf + chain) and ``PREFIX.key`` (0600)."""
+        cert_path = prefix.with_name(prefix.name + ".pem")
+        key_path = prefix.with_name(prefix.name + ".key")
+        if not force:
+            for path in (cert_path, key_path):
+                if path.exists():
+                    raise ConfigError(f"{path} exists; pass --force to overwrite it")
+        _write(key_path, _pem_key(svid.private_key), private=True, force=True)
+        _write(cert_path, _pem(svid.chain), private=False, force=True)
+        return cert_path, key_path
+
+    def revoke(
+        self,
+        serial: int,
+        *,
+        now: datetime | None = None,
+        next_update: timedelta = timedelta(hours=24),
+    ) -> Path:
+        """Add `serial` to the revoked list and write a fresh signed ``crl.pem``. Idempotent."""
+        now = now or datetime.now(UTC)
+        state_path = self.directory / "revoked.json"
+        revoked: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
+        revoked.setdefault(str(serial), now.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        _write(state_path, json.dumps(revoked, indent=1).encode(), private=False, force=True)
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.issuer_certificate.subject)
+            .last_update(now)
+            .next_update(now + next_update)
+            .add_extension(x509.CRLNumber(len(revoked)), critical=False)
+        )
+        for number, when in sorted(revoked.items()):
+            entry = (
+                x509.RevokedCertificateBuilder()
+                .serial_number(int(number))
+                .revocation_date(datetime.strptime(when, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC))
+                .build()
+            )
+            builder = builder.add_revoked_certificate(entry)
+        crl = builder.sign(self.issuer_key, _hash_for(self.issuer_key))
+        crl_path = self.directory / "crl.pem"
+        _write(crl_path, crl.public_bytes(serialization.Encoding.PEM), private=False, force=True)
+        return crl_path

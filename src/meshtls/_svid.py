@@ -1,0 +1,587 @@
+"""X509-SVIDs: verifying a peer's chain, and holding our own chain and key.
+
+Theory of operation for `verify_svid`: the cheap, certificate-local SPIFFE rules
+run first (L-1..L-8 on the leaf, S-1..S-3 on every other certificate), then the
+trust domain is looked up, then the time rules with their skew (P-1..P-3), and
+only then RFC 5280 path validation by pyca/cryptography against the roots of the
+leaf's *own* trust domain (L-9, L-10). docs/verification-order.md has the table.
+
+cryptography's verifier compares validity windows with no tolerance, while P-3
+wants a skew. So we check every window ourselves against ``now`` with the skew,
+and ask cryptography to validate the path at ``now`` clamped into the windows of
+the certificates involved. A certificate inside the skew is then valid at that
+instant, and nothing outside the skew gets that far.
+
+Relaxations of cryptography's web-PKI profile, and why (docs/decisions.md):
+- extension policies: ``permit_all`` for leaves and CAs (SPIFFE leaves have no
+  DNS subject, AKI or clientAuth requirement); the SPIFFE extension rules are
+  enforced here instead, which is stricter where it matters (key usage);
+- the client verifier is used for both roles, because SPIFFE authenticates by URI
+  SAN, not by a server name; EKU is checked here per role (L-8).
+What it keeps: signatures, the issuer/subject chaining, basic constraints, path
+length, validity, and its allowed algorithms (so Ed25519 CAs are refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final, Literal, cast
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+
+from ._bundle import BundleSet, X509Bundle, load_pem_certificates
+from ._errors import MeshError, Reason, SpiffeIdError, VerificationError
+from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._spiffeid import SpiffeId
+
+Role = Literal["client", "server"]
+PrivateKey = (
+    ec.EllipticCurvePrivateKey
+    | rsa.RSAPrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+
+_CA_POLICY = verification.ExtensionPolicy.permit_all().require_present(
+    x509.BasicConstraints, verification.Criticality.AGNOSTIC, None
+)
+_EE_POLICY = verification.ExtensionPolicy.permit_all()
+_ROLE_EKU = {
+    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "server": ExtendedKeyUsageOID.SERVER_AUTH,
+}
+_ANY_EKU = ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
+MAX_CHAIN_LENGTH: Final = 8
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedPeer:
+    """A peer whose X509-SVID passed `verify_svid`. Made only by meshtls.
+
+    ``chain`` is the verified path, leaf first, ending at a root of the peer's own
+    trust domain. ``not_after`` is the earliest expiry in that path: the peer is no
+    longer verified after it.
+    """
+
+    spiffe_id: SpiffeId
+    chain: tuple[x509.Certificate, ...]
+    not_after: datetime
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+
+def _describe(cert: x509.Certificate, index: int) -> str:
+    position = "leaf" if index == 0 else f"certificate {index}"
+    try:
+        subject = cert.subject.rfc4514_string() or "empty subject"
+    except ValueError:
+        subject = "unreadable subject"
+    return f"{position} ({subject}, serial {cert.serial_number:#x})"
+
+
+def _fail(
+    reason: Reason, cert: x509.Certificate, index: int, what: str, rule: str | None
+) -> VerificationError:
+    return VerificationError(reason, f"{_describe(cert, index)}: {what}", rule=rule)
+
+
+def _extensions(
+    cert: x509.Certificate, index: int
+) -> dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]:
+    try:
+        return {ext.oid: ext for ext in cert.extensions}
+    except ValueError as exc:
+        raise _fail(
+            "malformed_certificate", cert, index, f"unreadable extensions ({exc})", None
+        ) from None
+
+
+def _uri_sans(exts: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]) -> list[str]:
+    san = exts.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    if san is None:
+        return []
+    value = san.value
+    assert isinstance(value, x509.SubjectAlternativeName)
+    return value.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
+    """The SPIFFE ID of a leaf SVID (L-1..L-3). Raises `VerificationError`."""
+    return _leaf_spiffe_id(leaf, _extensions(leaf, 0))
+
+
+def _leaf_spiffe_id(
+    leaf: x509.Certificate, exts: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]
+) -> SpiffeId:
+    uris = _uri_sans(exts)
+    if not uris:
+        raise _fail("no_uri_san", leaf, 0, "has no URI SAN", "L-1")
+    if len(uris) > 1:
+        raise _fail("multiple_uri_sans", leaf, 0, f"has {len(uris)} URI SANs", "L-1")
+    try:
+        spiffe_id = SpiffeId.parse(uris[0])
+    except SpiffeIdError as exc:
+        raise _fail(
+            "invalid_spiffe_id", leaf, 0, f"URI SAN {uris[0][:200]!r}: {exc}", "L-2"
+        ) from None
+    if spiffe_id.is_root:
+        raise _fail("root_path_id", leaf, 0, f"{spiffe_id} has no path", "L-3")
+    return spiffe_id
+
+
+def _check_leaf_usage(
+    leaf: x509.Certificate,
+    exts: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]],
+    role: Role | None,
+) -> None:
+    """L-4..L-8 on a leaf SVID."""
+    bc = exts.get(ExtensionOID.BASIC_CONSTRAINTS)
+    if bc is not None:
+        assert isinstance(bc.value, x509.BasicConstraints)
+        if bc.value.ca:
+            raise _fail("leaf_is_ca", leaf, 0, "basic constraints say cA=true", "L-4")
+    ku = exts.get(ExtensionOID.KEY_USAGE)
+    if ku is None:
+        raise _fail("key_usage", leaf, 0, "has no key usage extension", "L-5")
+    if not ku.critical:
+        raise _fail("key_usage", leaf, 0, "key usage extension is not critical", "L-5")
+    usage = ku.value
+    assert isinstance(usage, x509.KeyUsage)
+    if not usage.digital_signature:
+        raise _fail("key_usage", leaf, 0, "key usage lacks digitalSignature", "L-6")
+    if usage.key_cert_sign or usage.crl_sign:
+        raise _fail("key_usage", leaf, 0, "key usage has keyCertSign or cRLSign", "L-7")
+    eku = exts.get(ExtensionOID.EXTENDED_KEY_USAGE)
+    if eku is not None:
+        assert isinstance(eku.value, x509.ExtendedKeyUsage)
+        allowed = set(eku.value)
+        if _ANY_EKU in allowed:
+            return
+        wanted = [_ROLE_EKU[role]] if role is not None else list(_ROLE_EKU.values())
+        if allowed.isdisjoint(wanted):
+            names = " or ".join(f"{r}Auth" for r in ([role] if role else _ROLE_EKU))
+            raise _fail(
+                "extended_key_usage", leaf, 0, f"extended key usage does not allow {names}", "L-8"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Signer:
+    """What verification needs to know about an intermediate or root, read once."""
+
+    certificate: x509.Certificate
+    problem: tuple[str, str] | None  # (what, rule) when S-1..S-3 fail
+    path_length: int | None
+    uri_permitted: tuple[str, ...]
+    uri_excluded: tuple[str, ...]
+    other_constraints: bool  # name constraints other than URI
+    self_issued: bool
+    not_before: datetime
+    not_after: datetime
+    webpki_algorithm: bool  # a key/signature algorithm cryptography's verifier accepts
+
+
+_NON_WEBPKI_KEYS = (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
+
+
+def _webpki_algorithm(cert: x509.Certificate) -> bool:
+    return not isinstance(
+        cert.public_key(), _NON_WEBPKI_KEYS
+    ) and cert.signature_algorithm_oid not in (
+        SignatureAlgorithmOID.ED25519,
+        SignatureAlgorithmOID.ED448,
+    )
+
+
+def _signer(cert: x509.Certificate, index: int) -> _Signer:
+    """Read the signing-certificate facts (S-1..S-4) of `cert`, at chain position `index`."""
+    exts = _extensions(cert, index)
+    problem: tuple[str, str] | None = None
+    path_length: int | None = None
+    bc = exts.get(ExtensionOID.BASIC_CONSTRAINTS)
+    ku = exts.get(ExtensionOID.KEY_USAGE)
+    if bc is None or not cast(x509.BasicConstraints, bc.value).ca:
+        problem = ("is not a CA (basic constraints)", "S-1")
+    else:
+        path_length = cast(x509.BasicConstraints, bc.value).path_length
+        if ku is None or not cast(x509.KeyUsage, ku.value).key_cert_sign:
+            problem = ("key usage lacks keyCertSign", "S-2")
+    for uri in _uri_sans(exts):
+        if problem is not None or not uri.startswith("spiffe:"):
+            continue
+        try:
+            spiffe_id = SpiffeId.parse(uri)
+        except SpiffeIdError as exc:
+            problem = (f"URI SAN: {exc}", "S-3")
+        else:
+            if not spiffe_id.is_root:
+                problem = (f"carries {spiffe_id}, which has a path", "S-3")
+    permitted: tuple[str, ...] = ()
+    excluded: tuple[str, ...] = ()
+    other = False
+    nc_ext = exts.get(ExtensionOID.NAME_CONSTRAINTS)
+    if nc_ext is not None:
+        nc = cast(x509.NameConstraints, nc_ext.value)
+        for names, is_permitted in ((nc.permitted_subtrees, True), (nc.excluded_subtrees, False)):
+            for name in names or ():
+                if not isinstance(name, x509.UniformResourceIdentifier):
+                    other = True
+                elif is_permitted:
+                    permitted += (name.value.lower(),)
+                else:
+                    excluded += (name.value.lower(),)
+    return _Signer(
+        cert,
+        problem,
+        path_length,
+        permitted,
+        excluded,
+        other,
+        cert.issuer == cert.subject,
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+        _webpki_algorithm(cert),
+    )
+
+
+def _anchors(bundle: X509Bundle) -> tuple[_Signer, ...]:
+    """The roots of `bundle` as signers, computed once per bundle and kept on it."""
+    cached = bundle._anchor_cache
+    if cached is None:
+        signers = []
+        for root in bundle.authorities:
+            try:
+                signers.append(_signer(root, -1))
+            except VerificationError:
+                continue  # an unreadable root can anchor nothing
+        cached = tuple(signers)
+        object.__setattr__(bundle, "_anchor_cache", cached)
+    return cast(tuple[_Signer, ...], cached)
+
+
+def _check_window(cert: x509.Certificate, index: int, now: datetime, skew: timedelta) -> None:
+    not_after = cert.not_valid_after_utc
+    if now > not_after + skew:
+        raise _fail("expired", cert, index, f"expired at {not_after:%Y-%m-%dT%H:%M:%SZ}", "L-9")
+    not_before = cert.not_valid_before_utc
+    if now < not_before - skew:
+        raise _fail(
+            "not_yet_valid", cert, index, f"not valid before {not_before:%Y-%m-%dT%H:%M:%SZ}", "L-9"
+        )
+
+
+def _check_lifetime(leaf: x509.Certificate, now: datetime, policy: ValidationPolicy) -> None:
+    """P-1 and P-2 on a leaf."""
+    not_before = leaf.not_valid_before_utc
+    if policy.max_ttl is not None:
+        lifetime = leaf.not_valid_after_utc - not_before
+        if lifetime > policy.max_ttl:
+            raise _fail(
+                "ttl_exceeded",
+                leaf,
+                0,
+                f"lifetime {lifetime} is over max_ttl {policy.max_ttl}",
+                "P-1",
+            )
+    if policy.max_age is not None and now - not_before > policy.max_age:
+        raise _fail(
+            "age_exceeded",
+            leaf,
+            0,
+            f"age {now - not_before} is over max_age {policy.max_age}",
+            "P-2",
+        )
+
+
+def _constraint_violation(signers: Sequence[_Signer], spiffe_id: SpiffeId) -> str | None:
+    """S-4 over the ordered signers (nearest the leaf first): path length, URI name constraints."""
+    below = 0  # non-self-issued intermediates between the leaf and the signer
+    host = spiffe_id.trust_domain.name
+    for position, signer in enumerate(signers, start=1):
+        if signer.path_length is not None and below > signer.path_length:
+            return (
+                f"certificate {position} allows {signer.path_length}"
+                f" intermediates below it, has {below}"
+            )
+        if signer.uri_permitted and not any(
+            _uri_host_matches(host, c) for c in signer.uri_permitted
+        ):
+            return f"{spiffe_id} is outside permitted URI constraints {list(signer.uri_permitted)}"
+        if any(_uri_host_matches(host, c) for c in signer.uri_excluded):
+            return f"{spiffe_id} is inside excluded URI constraints {list(signer.uri_excluded)}"
+        if not signer.self_issued:
+            below += 1
+    return None
+
+
+def _uri_host_matches(host: str, constraint: str) -> bool:
+    """RFC 5280 4.2.1.10: ``.example.org`` matches subdomains; ``example.org`` only itself."""
+    if constraint.startswith("."):
+        return host.endswith(constraint)
+    return host == constraint
+
+
+def verify_svid(
+    chain: Sequence[x509.Certificate],
+    bundles: BundleSet,
+    *,
+    policy: ValidationPolicy | None = None,
+    now: datetime | None = None,
+    role: Role | None = None,
+) -> VerifiedPeer:
+    """Verify a peer's X509-SVID chain (leaf first, as sent) and return the verified peer.
+
+    `role` is the peer's TLS role, for the extended-key-usage rule (L-8); with None, an
+    EKU must allow clientAuth or serverAuth. `now` defaults to the wall clock and must be
+    timezone-aware. Raises `VerificationError` whose ``reason`` is one of `REASONS`; the
+    message names the certificate and the rule. Never does I/O.
+    """
+    policy = policy or DEFAULT_POLICY
+    if now is None:
+        now = datetime.now(UTC)
+    elif now.tzinfo is None:
+        raise ValueError("verify_svid(now=...) must be timezone-aware")
+    if not chain:
+        raise VerificationError("malformed_certificate", "the peer sent no certificate")
+    if len(chain) > MAX_CHAIN_LENGTH:
+        raise VerificationError(
+            "malformed_certificate",
+            f"the peer sent {len(chain)} certificates, over {MAX_CHAIN_LENGTH}",
+        )
+    try:
+        return _verify(chain, bundles, policy, now, role)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # cryptography could not read it
+        if isinstance(exc, MeshError):
+            raise
+        raise VerificationError(
+            "malformed_certificate", f"unreadable certificate ({exc})"
+        ) from None
+
+
+def _verify(
+    chain: Sequence[x509.Certificate],
+    bundles: BundleSet,
+    policy: ValidationPolicy,
+    now: datetime,
+    role: Role | None,
+) -> VerifiedPeer:
+    leaf = chain[0]
+    leaf_exts = _extensions(leaf, 0)
+    spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
+    _check_leaf_usage(leaf, leaf_exts, role)
+    signers = [_signer(chain[index], index) for index in range(1, len(chain))]
+    for index, signer in enumerate(signers, start=1):
+        if signer.problem is not None:
+            raise _fail("bad_signing_certificate", chain[index], index, *signer.problem)
+
+    td = spiffe_id.trust_domain
+    bundle = bundles.get(td)
+    if bundle is None:
+        raise VerificationError(
+            "unknown_trust_domain",
+            f"no bundle for {td}, the trust domain of {spiffe_id}",
+            rule="L-10",
+        )
+
+    skew = policy.clock_skew
+    for index, cert in enumerate(chain):
+        _check_window(cert, index, now, skew)
+    _check_lifetime(leaf, now, policy)
+
+    # Roots of the leaf's own trust domain that issued the last certificate sent (L-10).
+    last = chain[-1]
+    issuer = last.issuer
+    anchors = [a for a in _anchors(bundle) if a.certificate.subject == issuer]
+    if not anchors:
+        raise VerificationError(
+            "untrusted_chain",
+            f"no root in the bundle of {td} issued {_describe(last, len(chain) - 1)}"
+            + (" (an intermediate may be missing)" if last.issuer != last.subject else ""),
+            rule="L-10" if last.issuer == last.subject or len(chain) > 1 else "L-9",
+        )
+    usable = [a for a in anchors if a.not_before - skew <= now <= a.not_after + skew]
+    if not usable:
+        _check_window(anchors[0].certificate, len(chain), now, skew)  # raises
+    signing = [a for a in usable if a.problem is None]
+    if not signing:
+        raise _fail(
+            "bad_signing_certificate", usable[0].certificate, len(chain), *usable[0].problem
+        )  # type: ignore[misc]
+    problems = [
+        _constraint_violation(signers if a.certificate == last else [*signers, a], spiffe_id)
+        for a in signing
+    ]
+    if None not in problems:
+        raise VerificationError("bad_signing_certificate", str(problems[0]), rule="S-4")
+    signing = [a for a, problem in zip(signing, problems, strict=True) if problem is None]
+
+    if all(
+        s.webpki_algorithm and not s.uri_permitted and not s.uri_excluded
+        for s in [*signers, *signing]
+    ) and _webpki_algorithm(leaf):
+        path = _webpki_path(
+            leaf, chain, anchors=signing, bundle=bundle, now=now, spiffe_id=spiffe_id
+        )
+    else:
+        path = _ordered_path(chain, signers, signing, spiffe_id)
+    return VerifiedPeer(spiffe_id, path, min(cert.not_valid_after_utc for cert in path))
+
+
+def _webpki_path(
+    leaf: x509.Certificate,
+    chain: Sequence[x509.Certificate],
+    *,
+    anchors: Sequence[_Signer],
+    bundle: X509Bundle,
+    now: datetime,
+    spiffe_id: SpiffeId,
+) -> tuple[x509.Certificate, ...]:
+    """RFC 5280 path validation by cryptography, at `now` moved into every window involved."""
+    start = max([cert.not_valid_before_utc for cert in chain] + [a.not_before for a in anchors])
+    end = min([cert.not_valid_after_utc for cert in chain] + [a.not_after for a in anchors])
+    at = min(max(now, start), end) if start <= end else now
+    everything = len(anchors) == len(bundle.authorities)
+    store = bundle.store if everything else verification.Store([a.certificate for a in anchors])
+    assert store is not None
+    verifier = (
+        verification.PolicyBuilder()
+        .store(store)
+        .time(at)
+        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+        .build_client_verifier()
+    )
+    try:
+        return tuple(verifier.verify(leaf, list(chain[1:])).chain)
+    except verification.VerificationError as exc:
+        text = str(exc)
+        if "constraint" in text:  # path length or name constraints, seen by cryptography
+            raise VerificationError(
+                "bad_signing_certificate", f"chain of {spiffe_id}: {text}", rule="S-4"
+            ) from None
+        raise VerificationError(
+            "untrusted_chain",
+            f"chain of {spiffe_id} does not verify against the roots of"
+            f" {spiffe_id.trust_domain}: {text}",
+            rule="L-9",
+        ) from None
+
+
+def _ordered_path(
+    chain: Sequence[x509.Certificate],
+    signers: Sequence[_Signer],
+    anchors: Sequence[_Signer],
+    spiffe_id: SpiffeId,
+) -> tuple[x509.Certificate, ...]:
+    """Validation for what cryptography's web-PKI profile refuses (URI name constraints,
+    Ed25519/Ed448): the chain must be in order, leaf first, each certificate signed by the
+    next, ending at an anchor. Every other rule (S-1..S-4, windows) was checked by the caller.
+    """
+    if any(s.other_constraints for s in [*signers, *anchors]):
+        raise VerificationError(
+            "bad_signing_certificate",
+            f"chain of {spiffe_id}: URI and other name constraints together are not supported",
+            rule="S-4",
+        )
+    for index in range(len(chain) - 1):
+        _check_issued_by(chain[index], chain[index + 1], index, spiffe_id)
+    last = chain[-1]
+    for anchor in anchors:
+        if anchor.certificate == last:
+            return tuple(chain)
+        try:
+            _check_issued_by(last, anchor.certificate, len(chain) - 1, spiffe_id)
+        except VerificationError:
+            continue
+        return (*chain, anchor.certificate)
+    raise VerificationError(
+        "untrusted_chain",
+        f"chain of {spiffe_id}: no root of {spiffe_id.trust_domain} signed it",
+        rule="L-9",
+    )
+
+
+def _check_issued_by(
+    child: x509.Certificate, parent: x509.Certificate, index: int, spiffe_id: SpiffeId
+) -> None:
+    try:
+        child.verify_directly_issued_by(parent)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
+        raise _fail(
+            "untrusted_chain",
+            child,
+            index,
+            f"not signed by the next certificate ({str(exc) or 'bad signature'})",
+            "L-9",
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class X509Svid:
+    """Our own X509-SVID: the chain we present (leaf first) and the leaf's private key.
+
+    Owned by an identity source; TLS contexts are built from it. Holding one does not mean
+    it is valid now: `check` applies the SPIFFE leaf rules and the policy to it.
+    """
+
+    chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey
+    spiffe_id: SpiffeId
+
+    @classmethod
+    def load(
+        cls, cert_pem: bytes | str, key_pem: bytes | str, *, password: bytes | None = None
+    ) -> X509Svid:
+        """From PEM: the leaf then its intermediates, and the leaf's key (PKCS#8 or traditional).
+
+        Raises `VerificationError` (reason from REASONS) if the leaf is no SVID, or `BundleError` /
+        `ValueError` for unreadable PEM or a key that does not match the leaf.
+        """
+        chain = load_pem_certificates(cert_pem, what="SVID certificate")
+        data = key_pem.encode() if isinstance(key_pem, str) else key_pem
+        try:
+            key = load_pem_private_key(data, password=password)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise ValueError(f"SVID key: not a readable PEM private key ({exc})") from None
+        if not isinstance(key, PrivateKey):
+            raise ValueError(f"SVID key: unsupported key type {type(key).__name__}")
+        return cls.from_parts(chain, key)
+
+    @classmethod
+    def from_parts(cls, chain: Sequence[x509.Certificate], private_key: PrivateKey) -> X509Svid:
+        """Check that the key matches the leaf and that the leaf names a SPIFFE ID (L-1..L-3)."""
+        if not chain:
+            raise ValueError("SVID chain is empty")
+        if chain[0].public_key() != private_key.public_key():
+            raise ValueError("SVID key does not match the leaf certificate's public key")
+        return cls(tuple(chain), private_key, leaf_spiffe_id(chain[0]))
+
+    @property
+    def leaf(self) -> x509.Certificate:
+        return self.chain[0]
+
+    @property
+    def not_before(self) -> datetime:
+        return self.leaf.not_valid_before_utc
+
+    @property
+    def not_after(self) -> datetime:
+        return self.leaf.not_valid_after_utc
+
+    def check(
+        self,
+        bundles: BundleSet,
+        *,
+        policy: ValidationPolicy | None = None,
+        now: datetime | None = None,
+    ) -> VerifiedPeer:
+        """Verify our own SVID as a peer would, against `bundles`. Raises `VerificationError`."""
+        return verify_svid(self.chain, bundles, policy=policy, now=now)
