@@ -52,10 +52,13 @@ def _interpreters() -> list[str]:
 PYTHONS = _interpreters()
 
 
-def _install(session: nox.Session, *groups: str) -> None:
-    session.install("-e", ".")
-    for group in groups:
-        session.install("--group", group)
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+
+
+def _install(session: nox.Session, *groups: str, project: bool = True) -> None:
+    """The project (editable) and its dependency groups, read by nox so any pip works."""
+    requirements = nox.project.dependency_groups(PYPROJECT, *groups) if groups else ()
+    session.install(*(["-e", "."] if project else []), *requirements)
 
 
 @nox.session(python=PYTHONS)
@@ -67,7 +70,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install("--group", "lint")
+    _install(session, "lint", project=False)
     session.run("ruff", "format", "--check", ".")
     session.run("ruff", "check", ".")
 

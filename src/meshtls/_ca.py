@@ -441,6 +441,9 @@ class LocalCA:
                     raise ConfigError(f"{directory / name} exists; pass --force to overwrite it")
         for name, data, private in files:
             _write(directory / name, data, private=private, force=True)
+        if not intermediate:  # a forced re-init must not keep signing with an old intermediate
+            for stale in ("intermediate.pem", "intermediate.key"):
+                (directory / stale).unlink(missing_ok=True)
         return cls.open(directory)
 
     @classmethod

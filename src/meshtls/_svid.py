@@ -330,6 +330,75 @@ def _uri_host_matches(host: str, constraint: str) -> bool:
     return host == constraint
 
 
+def _certificate_rules(
+    chain: Sequence[x509.Certificate], role: Role | None
+) -> tuple[SpiffeId, list[_Signer]]:
+    """Steps 1-8 of docs/verification-order.md: L-1..L-8 on the leaf, S-1..S-3 on the rest."""
+    leaf = chain[0]
+    leaf_exts = _extensions(leaf, 0)
+    spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
+    _check_leaf_usage(leaf, leaf_exts, role)
+    signers = [_signer(chain[index], index) for index in range(1, len(chain))]
+    for index, signer in enumerate(signers, start=1):
+        if signer.problem is not None:
+            raise _fail("bad_signing_certificate", chain[index], index, *signer.problem)
+    return spiffe_id, signers
+
+
+def _time_rules(chain: Sequence[x509.Certificate], now: datetime, policy: ValidationPolicy) -> None:
+    """Steps 10-11: every validity window with the skew (L-9, P-3), then P-1 and P-2."""
+    for index, cert in enumerate(chain):
+        _check_window(cert, index, now, policy.clock_skew)
+    _check_lifetime(chain[0], now, policy)
+
+
+def check_svid_offline(
+    chain: Sequence[x509.Certificate],
+    *,
+    policy: ValidationPolicy | None = None,
+    now: datetime | None = None,
+    role: Role | None = None,
+) -> SpiffeId:
+    """Every rule of `verify_svid` that needs no bundle, in the same order; for `inspect`.
+
+    Returns the leaf's SPIFFE ID. This does NOT establish trust: no path is validated.
+    """
+    policy = policy or DEFAULT_POLICY
+    now = _resolve_now(now)
+    _check_chain_length(chain)
+    try:
+        spiffe_id, _ = _certificate_rules(chain, role)
+        _time_rules(chain, now, policy)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise _unreadable(exc) from None
+    return spiffe_id
+
+
+def _resolve_now(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+def _check_chain_length(chain: Sequence[x509.Certificate]) -> None:
+    if not chain:
+        raise VerificationError("malformed_certificate", "the peer sent no certificate")
+    if len(chain) > MAX_CHAIN_LENGTH:
+        raise VerificationError(
+            "malformed_certificate",
+            f"the peer sent {len(chain)} certificates, over {MAX_CHAIN_LENGTH}",
+        )
+
+
+def _unreadable(exc: Exception) -> Exception:
+    """Map what cryptography raises for a certificate it cannot read; ours pass through."""
+    if isinstance(exc, MeshError):
+        return exc
+    return VerificationError("malformed_certificate", f"unreadable certificate ({exc})")
+
+
 def verify_svid(
     chain: Sequence[x509.Certificate],
     bundles: BundleSet,
@@ -346,25 +415,12 @@ def verify_svid(
     message names the certificate and the rule. Never does I/O.
     """
     policy = policy or DEFAULT_POLICY
-    if now is None:
-        now = datetime.now(UTC)
-    elif now.tzinfo is None:
-        raise ValueError("verify_svid(now=...) must be timezone-aware")
-    if not chain:
-        raise VerificationError("malformed_certificate", "the peer sent no certificate")
-    if len(chain) > MAX_CHAIN_LENGTH:
-        raise VerificationError(
-            "malformed_certificate",
-            f"the peer sent {len(chain)} certificates, over {MAX_CHAIN_LENGTH}",
-        )
+    now = _resolve_now(now)
+    _check_chain_length(chain)
     try:
         return _verify(chain, bundles, policy, now, role)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # cryptography could not read it
-        if isinstance(exc, MeshError):
-            raise
-        raise VerificationError(
-            "malformed_certificate", f"unreadable certificate ({exc})"
-        ) from None
+        raise _unreadable(exc) from None
 
 
 def _verify(
@@ -375,14 +431,7 @@ def _verify(
     role: Role | None,
 ) -> VerifiedPeer:
     leaf = chain[0]
-    leaf_exts = _extensions(leaf, 0)
-    spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
-    _check_leaf_usage(leaf, leaf_exts, role)
-    signers = [_signer(chain[index], index) for index in range(1, len(chain))]
-    for index, signer in enumerate(signers, start=1):
-        if signer.problem is not None:
-            raise _fail("bad_signing_certificate", chain[index], index, *signer.problem)
-
+    spiffe_id, signers = _certificate_rules(chain, role)
     td = spiffe_id.trust_domain
     bundle = bundles.get(td)
     if bundle is None:
@@ -392,10 +441,8 @@ def _verify(
             rule="L-10",
         )
 
+    _time_rules(chain, now, policy)
     skew = policy.clock_skew
-    for index, cert in enumerate(chain):
-        _check_window(cert, index, now, skew)
-    _check_lifetime(leaf, now, policy)
 
     # Roots of the leaf's own trust domain that issued the last certificate sent (L-10).
     last = chain[-1]
