@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 import meshtls
-from meshtls._cli import format_duration, main, parse_duration, parse_optional_duration
+from meshtls._cli import main
+from meshtls._duration import format_duration, parse_duration, parse_optional_duration
 
 TD = "example.org"
 WEB = "spiffe://example.org/ns/web"

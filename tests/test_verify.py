@@ -343,3 +343,37 @@ def test_mutated_der_only_raises_verification_error(
         verify_svid([cert], bundles, now=T)
     except VerificationError as exc:
         assert exc.reason in meshtls.REASONS
+
+
+@pytest.mark.parametrize(
+    "root_options",
+    [
+        pytest.param({"key_usage": {"crl_sign"}}, id="S-2 root lacks keyCertSign"),
+        pytest.param(
+            {"uris": ["spiffe://example.org/root"]}, id="S-3 root carries an id with a path"
+        ),
+    ],
+)
+def test_bundle_root_that_breaks_signing_rules_anchors_nothing(
+    root_options: dict[str, object],
+) -> None:
+    root = CA("example.org", now=T, **root_options)  # type: ignore[arg-type]
+    with pytest.raises(VerificationError) as info:
+        verify_svid(root.issue().chain, root.bundle_set(), now=T)
+    assert info.value.reason == "bad_signing_certificate"
+
+
+def test_L_9_chain_that_includes_its_root(world: World) -> None:
+    issued = world.ca.intermediate().issue()
+    peer = assert_verifies((*issued.chain, world.ca.certificate), world.bundles)
+    assert peer.chain[-1] == world.ca.certificate
+    assert len(peer.chain) == 3
+
+
+def test_L_10_own_root_sent_by_a_forger_does_not_help(world: World) -> None:
+    """A look-alike root with the real root's name, sent in the chain, vouches for nothing."""
+    fake = CA("example.org", now=T)  # same subject name as world.ca's root, another key
+    forged = fake.issue()
+    with pytest.raises(VerificationError) as info:
+        verify_svid((*forged.chain, fake.certificate), world.bundles, now=T)
+    assert info.value.reason == "untrusted_chain"

@@ -21,7 +21,8 @@ from typing import Final, TypeAlias, cast
 from cryptography import x509
 from cryptography.x509 import verification
 
-from ._errors import BundleError
+from ._certs import Signer, read_signer
+from ._errors import BundleError, VerificationError
 from ._spiffeid import TrustDomain
 
 DEFAULT_REFRESH_HINT: Final = timedelta(minutes=5)
@@ -55,10 +56,19 @@ class X509Bundle:
     sequence: int | None = None
     refresh_hint: timedelta | None = None
     _store: verification.Store | None = field(default=None, init=False, repr=False, compare=False)
-    # Facts about each root, filled in by the verifier on first use (see _svid._anchors).
-    _anchor_cache: object = field(default=None, init=False, repr=False, compare=False)
+    _anchors: tuple[Signer, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        """Read every root once: verification then costs no per-root parsing."""
+        anchors = []
+        for index, root in enumerate(self.authorities):
+            try:
+                anchors.append(read_signer(root, -1))
+            except (VerificationError, ValueError) as exc:
+                raise BundleError(
+                    f"bundle for {self.trust_domain}: authority {index} is unreadable ({exc})"
+                ) from None
+        object.__setattr__(self, "_anchors", tuple(anchors))
         if self.authorities:
             object.__setattr__(self, "_store", verification.Store(list(self.authorities)))
 
@@ -114,6 +124,11 @@ class X509Bundle:
                 f" {self.sequence} to {new.sequence}",
                 rule="B-4",
             )
+
+    @property
+    def anchors(self) -> tuple[Signer, ...]:
+        """The authorities with their signing facts (S-1..S-4), in bundle order."""
+        return self._anchors
 
     @property
     def store(self) -> verification.Store | None:

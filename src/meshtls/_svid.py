@@ -27,17 +27,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, cast
+from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import verification
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, SignatureAlgorithmOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
-from ._errors import MeshError, Reason, SpiffeIdError, VerificationError
+from ._certs import (
+    Extensions,
+    Signer,
+    describe,
+    extensions,
+    fail,
+    read_signer,
+    uri_sans,
+    webpki_algorithm,
+)
+from ._duration import format_duration
+from ._errors import MeshError, SpiffeIdError, VerificationError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._spiffeid import SpiffeId
 
@@ -79,68 +90,31 @@ class VerifiedPeer:
         return self.chain[0]
 
 
-def _describe(cert: x509.Certificate, index: int) -> str:
-    position = "leaf" if index == 0 else f"certificate {index}"
-    try:
-        subject = cert.subject.rfc4514_string() or "empty subject"
-    except ValueError:
-        subject = "unreadable subject"
-    return f"{position} ({subject}, serial {cert.serial_number:#x})"
-
-
-def _fail(
-    reason: Reason, cert: x509.Certificate, index: int, what: str, rule: str | None
-) -> VerificationError:
-    return VerificationError(reason, f"{_describe(cert, index)}: {what}", rule=rule)
-
-
-def _extensions(
-    cert: x509.Certificate, index: int
-) -> dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]:
-    try:
-        return {ext.oid: ext for ext in cert.extensions}
-    except ValueError as exc:
-        raise _fail(
-            "malformed_certificate", cert, index, f"unreadable extensions ({exc})", None
-        ) from None
-
-
-def _uri_sans(exts: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]) -> list[str]:
-    san = exts.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    if san is None:
-        return []
-    value = san.value
-    assert isinstance(value, x509.SubjectAlternativeName)
-    return value.get_values_for_type(x509.UniformResourceIdentifier)
-
-
 def leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
     """The SPIFFE ID of a leaf SVID (L-1..L-3). Raises `VerificationError`."""
-    return _leaf_spiffe_id(leaf, _extensions(leaf, 0))
+    return _leaf_spiffe_id(leaf, extensions(leaf, 0))
 
 
-def _leaf_spiffe_id(
-    leaf: x509.Certificate, exts: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]
-) -> SpiffeId:
-    uris = _uri_sans(exts)
+def _leaf_spiffe_id(leaf: x509.Certificate, exts: Extensions) -> SpiffeId:
+    uris = uri_sans(exts)
     if not uris:
-        raise _fail("no_uri_san", leaf, 0, "has no URI SAN", "L-1")
+        raise fail("no_uri_san", leaf, 0, "has no URI SAN", "L-1")
     if len(uris) > 1:
-        raise _fail("multiple_uri_sans", leaf, 0, f"has {len(uris)} URI SANs", "L-1")
+        raise fail("multiple_uri_sans", leaf, 0, f"has {len(uris)} URI SANs", "L-1")
     try:
         spiffe_id = SpiffeId.parse(uris[0])
     except SpiffeIdError as exc:
-        raise _fail(
+        raise fail(
             "invalid_spiffe_id", leaf, 0, f"URI SAN {uris[0][:200]!r}: {exc}", "L-2"
         ) from None
     if spiffe_id.is_root:
-        raise _fail("root_path_id", leaf, 0, f"{spiffe_id} has no path", "L-3")
+        raise fail("root_path_id", leaf, 0, f"{spiffe_id} has no path", "L-3")
     return spiffe_id
 
 
 def _check_leaf_usage(
     leaf: x509.Certificate,
-    exts: dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]],
+    exts: Extensions,
     role: Role | None,
 ) -> None:
     """L-4..L-8 on a leaf SVID."""
@@ -148,18 +122,18 @@ def _check_leaf_usage(
     if bc is not None:
         assert isinstance(bc.value, x509.BasicConstraints)
         if bc.value.ca:
-            raise _fail("leaf_is_ca", leaf, 0, "basic constraints say cA=true", "L-4")
+            raise fail("leaf_is_ca", leaf, 0, "basic constraints say cA=true", "L-4")
     ku = exts.get(ExtensionOID.KEY_USAGE)
     if ku is None:
-        raise _fail("key_usage", leaf, 0, "has no key usage extension", "L-5")
+        raise fail("key_usage", leaf, 0, "has no key usage extension", "L-5")
     if not ku.critical:
-        raise _fail("key_usage", leaf, 0, "key usage extension is not critical", "L-5")
+        raise fail("key_usage", leaf, 0, "key usage extension is not critical", "L-5")
     usage = ku.value
     assert isinstance(usage, x509.KeyUsage)
     if not usage.digital_signature:
-        raise _fail("key_usage", leaf, 0, "key usage lacks digitalSignature", "L-6")
+        raise fail("key_usage", leaf, 0, "key usage lacks digitalSignature", "L-6")
     if usage.key_cert_sign or usage.crl_sign:
-        raise _fail("key_usage", leaf, 0, "key usage has keyCertSign or cRLSign", "L-7")
+        raise fail("key_usage", leaf, 0, "key usage has keyCertSign or cRLSign", "L-7")
     eku = exts.get(ExtensionOID.EXTENDED_KEY_USAGE)
     if eku is not None:
         assert isinstance(eku.value, x509.ExtendedKeyUsage)
@@ -169,112 +143,18 @@ def _check_leaf_usage(
         wanted = [_ROLE_EKU[role]] if role is not None else list(_ROLE_EKU.values())
         if allowed.isdisjoint(wanted):
             names = " or ".join(f"{r}Auth" for r in ([role] if role else _ROLE_EKU))
-            raise _fail(
+            raise fail(
                 "extended_key_usage", leaf, 0, f"extended key usage does not allow {names}", "L-8"
             )
-
-
-@dataclass(frozen=True, slots=True)
-class _Signer:
-    """What verification needs to know about an intermediate or root, read once."""
-
-    certificate: x509.Certificate
-    problem: tuple[str, str] | None  # (what, rule) when S-1..S-3 fail
-    path_length: int | None
-    uri_permitted: tuple[str, ...]
-    uri_excluded: tuple[str, ...]
-    other_constraints: bool  # name constraints other than URI
-    self_issued: bool
-    not_before: datetime
-    not_after: datetime
-    webpki_algorithm: bool  # a key/signature algorithm cryptography's verifier accepts
-
-
-_NON_WEBPKI_KEYS = (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)
-
-
-def _webpki_algorithm(cert: x509.Certificate) -> bool:
-    return not isinstance(
-        cert.public_key(), _NON_WEBPKI_KEYS
-    ) and cert.signature_algorithm_oid not in (
-        SignatureAlgorithmOID.ED25519,
-        SignatureAlgorithmOID.ED448,
-    )
-
-
-def _signer(cert: x509.Certificate, index: int) -> _Signer:
-    """Read the signing-certificate facts (S-1..S-4) of `cert`, at chain position `index`."""
-    exts = _extensions(cert, index)
-    problem: tuple[str, str] | None = None
-    path_length: int | None = None
-    bc = exts.get(ExtensionOID.BASIC_CONSTRAINTS)
-    ku = exts.get(ExtensionOID.KEY_USAGE)
-    if bc is None or not cast(x509.BasicConstraints, bc.value).ca:
-        problem = ("is not a CA (basic constraints)", "S-1")
-    else:
-        path_length = cast(x509.BasicConstraints, bc.value).path_length
-        if ku is None or not cast(x509.KeyUsage, ku.value).key_cert_sign:
-            problem = ("key usage lacks keyCertSign", "S-2")
-    for uri in _uri_sans(exts):
-        if problem is not None or not uri.startswith("spiffe:"):
-            continue
-        try:
-            spiffe_id = SpiffeId.parse(uri)
-        except SpiffeIdError as exc:
-            problem = (f"URI SAN: {exc}", "S-3")
-        else:
-            if not spiffe_id.is_root:
-                problem = (f"carries {spiffe_id}, which has a path", "S-3")
-    permitted: tuple[str, ...] = ()
-    excluded: tuple[str, ...] = ()
-    other = False
-    nc_ext = exts.get(ExtensionOID.NAME_CONSTRAINTS)
-    if nc_ext is not None:
-        nc = cast(x509.NameConstraints, nc_ext.value)
-        for names, is_permitted in ((nc.permitted_subtrees, True), (nc.excluded_subtrees, False)):
-            for name in names or ():
-                if not isinstance(name, x509.UniformResourceIdentifier):
-                    other = True
-                elif is_permitted:
-                    permitted += (name.value.lower(),)
-                else:
-                    excluded += (name.value.lower(),)
-    return _Signer(
-        cert,
-        problem,
-        path_length,
-        permitted,
-        excluded,
-        other,
-        cert.issuer == cert.subject,
-        cert.not_valid_before_utc,
-        cert.not_valid_after_utc,
-        _webpki_algorithm(cert),
-    )
-
-
-def _anchors(bundle: X509Bundle) -> tuple[_Signer, ...]:
-    """The roots of `bundle` as signers, computed once per bundle and kept on it."""
-    cached = bundle._anchor_cache
-    if cached is None:
-        signers = []
-        for root in bundle.authorities:
-            try:
-                signers.append(_signer(root, -1))
-            except VerificationError:
-                continue  # an unreadable root can anchor nothing
-        cached = tuple(signers)
-        object.__setattr__(bundle, "_anchor_cache", cached)
-    return cast(tuple[_Signer, ...], cached)
 
 
 def _check_window(cert: x509.Certificate, index: int, now: datetime, skew: timedelta) -> None:
     not_after = cert.not_valid_after_utc
     if now > not_after + skew:
-        raise _fail("expired", cert, index, f"expired at {not_after:%Y-%m-%dT%H:%M:%SZ}", "L-9")
+        raise fail("expired", cert, index, f"expired at {not_after:%Y-%m-%dT%H:%M:%SZ}", "L-9")
     not_before = cert.not_valid_before_utc
     if now < not_before - skew:
-        raise _fail(
+        raise fail(
             "not_yet_valid", cert, index, f"not valid before {not_before:%Y-%m-%dT%H:%M:%SZ}", "L-9"
         )
 
@@ -285,24 +165,26 @@ def _check_lifetime(leaf: x509.Certificate, now: datetime, policy: ValidationPol
     if policy.max_ttl is not None:
         lifetime = leaf.not_valid_after_utc - not_before
         if lifetime > policy.max_ttl:
-            raise _fail(
+            raise fail(
                 "ttl_exceeded",
                 leaf,
                 0,
-                f"lifetime {lifetime} is over max_ttl {policy.max_ttl}",
+                f"lifetime {format_duration(lifetime)} is over"
+                f" max_ttl {format_duration(policy.max_ttl)}",
                 "P-1",
             )
     if policy.max_age is not None and now - not_before > policy.max_age:
-        raise _fail(
+        raise fail(
             "age_exceeded",
             leaf,
             0,
-            f"age {now - not_before} is over max_age {policy.max_age}",
+            f"age {format_duration(now - not_before)} is over"
+            f" max_age {format_duration(policy.max_age)}",
             "P-2",
         )
 
 
-def _constraint_violation(signers: Sequence[_Signer], spiffe_id: SpiffeId) -> str | None:
+def _constraint_violation(signers: Sequence[Signer], spiffe_id: SpiffeId) -> str | None:
     """S-4 over the ordered signers (nearest the leaf first): path length, URI name constraints."""
     below = 0  # non-self-issued intermediates between the leaf and the signer
     host = spiffe_id.trust_domain.name
@@ -332,16 +214,16 @@ def _uri_host_matches(host: str, constraint: str) -> bool:
 
 def _certificate_rules(
     chain: Sequence[x509.Certificate], role: Role | None
-) -> tuple[SpiffeId, list[_Signer]]:
+) -> tuple[SpiffeId, list[Signer]]:
     """Steps 1-8 of docs/verification-order.md: L-1..L-8 on the leaf, S-1..S-3 on the rest."""
     leaf = chain[0]
-    leaf_exts = _extensions(leaf, 0)
+    leaf_exts = extensions(leaf, 0)
     spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
     _check_leaf_usage(leaf, leaf_exts, role)
-    signers = [_signer(chain[index], index) for index in range(1, len(chain))]
+    signers = [read_signer(chain[index], index) for index in range(1, len(chain))]
     for index, signer in enumerate(signers, start=1):
         if signer.problem is not None:
-            raise _fail("bad_signing_certificate", chain[index], index, *signer.problem)
+            raise fail("bad_signing_certificate", chain[index], index, *signer.problem)
     return spiffe_id, signers
 
 
@@ -447,11 +329,11 @@ def _verify(
     # Roots of the leaf's own trust domain that issued the last certificate sent (L-10).
     last = chain[-1]
     issuer = last.issuer
-    anchors = [a for a in _anchors(bundle) if a.certificate.subject == issuer]
+    anchors = [a for a in bundle.anchors if a.certificate.subject == issuer]
     if not anchors:
         raise VerificationError(
             "untrusted_chain",
-            f"no root in the bundle of {td} issued {_describe(last, len(chain) - 1)}"
+            f"no root in the bundle of {td} issued {describe(last, len(chain) - 1)}"
             + (" (an intermediate may be missing)" if last.issuer != last.subject else ""),
             rule="L-10" if last.issuer == last.subject or len(chain) > 1 else "L-9",
         )
@@ -460,9 +342,7 @@ def _verify(
         _check_window(anchors[0].certificate, len(chain), now, skew)  # raises
     signing = [a for a in usable if a.problem is None]
     if not signing:
-        raise _fail(
-            "bad_signing_certificate", usable[0].certificate, len(chain), *usable[0].problem
-        )  # type: ignore[misc]
+        raise fail("bad_signing_certificate", usable[0].certificate, len(chain), *usable[0].problem)  # type: ignore[misc]
     problems = [
         _constraint_violation(signers if a.certificate == last else [*signers, a], spiffe_id)
         for a in signing
@@ -474,7 +354,7 @@ def _verify(
     if all(
         s.webpki_algorithm and not s.uri_permitted and not s.uri_excluded
         for s in [*signers, *signing]
-    ) and _webpki_algorithm(leaf):
+    ) and webpki_algorithm(leaf):
         path = _webpki_path(
             leaf, chain, anchors=signing, bundle=bundle, now=now, spiffe_id=spiffe_id
         )
@@ -487,7 +367,7 @@ def _webpki_path(
     leaf: x509.Certificate,
     chain: Sequence[x509.Certificate],
     *,
-    anchors: Sequence[_Signer],
+    anchors: Sequence[Signer],
     bundle: X509Bundle,
     now: datetime,
     spiffe_id: SpiffeId,
@@ -524,8 +404,8 @@ def _webpki_path(
 
 def _ordered_path(
     chain: Sequence[x509.Certificate],
-    signers: Sequence[_Signer],
-    anchors: Sequence[_Signer],
+    signers: Sequence[Signer],
+    anchors: Sequence[Signer],
     spiffe_id: SpiffeId,
 ) -> tuple[x509.Certificate, ...]:
     """Validation for what cryptography's web-PKI profile refuses (URI name constraints,
@@ -562,7 +442,7 @@ def _check_issued_by(
     try:
         child.verify_directly_issued_by(parent)
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
-        raise _fail(
+        raise fail(
             "untrusted_chain",
             child,
             index,
