@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Final, TypeAlias, cast
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 
 from ._certs import Signer, read_signer
@@ -57,6 +58,7 @@ class X509Bundle:
     refresh_hint: timedelta | None = None
     _store: verification.Store | None = field(default=None, init=False, repr=False, compare=False)
     _anchors: tuple[Signer, ...] = field(default=(), init=False, repr=False, compare=False)
+    _ders: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Read every root once: verification then costs no per-root parsing."""
@@ -69,6 +71,8 @@ class X509Bundle:
                     f"bundle for {self.trust_domain}: authority {index} is unreadable ({exc})"
                 ) from None
         object.__setattr__(self, "_anchors", tuple(anchors))
+        ders = frozenset(root.public_bytes(serialization.Encoding.DER) for root in self.authorities)
+        object.__setattr__(self, "_ders", ders)
         if self.authorities:
             object.__setattr__(self, "_store", verification.Store(list(self.authorities)))
 
@@ -129,6 +133,16 @@ class X509Bundle:
     def anchors(self) -> tuple[Signer, ...]:
         """The authorities with their signing facts (S-1..S-4), in bundle order."""
         return self._anchors
+
+    @property
+    def authority_ders(self) -> frozenset[bytes]:
+        """The DER of each authority: how a handshake's verified root is matched (L-10)."""
+        return self._ders
+
+    @property
+    def pem(self) -> bytes:
+        """All authorities as PEM, for a TLS library's trust store."""
+        return b"".join(a.public_bytes(serialization.Encoding.PEM) for a in self.authorities)
 
     @property
     def store(self) -> verification.Store | None:

@@ -71,8 +71,8 @@ class VerificationError(MeshError):
     """
 
     def __init__(self, reason: Reason, message: str, *, rule: str | None = None) -> None:
-        text = f"{reason}: {message}" + (f" ({rule})" if rule else "")
-        super().__init__(text)
+        self.detail = message + (f" ({rule})" if rule else "")
+        super().__init__(f"{reason}: {self.detail}")
         self.reason: Reason = reason
         self.rule = rule
 
@@ -82,3 +82,21 @@ class UnauthorizedPeerError(VerificationError):
 
     def __init__(self, message: str) -> None:
         super().__init__("unauthorized", message)
+
+
+class HandshakeError(MeshError):
+    """Connecting or accepting failed before a verified stream existed.
+
+    ``reason`` is one of `REASONS`; ``peer`` is the peer's address as ``host:port``;
+    ``claimed_id`` is the SPIFFE ID the peer's certificate claimed, when one was readable
+    (it was not necessarily verified). The cause is chained as ``__cause__``.
+    """
+
+    def __init__(
+        self, reason: Reason, message: str, *, peer: str = "-", claimed_id: str | None = None
+    ) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.detail = message
+        self.reason: Reason = reason
+        self.peer = peer
+        self.claimed_id = claimed_id

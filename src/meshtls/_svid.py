@@ -451,6 +451,74 @@ def _check_issued_by(
         ) from None
 
 
+# The handshake path: OpenSSL has already validated signatures and the path (without
+# time); what is left is the SPIFFE layer. Certificates other than the leaf recur on
+# every handshake, so they are parsed once, by DER, in a small bounded cache.
+_PARSED: dict[bytes, tuple[x509.Certificate, Signer]] = {}
+_PARSED_MAX: Final = 256
+
+
+def _parse_signer(der: bytes, index: int) -> tuple[x509.Certificate, Signer]:
+    found = _PARSED.get(der)
+    if found is None:
+        cert = x509.load_der_x509_certificate(der)
+        found = (cert, read_signer(cert, index))
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[der] = found
+    return found
+
+
+def verify_handshake_chain(
+    verified: Sequence[bytes],
+    bundles: BundleSet,
+    *,
+    policy: ValidationPolicy,
+    now: datetime,
+    role: Role,
+) -> VerifiedPeer:
+    """The SPIFFE checks on a chain OpenSSL verified in a handshake (DER, leaf first, root last).
+
+    Same rules and reasons as `verify_svid`, without repeating OpenSSL's signature and
+    path checks: the root must be an authority of the leaf's *own* trust domain (L-10),
+    then L-1..L-8, S-1..S-4, the windows with skew and P-1..P-2. Raises `VerificationError`.
+    """
+    if not verified:
+        raise VerificationError("no_client_certificate", "the peer sent no certificate")
+    try:
+        leaf = x509.load_der_x509_certificate(verified[0])
+        parsed = [_parse_signer(der, index) for index, der in enumerate(verified[1:], start=1)]
+        chain = [leaf, *(cert for cert, _ in parsed)]
+        leaf_exts = extensions(leaf, 0)
+        spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
+        _check_leaf_usage(leaf, leaf_exts, role)
+        signers = [signer for _, signer in parsed]
+        for index, signer in enumerate(signers, start=1):
+            if signer.problem is not None:
+                raise fail("bad_signing_certificate", chain[index], index, *signer.problem)
+        td = spiffe_id.trust_domain
+        bundle = bundles.get(td)
+        if bundle is None:
+            raise VerificationError(
+                "unknown_trust_domain",
+                f"no bundle for {td}, the trust domain of {spiffe_id}",
+                rule="L-10",
+            )
+        if verified[-1] not in bundle.authority_ders:
+            raise VerificationError(
+                "untrusted_chain",
+                f"chain of {spiffe_id} ends at a root that is not in the bundle of {td}",
+                rule="L-10",
+            )
+        _time_rules(chain, now, policy)
+        problem = _constraint_violation(signers, spiffe_id)
+        if problem is not None:
+            raise VerificationError("bad_signing_certificate", problem, rule="S-4")
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise _unreadable(exc) from None
+    return VerifiedPeer(spiffe_id, tuple(chain), min(c.not_valid_after_utc for c in chain))
+
+
 @dataclass(frozen=True, slots=True)
 class X509Svid:
     """Our own X509-SVID: the chain we present (leaf first) and the leaf's private key.

@@ -1,0 +1,609 @@
+"""`MeshStream`, `connect` and `serve`: TCP upgraded to verified TLS 1.3 mutual TLS.
+
+Theory of operation
+-------------------
+A `MeshStream` owns a nonblocking stdlib socket and a sans-I/O `TlsSession`. I/O is
+the leanest loop that trio allows: try the system call, and only on
+``BlockingIOError`` wait with `trio.lowlevel.wait_readable`/`wait_writable`. A
+handshake is therefore one engine step per flight, plus a wait per network round
+trip, instead of a pass through a generic retry loop for every engine call.
+
+Each public operation is a checkpoint exactly once when it does not block (trio's
+contract): the fast paths end with `trio.lowlevel.checkpoint()`.
+
+Verification happens before the stream exists. `connect` and `serve` run the
+handshake, then `verify_handshake_chain` on the chain OpenSSL verified (trust-domain
+binding, SPIFFE rules, time, policy), then the authorizer. Only a stream that passed
+all of that is returned to the caller or handed to the handler; anything else is
+closed, logged on one line and raised (or, in `serve`, counted and dropped).
+
+Sending: `send_all` and the engine's own replies (post-handshake messages) share
+one lock, so records never interleave on the socket. Cancelling a send after some
+of a record left breaks the stream, as with any TLS stream.
+
+In TLS 1.3 a client completes its handshake before the server has looked at the
+client's certificate. So a server's rejection reaches `connect`'s caller later: as
+`PeerRejectedError` (a `trio.BrokenResourceError`) from the first `receive_some` or
+`send_all` after the server has closed the connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final, NoReturn
+
+import trio
+from cryptography import x509
+
+from ._authorize import Authorizer
+from ._bundle import BundleSet
+from ._errors import HandshakeError, MeshError, Reason, VerificationError
+from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._sources import IdentitySource
+from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
+from ._tls import TlsError, TlsSession
+
+logger = logging.getLogger("meshtls")
+
+RECEIVE_SIZE: Final = 65536
+DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
+DEFAULT_MAX_HANDSHAKES: Final = 256
+_ACCEPT_CAPACITY_ERRORS: Final = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+)
+
+Clock = Callable[[], datetime]
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class PeerRejectedError(trio.BrokenResourceError):
+    """The peer ended the connection in a way that means it rejected us, or broke TLS.
+
+    ``reason`` is one of `REASONS` (``protocol_error`` when the peer gave no detail).
+    """
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason: Reason = reason
+
+
+# ---------------------------------------------------------------- socket primitives
+
+
+async def _recv(sock: socket.socket, max_bytes: int) -> tuple[bytes, bool]:
+    """Receive at least one byte, or b"" at EOF; and whether it had to wait (a checkpoint)."""
+    waited = False
+    while True:
+        try:
+            return sock.recv(max_bytes), waited
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> bool:
+    """Send every byte; return whether it had to wait. Raises OSError (the caller maps it)."""
+    view = memoryview(data)
+    waited = False
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            waited = True
+        else:
+            view = view[sent:]
+    return waited
+
+
+def _prepare(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _address(sock: socket.socket) -> str:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return "-"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+async def _handshake(sock: socket.socket, session: TlsSession) -> None:
+    """Drive the engine until the handshake completes. Raises TlsError or HandshakeError."""
+    while True:
+        try:
+            done = session.handshake()
+        except TlsError:
+            alert = session.outgoing()  # tell the peer why, if the engine wrote an alert
+            if alert:
+                with contextlib.suppress(OSError):
+                    sock.send(alert)
+            raise
+        out = session.outgoing()
+        if out:
+            try:
+                await _send_all(sock, out)
+            except OSError as exc:
+                raise TlsError("protocol_error", f"the peer went away ({exc})") from None
+        if done:
+            return
+        try:
+            data, _ = await _recv(sock, RECEIVE_SIZE)
+        except OSError as exc:
+            raise TlsError("protocol_error", f"the peer went away ({exc})") from None
+        if not data:
+            raise TlsError("protocol_error", "the peer closed the connection during the handshake")
+        session.feed(data)
+
+
+# ---------------------------------------------------------------- the stream
+
+
+class MeshStream(trio.abc.HalfCloseableStream):
+    """A TLS 1.3 stream whose peer passed SPIFFE verification and authorization.
+
+    Made only by `connect` and `serve`. ``peer`` is the `VerifiedPeer`. The stream owns
+    its socket and closes it in `aclose`. `send_eof` sends TLS close_notify; the peer
+    may go on sending (TLS 1.3 half-close). A peer that closes TCP without close_notify
+    breaks the stream (`trio.BrokenResourceError`): truncation is never mistaken for EOF.
+    """
+
+    __slots__ = (
+        "_broken",
+        "_closed",
+        "_eof_sent",
+        "_receiving",
+        "_send_lock",
+        "_sending",
+        "_session",
+        "_sock",
+        "peer",
+    )
+
+    def __init__(self, sock: socket.socket, session: TlsSession, peer: VerifiedPeer) -> None:
+        self._sock = sock
+        self._session = session
+        self.peer = peer
+        self._send_lock = trio.StrictFIFOLock()
+        self._sending = False
+        self._receiving = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._eof_sent = False
+
+    def __repr__(self) -> str:
+        return f"<MeshStream peer={self.peer.spiffe_id} address={_address(self._sock)}>"
+
+    @property
+    def socket(self) -> socket.socket:
+        """The underlying TCP socket. Do not read or write it: the stream owns it."""
+        return self._sock
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this MeshStream was closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError("this MeshStream is broken") from self._broken
+
+    async def _flush(self) -> bool:
+        """Send whatever the engine has queued; return whether that was a checkpoint.
+
+        Breaks the stream if interrupted part-way. The lock is taken without a
+        checkpoint when nobody holds it (`Lock.acquire` always checkpoints).
+        """
+        contended = False
+        try:
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+            contended = True
+        try:
+            return await self._flush_locked() or contended
+        finally:
+            self._send_lock.release()
+
+    async def _flush_locked(self) -> bool:
+        out = self._session.outgoing()
+        if not out:
+            return False
+        try:
+            return await _send_all(self._sock, out)
+        except OSError as exc:
+            self._broken = exc
+            raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
+        except BaseException as exc:  # cancelled with part of a record sent
+            self._broken = exc
+            raise
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._check_usable()
+            if self._eof_sent:
+                raise trio.ClosedResourceError("cannot send after send_eof()")
+            if data:
+                try:
+                    self._session.write(data)
+                except ssl.SSLError as exc:
+                    self._broken = exc
+                    raise _broken_by(exc) from exc
+            if not await self._flush():
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._check_usable()
+            await trio.lowlevel.wait_writable(self._sock)
+        finally:
+            self._sending = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._receiving:
+            raise trio.BusyResourceError("another task is already receiving on this stream")
+        if max_bytes is None:
+            max_bytes = RECEIVE_SIZE
+        elif max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self._receiving = True
+        try:
+            waited = False
+            while True:
+                self._check_usable()
+                try:
+                    data = self._session.read(max_bytes)
+                except ssl.SSLError as exc:
+                    self._broken = exc
+                    raise _broken_by(exc) from exc
+                if self._session.has_output() and await self._flush():  # e.g. a KeyUpdate reply
+                    waited = True
+                if data is not None:
+                    if not waited:
+                        await trio.lowlevel.checkpoint()
+                    return data
+                try:
+                    chunk, blocked = await _recv(self._sock, RECEIVE_SIZE)
+                except OSError as exc:
+                    self._broken = exc
+                    raise trio.BrokenResourceError(f"receiving failed: {exc}") from exc
+                waited = waited or blocked
+                if chunk:
+                    self._session.feed(chunk)
+                else:
+                    self._session.feed_eof()
+        finally:
+            self._receiving = False
+
+    async def send_eof(self) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this stream")
+        self._sending = True
+        try:
+            self._check_usable()
+            waited = False
+            if not self._eof_sent:
+                self._eof_sent = True
+                self._session.close_notify()
+                waited = await self._flush()
+            if not waited:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._sending = False
+
+    async def aclose(self) -> None:
+        """Close now: a best-effort close_notify (never waits), then the socket."""
+        if not self._closed:
+            self._closed = True
+            if self._broken is None and not self._eof_sent:
+                try:
+                    self._session.close_notify()
+                    out = self._session.outgoing()
+                    if out:
+                        self._sock.send(out)
+                except (OSError, ssl.SSLError):
+                    pass
+            trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+
+def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
+    """Map a post-handshake TLS failure to trio's error, with a reason when it was an alert."""
+    if isinstance(exc, ssl.SSLEOFError):
+        return PeerRejectedError(
+            "protocol_error",
+            "the peer closed the connection without close_notify"
+            " (a server that rejects our certificate does this)",
+        )
+    name = (exc.reason or "").upper()
+    if "ALERT" in name:
+        reason: Reason = "protocol_error"
+        if "CERTIFICATE_REQUIRED" in name:
+            reason = "no_client_certificate"
+        return PeerRejectedError(reason, f"the peer sent a TLS alert: {exc.reason}")
+    return trio.BrokenResourceError(f"TLS failure: {exc.reason or exc}")
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _claimed_id(chain: list[bytes]) -> str | None:
+    """The URI SAN the peer's leaf claims, for the log line; never trusted."""
+    if not chain:
+        return None
+    try:
+        return str(leaf_spiffe_id(x509.load_der_x509_certificate(chain[0])))
+    except (MeshError, ValueError):
+        return None
+
+
+def _diagnose_client_side(
+    session: TlsSession, exc: TlsError, ctx: _HandshakeContext
+) -> HandshakeError:
+    """OpenSSL rejected the server's chain; our own verifier names the precise reason."""
+    chain = session.unverified_chain()
+    claimed = _claimed_id(chain)
+    if chain and exc.verify_code is not None:
+        try:
+            certs = [x509.load_der_x509_certificate(der) for der in chain]
+            verify_svid(certs, ctx.bundles, policy=ctx.policy, now=ctx.clock(), role="server")
+        except VerificationError as precise:
+            return HandshakeError(
+                precise.reason, precise.detail, peer=ctx.address, claimed_id=claimed
+            )
+        except ValueError:
+            pass
+    return HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed)
+
+
+class _HandshakeContext:
+    """What one handshake needs: who we are, whom we trust, and the policy."""
+
+    __slots__ = ("address", "authorize", "bundles", "clock", "policy", "role")
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        bundles: BundleSet,
+        policy: ValidationPolicy,
+        authorize: Authorizer,
+        clock: Clock,
+        role: Role,
+    ) -> None:
+        self.address = address
+        self.bundles = bundles
+        self.policy = policy
+        self.authorize = authorize
+        self.clock = clock
+        self.role = role  # the PEER's role
+
+
+async def _establish(
+    sock: socket.socket, session: TlsSession, ctx: _HandshakeContext
+) -> MeshStream:
+    """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure."""
+    try:
+        await _handshake(sock, session)
+    except TlsError as exc:
+        if ctx.role == "server":  # we are the client: the server's chain is readable
+            raise _diagnose_client_side(session, exc, ctx) from exc
+        raise HandshakeError(exc.reason, exc.detail, peer=ctx.address) from exc
+    verified = session.verified_chain()
+    try:
+        peer = verify_handshake_chain(
+            verified, ctx.bundles, policy=ctx.policy, now=ctx.clock(), role=ctx.role
+        )
+        ctx.authorize(peer)
+    except VerificationError as exc:
+        claimed = _claimed_id(verified)
+        raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
+    return MeshStream(sock, session, peer)
+
+
+def _log_rejection(role: str, exc: HandshakeError) -> None:
+    logger.warning(
+        "handshake rejected role=%s peer=%s claimed_id=%s reason=%s detail=%r",
+        role,
+        exc.peer,
+        exc.claimed_id or "-",
+        exc.reason,
+        exc.detail,
+    )
+
+
+# ---------------------------------------------------------------- connect
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """A connected, nonblocking TCP socket. A literal IP is dialled directly."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        stream = await trio.open_tcp_stream(host, port)  # happy eyeballs for names
+        fd = stream.socket.detach()
+        sock = socket.socket(fileno=fd)
+        _prepare(sock)
+        return sock
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        _prepare(sock)
+        code = sock.connect_ex((host, port))
+        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+            await trio.lowlevel.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, f"connecting to {host}:{port}: {errno.errorcode.get(code, code)}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def connect(
+    host: str,
+    port: int,
+    *,
+    source: IdentitySource,
+    authorize: Authorizer,
+    policy: ValidationPolicy | None = None,
+    clock: Clock | None = None,
+) -> MeshStream:
+    """Dial `host:port`, run TLS 1.3 mutual TLS, verify the server's SVID and authorize it.
+
+    Returns a `MeshStream` only once the server passed every check; otherwise the
+    connection is closed, one line is logged, and `HandshakeError` is raised with the
+    reason. `OSError` is raised when the TCP connection itself fails.
+
+    Where the server's verdict on *our* certificate shows up: TLS 1.3 lets the client
+    finish first, so a server that rejects us closes the connection afterwards, and the
+    first `receive_some` (or a later `send_all`) raises `PeerRejectedError`.
+
+    Timeouts belong to the caller: wrap the call in `trio.fail_after`.
+    """
+    contexts = source.contexts()
+    sock = await _open_socket(host, port)
+    ctx = _HandshakeContext(
+        address=_address(sock),
+        bundles=contexts.bundles,
+        policy=policy or DEFAULT_POLICY,
+        authorize=authorize,
+        clock=clock or _wall_clock,
+        role="server",
+    )
+    try:
+        return await _establish(sock, contexts.session(server_side=False), ctx)
+    except HandshakeError as exc:
+        sock.close()
+        _log_rejection("client", exc)
+        raise
+    except BaseException:
+        sock.close()
+        raise
+
+
+# ---------------------------------------------------------------- serve
+
+
+async def _accept(listener: trio.SocketListener) -> socket.socket | None:
+    """Accept one connection as a stdlib socket; None after a transient resource error."""
+    try:
+        trio_sock, _ = await listener.socket.accept()
+    except OSError as exc:
+        if exc.errno in _ACCEPT_CAPACITY_ERRORS:
+            logger.error("accept failed, retrying in 100 ms error=%r", exc)
+            await trio.sleep(0.1)
+            return None
+        raise
+    sock = socket.socket(fileno=trio_sock.detach())
+    _prepare(sock)
+    return sock
+
+
+async def serve(
+    handler: Callable[[MeshStream], Awaitable[object]],
+    port: int,
+    *,
+    host: str | None = None,
+    source: IdentitySource,
+    authorize: Authorizer,
+    policy: ValidationPolicy | None = None,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    clock: Clock | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Accept mTLS connections on `port` and run ``handler(stream)`` for each verified peer.
+
+    Use with ``await nursery.start(serve, handler, port, ...)``: ``started()`` gives the
+    bound `trio.SocketListener`s (port 0 picks a free port). Accepting never waits on a
+    peer: each connection's handshake runs in its own task under `handshake_timeout`.
+    At most `max_handshakes` handshakes do work at once; a connection waits for a slot
+    only once its first bytes arrive, so idle connections cannot starve real ones.
+
+    A rejected peer is closed and logged, and the handler never runs. The handler owns
+    the stream; it is closed when the handler returns. An exception from a handler is
+    logged and does not stop the server. Runs until cancelled.
+    """
+    if handshake_timeout <= 0:
+        raise ValueError("handshake_timeout must be positive")
+    if max_handshakes < 1:
+        raise ValueError("max_handshakes must be >= 1")
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    slots = trio.CapacityLimiter(max_handshakes)
+    policy = policy or DEFAULT_POLICY
+    now = clock or _wall_clock
+
+    async def serve_one(sock: socket.socket) -> None:
+        address = _address(sock)
+        try:
+            contexts = source.contexts()
+            ctx = _HandshakeContext(
+                address=address,
+                bundles=contexts.bundles,
+                policy=policy,
+                authorize=authorize,
+                clock=now,
+                role="client",
+            )
+            stream: MeshStream | None = None
+            with trio.move_on_after(handshake_timeout) as deadline:
+                await trio.lowlevel.wait_readable(sock)  # idle peers hold no slot
+                async with slots:
+                    stream = await _establish(sock, contexts.session(server_side=True), ctx)
+            if stream is None:
+                assert deadline.cancelled_caught
+                raise HandshakeError(
+                    "handshake_timeout",
+                    f"no complete handshake within {handshake_timeout:g}s",
+                    peer=address,
+                )
+        except HandshakeError as exc:
+            sock.close()
+            _log_rejection("server", exc)
+            return
+        except BaseException:
+            sock.close()
+            raise
+        async with stream:
+            try:
+                await handler(stream)
+            except Exception:
+                logger.exception("handler failed peer=%s id=%s", address, stream.peer.spiffe_id)
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_loop, listener, nursery, serve_one)
+        task_status.started(listeners)
+    raise AssertionError("unreachable: the accept loops run until cancelled")  # pragma: no cover
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    serve_one: Callable[[socket.socket], Awaitable[None]],
+) -> NoReturn:
+    async with listener:
+        while True:
+            sock = await _accept(listener)
+            if sock is not None:
+                nursery.start_soon(serve_one, sock)

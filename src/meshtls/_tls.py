@@ -1,0 +1,218 @@
+"""The TLS engine: one context pair per identity, and sans-I/O sessions over memory BIOs.
+
+Everything meshtls asks of a TLS library lives here, so another engine could be
+plugged in behind `TlsContexts` and `TlsSession`. The engine today is CPython's
+`ssl` module (OpenSSL). No sockets, no trio: the stream layer moves the bytes.
+
+Context rules (issue 3, SPIFFE-RULES.md P-5):
+- TLS 1.3 is both the minimum and the maximum version.
+- Both sides require and verify a certificate; no hostname check (SPIFFE authenticates
+  by URI SAN, checked after the handshake).
+- No session tickets (``num_tickets = 0``, ``OP_NO_TICKET``): a resumed session has no
+  peer chain to verify (CPython gh-160171), so there is never one.
+- OpenSSL does not check validity times (``X509_V_FLAG_NO_CHECK_TIME``); meshtls checks
+  them against the injected clock with the policy's skew.
+- Bundle authorities are trust anchors even when not self-signed
+  (``X509_V_FLAG_PARTIAL_CHAIN``), as the SPIFFE bundle spec and `verify_svid` treat them.
+- The OpenSSL trust store holds the authorities of *every* trusted domain; binding a
+  peer to its own domain's roots (L-10) happens after the handshake, on the verified chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.hazmat.primitives import serialization
+
+from . import _compat
+from ._bundle import BundleSet
+from ._errors import MeshError, Reason
+from ._svid import X509Svid
+
+X509_V_FLAG_PARTIAL_CHAIN: Final = 0x80000
+X509_V_FLAG_NO_CHECK_TIME: Final = 0x200000
+
+# OpenSSL verify codes (x509_vfy.h) and the reason each one means.
+_VERIFY_REASONS: Final[dict[int, Reason]] = {
+    24: "bad_signing_certificate",  # invalid CA certificate
+    25: "bad_signing_certificate",  # path length constraint exceeded
+    26: "extended_key_usage",  # unsuitable purpose: EKU, or key usage without digitalSignature
+    47: "bad_signing_certificate",  # permitted subtree violation
+    48: "bad_signing_certificate",  # excluded subtree violation
+    49: "bad_signing_certificate",  # name constraints minimum/maximum unsupported
+    51: "bad_signing_certificate",  # unsupported name constraint type
+    52: "bad_signing_certificate",  # unsupported name constraint syntax
+    9: "not_yet_valid",
+    10: "expired",
+}
+
+
+class TlsError(MeshError):
+    """The TLS layer failed a handshake. ``reason`` is one of `REASONS`.
+
+    ``verify_code`` is OpenSSL's when OpenSSL rejected the peer's chain, else None.
+    """
+
+    def __init__(self, reason: Reason, message: str, *, verify_code: int | None = None) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.detail = message
+        self.reason: Reason = reason
+        self.verify_code = verify_code
+
+
+def _reason_for(exc: ssl.SSLError) -> TlsError:
+    """Map an `ssl.SSLError` from a handshake to a reason."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        reason = _VERIFY_REASONS.get(code, "untrusted_chain")
+        return TlsError(reason, f"OpenSSL: {exc.verify_message} ({code})", verify_code=code)
+    name = (exc.reason or "").upper()
+    if name == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+        return TlsError("no_client_certificate", "the client sent no certificate")
+    detail = exc.reason or str(exc)
+    if "ALERT" in name:
+        return TlsError("protocol_error", f"the peer refused the handshake ({detail})")
+    return TlsError("protocol_error", f"not a TLS 1.3 handshake ({detail})")
+
+
+@contextlib.contextmanager
+def _pem_path(data: bytes) -> Iterator[str]:
+    """A path whose contents are `data`, for `load_cert_chain`, which reads only files.
+
+    On Linux an anonymous memfd: the key never touches a file system. Elsewhere a
+    private temporary file, deleted at once.
+    """
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("meshtls-svid", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="meshtls-") as directory:  # pragma: no cover
+        path = os.path.join(directory, "svid.pem")
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        yield path
+
+
+def _context(server_side: bool, svid: X509Svid, bundles: BundleSet) -> ssl.SSLContext:
+    protocol = ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT
+    context = ssl.SSLContext(protocol)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.maximum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_PARTIAL_CHAIN
+    context.options |= ssl.OP_NO_TICKET
+    if server_side:
+        context.num_tickets = 0
+    roots = b"".join(bundle.pem for bundle in bundles.values())
+    if roots:
+        context.load_verify_locations(cadata=roots.decode("ascii"))
+    key = svid.private_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.chain)
+    with _pem_path(chain + key) as path:
+        context.load_cert_chain(path)
+    return context
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class TlsContexts:
+    """The server and client contexts of one identity (our SVID + the bundles we trust).
+
+    Built once per identity and shared by every handshake; rotation builds a new one.
+    """
+
+    svid: X509Svid
+    bundles: BundleSet
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+    @classmethod
+    def build(cls, svid: X509Svid, bundles: BundleSet) -> TlsContexts:
+        return cls(svid, bundles, _context(True, svid, bundles), _context(False, svid, bundles))
+
+    def session(self, *, server_side: bool) -> TlsSession:
+        return TlsSession(self.server if server_side else self.client, server_side=server_side)
+
+
+class TlsSession:
+    """One connection's TLS state, sans I/O: feed it bytes, take bytes out.
+
+    Owned by exactly one stream. Methods raise `TlsError` for handshake failures and
+    `ssl.SSLError` afterwards (the stream maps those to trio's errors).
+    """
+
+    __slots__ = ("_incoming", "_outgoing", "_tls")
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+
+    def handshake(self) -> bool:
+        """Advance the handshake with what has been fed. True once it is complete.
+
+        On failure, an alert for the peer may be waiting in `outgoing()`; send it, then
+        let the `TlsError` go.
+        """
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError as exc:
+            raise _reason_for(exc) from exc
+        return True
+
+    def feed(self, data: bytes) -> None:
+        self._incoming.write(data)
+
+    def feed_eof(self) -> None:
+        self._incoming.write_eof()
+
+    def has_output(self) -> bool:
+        return self._outgoing.pending > 0
+
+    def outgoing(self) -> bytes:
+        """Bytes the engine wants sent, or b""."""
+        return self._outgoing.read() if self._outgoing.pending else b""
+
+    def read(self, max_bytes: int) -> bytes | None:
+        """Application data; None when more input is needed; b"" after the peer's close_notify."""
+        try:
+            return self._tls.read(max_bytes)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return b""
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._tls.write(data)
+
+    def close_notify(self) -> None:
+        """Queue our close_notify. We may still read: TLS 1.3 allows half-close."""
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self._tls.unwrap()
+
+    def verified_chain(self) -> list[bytes]:
+        return _compat.verified_chain(self._tls)
+
+    def unverified_chain(self) -> list[bytes]:
+        return _compat.unverified_chain(self._tls)
+
+    @property
+    def version(self) -> str | None:
+        return self._tls.version()

@@ -1,0 +1,62 @@
+"""Test helpers for streams: a small mesh of identities and a server in a nursery."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import trio
+
+import meshtls
+from meshtls.testing import CA
+
+
+@dataclass
+class Mesh:
+    """example.org (ours) and other.org (federated), with a server and a client identity."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    ca: CA = field(init=False)
+    other: CA = field(init=False)
+    bundles: meshtls.BundleSet = field(init=False)
+    server: meshtls.StaticSource = field(init=False)
+    client: meshtls.StaticSource = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ca = CA("example.org", now=self.now)
+        self.other = CA("other.org", now=self.now)
+        self.bundles = self.ca.bundle_set(self.other)
+        self.server = self.source("spiffe://example.org/server")
+        self.client = self.source("spiffe://example.org/client", via_intermediate=True)
+
+    def source(self, spiffe_id: str, *, via_intermediate: bool = False) -> meshtls.StaticSource:
+        issuer = self.ca.intermediate() if via_intermediate else self.ca
+        return meshtls.StaticSource(issuer.issue(spiffe_id).svid(), self.bundles)
+
+    def clock(self) -> datetime:
+        return self.now
+
+
+async def start_server(
+    nursery: trio.Nursery,
+    handler: Callable[[meshtls.MeshStream], Awaitable[object]],
+    *,
+    source: meshtls.IdentitySource,
+    authorize: meshtls.Authorizer | None = None,
+    **options: float | int,
+) -> int:
+    """Start `meshtls.serve` on 127.0.0.1:0 and return its port."""
+    serve = functools.partial(
+        meshtls.serve,
+        handler,
+        0,
+        host="127.0.0.1",
+        source=source,
+        authorize=authorize or meshtls.authorize_member_of("example.org"),
+        **options,  # type: ignore[arg-type]
+    )
+    listeners: list[trio.SocketListener] = await nursery.start(serve)
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
