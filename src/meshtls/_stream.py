@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import socket
 import ssl
@@ -128,7 +127,7 @@ async def _handshake(sock: socket.socket, session: TlsSession) -> None:
         except TlsError:
             alert = session.outgoing()  # tell the peer why, if the engine wrote an alert
             if alert:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError):  # the peer may be gone already
                     sock.send(alert)
             raise
         out = session.outgoing()
@@ -433,17 +432,26 @@ def _log_rejection(role: str, exc: HandshakeError) -> None:
 # ---------------------------------------------------------------- connect
 
 
+def _literal_family(host: str) -> socket.AddressFamily | None:
+    """AF_INET or AF_INET6 for a literal IP address, None for a name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return family
+    return None
+
+
 async def _open_socket(host: str, port: int) -> socket.socket:
     """A connected, nonblocking TCP socket. A literal IP is dialled directly."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    family = _literal_family(host)
+    if family is None:
         stream = await trio.open_tcp_stream(host, port)  # happy eyeballs for names
         fd = stream.socket.detach()
         sock = socket.socket(fileno=fd)
         _prepare(sock)
         return sock
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         _prepare(sock)
@@ -504,19 +512,49 @@ async def connect(
 # ---------------------------------------------------------------- serve
 
 
-async def _accept(listener: trio.SocketListener) -> socket.socket | None:
-    """Accept one connection as a stdlib socket; None after a transient resource error."""
-    try:
-        trio_sock, _ = await listener.socket.accept()
-    except OSError as exc:
-        if exc.errno in _ACCEPT_CAPACITY_ERRORS:
-            logger.error("accept failed, retrying in 100 ms error=%r", exc)
-            await trio.sleep(0.1)
-            return None
-        raise
-    sock = socket.socket(fileno=trio_sock.detach())
-    _prepare(sock)
-    return sock
+class _Slots:
+    """At most `total` holders; taking a free slot is not a checkpoint (the caller's I/O is).
+
+    Waiters are served first come, first served.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, total: int) -> None:
+        self._free = total
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        await self._waiters.park()  # `release` hands its slot straight to us
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.unpark()
+        else:
+            self._free += 1
+
+
+def _accept_ready(listener: socket.socket) -> list[socket.socket]:
+    """Every connection waiting in the backlog now, without blocking."""
+    accepted: list[socket.socket] = []
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except BlockingIOError:
+            return accepted
+        except OSError as exc:
+            if exc.errno in _ACCEPT_CAPACITY_ERRORS and not accepted:
+                raise
+            if exc.errno in _ACCEPT_CAPACITY_ERRORS:
+                return accepted
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                continue  # the peer gave up before we got to it
+            raise
+        _prepare(sock)
+        accepted.append(sock)
 
 
 async def serve(
@@ -549,29 +587,37 @@ async def serve(
     if max_handshakes < 1:
         raise ValueError("max_handshakes must be >= 1")
     listeners = await trio.open_tcp_listeners(port, host=host)
-    slots = trio.CapacityLimiter(max_handshakes)
+    slots = _Slots(max_handshakes)
     policy = policy or DEFAULT_POLICY
     now = clock or _wall_clock
 
     async def serve_one(sock: socket.socket) -> None:
         address = _address(sock)
+        stream: MeshStream | None = None
         try:
-            contexts = source.contexts()
-            ctx = _HandshakeContext(
-                address=address,
-                bundles=contexts.bundles,
-                policy=policy,
-                authorize=authorize,
-                clock=now,
-                role="client",
-            )
-            stream: MeshStream | None = None
-            with trio.move_on_after(handshake_timeout) as deadline:
-                await trio.lowlevel.wait_readable(sock)  # idle peers hold no slot
-                async with slots:
-                    stream = await _establish(sock, contexts.session(server_side=True), ctx)
+            with trio.move_on_after(handshake_timeout):
+                first, _ = await _recv(sock, RECEIVE_SIZE)  # idle peers hold no slot
+                if not first:
+                    raise HandshakeError(
+                        "protocol_error", "closed before sending anything", peer=address
+                    )
+                contexts = source.contexts()
+                ctx = _HandshakeContext(
+                    address=address,
+                    bundles=contexts.bundles,
+                    policy=policy,
+                    authorize=authorize,
+                    clock=now,
+                    role="client",
+                )
+                session = contexts.session(server_side=True)
+                session.feed(first)
+                await slots.acquire()
+                try:
+                    stream = await _establish(sock, session, ctx)
+                finally:
+                    slots.release()
             if stream is None:
-                assert deadline.cancelled_caught
                 raise HandshakeError(
                     "handshake_timeout",
                     f"no complete handshake within {handshake_timeout:g}s",
@@ -580,6 +626,10 @@ async def serve(
         except HandshakeError as exc:
             sock.close()
             _log_rejection("server", exc)
+            return
+        except OSError as exc:
+            sock.close()
+            logger.info("connection failed before the handshake peer=%s error=%r", address, exc)
             return
         except BaseException:
             sock.close()
@@ -602,8 +652,23 @@ async def _accept_loop(
     nursery: trio.Nursery,
     serve_one: Callable[[socket.socket], Awaitable[None]],
 ) -> NoReturn:
+    """Accept in batches on the listener's socket; wait only when the backlog is empty."""
     async with listener:
-        while True:
-            sock = await _accept(listener)
-            if sock is not None:
-                nursery.start_soon(serve_one, sock)
+        raw = socket.socket(fileno=listener.socket.fileno())
+        raw.setblocking(False)
+        try:
+            while True:
+                try:
+                    ready = _accept_ready(raw)
+                except OSError as exc:  # out of descriptors or memory: back off, keep serving
+                    logger.error("accept failed, retrying in 100 ms error=%r", exc)
+                    await trio.sleep(0.1)
+                    continue
+                for sock in ready:
+                    nursery.start_soon(serve_one, sock)
+                if ready:
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.wait_readable(raw)
+        finally:
+            raw.detach()  # the listener owns the descriptor

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -112,58 +112,80 @@ def _leaf_spiffe_id(leaf: x509.Certificate, exts: Extensions) -> SpiffeId:
     return spiffe_id
 
 
-def _check_leaf_usage(
-    leaf: x509.Certificate,
-    exts: Extensions,
-    role: Role | None,
-) -> None:
-    """L-4..L-8 on a leaf SVID."""
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    """A leaf that passed the role-independent rules L-1..L-7, and its EKU for L-8."""
+
+    certificate: x509.Certificate
+    spiffe_id: SpiffeId
+    ekus: frozenset[x509.ObjectIdentifier] | None  # None: no EKU extension
+    window: Window
+
+
+def _read_leaf(leaf: x509.Certificate) -> _Leaf:
+    """L-1..L-7 on a leaf SVID. Raises `VerificationError`."""
+    exts = extensions(leaf, 0)
+    spiffe_id = _leaf_spiffe_id(leaf, exts)
     bc = exts.get(ExtensionOID.BASIC_CONSTRAINTS)
-    if bc is not None:
-        assert isinstance(bc.value, x509.BasicConstraints)
-        if bc.value.ca:
-            raise fail("leaf_is_ca", leaf, 0, "basic constraints say cA=true", "L-4")
+    if bc is not None and cast(x509.BasicConstraints, bc.value).ca:
+        raise fail("leaf_is_ca", leaf, 0, "basic constraints say cA=true", "L-4")
     ku = exts.get(ExtensionOID.KEY_USAGE)
     if ku is None:
         raise fail("key_usage", leaf, 0, "has no key usage extension", "L-5")
     if not ku.critical:
         raise fail("key_usage", leaf, 0, "key usage extension is not critical", "L-5")
-    usage = ku.value
-    assert isinstance(usage, x509.KeyUsage)
+    usage = cast(x509.KeyUsage, ku.value)
     if not usage.digital_signature:
         raise fail("key_usage", leaf, 0, "key usage lacks digitalSignature", "L-6")
     if usage.key_cert_sign or usage.crl_sign:
         raise fail("key_usage", leaf, 0, "key usage has keyCertSign or cRLSign", "L-7")
     eku = exts.get(ExtensionOID.EXTENDED_KEY_USAGE)
-    if eku is not None:
-        assert isinstance(eku.value, x509.ExtendedKeyUsage)
-        allowed = set(eku.value)
-        if _ANY_EKU in allowed:
-            return
-        wanted = [_ROLE_EKU[role]] if role is not None else list(_ROLE_EKU.values())
-        if allowed.isdisjoint(wanted):
-            names = " or ".join(f"{r}Auth" for r in ([role] if role else _ROLE_EKU))
-            raise fail(
-                "extended_key_usage", leaf, 0, f"extended key usage does not allow {names}", "L-8"
-            )
+    ekus = None if eku is None else frozenset(cast(x509.ExtendedKeyUsage, eku.value))
+    return _Leaf(leaf, spiffe_id, ekus, _window(leaf))
 
 
-def _check_window(cert: x509.Certificate, index: int, now: datetime, skew: timedelta) -> None:
-    not_after = cert.not_valid_after_utc
+def _check_eku(leaf: _Leaf, role: Role | None) -> None:
+    """L-8: an EKU, if present, allows the role (either role when `role` is None)."""
+    if leaf.ekus is None or _ANY_EKU in leaf.ekus:
+        return
+    wanted = [_ROLE_EKU[role]] if role is not None else list(_ROLE_EKU.values())
+    if leaf.ekus.isdisjoint(wanted):
+        names = " or ".join(f"{r}Auth" for r in ([role] if role else _ROLE_EKU))
+        raise fail(
+            "extended_key_usage",
+            leaf.certificate,
+            0,
+            f"extended key usage does not allow {names}",
+            "L-8",
+        )
+
+
+Window = tuple[datetime, datetime]  # (not_before, not_after), read once per certificate
+
+
+def _window(cert: x509.Certificate) -> Window:
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
+def _check_window(
+    cert: x509.Certificate, index: int, now: datetime, skew: timedelta, window: Window | None = None
+) -> None:
+    not_before, not_after = window or _window(cert)
     if now > not_after + skew:
         raise fail("expired", cert, index, f"expired at {not_after:%Y-%m-%dT%H:%M:%SZ}", "L-9")
-    not_before = cert.not_valid_before_utc
     if now < not_before - skew:
         raise fail(
             "not_yet_valid", cert, index, f"not valid before {not_before:%Y-%m-%dT%H:%M:%SZ}", "L-9"
         )
 
 
-def _check_lifetime(leaf: x509.Certificate, now: datetime, policy: ValidationPolicy) -> None:
+def _check_lifetime(
+    leaf: x509.Certificate, now: datetime, policy: ValidationPolicy, window: Window | None = None
+) -> None:
     """P-1 and P-2 on a leaf."""
-    not_before = leaf.not_valid_before_utc
+    not_before, not_after = window or _window(leaf)
     if policy.max_ttl is not None:
-        lifetime = leaf.not_valid_after_utc - not_before
+        lifetime = not_after - not_before
         if lifetime > policy.max_ttl:
             raise fail(
                 "ttl_exceeded",
@@ -216,10 +238,9 @@ def _certificate_rules(
     chain: Sequence[x509.Certificate], role: Role | None
 ) -> tuple[SpiffeId, list[Signer]]:
     """Steps 1-8 of docs/verification-order.md: L-1..L-8 on the leaf, S-1..S-3 on the rest."""
-    leaf = chain[0]
-    leaf_exts = extensions(leaf, 0)
-    spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
-    _check_leaf_usage(leaf, leaf_exts, role)
+    leaf = _read_leaf(chain[0])
+    _check_eku(leaf, role)
+    spiffe_id = leaf.spiffe_id
     signers = [read_signer(chain[index], index) for index in range(1, len(chain))]
     for index, signer in enumerate(signers, start=1):
         if signer.problem is not None:
@@ -227,11 +248,18 @@ def _certificate_rules(
     return spiffe_id, signers
 
 
-def _time_rules(chain: Sequence[x509.Certificate], now: datetime, policy: ValidationPolicy) -> None:
+def _time_rules(
+    chain: Sequence[x509.Certificate],
+    now: datetime,
+    policy: ValidationPolicy,
+    windows: Sequence[Window] | None = None,
+) -> None:
     """Steps 10-11: every validity window with the skew (L-9, P-3), then P-1 and P-2."""
+    windows = windows or [_window(cert) for cert in chain]
+    skew = policy.clock_skew
     for index, cert in enumerate(chain):
-        _check_window(cert, index, now, policy.clock_skew)
-    _check_lifetime(chain[0], now, policy)
+        _check_window(cert, index, now, skew, windows[index])
+    _check_lifetime(chain[0], now, policy, windows[0])
 
 
 def check_svid_offline(
@@ -458,6 +486,22 @@ _PARSED: dict[bytes, tuple[x509.Certificate, Signer]] = {}
 _PARSED_MAX: Final = 256
 
 
+_LEAVES: dict[bytes, _Leaf] = {}
+_LEAVES_MAX: Final = 1024
+
+
+def _cached_leaf(der: bytes) -> _Leaf:
+    """Parse a leaf and apply L-1..L-7, once per distinct leaf: peers reconnect with the
+    same SVID until it rotates. Only leaves that pass are kept; the cache is bounded."""
+    found = _LEAVES.get(der)
+    if found is None:
+        found = _read_leaf(x509.load_der_x509_certificate(der))
+        if len(_LEAVES) >= _LEAVES_MAX:
+            _LEAVES.pop(next(iter(_LEAVES)))
+        _LEAVES[der] = found
+    return found
+
+
 def _parse_signer(der: bytes, index: int) -> tuple[x509.Certificate, Signer]:
     found = _PARSED.get(der)
     if found is None:
@@ -486,12 +530,11 @@ def verify_handshake_chain(
     if not verified:
         raise VerificationError("no_client_certificate", "the peer sent no certificate")
     try:
-        leaf = x509.load_der_x509_certificate(verified[0])
+        leaf_facts = _cached_leaf(verified[0])
+        _check_eku(leaf_facts, role)
+        leaf, spiffe_id = leaf_facts.certificate, leaf_facts.spiffe_id
         parsed = [_parse_signer(der, index) for index, der in enumerate(verified[1:], start=1)]
         chain = [leaf, *(cert for cert, _ in parsed)]
-        leaf_exts = extensions(leaf, 0)
-        spiffe_id = _leaf_spiffe_id(leaf, leaf_exts)
-        _check_leaf_usage(leaf, leaf_exts, role)
         signers = [signer for _, signer in parsed]
         for index, signer in enumerate(signers, start=1):
             if signer.problem is not None:
@@ -510,7 +553,8 @@ def verify_handshake_chain(
                 f"chain of {spiffe_id} ends at a root that is not in the bundle of {td}",
                 rule="L-10",
             )
-        _time_rules(chain, now, policy)
+        windows = [leaf_facts.window, *((sig.not_before, sig.not_after) for sig in signers)]
+        _time_rules(chain, now, policy, windows)
         problem = _constraint_violation(signers, spiffe_id)
         if problem is not None:
             raise VerificationError("bad_signing_certificate", problem, rule="S-4")
