@@ -45,6 +45,7 @@ async def start_server(
     *,
     source: meshtls.IdentitySource,
     authorize: meshtls.Authorizer | None = None,
+    on_rejected: Callable[[meshtls.HandshakeError], object] | None = None,
     **options: float | int,
 ) -> int:
     """Start `meshtls.serve` on 127.0.0.1:0 and return its port."""
@@ -55,6 +56,7 @@ async def start_server(
         host="127.0.0.1",
         source=source,
         authorize=authorize or meshtls.authorize_member_of("example.org"),
+        on_rejected=on_rejected,
         **options,  # type: ignore[arg-type]
     )
     listeners: list[trio.SocketListener] = await nursery.start(serve)

@@ -568,6 +568,7 @@ async def serve(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     clock: Clock | None = None,
+    on_rejected: Callable[[HandshakeError], object] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept mTLS connections on `port` and run ``handler(stream)`` for each verified peer.
@@ -578,7 +579,9 @@ async def serve(
     At most `max_handshakes` handshakes do work at once; a connection waits for a slot
     only once its first bytes arrive, so idle connections cannot starve real ones.
 
-    A rejected peer is closed and logged, and the handler never runs. The handler owns
+    A rejected peer is closed and logged, `on_rejected` (if given) is called with the
+    `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
+    are checked against (default: the wall clock). The handler owns
     the stream; it is closed when the handler returns. An exception from a handler is
     logged and does not stop the server. Runs until cancelled.
     """
@@ -626,6 +629,8 @@ async def serve(
         except HandshakeError as exc:
             sock.close()
             _log_rejection("server", exc)
+            if on_rejected is not None:
+                on_rejected(exc)
             return
         except OSError as exc:
             sock.close()
