@@ -37,3 +37,6 @@ from ._svid import X509Svid as X509Svid
 from ._svid import verify_svid as verify_svid
 
 __version__ = "0.1.0.dev0"
+
+# A library logs, and the application decides where the lines go (meshtls node does).
+__import__("logging").getLogger("meshtls").addHandler(__import__("logging").NullHandler())

@@ -20,15 +20,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NoReturn
 
+import trio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from . import __version__
+from ._authorize import authorize_any, authorize_id
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
 from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA
+from ._check import check_peer
 from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import ConfigError, MeshError, SpiffeIdError, VerificationError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._sources import FileSource
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import check_svid_offline, leaf_spiffe_id, verify_svid
 
@@ -373,7 +377,80 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- main
 
-_COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (_add_ca, _add_inspect)
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _add_check(commands: _Subcommands) -> None:
+    check = commands.add_parser(
+        "check", help="dial a peer, verify its SVID, and report its id and handshake time"
+    )
+    check.add_argument("address", type=_host_port, metavar="HOST:PORT")
+    check.add_argument("--cert", type=Path, required=True, help="our SVID: leaf, then chain")
+    check.add_argument("--key", type=Path, required=True, help="our SVID's private key")
+    check.add_argument("--bundle", type=Path, required=True, help="roots of our trust domain")
+    check.add_argument(
+        "--federated",
+        action="append",
+        default=[],
+        metavar="TD=PATH",
+        help="roots of another trusted trust domain; repeats",
+    )
+    check.add_argument("--expect", metavar="SPIFFE_ID", help="the id the peer must have")
+    check.add_argument(
+        "--wait",
+        type=_duration_arg,
+        default=timedelta(seconds=1),
+        metavar="DURATION",
+        help="how long to wait for the peer's verdict on us after the handshake (default: 1s)",
+    )
+    check.add_argument(
+        "--timeout", type=_duration_arg, default=timedelta(seconds=10), metavar="DURATION"
+    )
+    check.set_defaults(run=_cmd_check)
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    federated: dict[str, str | Path] = {}
+    for item in args.federated:
+        td, sep, path = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--federated {item!r}: expected TD=PATH")
+        federated[td] = path
+    source = FileSource(cert=args.cert, key=args.key, bundle=args.bundle, federated=federated)
+    authorize = authorize_id(SpiffeId.parse(args.expect)) if args.expect else authorize_any()
+    host, port = args.address
+
+    async def run() -> int:
+        with trio.fail_after(args.timeout.total_seconds()):
+            result = await check_peer(
+                host, port, source=source, authorize=authorize, wait=args.wait.total_seconds()
+            )
+        if result.peer is not None:
+            left = result.time_left()
+            print(f"spiffe_id: {result.peer.spiffe_id}")
+            print(f"time_left: {format_duration(left) if left is not None else '-'}")
+        print(f"handshake: {result.handshake_seconds * 1000:.1f} ms")
+        if result.ok:
+            print(f"verdict: ok ({result.detail})")
+            return EXIT_OK
+        print(f"verdict: rejected reason={result.reason}")
+        print(f"detail: {_one_line(result.detail)}")
+        return EXIT_FAILED
+
+    try:
+        return trio.run(run)
+    except (OSError, trio.TooSlowError) as exc:
+        what = "timed out" if isinstance(exc, trio.TooSlowError) else _error_text(exc)
+        print(f"{PROG}: error: {host}:{port}: {what}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+_COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (_add_ca, _add_inspect, _add_check)
 
 
 def build_parser() -> argparse.ArgumentParser:

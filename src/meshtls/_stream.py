@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -119,8 +120,12 @@ def _address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-async def _handshake(sock: socket.socket, session: TlsSession) -> None:
-    """Drive the engine until the handshake completes. Raises TlsError or HandshakeError."""
+async def _handshake(sock: socket.socket, session: TlsSession, *, connecting: bool = False) -> None:
+    """Drive the engine until the handshake completes. Raises TlsError.
+
+    With `connecting`, the first flight goes out through `_send_first`, and an OSError
+    from it (the TCP connect failed) propagates as it is.
+    """
     while True:
         try:
             done = session.handshake()
@@ -131,7 +136,10 @@ async def _handshake(sock: socket.socket, session: TlsSession) -> None:
                     sock.send(alert)
             raise
         out = session.outgoing()
-        if out:
+        if out and connecting:
+            connecting = False
+            await _send_first(sock, out)
+        elif out:
             try:
                 await _send_all(sock, out)
             except OSError as exc:
@@ -397,11 +405,12 @@ class _HandshakeContext:
 
 
 async def _establish(
-    sock: socket.socket, session: TlsSession, ctx: _HandshakeContext
+    sock: socket.socket, session: TlsSession, ctx: _HandshakeContext, *, connecting: bool = False
 ) -> MeshStream:
-    """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure."""
+    """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure
+    (or OSError when `connecting` and the TCP connect failed)."""
     try:
-        await _handshake(sock, session)
+        await _handshake(sock, session, connecting=connecting)
     except TlsError as exc:
         if ctx.role == "server":  # we are the client: the server's chain is readable
             raise _diagnose_client_side(session, exc, ctx) from exc
@@ -443,28 +452,45 @@ def _literal_family(host: str) -> socket.AddressFamily | None:
     return None
 
 
-async def _open_socket(host: str, port: int) -> socket.socket:
-    """A connected, nonblocking TCP socket. A literal IP is dialled directly."""
+async def _open_socket(host: str, port: int) -> tuple[socket.socket, bool]:
+    """A nonblocking TCP socket to `host:port`, and whether its connect may still be under way.
+
+    A literal IP is dialled directly and not waited for: the caller builds its ClientHello
+    while the kernel completes the TCP handshake (`_send_first` settles it). A name goes
+    through trio's happy eyeballs and is connected on return.
+    """
     family = _literal_family(host)
     if family is None:
-        stream = await trio.open_tcp_stream(host, port)  # happy eyeballs for names
-        fd = stream.socket.detach()
-        sock = socket.socket(fileno=fd)
+        stream = await trio.open_tcp_stream(host, port)
+        sock = socket.socket(fileno=stream.socket.detach())
         _prepare(sock)
-        return sock
+        return sock, False
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         _prepare(sock)
         code = sock.connect_ex((host, port))
-        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK):
-            await trio.lowlevel.wait_writable(sock)
-            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            raise OSError(code, f"connecting to {host}:{port}: {errno.errorcode.get(code, code)}")
+        if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            raise OSError(code, f"connecting to {host}:{port}: {os.strerror(code)}")
     except BaseException:
         sock.close()
         raise
-    return sock
+    return sock, code != 0
+
+
+async def _send_first(sock: socket.socket, data: bytes) -> None:
+    """Send on a socket whose connect may be under way. OSError if the connect failed."""
+    while True:
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code)) from None
+            continue
+        break
+    if sent < len(data):
+        await _send_all(sock, data[sent:])
 
 
 async def connect(
@@ -489,9 +515,9 @@ async def connect(
     Timeouts belong to the caller: wrap the call in `trio.fail_after`.
     """
     contexts = source.contexts()
-    sock = await _open_socket(host, port)
+    sock, connecting = await _open_socket(host, port)
     ctx = _HandshakeContext(
-        address=_address(sock),
+        address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         bundles=contexts.bundles,
         policy=policy or DEFAULT_POLICY,
         authorize=authorize,
@@ -499,7 +525,8 @@ async def connect(
         role="server",
     )
     try:
-        return await _establish(sock, contexts.session(server_side=False), ctx)
+        session = contexts.session(server_side=False)
+        return await _establish(sock, session, ctx, connecting=connecting)
     except HandshakeError as exc:
         sock.close()
         _log_rejection("client", exc)
