@@ -87,17 +87,8 @@ async def test_check_sees_the_server_reject_us(
 
     async with trio.open_nursery() as nursery:
         port = await start_server(nursery, handler, source=mesh.server, on_rejected=rejected.append)
-        code, out, _ = (
-            await run_check(
-                capsys,
-                f"127.0.0.1:{port}",
-                *forged,
-                "--federated",
-                f"other.org={tmp_path / 'other.pem'}",
-            )
-            if (tmp_path / "other.pem").write_bytes(mesh.other.bundle_pem)
-            else (0, "", "")
-        )
+        address = f"127.0.0.1:{port}"
+        code, out, _ = await run_check(capsys, address, *forged, "--federated", federated)
         assert code == 1
         assert "verdict: rejected reason=protocol_error" in out
         assert [r.reason for r in rejected] == ["untrusted_chain"]
