@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -43,3 +44,17 @@ def assert_verifies(
     peer = meshtls.verify_svid(chain, bundles, now=now, policy=policy, role=role)
     assert peer.chain[0] == chain[0]
     return peer
+
+
+@dataclass(frozen=True)
+class World:
+    ca: CA
+    other: CA
+    ed: CA  # an Ed25519 hierarchy, which cryptography's web-PKI verifier refuses
+    bundles: meshtls.BundleSet
+
+
+@pytest.fixture(scope="session")
+def world(ca: CA, other_ca: CA) -> World:
+    ed = CA("ed.example", now=T, key_type="ed25519")
+    return World(ca, other_ca, ed, ca.bundle_set(other_ca, ed))

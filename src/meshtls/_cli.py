@@ -450,7 +450,31 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
-_COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (_add_ca, _add_inspect, _add_check)
+def _add_bench(commands: _Subcommands) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure handshakes against other TLS stacks, in the same run",
+        add_help=False,
+    )
+    bench.add_argument("what", choices=["handshake"], help="what to measure")
+    bench.add_argument(
+        "options", nargs=argparse.REMAINDER, help="see 'meshtls bench handshake --help'"
+    )
+    bench.set_defaults(run=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import main as bench_main  # noqa: PLC0415 - heavy; only `bench` needs it
+
+    return bench_main(args.options)
+
+
+_COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (
+    _add_ca,
+    _add_inspect,
+    _add_check,
+    _add_bench,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

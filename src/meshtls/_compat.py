@@ -44,6 +44,10 @@ if sys.version_info >= (3, 13):
         """DER of the chain the peer sent, leaf first; [] if it sent none."""
         return _der(tls.get_unverified_chain())
 
+    def unverified_chain_length(tls: ssl.SSLObject) -> int:
+        """How many certificates the peer sent."""
+        return len(tls.get_unverified_chain() or ())
+
 else:
 
     def verified_chain(tls: ssl.SSLObject) -> list[bytes]:
@@ -55,6 +59,11 @@ else:
         """DER of the chain the peer sent, leaf first; [] if it sent none."""
         private = cast(_PrivateSslObject, tls._sslobj)  # type: ignore[attr-defined]
         return _der(private.get_unverified_chain())
+
+    def unverified_chain_length(tls: ssl.SSLObject) -> int:
+        """How many certificates the peer sent."""
+        private = cast(_PrivateSslObject, tls._sslobj)  # type: ignore[attr-defined]
+        return len(private.get_unverified_chain() or ())
 
 
 class _PrivateSslObject(Protocol):

@@ -48,7 +48,7 @@ from ._errors import HandshakeError, MeshError, Reason, VerificationError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._sources import IdentitySource
 from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
-from ._tls import TlsError, TlsSession
+from ._tls import TlsError, TlsSession, alert_reason
 
 logger = logging.getLogger("meshtls")
 
@@ -120,11 +120,18 @@ def _address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
-async def _handshake(sock: socket.socket, session: TlsSession, *, connecting: bool = False) -> None:
+async def _handshake(
+    sock: socket.socket,
+    session: TlsSession,
+    *,
+    connecting: bool = False,
+    progress: _Handshake | None = None,
+) -> None:
     """Drive the engine until the handshake completes. Raises TlsError.
 
     With `connecting`, the first flight goes out through `_send_first`, and an OSError
-    from it (the TCP connect failed) propagates as it is.
+    from it (the TCP connect failed) propagates as it is. `progress`, when given, records
+    when we are waiting on the peer (for eviction under load).
     """
     while True:
         try:
@@ -146,10 +153,14 @@ async def _handshake(sock: socket.socket, session: TlsSession, *, connecting: bo
                 raise TlsError("protocol_error", f"the peer went away ({exc})") from None
         if done:
             return
+        if progress is not None:
+            progress.waiting_since = trio.current_time()
         try:
             data, _ = await _recv(sock, RECEIVE_SIZE)
         except OSError as exc:
             raise TlsError("protocol_error", f"the peer went away ({exc})") from None
+        if progress is not None:
+            progress.waiting_since = None
         if not data:
             raise TlsError("protocol_error", "the peer closed the connection during the handshake")
         session.feed(data)
@@ -342,10 +353,7 @@ def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
         )
     name = (exc.reason or "").upper()
     if "ALERT" in name:
-        reason: Reason = "protocol_error"
-        if "CERTIFICATE_REQUIRED" in name:
-            reason = "no_client_certificate"
-        return PeerRejectedError(reason, f"the peer sent a TLS alert: {exc.reason}")
+        return PeerRejectedError(alert_reason(name), f"the peer sent a TLS alert: {exc.reason}")
     return trio.BrokenResourceError(f"TLS failure: {exc.reason or exc}")
 
 
@@ -405,12 +413,17 @@ class _HandshakeContext:
 
 
 async def _establish(
-    sock: socket.socket, session: TlsSession, ctx: _HandshakeContext, *, connecting: bool = False
+    sock: socket.socket,
+    session: TlsSession,
+    ctx: _HandshakeContext,
+    *,
+    connecting: bool = False,
+    handshake: _Handshake | None = None,
 ) -> MeshStream:
     """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure
     (or OSError when `connecting` and the TCP connect failed)."""
     try:
-        await _handshake(sock, session, connecting=connecting)
+        await _handshake(sock, session, connecting=connecting, progress=handshake)
     except TlsError as exc:
         if ctx.role == "server":  # we are the client: the server's chain is readable
             raise _diagnose_client_side(session, exc, ctx) from exc
@@ -418,7 +431,12 @@ async def _establish(
     verified = session.verified_chain()
     try:
         peer = verify_handshake_chain(
-            verified, ctx.bundles, policy=ctx.policy, now=ctx.clock(), role=ctx.role
+            verified,
+            ctx.bundles,
+            policy=ctx.policy,
+            now=ctx.clock(),
+            role=ctx.role,
+            sent=session.sent_chain_length(),
         )
         ctx.authorize(peer)
     except VerificationError as exc:
@@ -539,29 +557,46 @@ async def connect(
 # ---------------------------------------------------------------- serve
 
 
-class _Slots:
-    """At most `total` holders; taking a free slot is not a checkpoint (the caller's I/O is).
+class _Handshake:
+    """One in-progress server handshake, as `_Handshakes` sees it."""
 
-    Waiters are served first come, first served.
+    __slots__ = ("evicted", "scope", "waiting_since")
+
+    def __init__(self, scope: trio.CancelScope) -> None:
+        self.scope = scope
+        self.waiting_since: float | None = None  # Trio time it began waiting on the peer
+        self.evicted = False
+
+
+class _Handshakes:
+    """At most `limit` handshakes in progress, so a flood cannot exhaust memory.
+
+    At the limit, a newcomer does not wait behind stalled peers: the handshake that has
+    been waiting on its peer the longest is cancelled (evicted) and its place handed over.
+    A peer that keeps its handshake moving is never evicted for one that is new. Taking a
+    free place is not a checkpoint (the caller's I/O is).
     """
 
-    __slots__ = ("_free", "_waiters")
+    __slots__ = ("_active", "_limit", "_waiters")
 
-    def __init__(self, total: int) -> None:
-        self._free = total
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._active: set[_Handshake] = set()
         self._waiters = trio.lowlevel.ParkingLot()
 
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        await self._waiters.park()  # `release` hands its slot straight to us
+    async def acquire(self, handshake: _Handshake) -> None:
+        while len(self._active) >= self._limit:
+            stalled = [h for h in self._active if h.waiting_since is not None and not h.evicted]
+            if stalled:
+                victim = min(stalled, key=lambda h: h.waiting_since or 0.0)
+                victim.evicted = True
+                victim.scope.cancel()
+            await self._waiters.park()
+        self._active.add(handshake)
 
-    def release(self) -> None:
-        if self._waiters:
-            self._waiters.unpark()
-        else:
-            self._free += 1
+    def release(self, handshake: _Handshake) -> None:
+        self._active.discard(handshake)
+        self._waiters.unpark()
 
 
 def _accept_ready(listener: socket.socket) -> list[socket.socket]:
@@ -603,8 +638,9 @@ async def serve(
     Use with ``await nursery.start(serve, handler, port, ...)``: ``started()`` gives the
     bound `trio.SocketListener`s (port 0 picks a free port). Accepting never waits on a
     peer: each connection's handshake runs in its own task under `handshake_timeout`.
-    At most `max_handshakes` handshakes do work at once; a connection waits for a slot
-    only once its first bytes arrive, so idle connections cannot starve real ones.
+    At most `max_handshakes` handshakes are in progress; a connection takes a place only
+    once its first bytes arrive, and at the limit the handshake stalled longest on its
+    peer is evicted for the newcomer, so neither idle nor stalled peers starve real ones.
 
     A rejected peer is closed and logged, `on_rejected` (if given) is called with the
     `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
@@ -617,16 +653,17 @@ async def serve(
     if max_handshakes < 1:
         raise ValueError("max_handshakes must be >= 1")
     listeners = await trio.open_tcp_listeners(port, host=host)
-    slots = _Slots(max_handshakes)
+    handshakes = _Handshakes(max_handshakes)
     policy = policy or DEFAULT_POLICY
     now = clock or _wall_clock
 
     async def serve_one(sock: socket.socket) -> None:
         address = _address(sock)
         stream: MeshStream | None = None
+        handshake: _Handshake | None = None
         try:
-            with trio.move_on_after(handshake_timeout):
-                first, _ = await _recv(sock, RECEIVE_SIZE)  # idle peers hold no slot
+            with trio.move_on_after(handshake_timeout) as scope:
+                first, _ = await _recv(sock, RECEIVE_SIZE)  # idle peers hold no place
                 if not first:
                     raise HandshakeError(
                         "protocol_error", "closed before sending anything", peer=address
@@ -642,15 +679,20 @@ async def serve(
                 )
                 session = contexts.session(server_side=True)
                 session.feed(first)
-                await slots.acquire()
+                handshake = _Handshake(scope)
+                await handshakes.acquire(handshake)
                 try:
-                    stream = await _establish(sock, session, ctx)
+                    stream = await _establish(sock, session, ctx, handshake=handshake)
                 finally:
-                    slots.release()
+                    handshakes.release(handshake)
             if stream is None:
+                evicted = handshake is not None and handshake.evicted
                 raise HandshakeError(
                     "handshake_timeout",
-                    f"no complete handshake within {handshake_timeout:g}s",
+                    f"evicted: {max_handshakes} handshakes in progress and this peer had"
+                    " stalled longest"
+                    if evicted
+                    else f"no complete handshake within {handshake_timeout:g}s",
                     peer=address,
                 )
         except HandshakeError as exc:

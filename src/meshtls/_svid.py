@@ -520,8 +520,11 @@ def verify_handshake_chain(
     policy: ValidationPolicy,
     now: datetime,
     role: Role,
+    sent: int = 0,
 ) -> VerifiedPeer:
     """The SPIFFE checks on a chain OpenSSL verified in a handshake (DER, leaf first, root last).
+
+    `sent` is how many certificates the peer sent, held to the same limit as `verify_svid`.
 
     Same rules and reasons as `verify_svid`, without repeating OpenSSL's signature and
     path checks: the root must be an authority of the leaf's *own* trust domain (L-10),
@@ -529,6 +532,10 @@ def verify_handshake_chain(
     """
     if not verified:
         raise VerificationError("no_client_certificate", "the peer sent no certificate")
+    if sent > MAX_CHAIN_LENGTH:
+        raise VerificationError(
+            "malformed_certificate", f"the peer sent {sent} certificates, over {MAX_CHAIN_LENGTH}"
+        )
     try:
         leaf_facts = _cached_leaf(verified[0])
         _check_eku(leaf_facts, role)

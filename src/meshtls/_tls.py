@@ -38,19 +38,26 @@ from ._svid import X509Svid
 X509_V_FLAG_PARTIAL_CHAIN: Final = 0x80000
 X509_V_FLAG_NO_CHECK_TIME: Final = 0x200000
 
-# OpenSSL verify codes (x509_vfy.h) and the reason each one means.
-_VERIFY_REASONS: Final[dict[int, Reason]] = {
-    24: "bad_signing_certificate",  # invalid CA certificate
-    25: "bad_signing_certificate",  # path length constraint exceeded
-    26: "extended_key_usage",  # unsuitable purpose: EKU, or key usage without digitalSignature
-    47: "bad_signing_certificate",  # permitted subtree violation
-    48: "bad_signing_certificate",  # excluded subtree violation
-    49: "bad_signing_certificate",  # name constraints minimum/maximum unsupported
-    51: "bad_signing_certificate",  # unsupported name constraint type
-    52: "bad_signing_certificate",  # unsupported name constraint syntax
-    9: "not_yet_valid",
-    10: "expired",
-}
+# OpenSSL's verify messages (X509_verify_cert_error_string) and the reason each means.
+# Matched by text: the numeric codes moved between releases (an invalid CA is 24 in
+# OpenSSL 1.1 and 79 in 3.0), the messages did not.
+_VERIFY_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
+    ("invalid ca certificate", "bad_signing_certificate"),
+    ("path length constraint exceeded", "bad_signing_certificate"),
+    ("subtree violation", "bad_signing_certificate"),  # permitted / excluded
+    ("name constraint", "bad_signing_certificate"),  # unsupported type, syntax, min/max
+    ("certificate purpose", "extended_key_usage"),  # EKU, or key usage without digitalSignature
+    ("certificate has expired", "expired"),
+    ("certificate is not yet valid", "not_yet_valid"),
+)
+
+
+def _verify_reason(message: str) -> Reason:
+    text = message.lower()
+    for fragment, reason in _VERIFY_REASONS:
+        if fragment in text:
+            return reason
+    return "untrusted_chain"
 
 
 class TlsError(MeshError):
@@ -66,18 +73,40 @@ class TlsError(MeshError):
         self.verify_code = verify_code
 
 
+# TLS alerts a peer sends when it refuses our certificate (OpenSSL's reason names), and
+# the reason each gives us. Anything else is a protocol_error.
+_ALERT_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
+    ("CERTIFICATE_REQUIRED", "no_client_certificate"),
+    ("UNKNOWN_CA", "untrusted_chain"),
+    ("CERTIFICATE_EXPIRED", "expired"),
+    ("CERTIFICATE_REVOKED", "revoked"),
+    ("ACCESS_DENIED", "unauthorized"),
+    ("UNSUPPORTED_CERTIFICATE", "extended_key_usage"),
+    ("BAD_CERTIFICATE", "untrusted_chain"),
+    ("CERTIFICATE_UNKNOWN", "untrusted_chain"),
+)
+
+
+def alert_reason(name: str) -> Reason:
+    """The reason a TLS alert from the peer names; ``protocol_error`` when it names none."""
+    upper = name.upper()
+    for fragment, reason in _ALERT_REASONS:
+        if fragment in upper:
+            return reason
+    return "protocol_error"
+
+
 def _reason_for(exc: ssl.SSLError) -> TlsError:
     """Map an `ssl.SSLError` from a handshake to a reason."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        reason = _VERIFY_REASONS.get(code, "untrusted_chain")
-        return TlsError(reason, f"OpenSSL: {exc.verify_message} ({code})", verify_code=code)
+        code, message = exc.verify_code, exc.verify_message
+        return TlsError(_verify_reason(message), f"OpenSSL: {message} ({code})", verify_code=code)
     name = (exc.reason or "").upper()
     if name == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
         return TlsError("no_client_certificate", "the client sent no certificate")
     detail = exc.reason or str(exc)
     if "ALERT" in name:
-        return TlsError("protocol_error", f"the peer refused the handshake ({detail})")
+        return TlsError(alert_reason(name), f"the peer refused the handshake ({detail})")
     return TlsError("protocol_error", f"not a TLS 1.3 handshake ({detail})")
 
 
@@ -212,6 +241,10 @@ class TlsSession:
 
     def unverified_chain(self) -> list[bytes]:
         return _compat.unverified_chain(self._tls)
+
+    def sent_chain_length(self) -> int:
+        """How many certificates the peer sent."""
+        return _compat.unverified_chain_length(self._tls)
 
     @property
     def version(self) -> str | None:

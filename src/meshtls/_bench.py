@@ -1,0 +1,1228 @@
+"""Handshakes per second and latency: meshtls against bare trio.SSLStream, asyncio and blocking ssl.
+
+    meshtls bench handshake [--count 300] [--rounds 3] [--concurrency 1,16,64]
+        [--stacks meshtls,trio,asyncio,blocking] [--json FILE] [--no-memory] [--quiet]
+
+Theory of operation. Every stack runs its own server and its own clients in this
+process, over 127.0.0.1 with a port the kernel picks, with the same ECDSA P-256
+identities from `meshtls.testing.CA`: full TLS 1.3 handshakes, each side requiring
+and verifying the other's certificate against the CA bundle, no resumption (the
+server sends no tickets). One *handshake* is: connect, handshake, send one byte and
+read the server's echo, then close. The echo matters: in TLS 1.3 the client
+finishes before the server has checked the client certificate, so only the echo
+proves that the server accepted us. Latency runs from before the connect to the
+echo's arrival; the close is outside the latency but inside the throughput, which
+is handshakes done / wall time of the step, with `concurrency` clients at work.
+
+The stacks are measured round-robin: each round runs every concurrency level, and
+at each level every stack (starting with a different stack each round), each
+time with a fresh server and `count` handshakes after a short warm-up. So machine
+noise lands on all stacks alike. We report the median over rounds of each
+stack's throughput, latency percentiles over all the samples of all rounds, and
+meshtls as a ratio of medians to each baseline.
+
+Idle memory: 1,000 client streams connected to a server whose handler holds each
+one idle; both ends live in this process, so a connection's cost is the two
+streams (client and server) and their two sockets. Measured twice, in fresh
+event loops: once plain, for the RSS (VmRSS) and C-heap (glibc ``mallinfo2``,
+which sees OpenSSL's allocations) deltas, and once under `tracemalloc`, for the
+Python heap (which does not see OpenSSL's). Free memory is handed back to the
+kernel (``malloc_trim``) before each baseline, so that an earlier run's freed
+pages do not hide this run's growth.
+
+Used by ``meshtls bench handshake`` and by ``benchmarks/handshake.py``.
+"""
+
+from __future__ import annotations
+
+import abc
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import gc
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final, Literal, Protocol, TextIO, cast
+
+import cryptography
+import trio
+
+import meshtls
+
+from .testing import CA
+
+HOST: Final = "127.0.0.1"
+TRUST_DOMAIN: Final = "example.org"
+STACKS: Final = ("meshtls", "trio", "asyncio", "blocking")
+MEMORY_STACKS: Final = ("meshtls", "trio")
+WARMUP: Final = 3  # handshakes before each measured step, not counted
+IDLE_CONNECTIONS: Final = 1000
+IDLE_OPENERS: Final = 32  # connections opened in parallel while filling the idle set
+#: Targets of issue 3 for meshtls: ratio to bare trio.SSLStream at a concurrency; p99/p50; memory.
+TARGET_RATIO_TRIO: Final = {1: 1.3, 64: 1.0}
+TARGET_P99_OVER_P50: Final = 2.0
+TARGET_BYTES_PER_STREAM: Final = 64 * 1024
+
+Role = Literal["server", "client"]
+Tick = Callable[[], None]
+
+
+# ---------------------------------------------------------------- identities
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """PEM files for a server and a client SVID of one trust domain, and its bundle."""
+
+    directory: Path
+
+    def cert(self, role: Role) -> Path:
+        return self.directory / f"{role}.pem"
+
+    def key(self, role: Role) -> Path:
+        return self.directory / f"{role}.key"
+
+    @property
+    def bundle(self) -> Path:
+        return self.directory / "bundle.pem"
+
+    @staticmethod
+    def spiffe_id(role: Role) -> str:
+        return f"spiffe://{TRUST_DOMAIN}/bench/{role}"
+
+    def ssl_context(self, role: Role) -> ssl.SSLContext:
+        """The stdlib context of the baselines: TLS 1.3 only, mutual, no tickets, no hostname."""
+        server = role == "server"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_3
+        context.maximum_version = ssl.TLSVersion.TLSv1_3
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+        if server:
+            context.num_tickets = 0
+        context.load_cert_chain(self.cert(role), self.key(role))
+        context.load_verify_locations(cafile=self.bundle)
+        return context
+
+
+def make_identity(directory: Path, *, now: datetime | None = None) -> Identity:
+    """A fresh CA and two ECDSA P-256 leaves, written to `directory` (created if need be).
+
+    The leaves are valid from 5 minutes before `now` for 50 minutes, inside the
+    default policy's one-hour TTL cap; a run issues new ones every round.
+    """
+    now = now or datetime.now(UTC)
+    start = now - timedelta(minutes=5)
+    directory.mkdir(parents=True, exist_ok=True)
+    identity = Identity(directory)
+    ca = CA(TRUST_DOMAIN, now=start)
+    roles: tuple[Role, ...] = ("server", "client")
+    for role in roles:
+        issued = ca.issue(
+            Identity.spiffe_id(role),
+            not_before=start,
+            ttl=timedelta(minutes=50),
+            key_type="ec-p256",
+        )
+        identity.cert(role).write_bytes(issued.chain_pem)
+        key = identity.key(role)
+        key.touch(mode=0o600)
+        key.write_bytes(issued.key_pem)
+    identity.bundle.write_bytes(ca.bundle_pem)
+    return identity
+
+
+# ---------------------------------------------------------------- one measured step
+
+
+@dataclass(slots=True)
+class Tally:
+    """Failures seen by clients or servers; safe to update from threads."""
+
+    errors: int = 0
+    first_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def failed(self, where: str, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = f"{where}: {type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One stack at one concurrency in one round: the wall time and each handshake's latency."""
+
+    elapsed: float  # seconds, first connect to last close
+    cpu: float  # seconds of CPU, every thread of the process, over the same span
+    latencies: list[float]  # seconds, successful handshakes only
+    errors: int
+    first_error: str | None
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def cpu_per_handshake(self) -> float:
+        return self.cpu / len(self.latencies) if self.latencies else math.nan
+
+
+def _step_deadline(count: int) -> float:
+    """Seconds after which a stuck step fails rather than hangs."""
+    return 120.0 + 0.5 * count
+
+
+class Stack(Protocol):
+    name: str
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        """Start a server, warm up, then time `count` handshakes by `concurrency` clients."""
+        ...
+
+
+# ---------------------------------------------------------------- trio stacks
+
+StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
+
+
+class _TrioFlavour(abc.ABC):
+    """What the two trio stacks share: the client loop, the echo handler, idle memory."""
+
+    name: str
+
+    @abc.abstractmethod
+    def setup(self, identity: Identity) -> None:
+        """Build contexts or sources; called once per step, before the server starts."""
+
+    @abc.abstractmethod
+    async def serve(self, nursery: trio.Nursery, handler: StreamHandler, tally: Tally) -> int:
+        """Start a server on HOST, port 0, running `handler` on each verified stream."""
+
+    @abc.abstractmethod
+    async def dial(self, port: int) -> trio.abc.Stream:
+        """A client stream to HOST:`port` whose handshake has completed."""
+
+    def check_peer(self, stream: trio.abc.Stream) -> None:  # noqa: B027  (optional hook)
+        """Run on each warm-up stream: does the stream know whom it talks to?"""
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        self.setup(identity)
+        return trio.run(self._run, concurrency, count, tick)
+
+    async def _run(self, concurrency: int, count: int, tick: Tick) -> Step:
+        tally = Tally()
+
+        async def echo(stream: trio.abc.Stream) -> None:
+            try:
+                data = await stream.receive_some(1)
+                if data:
+                    await stream.send_all(data)
+                    while await stream.receive_some():
+                        pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                tally.failed("server", exc)
+            finally:
+                await stream.aclose()
+
+        async with trio.open_nursery() as nursery:
+            port = await self.serve(nursery, echo, tally)
+            with trio.fail_after(_step_deadline(count)):
+                for _ in range(WARMUP):
+                    stream = await self.dial(port)
+                    self.check_peer(stream)
+                    await stream.aclose()
+                step = await self._clients(port, concurrency, count, tick, tally)
+            nursery.cancel_scope.cancel()
+        return step
+
+    async def _one(self, port: int) -> float:
+        start = time.perf_counter()
+        stream = await self.dial(port)
+        try:
+            await stream.send_all(b"x")
+            if await stream.receive_some(1) != b"x":
+                raise RuntimeError("no echo from the server")
+            latency = time.perf_counter() - start
+        finally:
+            await stream.aclose()
+        return latency
+
+    async def _clients(
+        self, port: int, concurrency: int, count: int, tick: Tick, tally: Tally
+    ) -> Step:
+        remaining = count
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                try:
+                    latencies.append(await self._one(port))
+                except Exception as exc:  # counted and reported: a failed handshake is data
+                    tally.failed("client", exc)
+                tick()
+
+        start = time.perf_counter()
+        cpu_start = time.process_time()
+        async with trio.open_nursery() as nursery:
+            for _ in range(min(concurrency, count)):
+                nursery.start_soon(worker)
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        return Step(elapsed, cpu, latencies, tally.errors, tally.first_error)
+
+    # ------------------------------------------------------------ idle memory
+
+    def idle_memory(self, identity: Identity, connections: int, *, traced: bool) -> MemorySample:
+        """Memory growth while `connections` verified connections sit idle (see module doc)."""
+        raise_fd_limit()
+        self.setup(identity)
+        return trio.run(self._idle, connections, traced)
+
+    async def _idle(self, connections: int, traced: bool) -> MemorySample:
+        tally = Tally()
+        held = 0
+        all_held = trio.Event()
+        release = trio.Event()
+        wanted = 0
+
+        async def hold(stream: trio.abc.Stream) -> None:
+            nonlocal held
+            held += 1
+            if held == wanted:
+                all_held.set()
+            try:
+                await release.wait()
+            finally:
+                await stream.aclose()
+
+        async def fill(port: int, n: int, streams: list[trio.abc.Stream]) -> None:
+            remaining = n
+
+            async def opener() -> None:
+                nonlocal remaining
+                while remaining > 0:
+                    remaining -= 1
+                    streams.append(await self.dial(port))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(IDLE_OPENERS, n)):
+                    nursery.start_soon(opener)
+
+        async with trio.open_nursery() as nursery:
+            port = await self.serve(nursery, hold, tally)
+            with trio.fail_after(_step_deadline(connections)):
+                # Warm-up: the first connections initialise caches that would count as ours.
+                warm: list[trio.abc.Stream] = []
+                wanted = min(10, connections)
+                await fill(port, wanted, warm)
+                await all_held.wait()
+                for stream in warm:
+                    await stream.aclose()
+                del warm
+                release.set()
+                await trio.sleep(0.05)  # let the server handlers close
+
+                held, wanted = 0, connections
+                all_held, release = trio.Event(), trio.Event()
+                if traced:
+                    tracemalloc.start()
+                try:
+                    before = _memory_now(traced)
+                    streams: list[trio.abc.Stream] = []
+                    await fill(port, connections, streams)
+                    await all_held.wait()
+                    after = _memory_now(traced)
+                finally:
+                    if traced:
+                        tracemalloc.stop()
+                release.set()
+                for stream in streams:
+                    await stream.aclose()
+            nursery.cancel_scope.cancel()
+        if tally.errors:
+            raise RuntimeError(f"idle memory: {tally.first_error}")
+        return after.minus(before)
+
+
+class TrioSSLStack(_TrioFlavour):
+    """Bare `trio.SSLStream` over `trio.open_tcp_stream` and `trio.serve_tcp`, stdlib contexts."""
+
+    name = "trio"
+
+    def setup(self, identity: Identity) -> None:
+        self._server_context = identity.ssl_context("server")
+        self._client_context = identity.ssl_context("client")
+
+    async def serve(self, nursery: trio.Nursery, handler: StreamHandler, tally: Tally) -> int:
+        context = self._server_context
+
+        async def on_tcp(tcp: trio.SocketStream) -> None:
+            tls = trio.SSLStream(tcp, context, server_side=True)
+            try:
+                await tls.do_handshake()
+            except trio.BrokenResourceError as exc:
+                tally.failed("server", exc)
+                await tls.aclose()
+                return
+            await handler(tls)
+
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, host=HOST), on_tcp, 0)
+        return _port_of(listeners)
+
+    async def dial(self, port: int) -> trio.abc.Stream:
+        tcp = await trio.open_tcp_stream(HOST, port)
+        tls = trio.SSLStream(tcp, self._client_context, server_side=False, https_compatible=False)
+        try:
+            await tls.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(tls)
+            raise
+        return tls
+
+
+class MeshtlsStack(_TrioFlavour):
+    """`meshtls.connect` and `meshtls.serve` with `FileSource`s and `authorize_member_of`."""
+
+    name = "meshtls"
+
+    def __init__(self) -> None:
+        self._authorize = meshtls.authorize_member_of(TRUST_DOMAIN)
+
+    def _source(self, identity: Identity, role: Role) -> meshtls.FileSource:
+        return meshtls.FileSource(
+            cert=identity.cert(role), key=identity.key(role), bundle=identity.bundle
+        )
+
+    def setup(self, identity: Identity) -> None:
+        self._server_source = self._source(identity, "server")
+        self._client_source = self._source(identity, "client")
+
+    async def serve(self, nursery: trio.Nursery, handler: StreamHandler, tally: Tally) -> int:
+        serve = functools.partial(
+            meshtls.serve,
+            handler,
+            0,
+            host=HOST,
+            source=self._server_source,
+            authorize=self._authorize,
+        )
+        return _port_of(await nursery.start(serve))
+
+    async def dial(self, port: int) -> trio.abc.Stream:
+        return await meshtls.connect(
+            HOST, port, source=self._client_source, authorize=self._authorize
+        )
+
+    def check_peer(self, stream: trio.abc.Stream) -> None:
+        peer = getattr(stream, "peer", None)
+        if not isinstance(peer, meshtls.VerifiedPeer):
+            raise RuntimeError(f"meshtls stream has no VerifiedPeer: {peer!r}")
+        if str(peer.spiffe_id) != Identity.spiffe_id("server"):
+            raise RuntimeError(f"meshtls verified the wrong peer: {peer.spiffe_id}")
+
+
+def _port_of(listeners: object) -> int:
+    """The port of the first listener with a socket: `serve_tcp` and `serve` start with a list."""
+    items = listeners if isinstance(listeners, list | tuple) else [listeners]
+    for item in items:
+        sock = getattr(item, "socket", None)
+        if isinstance(sock, trio.socket.SocketType):
+            return int(sock.getsockname()[1])
+    raise RuntimeError(f"cannot find a port in {listeners!r}")
+
+
+# ---------------------------------------------------------------- asyncio stack
+
+
+class AsyncioStack:
+    """`asyncio.open_connection` and `asyncio.start_server`, stdlib contexts, in `asyncio.run`."""
+
+    name = "asyncio"
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        server_context = identity.ssl_context("server")
+        client_context = identity.ssl_context("client")
+        return asyncio.run(self._run(server_context, client_context, concurrency, count, tick))
+
+    async def _run(
+        self,
+        server_context: ssl.SSLContext,
+        client_context: ssl.SSLContext,
+        concurrency: int,
+        count: int,
+        tick: Tick,
+    ) -> Step:
+        tally = Tally()
+        handlers: set[asyncio.Task[object]] = set()
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                handlers.add(task)
+            try:
+                data = await reader.read(1)
+                if data:
+                    writer.write(data)
+                    await writer.drain()
+                    while await reader.read(65536):
+                        pass
+            except OSError as exc:
+                tally.failed("server", exc)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+                if task is not None:
+                    handlers.discard(task)
+
+        async def one(port: int) -> float:
+            start = time.perf_counter()
+            reader, writer = await asyncio.open_connection(HOST, port, ssl=client_context)
+            try:
+                writer.write(b"x")
+                await writer.drain()
+                if await reader.read(1) != b"x":
+                    raise RuntimeError("no echo from the server")
+                latency = time.perf_counter() - start
+            finally:
+                writer.close()
+                await writer.wait_closed()
+            return latency
+
+        remaining = count
+        latencies: list[float] = []
+
+        async def worker(port: int) -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                try:
+                    latencies.append(await one(port))
+                except Exception as exc:  # counted and reported
+                    tally.failed("client", exc)
+                tick()
+
+        server = await asyncio.start_server(echo, HOST, 0, ssl=server_context, backlog=1024)
+        try:
+            port = int(server.sockets[0].getsockname()[1])
+            async with asyncio.timeout(_step_deadline(count)):
+                for _ in range(WARMUP):
+                    await one(port)
+                start = time.perf_counter()
+                cpu_start = time.process_time()
+                await asyncio.gather(*(worker(port) for _ in range(min(concurrency, count))))
+                elapsed = time.perf_counter() - start
+                cpu = time.process_time() - cpu_start
+                if handlers:  # the last server handlers may still be closing
+                    await asyncio.wait(set(handlers))
+        finally:
+            server.close()
+            await server.wait_closed()
+        return Step(elapsed, cpu, latencies, tally.errors, tally.first_error)
+
+
+# ---------------------------------------------------------------- blocking stack
+
+
+class _BlockingServer:
+    """An accept loop in a thread handing each connection to a thread pool."""
+
+    def __init__(self, context: ssl.SSLContext, workers: int, tally: Tally) -> None:
+        self._context = context
+        self._tally = tally
+        self._listener = socket.create_server((HOST, 0), backlog=1024)
+        self._listener.settimeout(0.05)  # so that the accept loop sees `_stopping`
+        self.port = int(self._listener.getsockname()[1])
+        self._stopping = threading.Event()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="bench-blocking-server")
+        self._thread = threading.Thread(target=self._accept_loop, name="bench-blocking-accept")
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()  # blocking: the listener has a timeout
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                self._tally.failed("server accept", exc)
+                return
+            self._pool.submit(self._handle, conn)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                with self._context.wrap_socket(conn, server_side=True) as tls:
+                    data = tls.recv(1)
+                    if data:
+                        tls.sendall(data)
+                        while tls.recv(65536):
+                            pass
+            except OSError as exc:
+                self._tally.failed("server", exc)
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._listener.close()
+        self._pool.shutdown(wait=True)
+
+
+class BlockingStack:
+    """Plain blocking `ssl` sockets: a threaded server; clients in threads when concurrent."""
+
+    name = "blocking"
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        client_context = identity.ssl_context("client")
+        tally = Tally()
+        server = _BlockingServer(identity.ssl_context("server"), 2 * concurrency + 4, tally)
+        try:
+            for _ in range(WARMUP):
+                self._one(server.port, client_context)
+            return self._clients(
+                server.port,
+                client_context,
+                concurrency=concurrency,
+                count=count,
+                tick=tick,
+                tally=tally,
+            )
+        finally:
+            server.close()
+
+    @staticmethod
+    def _one(port: int, context: ssl.SSLContext) -> float:
+        start = time.perf_counter()
+        with socket.create_connection((HOST, port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with context.wrap_socket(sock) as tls:
+                tls.sendall(b"x")
+                if tls.recv(1) != b"x":
+                    raise RuntimeError("no echo from the server")
+                return time.perf_counter() - start
+
+    def _clients(
+        self,
+        port: int,
+        context: ssl.SSLContext,
+        *,
+        concurrency: int,
+        count: int,
+        tick: Tick,
+        tally: Tally,
+    ) -> Step:
+        tickets = iter(range(count))
+        lock = threading.Lock()
+        latencies: list[float] = []
+
+        def worker() -> None:
+            while True:
+                with lock:
+                    if next(tickets, None) is None:
+                        return
+                try:
+                    latency = self._one(port, context)
+                except Exception as exc:  # counted and reported
+                    tally.failed("client", exc)
+                else:
+                    with lock:
+                        latencies.append(latency)
+                tick()
+
+        start = time.perf_counter()
+        cpu_start = time.process_time()
+        if concurrency == 1:
+            worker()
+        else:
+            threads = [
+                threading.Thread(target=worker, name=f"bench-blocking-client-{i}")
+                for i in range(min(concurrency, count))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        return Step(elapsed, cpu, latencies, tally.errors, tally.first_error)
+
+
+# ---------------------------------------------------------------- memory
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+_LIBC: Final = _libc()
+
+
+def _malloc_in_use() -> int | None:
+    """Bytes malloc'd and not freed (main arena + mmap'd chunks), or None without glibc 2.33+."""
+    function = getattr(_LIBC, "mallinfo2", None) if _LIBC is not None else None
+    if function is None:
+        return None
+    function.restype = _MallInfo2
+    info = cast(_MallInfo2, function())
+    return int(info.uordblks) + int(info.hblkhd)
+
+
+def _malloc_trim() -> None:
+    function = getattr(_LIBC, "malloc_trim", None) if _LIBC is not None else None
+    if function is not None:
+        function(0)
+
+
+def _rss() -> int:
+    """This process's resident set size in bytes, from /proc/self/status (0 if unreadable)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySample:
+    python_heap: int | None  # tracemalloc's traced bytes; None when not tracing
+    rss: int
+    malloc: int | None
+
+    def minus(self, base: MemorySample) -> MemorySample:
+        return MemorySample(
+            None
+            if self.python_heap is None or base.python_heap is None
+            else self.python_heap - base.python_heap,
+            self.rss - base.rss,
+            None if self.malloc is None or base.malloc is None else self.malloc - base.malloc,
+        )
+
+
+def _memory_now(traced: bool) -> MemorySample:
+    """Collect garbage, hand free pages back to the kernel, then read each instrument."""
+    gc.collect()
+    _malloc_trim()
+    heap = tracemalloc.get_traced_memory()[0] if traced else None
+    return MemorySample(heap, _rss(), _malloc_in_use())
+
+
+def idle_memory(
+    stack: _TrioFlavour, identity: Identity, connections: int = IDLE_CONNECTIONS
+) -> dict[str, object]:
+    """Idle memory of `connections` verified connections of a trio stack, both ends in-process."""
+    plain = stack.idle_memory(identity, connections, traced=False)
+    traced = stack.idle_memory(identity, connections, traced=True)
+    streams = 2 * connections
+    heap = traced.python_heap or 0
+    result: dict[str, object] = {
+        "stack": stack.name,
+        "connections": connections,
+        "streams": streams,
+        "divided_by": "streams = 2 x connections (client end + server end, both in this process)",
+        "python_heap_bytes": heap,
+        "python_heap_bytes_per_stream": round(heap / streams),
+        "rss_bytes": plain.rss,
+        "rss_bytes_per_stream": round(plain.rss / streams),
+        "malloc_bytes": plain.malloc,
+        "malloc_bytes_per_stream": None if plain.malloc is None else round(plain.malloc / streams),
+    }
+    return result
+
+
+# ---------------------------------------------------------------- figures
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The `q`-th percentile (0..100) of sorted values, interpolating linearly between ranks."""
+    if not ordered:
+        return math.nan
+    position = (len(ordered) - 1) * q / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarise(stack: str, concurrency: int, steps: Sequence[Step]) -> dict[str, object]:
+    """Median throughput over rounds and latency percentiles (ms) over every sample."""
+    ordered = sorted(itertools.chain.from_iterable(step.latencies for step in steps))
+    rates = [step.rate for step in steps]
+    first_errors = [step.first_error for step in steps if step.first_error]
+    return {
+        "stack": stack,
+        "concurrency": concurrency,
+        "handshakes_per_second": round(statistics.median(rates), 1),
+        "cpu_ms_per_handshake": round(
+            statistics.median(step.cpu_per_handshake for step in steps) * 1000, 3
+        ),
+        "rounds": [
+            {
+                "handshakes_per_second": round(step.rate, 1),
+                "elapsed_s": round(step.elapsed, 4),
+                "cpu_s": round(step.cpu, 4),
+                "handshakes": len(step.latencies),
+                "errors": step.errors,
+            }
+            for step in steps
+        ],
+        "samples": len(ordered),
+        "latency_ms": {
+            name: round(value * 1000, 3)
+            for name, value in (
+                ("p50", percentile(ordered, 50)),
+                ("p90", percentile(ordered, 90)),
+                ("p99", percentile(ordered, 99)),
+                ("mean", statistics.fmean(ordered) if ordered else math.nan),
+                ("max", ordered[-1] if ordered else math.nan),
+            )
+        },
+        "errors": sum(step.errors for step in steps),
+        "first_error": first_errors[0] if first_errors else None,
+    }
+
+
+def _rate(entry: dict[str, object]) -> float:
+    return cast(float, entry["handshakes_per_second"])
+
+
+def _latency(entry: dict[str, object], name: str) -> float:
+    return cast(dict[str, float], entry["latency_ms"])[name]
+
+
+def compare(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """meshtls's median throughput over each baseline's, at each concurrency, and per round."""
+    by_key = {(cast(str, r["stack"]), cast(int, r["concurrency"])): r for r in results}
+    ratios: list[dict[str, object]] = []
+    for (stack, concurrency), mesh in by_key.items():
+        if stack != "meshtls":
+            continue
+        for baseline in STACKS[1:]:
+            other = by_key.get((baseline, concurrency))
+            if other is None or _rate(other) <= 0:
+                continue
+            mesh_rounds = cast(list[dict[str, float]], mesh["rounds"])
+            other_rounds = cast(list[dict[str, float]], other["rounds"])
+            ratios.append(
+                {
+                    "concurrency": concurrency,
+                    "baseline": baseline,
+                    "ratio": round(_rate(mesh) / _rate(other), 3),
+                    "per_round": [
+                        round(m["handshakes_per_second"] / o["handshakes_per_second"], 3)
+                        for m, o in zip(mesh_rounds, other_rounds, strict=True)
+                        if o["handshakes_per_second"] > 0
+                    ],
+                }
+            )
+    return ratios
+
+
+def judge(
+    results: Sequence[dict[str, object]],
+    ratios: Sequence[dict[str, object]],
+    memory: Sequence[dict[str, object]],
+) -> list[dict[str, object]]:
+    """Issue 3's targets for meshtls that this run measured, each with its verdict."""
+    targets: list[dict[str, object]] = []
+    for ratio in ratios:
+        concurrency = cast(int, ratio["concurrency"])
+        if ratio["baseline"] == "trio" and concurrency in TARGET_RATIO_TRIO:
+            wanted = TARGET_RATIO_TRIO[concurrency]
+            value = cast(float, ratio["ratio"])
+            targets.append(
+                {
+                    "name": f"meshtls / trio handshakes/s at concurrency {concurrency}",
+                    "value": value,
+                    "target": f">= {wanted}",
+                    "met": value >= wanted,
+                }
+            )
+    for entry in results:
+        if entry["stack"] == "meshtls" and entry["concurrency"] == 1 and _latency(entry, "p50") > 0:
+            value = round(_latency(entry, "p99") / _latency(entry, "p50"), 3)
+            targets.append(
+                {
+                    "name": "meshtls p99 / p50 latency at concurrency 1",
+                    "value": value,
+                    "target": f"<= {TARGET_P99_OVER_P50}",
+                    "met": value <= TARGET_P99_OVER_P50,
+                }
+            )
+    for entry in memory:
+        if entry["stack"] == "meshtls":
+            value = cast(int, entry["rss_bytes_per_stream"])
+            targets.append(
+                {
+                    "name": "meshtls RSS bytes per idle MeshStream",
+                    "value": value,
+                    "target": f"<= {TARGET_BYTES_PER_STREAM}",
+                    "met": value <= TARGET_BYTES_PER_STREAM,
+                }
+            )
+    return targets
+
+
+def environment() -> dict[str, object]:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return {
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "openssl": ssl.OPENSSL_VERSION,
+        "trio": trio.__version__,
+        "cryptography": cryptography.__version__,
+        "meshtls": meshtls.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count() or 0,
+        "cpus_usable": len(affinity(0)) if affinity is not None else os.cpu_count() or 0,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit: 1,000 idle connections are 2,000 fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ---------------------------------------------------------------- progress
+
+
+class Progress:
+    """A one-line bar on a terminal, a line per finished step otherwise, or nothing."""
+
+    def __init__(self, total: int, mode: Literal["bar", "lines", "off"], out: TextIO) -> None:
+        self.total = max(total, 1)
+        self.mode = mode
+        self.out = out
+        self.done = 0
+        self.label = ""
+        self._drawn = 0.0
+        self._lock = threading.Lock()
+
+    def start(self, label: str) -> None:
+        self.label = label
+        self._draw(force=True)
+
+    def tick(self) -> None:
+        self.done += 1  # from threads too: a lost increment is corrected by `finish`
+        if self.mode == "bar" and time.perf_counter() - self._drawn >= 0.1:
+            self._draw(force=False)
+
+    def finish(self, done: int, detail: str) -> None:
+        self.done = done
+        if self.mode == "lines":
+            print(f"{self.label}: {detail}", file=self.out, flush=True)
+        self._draw(force=True)
+
+    def note(self, text: str) -> None:
+        if self.mode == "lines":
+            print(text, file=self.out, flush=True)
+        elif self.mode == "bar":
+            self.label = text
+            self._draw(force=True)
+
+    def close(self) -> None:
+        if self.mode == "bar":
+            print("\r\033[K", end="", file=self.out, flush=True)
+
+    def _draw(self, *, force: bool) -> None:
+        if self.mode != "bar" or not self._lock.acquire(blocking=force):
+            return
+        try:
+            share = min(self.done / self.total, 1.0)
+            filled = round(30 * share)
+            bar = "#" * filled + "-" * (30 - filled)
+            print(f"\r[{bar}] {share:4.0%} {self.label}\033[K", end="", file=self.out, flush=True)
+            self._drawn = time.perf_counter()
+        finally:
+            self._lock.release()
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    count: int = 300
+    rounds: int = 3
+    concurrency: tuple[int, ...] = (1, 16, 64)
+    stacks: tuple[str, ...] = STACKS
+    memory: bool = True
+    idle: int = IDLE_CONNECTIONS
+
+
+def build_stacks(names: Sequence[str]) -> list[Stack]:
+    """The stacks to run, in `STACKS` order."""
+    stacks: list[Stack] = []
+    for name in STACKS:
+        if name not in names:
+            continue
+        if name == "meshtls":
+            stacks.append(MeshtlsStack())
+        elif name == "trio":
+            stacks.append(TrioSSLStack())
+        elif name == "asyncio":
+            stacks.append(AsyncioStack())
+        else:
+            stacks.append(BlockingStack())
+    return stacks
+
+
+def run_benchmark(options: Options, progress: Progress | None = None) -> dict[str, object]:
+    """Measure and return the whole report (the JSON document)."""
+    raise_fd_limit()
+    stacks = build_stacks(options.stacks)
+    total = options.rounds * len(options.concurrency) * len(stacks) * options.count
+    progress = progress or Progress(total, "off", sys.stderr)
+    progress.total = max(total, 1)
+    steps: dict[tuple[str, int], list[Step]] = {}
+    memory: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory(prefix="meshtls-bench-") as tmp:
+        done = 0
+        for round_index in range(options.rounds):
+            identity = make_identity(Path(tmp) / f"round-{round_index}")
+            turn = round_index % len(stacks) if stacks else 0
+            order = stacks[turn:] + stacks[:turn]
+            for concurrency in options.concurrency:
+                for stack in order:
+                    progress.start(
+                        f"round {round_index + 1}/{options.rounds} {stack.name} c={concurrency}"
+                    )
+                    step = stack.run(identity, concurrency, options.count, progress.tick)
+                    steps.setdefault((stack.name, concurrency), []).append(step)
+                    done += options.count
+                    detail = f"{step.rate:8.1f} handshakes/s"
+                    if step.errors:
+                        detail += f", {step.errors} errors ({step.first_error})"
+                    progress.finish(done, detail)
+        if options.memory:
+            identity = make_identity(Path(tmp) / "memory")
+            for stack in stacks:
+                if stack.name in MEMORY_STACKS:
+                    progress.note(f"memory: {options.idle} idle {stack.name} connections")
+                    memory.append(idle_memory(cast(_TrioFlavour, stack), identity, options.idle))
+    progress.close()
+    results = [
+        summarise(stack.name, concurrency, steps[(stack.name, concurrency)])
+        for concurrency in options.concurrency
+        for stack in stacks
+    ]
+    ratios = compare(results)
+    return {
+        "benchmark": "handshake",
+        "environment": environment(),
+        "options": {
+            "count": options.count,
+            "rounds": options.rounds,
+            "concurrency": list(options.concurrency),
+            "stacks": [stack.name for stack in stacks],
+            "warmup": WARMUP,
+            "memory": options.memory,
+            "idle_connections": options.idle,
+        },
+        "results": results,
+        "ratios": ratios,
+        "memory": memory,
+        "targets": judge(results, ratios, memory),
+    }
+
+
+# ---------------------------------------------------------------- command line
+
+
+def render(report: dict[str, object]) -> str:
+    """The report as text tables."""
+    lines: list[str] = []
+    env = cast(dict[str, object], report["environment"])
+    options = cast(dict[str, object], report["options"])
+    lines.append(
+        f"TLS 1.3 mutual-auth handshakes over loopback, ECDSA P-256: python {env['python']},"
+        f" {env['openssl']}, {env['cpus_usable']} cpus;"
+        f" {options['rounds']} rounds x {options['count']} handshakes"
+    )
+    lines.append(
+        f"{'stack':9s} {'conc':>4s} {'hs/s':>8s} {'rounds (hs/s)':>20s} {'cpu ms/hs':>9s}"
+        f" {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'p99/p50':>7s} {'errors':>6s}"
+    )
+    for entry in cast(list[dict[str, object]], report["results"]):
+        rounds = cast(list[dict[str, float]], entry["rounds"])
+        per_round = " ".join(f"{r['handshakes_per_second']:.0f}" for r in rounds)
+        p50, p90, p99 = (_latency(entry, name) for name in ("p50", "p90", "p99"))
+        spread = f"{p99 / p50:7.2f}" if p50 > 0 else f"{'-':>7s}"
+        cpu = cast(float, entry["cpu_ms_per_handshake"])
+        lines.append(
+            f"{entry['stack']!s:9s} {entry['concurrency']!s:>4s} {_rate(entry):8.1f}"
+            f" {per_round:>20s} {cpu:9.3f} {p50:8.3f} {p90:8.3f} {p99:8.3f}"
+            f" {spread} {entry['errors']!s:>6s}"
+        )
+    ratios = cast(list[dict[str, object]], report["ratios"])
+    if ratios:
+        lines.append("")
+        lines.append("meshtls handshakes/s as a ratio of medians (per round in brackets):")
+        for ratio in ratios:
+            per_round = ", ".join(map(str, cast(list[float], ratio["per_round"])))
+            lines.append(
+                f"  c={ratio['concurrency']!s:>3s} vs {ratio['baseline']!s:9s}"
+                f" {ratio['ratio']!s:>6s}  [{per_round}]"
+            )
+    memory = cast(list[dict[str, object]], report["memory"])
+    if memory:
+        lines.append("")
+        lines.append(
+            "idle memory, bytes per stream (both ends are in this process: deltas divided by"
+            " 2 x connections):"
+        )
+        lines.append(f"{'stack':9s} {'conns':>6s} {'RSS':>9s} {'C heap':>9s} {'Py heap':>9s}")
+        for entry in memory:
+            malloc = entry["malloc_bytes_per_stream"]
+            lines.append(
+                f"{entry['stack']!s:9s} {entry['connections']!s:>6s}"
+                f" {entry['rss_bytes_per_stream']!s:>9s}"
+                f" {'n/a' if malloc is None else str(malloc):>9s}"
+                f" {entry['python_heap_bytes_per_stream']!s:>9s}"
+            )
+    targets = cast(list[dict[str, object]], report["targets"])
+    if targets:
+        lines.append("")
+        lines.append("targets (issue 3):")
+        for target in targets:
+            verdict = "met" if target["met"] else "NOT MET"
+            lines.append(
+                f"  {target['name']}: {target['value']} (target {target['target']}) {verdict}"
+            )
+    return "\n".join(lines)
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"want positive integers: {text!r}")
+    return values
+
+
+def _stack_names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(names) - set(STACKS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown stack {', '.join(unknown) or '(none)'}; choose from {', '.join(STACKS)}"
+        )
+    return names
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"want a positive integer: {text!r}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="handshake.py",
+        description="TLS 1.3 mutual-auth handshakes/s and latency: meshtls and baselines.",
+    )
+    parser.add_argument("--count", type=_positive_int, default=300, help="per stack, level, round")
+    parser.add_argument("--rounds", type=_positive_int, default=3)
+    parser.add_argument("--concurrency", type=_positive_ints, default=(1, 16, 64), metavar="C,C")
+    parser.add_argument("--stacks", type=_stack_names, default=STACKS, metavar="NAME,NAME")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
+    parser.add_argument("--no-memory", action="store_true", help="skip the idle-memory part")
+    parser.add_argument("--idle", type=_positive_int, default=IDLE_CONNECTIONS, metavar="N")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; 0 when every handshake succeeded, 1 otherwise, 2 on usage errors."""
+    args = parser().parse_args(argv)
+    options = Options(
+        count=args.count,
+        rounds=args.rounds,
+        concurrency=args.concurrency,
+        stacks=args.stacks,
+        memory=not args.no_memory,
+        idle=args.idle,
+    )
+    mode: Literal["bar", "lines", "off"] = (
+        "off" if args.quiet else "bar" if sys.stderr.isatty() else "lines"
+    )
+    report = run_benchmark(options, Progress(0, mode, sys.stderr))
+    print(render(report))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+    results = cast(list[dict[str, object]], report["results"])
+    if not results:
+        print("nothing to measure", file=sys.stderr)
+        return 1
+    errors = sum(cast(int, entry["errors"]) for entry in results)
+    if errors:
+        print(f"{errors} handshakes failed: the figures are suspect", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""Smoke tests of benchmarks/handshake.py: every stack runs and the JSON report is whole and sane.
+
+Small counts, so this takes a couple of seconds; the figures themselves are not judged.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshtls import _bench as handshake
+
+STACKS = ["trio", "asyncio", "blocking", "meshtls"]
+LEVELS = (1, 4)
+COUNT = 10
+ROUNDS = 2
+
+
+def numbers(value: object, path: str = "") -> Iterator[tuple[str, float]]:
+    """Every number in a JSON document with its path; booleans are not numbers here."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from numbers(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from numbers(item, f"{path}[{index}]")
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        yield path, float(value)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("bench") / "handshake.json"
+    argv = ["--count", str(COUNT), "--rounds", str(ROUNDS), "--concurrency", "1,4"]
+    argv += ["--stacks", ",".join(STACKS), "--json", str(out), "--quiet", "--no-memory"]
+    assert handshake.main(argv) == 0
+    loaded: dict[str, object] = json.loads(out.read_text())
+    return loaded
+
+
+def test_every_stack_and_level_is_measured_without_errors(report: dict[str, object]) -> None:
+    results = report["results"]
+    assert isinstance(results, list)
+    assert sorted((r["stack"], r["concurrency"]) for r in results) == sorted(
+        (stack, level) for stack in STACKS for level in LEVELS
+    )
+    for entry in results:
+        assert entry["errors"] == 0, entry["first_error"]
+        assert entry["first_error"] is None
+        assert entry["samples"] == COUNT * ROUNDS
+        assert [r["handshakes"] for r in entry["rounds"]] == [COUNT] * ROUNDS
+        latency = entry["latency_ms"]
+        assert latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+        rates = sorted(r["handshakes_per_second"] for r in entry["rounds"])
+        assert rates[0] <= entry["handshakes_per_second"] <= rates[-1]
+
+
+def test_every_number_is_positive_and_finite(report: dict[str, object]) -> None:
+    checked = 0
+    for path, value in numbers(report):
+        if path.endswith(".errors"):
+            continue
+        assert math.isfinite(value), path
+        assert value > 0, path
+        checked += 1
+    assert checked > 50
+
+
+def test_environment_and_options_are_recorded(report: dict[str, object]) -> None:
+    env = report["environment"]
+    assert isinstance(env, dict)
+    assert env["python"].count(".") == 2
+    assert env["openssl"].startswith(("OpenSSL", "LibreSSL"))
+    assert env["cpu_count"] >= 1
+    options = report["options"]
+    assert isinstance(options, dict)
+    assert options["concurrency"] == list(LEVELS)
+    assert options["stacks"] == [s for s in handshake.STACKS if s in STACKS]
+
+
+def test_meshtls_is_compared_to_every_baseline(report: dict[str, object]) -> None:
+    ratios = report["ratios"]
+    assert isinstance(ratios, list)
+    assert sorted((r["concurrency"], r["baseline"]) for r in ratios) == sorted(
+        (level, baseline) for level in LEVELS for baseline in ("trio", "asyncio", "blocking")
+    )
+    for ratio in ratios:
+        assert len(ratio["per_round"]) == ROUNDS
+    targets = report["targets"]
+    assert isinstance(targets, list)
+    names = [target["name"] for target in targets]
+    assert "meshtls / trio handshakes/s at concurrency 1" in names
+    assert "meshtls p99 / p50 latency at concurrency 1" in names
+
+
+def test_the_text_report_names_every_stack(report: dict[str, object]) -> None:
+    text = handshake.render(report)
+    for stack in STACKS:
+        assert f"\n{stack} " in text
+
+
+@pytest.mark.parametrize("stack", ["trio", "meshtls"])
+def test_idle_memory_is_measured(stack: str, tmp_path: Path) -> None:
+    stacks = handshake.build_stacks([stack])
+    flavour = stacks[0]
+    assert isinstance(flavour, handshake._TrioFlavour)
+    identity = handshake.make_identity(tmp_path)
+    figures = handshake.idle_memory(flavour, identity, 20)
+    assert figures["streams"] == 40
+    heap = figures["python_heap_bytes"]
+    assert isinstance(heap, int)
+    assert heap > 0  # 20 live connections hold Python objects; tracemalloc sees them all
+    assert isinstance(figures["rss_bytes"], int)  # may be 0 or less for so few
+    malloc = figures["malloc_bytes"]
+    assert malloc is None or (isinstance(malloc, int) and malloc > 0)
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert handshake.percentile(values, 50) == 3.0
+    assert handshake.percentile(values, 90) == pytest.approx(4.6)
+    assert handshake.percentile(values, 100) == 5.0
+    assert handshake.percentile([7.0], 99) == 7.0
+    assert math.isnan(handshake.percentile([], 50))
+
+
+def test_progress_lines_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    progress = handshake.Progress(20, "lines", out)
+    progress.start("round 1/1 trio c=1")
+    for _ in range(10):
+        progress.tick()
+    progress.finish(10, "123.4 handshakes/s")
+    progress.close()
+    assert out.getvalue() == "round 1/1 trio c=1: 123.4 handshakes/s\n"
+
+
+@pytest.mark.parametrize("argv", [["--stacks", "nope"], ["--count", "0"], ["--concurrency", "1,x"]])
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        handshake.main(argv)
+    assert exit_info.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_chart_draws_a_png(report: dict[str, object], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks import chart
+
+    bars = chart.read_bars(report)
+    assert len(bars) == len(STACKS) * len(LEVELS)
+    assert all(bar.slowest <= bar.rate <= bar.fastest for bar in bars)
+    out = tmp_path / "chart.png"
+    source = tmp_path / "report.json"
+    source.write_text(json.dumps(report))
+    assert chart.main([str(source), str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
