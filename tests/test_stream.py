@@ -62,3 +62,36 @@ async def test_peers_are_verified_on_both_sides() -> None:
         assert len(server.peer.chain) == 3  # leaf, intermediate, root
         await client.send_all(b"ping")
         assert await server.receive_some() == b"ping"
+
+
+async def test_eviction_picks_the_flooding_source_then_the_longest_stalled() -> None:
+    from meshtls._stream import _Handshakes
+
+    places = _Handshakes(3)
+    honest = places.new(trio.CancelScope(), "10.0.0.1")
+    flood = [places.new(trio.CancelScope(), "10.0.0.9") for _ in range(2)]
+    for handshake, since in [(honest, 1.0), (flood[0], 5.0), (flood[1], 5.0)]:
+        await places.acquire(handshake)
+        handshake.waiting_since = since
+    newcomer = places.new(trio.CancelScope(), "10.0.0.2")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(places.acquire, newcomer)
+        await trio.testing.wait_all_tasks_blocked()
+        # the flooding address goes first, and within it the earlier arrival (a tie on time)
+        assert [h.evicted for h in (honest, *flood)] == [False, True, False]
+        assert flood[0].scope.cancel_called
+        places.release(flood[0])  # the victim unwinds and hands its place over
+    assert not honest.evicted
+
+
+async def test_a_handshake_that_is_not_waiting_is_never_evicted() -> None:
+    from meshtls._stream import _Handshakes
+
+    places = _Handshakes(1)
+    busy = places.new(trio.CancelScope(), "10.0.0.1")
+    await places.acquire(busy)  # waiting_since stays None: it is doing work
+    newcomer = places.new(trio.CancelScope(), "10.0.0.2")
+    with trio.move_on_after(0.05):
+        await places.acquire(newcomer)
+    assert not busy.evicted
+    assert not busy.scope.cancel_called

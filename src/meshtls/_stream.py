@@ -560,10 +560,12 @@ async def connect(
 class _Handshake:
     """One in-progress server handshake, as `_Handshakes` sees it."""
 
-    __slots__ = ("evicted", "scope", "waiting_since")
+    __slots__ = ("evicted", "host", "scope", "sequence", "waiting_since")
 
-    def __init__(self, scope: trio.CancelScope) -> None:
+    def __init__(self, scope: trio.CancelScope, host: str, sequence: int) -> None:
         self.scope = scope
+        self.host = host
+        self.sequence = sequence  # arrival order: ties go against the older handshake
         self.waiting_since: float | None = None  # Trio time it began waiting on the peer
         self.evicted = False
 
@@ -571,24 +573,38 @@ class _Handshake:
 class _Handshakes:
     """At most `limit` handshakes in progress, so a flood cannot exhaust memory.
 
-    At the limit, a newcomer does not wait behind stalled peers: the handshake that has
-    been waiting on its peer the longest is cancelled (evicted) and its place handed over.
-    A peer that keeps its handshake moving is never evicted for one that is new. Taking a
-    free place is not a checkpoint (the caller's I/O is).
+    At the limit, a newcomer does not wait behind stalled peers: a handshake that is
+    waiting on its peer is cancelled (evicted) and its place handed over. The victim
+    comes from the address with the most stalled handshakes (so one flooding source
+    cannot push out others), and within it, the one stalled longest. A peer that keeps
+    its handshake moving is never evicted. Taking a free place is not a checkpoint.
     """
 
-    __slots__ = ("_active", "_limit", "_waiters")
+    __slots__ = ("_active", "_arrivals", "_limit", "_waiters")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._active: set[_Handshake] = set()
         self._waiters = trio.lowlevel.ParkingLot()
+        self._arrivals = 0
+
+    def new(self, scope: trio.CancelScope, host: str) -> _Handshake:
+        self._arrivals += 1
+        return _Handshake(scope, host, self._arrivals)
+
+    def _victim(self) -> _Handshake | None:
+        stalled = [h for h in self._active if h.waiting_since is not None and not h.evicted]
+        if not stalled:
+            return None
+        per_host: dict[str, int] = {}
+        for handshake in stalled:
+            per_host[handshake.host] = per_host.get(handshake.host, 0) + 1
+        return min(stalled, key=lambda h: (-per_host[h.host], h.waiting_since or 0.0, h.sequence))
 
     async def acquire(self, handshake: _Handshake) -> None:
         while len(self._active) >= self._limit:
-            stalled = [h for h in self._active if h.waiting_since is not None and not h.evicted]
-            if stalled:
-                victim = min(stalled, key=lambda h: h.waiting_since or 0.0)
+            victim = self._victim()
+            if victim is not None:
                 victim.evicted = True
                 victim.scope.cancel()
             await self._waiters.park()
@@ -663,11 +679,15 @@ async def serve(
         handshake: _Handshake | None = None
         try:
             with trio.move_on_after(handshake_timeout) as scope:
-                first, _ = await _recv(sock, RECEIVE_SIZE)  # idle peers hold no place
+                try:
+                    first, _ = await _recv(sock, RECEIVE_SIZE)  # idle peers hold no place
+                except OSError as exc:
+                    first = b""
+                    why = f"reset before sending anything ({exc})"
+                else:
+                    why = "closed before sending anything"
                 if not first:
-                    raise HandshakeError(
-                        "protocol_error", "closed before sending anything", peer=address
-                    )
+                    raise HandshakeError("protocol_error", why, peer=address)
                 contexts = source.contexts()
                 ctx = _HandshakeContext(
                     address=address,
@@ -679,7 +699,7 @@ async def serve(
                 )
                 session = contexts.session(server_side=True)
                 session.feed(first)
-                handshake = _Handshake(scope)
+                handshake = handshakes.new(scope, address.rpartition(":")[0])
                 await handshakes.acquire(handshake)
                 try:
                     stream = await _establish(sock, session, ctx, handshake=handshake)
