@@ -328,6 +328,11 @@ class MeshStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         """Close now: a best-effort close_notify (never waits), then the socket."""
+        self.close_now()
+        await trio.lowlevel.checkpoint()
+
+    def close_now(self) -> None:
+        """`aclose` without its checkpoint, for a task that is about to end anyway."""
         if not self._closed:
             self._closed = True
             if self._broken is None and not self._eof_sent:
@@ -340,7 +345,6 @@ class MeshStream(trio.abc.HalfCloseableStream):
                     pass
             trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
             self._sock.close()
-        await trio.lowlevel.checkpoint()
 
 
 def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
@@ -728,11 +732,12 @@ async def serve(
         except BaseException:
             sock.close()
             raise
-        async with stream:
-            try:
-                await handler(stream)
-            except Exception:
-                logger.exception("handler failed peer=%s id=%s", address, stream.peer.spiffe_id)
+        try:
+            await handler(stream)
+        except Exception:
+            logger.exception("handler failed peer=%s id=%s", address, stream.peer.spiffe_id)
+        finally:
+            stream.close_now()  # this task ends here: no checkpoint needed to close
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
@@ -760,9 +765,8 @@ async def _accept_loop(
                     continue
                 for sock in ready:
                     nursery.start_soon(serve_one, sock)
-                if ready:
-                    await trio.lowlevel.checkpoint()
-                else:
-                    await trio.lowlevel.wait_readable(raw)
+                # The backlog is drained, so this parks: a checkpoint that lets the new
+                # tasks run before the next batch.
+                await trio.lowlevel.wait_readable(raw)
         finally:
             raw.detach()  # the listener owns the descriptor
