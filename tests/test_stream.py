@@ -95,3 +95,11 @@ async def test_a_handshake_that_is_not_waiting_is_never_evicted() -> None:
         await places.acquire(newcomer)
     assert not busy.evicted
     assert not busy.scope.cancel_called
+
+
+async def test_both_ends_set_tcp_nodelay() -> None:
+    import socket
+
+    async with stream_pair(Mesh()) as (client, server):
+        for stream in (client, server):
+            assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
