@@ -234,6 +234,25 @@ def _uri_host_matches(host: str, constraint: str) -> bool:
     return host == constraint
 
 
+def _check_signers(chain: Sequence[x509.Certificate], signers: Sequence[Signer]) -> None:
+    """S-1..S-3 on every certificate after the leaf (their facts are in `signers`)."""
+    for index, signer in enumerate(signers, start=1):
+        if signer.problem is not None:
+            raise fail("bad_signing_certificate", chain[index], index, *signer.problem)
+
+
+def _own_bundle(bundles: BundleSet, spiffe_id: SpiffeId) -> X509Bundle:
+    """The bundle of the id's own trust domain (L-10), or `unknown_trust_domain`."""
+    bundle = bundles.get(spiffe_id.trust_domain)
+    if bundle is None:
+        raise VerificationError(
+            "unknown_trust_domain",
+            f"no bundle for {spiffe_id.trust_domain}, the trust domain of {spiffe_id}",
+            rule="L-10",
+        )
+    return bundle
+
+
 def _certificate_rules(
     chain: Sequence[x509.Certificate], role: Role | None
 ) -> tuple[SpiffeId, list[Signer]]:
@@ -242,9 +261,7 @@ def _certificate_rules(
     _check_eku(leaf, role)
     spiffe_id = leaf.spiffe_id
     signers = [read_signer(chain[index], index) for index in range(1, len(chain))]
-    for index, signer in enumerate(signers, start=1):
-        if signer.problem is not None:
-            raise fail("bad_signing_certificate", chain[index], index, *signer.problem)
+    _check_signers(chain, signers)
     return spiffe_id, signers
 
 
@@ -343,13 +360,7 @@ def _verify(
     leaf = chain[0]
     spiffe_id, signers = _certificate_rules(chain, role)
     td = spiffe_id.trust_domain
-    bundle = bundles.get(td)
-    if bundle is None:
-        raise VerificationError(
-            "unknown_trust_domain",
-            f"no bundle for {td}, the trust domain of {spiffe_id}",
-            rule="L-10",
-        )
+    bundle = _own_bundle(bundles, spiffe_id)
 
     _time_rules(chain, now, policy)
     skew = policy.clock_skew
@@ -543,17 +554,9 @@ def verify_handshake_chain(
         parsed = [_parse_signer(der, index) for index, der in enumerate(verified[1:], start=1)]
         chain = [leaf, *(cert for cert, _ in parsed)]
         signers = [signer for _, signer in parsed]
-        for index, signer in enumerate(signers, start=1):
-            if signer.problem is not None:
-                raise fail("bad_signing_certificate", chain[index], index, *signer.problem)
+        _check_signers(chain, signers)
         td = spiffe_id.trust_domain
-        bundle = bundles.get(td)
-        if bundle is None:
-            raise VerificationError(
-                "unknown_trust_domain",
-                f"no bundle for {td}, the trust domain of {spiffe_id}",
-                rule="L-10",
-            )
+        bundle = _own_bundle(bundles, spiffe_id)
         if verified[-1] not in bundle.authority_ders:
             raise VerificationError(
                 "untrusted_chain",
@@ -567,7 +570,7 @@ def verify_handshake_chain(
             raise VerificationError("bad_signing_certificate", problem, rule="S-4")
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise _unreadable(exc) from None
-    return VerifiedPeer(spiffe_id, tuple(chain), min(c.not_valid_after_utc for c in chain))
+    return VerifiedPeer(spiffe_id, tuple(chain), min(end for _, end in windows))
 
 
 @dataclass(frozen=True, slots=True)
