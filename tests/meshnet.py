@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import trio
 
 import meshtls
+from meshtls._stream import Observer
 from meshtls.testing import CA
 
 
@@ -46,6 +47,7 @@ async def start_server(
     source: meshtls.IdentitySource,
     authorize: meshtls.Authorizer | None = None,
     on_rejected: Callable[[meshtls.HandshakeError], object] | None = None,
+    observer: Observer | None = None,
     **options: float | int,
 ) -> int:
     """Start `meshtls.serve` on 127.0.0.1:0 and return its port."""
@@ -57,6 +59,7 @@ async def start_server(
         source=source,
         authorize=authorize or meshtls.authorize_member_of("example.org"),
         on_rejected=on_rejected,
+        observer=observer,
         **options,  # type: ignore[arg-type]
     )
     listeners: list[trio.SocketListener] = await nursery.start(serve)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
 
@@ -103,3 +104,74 @@ async def test_both_ends_set_tcp_nodelay() -> None:
     async with stream_pair(Mesh()) as (client, server):
         for stream in (client, server):
             assert stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str | None]] = []
+        self._changed = trio.Event()
+
+    def _record(self, event: tuple[str, str, str | None]) -> None:
+        self.events.append(event)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        while len(self.events) < count:
+            await self._changed.wait()
+
+    def handshake(self, role: str, *, seconds: float, error: meshtls.HandshakeError | None) -> None:
+        assert seconds >= 0
+        self._record(("handshake", role, error.reason if error else None))
+
+    def opened(self, role: str) -> None:
+        self._record(("opened", role, None))
+
+    def closed(self, role: str) -> None:
+        self._record(("closed", role, None))
+
+
+async def test_observer_sees_handshakes_and_connections_on_both_sides() -> None:
+    mesh = Mesh()
+    server_side, client_side = RecordingObserver(), RecordingObserver()
+    done = trio.Event()
+
+    async def handler(stream: meshtls.MeshStream) -> None:
+        await stream.receive_some()
+        done.set()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler, source=mesh.server, observer=server_side)
+        stream = await meshtls.connect(
+            "127.0.0.1",
+            port,
+            source=mesh.client,
+            authorize=meshtls.authorize_any(),
+            observer=client_side,
+        )
+        async with stream:
+            await stream.send_all(b"x")
+            await done.wait()
+        with pytest.raises(meshtls.HandshakeError):
+            await meshtls.connect(
+                "127.0.0.1",
+                port,
+                source=mesh.client,
+                authorize=meshtls.authorize_id("spiffe://example.org/nope"),
+                observer=client_side,
+            )
+        with trio.fail_after(5):
+            await server_side.wait_for(5)
+        nursery.cancel_scope.cancel()
+    assert client_side.events == [
+        ("opened", "client", None),
+        ("handshake", "client", None),
+        ("closed", "client", None),
+        ("handshake", "client", "unauthorized"),
+    ]
+    # the server accepted the second client too (the client refused the server)
+    assert server_side.events[:3] == [
+        ("opened", "server", None),
+        ("handshake", "server", None),
+        ("closed", "server", None),
+    ]

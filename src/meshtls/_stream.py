@@ -37,7 +37,7 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Final, NoReturn
+from typing import Final, Literal, NoReturn, Protocol
 
 import trio
 from cryptography import x509
@@ -64,6 +64,22 @@ Clock = Callable[[], datetime]
 
 def _wall_clock() -> datetime:
     return datetime.now(UTC)
+
+
+OurRole = Literal["client", "server"]
+
+
+class Observer(Protocol):
+    """What a node watches: handshakes (with our role) and verified connections.
+
+    Called synchronously from the connection's task; must not block or raise.
+    """
+
+    def handshake(self, role: OurRole, *, seconds: float, error: HandshakeError | None) -> None: ...
+
+    def opened(self, role: OurRole) -> None: ...
+
+    def closed(self, role: OurRole) -> None: ...
 
 
 class PeerRejectedError(trio.BrokenResourceError):
@@ -187,10 +203,20 @@ class MeshStream(trio.abc.HalfCloseableStream):
         "_sending",
         "_session",
         "_sock",
+        "_watch",
         "peer",
     )
 
-    def __init__(self, sock: socket.socket, session: TlsSession, peer: VerifiedPeer) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        session: TlsSession,
+        peer: VerifiedPeer,
+        watch: tuple[Observer, OurRole] | None = None,
+    ) -> None:
+        self._watch = watch
+        if watch is not None:
+            watch[0].opened(watch[1])
         self._sock = sock
         self._session = session
         self.peer = peer
@@ -345,6 +371,8 @@ class MeshStream(trio.abc.HalfCloseableStream):
                     pass
             trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
             self._sock.close()
+            if self._watch is not None:
+                self._watch[0].closed(self._watch[1])
 
 
 def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
@@ -423,6 +451,7 @@ async def _establish(
     *,
     connecting: bool = False,
     handshake: _Handshake | None = None,
+    watch: tuple[Observer, OurRole] | None = None,
 ) -> MeshStream:
     """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure
     (or OSError when `connecting` and the TCP connect failed)."""
@@ -446,7 +475,7 @@ async def _establish(
     except VerificationError as exc:
         claimed = _claimed_id(verified)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
-    return MeshStream(sock, session, peer)
+    return MeshStream(sock, session, peer, watch)
 
 
 def _log_rejection(role: str, exc: HandshakeError) -> None:
@@ -523,6 +552,7 @@ async def connect(
     authorize: Authorizer,
     policy: ValidationPolicy | None = None,
     clock: Clock | None = None,
+    observer: Observer | None = None,
 ) -> MeshStream:
     """Dial `host:port`, run TLS 1.3 mutual TLS, verify the server's SVID and authorize it.
 
@@ -537,6 +567,7 @@ async def connect(
     Timeouts belong to the caller: wrap the call in `trio.fail_after`.
     """
     contexts = source.contexts()
+    started = trio.current_time()
     sock, connecting = await _open_socket(host, port)
     ctx = _HandshakeContext(
         address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
@@ -546,16 +577,22 @@ async def connect(
         clock=clock or _wall_clock,
         role="server",
     )
+    watch: tuple[Observer, OurRole] | None = (observer, "client") if observer else None
     try:
         session = contexts.session(server_side=False)
-        return await _establish(sock, session, ctx, connecting=connecting)
+        stream = await _establish(sock, session, ctx, connecting=connecting, watch=watch)
     except HandshakeError as exc:
         sock.close()
         _log_rejection("client", exc)
+        if observer is not None:
+            observer.handshake("client", seconds=trio.current_time() - started, error=exc)
         raise
     except BaseException:
         sock.close()
         raise
+    if observer is not None:
+        observer.handshake("client", seconds=trio.current_time() - started, error=None)
+    return stream
 
 
 # ---------------------------------------------------------------- serve
@@ -651,6 +688,7 @@ async def serve(
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     clock: Clock | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
+    observer: Observer | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept mTLS connections on `port` and run ``handler(stream)`` for each verified peer.
@@ -674,6 +712,7 @@ async def serve(
         raise ValueError("max_handshakes must be >= 1")
     listeners = await trio.open_tcp_listeners(port, host=host)
     handshakes = _Handshakes(max_handshakes)
+    watch: tuple[Observer, OurRole] | None = (observer, "server") if observer else None
     policy = policy or DEFAULT_POLICY
     now = clock or _wall_clock
 
@@ -681,6 +720,7 @@ async def serve(
         address = _address(sock)
         stream: MeshStream | None = None
         handshake: _Handshake | None = None
+        started = trio.current_time()  # from accept: a slowloris's wait counts too
         try:
             with trio.move_on_after(handshake_timeout) as scope:
                 try:
@@ -706,7 +746,7 @@ async def serve(
                 handshake = handshakes.new(scope, address.rpartition(":")[0])
                 await handshakes.acquire(handshake)
                 try:
-                    stream = await _establish(sock, session, ctx, handshake=handshake)
+                    stream = await _establish(sock, session, ctx, handshake=handshake, watch=watch)
                 finally:
                     handshakes.release(handshake)
             if stream is None:
@@ -724,6 +764,8 @@ async def serve(
             _log_rejection("server", exc)
             if on_rejected is not None:
                 on_rejected(exc)
+            if observer is not None:
+                observer.handshake("server", seconds=trio.current_time() - started, error=exc)
             return
         except OSError as exc:
             sock.close()
@@ -732,6 +774,8 @@ async def serve(
         except BaseException:
             sock.close()
             raise
+        if observer is not None:
+            observer.handshake("server", seconds=trio.current_time() - started, error=None)
         try:
             await handler(stream)
         except Exception:
