@@ -366,3 +366,21 @@ def test_L_10_own_root_sent_by_a_forger_does_not_help(world: World) -> None:
     with pytest.raises(VerificationError) as info:
         verify_svid((*forged.chain, fake.certificate), world.bundles, now=T)
     assert info.value.reason == "untrusted_chain"
+
+
+def test_negative_serial_gives_a_verification_error_not_a_warning(world: World) -> None:
+    """Found by the DER-mutation property: describing such a certificate used to warn, and a
+    warning is an error under `filterwarnings = error` (and in strict applications)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    issued = world.ca.issue(serial=0x42, key_usage=None)  # also defective: so it is described
+    der = issued.leaf.public_bytes(Encoding.DER)
+    assert der.count(b"\x02\x01\x42") == 1
+    negative = der.replace(b"\x02\x01\x42", b"\x02\x01\xc2")  # INTEGER -62
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # cryptography also warns while parsing it
+        cert = x509.load_der_x509_certificate(negative)
+    with pytest.raises(VerificationError) as info:
+        verify_svid([cert], world.bundles, now=T)
+    assert info.value.reason == "key_usage"
+    assert "serial -0x3e" in str(info.value)

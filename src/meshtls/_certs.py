@@ -6,6 +6,7 @@ verifier (`_svid`) and by bundles (`_bundle`), which read each root once.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
@@ -21,12 +22,17 @@ Extensions = dict[x509.ObjectIdentifier, x509.Extension[x509.ExtensionType]]
 
 
 def describe(cert: x509.Certificate, index: int) -> str:
+    """Name a certificate in an error message. Never raises, never warns: it runs on
+    certificates that just failed a check (cryptography warns about a negative serial)."""
     position = "leaf" if index == 0 else f"certificate {index}"
     try:
         subject = cert.subject.rfc4514_string() or "empty subject"
     except ValueError:
         subject = "unreadable subject"
-    return f"{position} ({subject}, serial {cert.serial_number:#x})"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        serial = cert.serial_number
+    return f"{position} ({subject}, serial {serial:#x})"
 
 
 def fail(
