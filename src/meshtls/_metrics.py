@@ -1,0 +1,471 @@
+"""`NodeMetrics`, a node's Prometheus metrics, and `serve_http`, its ``/metrics`` endpoint.
+
+Theory of operation
+-------------------
+Several nodes can live in one process, so nothing here touches prometheus_client's
+global registry: a `NodeMetrics` creates every metric of API.md on the registry it is
+given, and `serve_http` exposes exactly that registry.
+
+The rest of the node never names a metric or a label. It calls one small method per
+event (`NodeMetrics.handshake`, `NodeMetrics.rotated`, ...), whose label values are
+checked against fixed sets: an unknown value is a bug and raises `ValueError`
+instead of minting a new series. Every label combination known in advance is
+created at zero up front, so each series exists from the first scrape and rates
+have no gaps.
+
+The two certificate gauges are not stored values. A collector computes them from
+the injected clock at scrape time, so they move with the clock (and with
+`NodeMetrics.set_certificate`, called on rotation) without any task updating them.
+
+`serve_http` is a deliberately small HTTP/1.1 server: h11 over `trio.serve_tcp`,
+one request per connection, then close. Every connection runs under one deadline
+(reading, answering and closing), the request head is bounded, and the number of
+connections at once is capped; hostile input gets a 4xx and a close, a fault in one
+connection is logged and never stops the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from http import HTTPStatus
+from typing import Final, Literal, NoReturn, TypeVar, get_args
+
+import h11
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from ._errors import REASONS, Reason
+
+__all__ = [
+    "CERTIFICATE_REASONS",
+    "HANDSHAKE_BUCKETS",
+    "NodeMetrics",
+    "serve_http",
+]
+
+logger = logging.getLogger("meshtls")
+
+#: Our side of a connection: "server" for accepted connections, "client" for dialed ones.
+MetricRole = Literal["client", "server"]
+HandshakeResult = Literal["ok", "failed"]
+RevocationSource = Literal["ocsp", "crl", "cache"]
+RevocationResult = Literal["good", "revoked", "unknown"]
+FetchKind = Literal["ocsp", "crl"]
+FetchResult = Literal["ok", "error", "invalid"]
+
+_ROLES: Final[tuple[MetricRole, ...]] = get_args(MetricRole)
+_HANDSHAKE_RESULTS: Final[tuple[HandshakeResult, ...]] = get_args(HandshakeResult)
+_REVOCATION_SOURCES: Final[tuple[RevocationSource, ...]] = get_args(RevocationSource)
+_REVOCATION_RESULTS: Final[tuple[RevocationResult, ...]] = get_args(RevocationResult)
+_FETCH_KINDS: Final[tuple[FetchKind, ...]] = get_args(FetchKind)
+_FETCH_RESULTS: Final[tuple[FetchResult, ...]] = get_args(FetchResult)
+
+#: The reasons that are not about a certificate: a peer can be rejected for them, but no
+#: certificate "failed validation" because of them.
+_NOT_CERTIFICATE_REASONS: Final = frozenset(
+    {"unauthorized", "handshake_timeout", "protocol_error", "no_client_certificate"}
+)
+#: The `REASONS` a certificate can fail validation for: the label values of
+#: ``meshtls_certificate_validation_failures_total``.
+CERTIFICATE_REASONS: Final[frozenset[str]] = REASONS - _NOT_CERTIFICATE_REASONS
+
+#: Handshake duration buckets, in seconds: 0.5 ms to 10 s (the default handshake timeout),
+#: about three per decade.
+HANDSHAKE_BUCKETS: Final[tuple[float, ...]] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _lookup(table: Mapping[_K, _V], key: _K, what: str) -> _V:
+    try:
+        return table[key]
+    except KeyError:
+        raise ValueError(f"unknown {what} label value: {key!r}") from None
+
+
+class _CertificateGauges:
+    """Collector for the expiry and age gauges of our SVID, computed at scrape time."""
+
+    EXPIRY: Final = "meshtls_certificate_expiry_seconds"
+    AGE: Final = "meshtls_certificate_age_seconds"
+    EXPIRY_HELP: Final = (
+        "Seconds until this node's current SVID expires (not_after - now); negative once"
+        " expired, absent until the first SVID is loaded."
+    )
+    AGE_HELP: Final = (
+        "Seconds since this node's current SVID became valid (now - not_before);"
+        " absent until the first SVID is loaded."
+    )
+
+    def __init__(self, clock: Callable[[], datetime]) -> None:
+        self._clock = clock
+        self.validity: tuple[datetime, datetime] | None = None
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(self.EXPIRY, self.EXPIRY_HELP),
+            GaugeMetricFamily(self.AGE, self.AGE_HELP),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples: lets the registry refuse duplicate names."""
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        expiry, age = self._families()
+        validity = self.validity  # one read: a concurrent set_certificate cannot tear it
+        if validity is not None:
+            now = self._clock()
+            not_before, not_after = validity
+            expiry.add_metric([], (not_after - now).total_seconds())
+            age.add_metric([], (now - not_before).total_seconds())
+        return [expiry, age]
+
+
+class NodeMetrics:
+    """Every metric of one node, created on `registry` (never the global registry).
+
+    `clock` returns the current time as an aware `datetime`; the certificate gauges
+    read it at each scrape. Each method records one event; a label value outside its
+    fixed set raises `ValueError`. Creating two `NodeMetrics` on one registry raises
+    prometheus_client's `ValueError` for the duplicated names.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], datetime]) -> None:
+        self.registry = registry
+        self._certificate = _CertificateGauges(clock)
+        registry.register(self._certificate)
+
+        self._rotations = Counter(
+            "meshtls_certificate_rotations_total",
+            "Identity updates (a new SVID or trust bundle) swapped into this node's TLS contexts.",
+            registry=registry,
+        )
+        certificate_failures = Counter(
+            "meshtls_certificate_validation_failures_total",
+            "Certificates that failed validation, by reason: our own SVID updates that were"
+            " refused, and peers' certificates rejected in a handshake.",
+            ["reason"],
+            registry=registry,
+        )
+        self._certificate_failures = {
+            reason: certificate_failures.labels(reason) for reason in sorted(CERTIFICATE_REASONS)
+        }
+        peer_failures = Counter(
+            "meshtls_peer_verification_failures_total",
+            "Peers rejected (their connection closed before any application byte), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._peer_failures = {reason: peer_failures.labels(reason) for reason in sorted(REASONS)}
+        handshakes = Counter(
+            "meshtls_handshakes_total",
+            "TLS handshakes finished, by our role (server: accepted, client: dialed) and"
+            " result (ok: the peer was verified and authorized; failed: it was not).",
+            ["role", "result"],
+            registry=registry,
+        )
+        self._handshakes = {
+            (role, result): handshakes.labels(role, result)
+            for role in _ROLES
+            for result in _HANDSHAKE_RESULTS
+        }
+        durations = Histogram(
+            "meshtls_handshake_duration_seconds",
+            "Duration of successful handshakes, from the first byte to a verified and"
+            " authorized peer, by our role. Failed handshakes are counted, not timed.",
+            ["role"],
+            registry=registry,
+            buckets=HANDSHAKE_BUCKETS,
+        )
+        self._durations = {role: durations.labels(role) for role in _ROLES}
+        connections = Gauge(
+            "meshtls_connections_active",
+            "Verified connections open now, by our role (server: accepted, client: dialed).",
+            ["role"],
+            registry=registry,
+        )
+        self._connections = {role: connections.labels(role) for role in _ROLES}
+        checks = Counter(
+            "meshtls_revocation_checks_total",
+            "Revocation lookups, by where the verdict came from (ocsp, crl, cache) and"
+            " verdict (good, revoked, unknown).",
+            ["source", "result"],
+            registry=registry,
+        )
+        self._checks = {
+            (source, result): checks.labels(source, result)
+            for source in _REVOCATION_SOURCES
+            for result in _REVOCATION_RESULTS
+        }
+        fetches = Counter(
+            "meshtls_revocation_fetch_total",
+            "Fetches of revocation data, by kind (ocsp, crl) and result (ok: fetched and"
+            " verified; error: not fetched; invalid: fetched but unusable).",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self._fetches = {
+            (kind, result): fetches.labels(kind, result)
+            for kind in _FETCH_KINDS
+            for result in _FETCH_RESULTS
+        }
+
+    # ------------------------------------------------------------------ handshakes
+
+    def handshake(self, role: MetricRole, *, seconds: float, reason: Reason | None = None) -> None:
+        """Record one finished handshake on our side `role`.
+
+        With no `reason`, it succeeded: counted as ``ok`` and `seconds` is observed in
+        the duration histogram. With a `reason`, the peer was rejected: counted as
+        ``failed``, and also in ``peer_verification_failures_total{reason}`` and, if
+        the reason is about a certificate, ``certificate_validation_failures_total``.
+        So call only this for a handshake, not `peer_rejected` or `certificate_invalid`.
+        """
+        if reason is None:
+            handshakes = _lookup(self._handshakes, (role, "ok"), "role")
+            handshakes.inc()
+            self._durations[role].observe(seconds)
+            return
+        handshakes = _lookup(self._handshakes, (role, "failed"), "role")
+        self.peer_rejected(reason)
+        if reason in CERTIFICATE_REASONS:
+            self.certificate_invalid(reason)
+        handshakes.inc()
+
+    def peer_rejected(self, reason: Reason) -> None:
+        """Count a peer rejected outside a handshake (e.g. a live connection closed as revoked)."""
+        _lookup(self._peer_failures, reason, "reason").inc()
+
+    def certificate_invalid(self, reason: Reason) -> None:
+        """Count a certificate that failed validation outside a handshake (e.g. our new SVID).
+
+        `reason` must be one of `CERTIFICATE_REASONS`.
+        """
+        _lookup(self._certificate_failures, reason, "certificate reason").inc()
+
+    # ------------------------------------------------------------------ our identity
+
+    def rotated(self) -> None:
+        """Count one identity update (a new SVID or bundle) swapped into the TLS contexts."""
+        self._rotations.inc()
+
+    def set_certificate(self, not_before: datetime, not_after: datetime) -> None:
+        """Make the expiry and age gauges describe our SVID valid from `not_before` to `not_after`.
+
+        Both must be aware datetimes. The gauges are computed from the clock at each scrape.
+        """
+        if not_before.tzinfo is None or not_after.tzinfo is None:
+            raise ValueError("not_before and not_after must be aware datetimes")
+        self._certificate.validity = (not_before, not_after)
+
+    # ------------------------------------------------------------------ connections
+
+    def connection_opened(self, role: MetricRole) -> None:
+        """Count a verified connection as open; pair with `connection_closed` (or `connection`)."""
+        _lookup(self._connections, role, "role").inc()
+
+    def connection_closed(self, role: MetricRole) -> None:
+        """Count a connection from `connection_opened` as closed."""
+        _lookup(self._connections, role, "role").dec()
+
+    @contextmanager
+    def connection(self, role: MetricRole) -> Iterator[None]:
+        """Count a verified connection as open for the duration of the ``with`` block."""
+        gauge = _lookup(self._connections, role, "role")
+        gauge.inc()
+        try:
+            yield
+        finally:
+            gauge.dec()
+
+    # ------------------------------------------------------------------ revocation
+
+    def revocation_check(self, source: RevocationSource, result: RevocationResult) -> None:
+        """Count one revocation verdict and where it came from."""
+        _lookup(self._checks, (source, result), "revocation source/result").inc()
+
+    def revocation_fetch(self, kind: FetchKind, result: FetchResult) -> None:
+        """Count one fetch of an OCSP response or a CRL and how it ended."""
+        _lookup(self._fetches, (kind, result), "revocation fetch kind/result").inc()
+
+
+# ---------------------------------------------------------------------- HTTP endpoint
+
+#: Every connection is answered and closed within this many seconds, or dropped.
+DEFAULT_CONNECTION_TIMEOUT: Final = 10.0
+#: Connections served at once; more are closed at once without an answer.
+DEFAULT_MAX_CONNECTIONS: Final = 64
+#: The largest request head (request line and headers) accepted; larger gets a 431.
+MAX_REQUEST_HEAD: Final = 8192
+_RECEIVE_SIZE: Final = 4096
+#: After answering, how long unread input is drained so closing does not reset the answer.
+_LINGER: Final = 1.0
+_TEXT: Final = "text/plain; charset=utf-8"
+_ALLOWED: Final = "GET, HEAD"
+_PATHS: Final = frozenset({b"/metrics", b"/healthz", b"/readyz"})
+
+
+async def serve_http(
+    registry: CollectorRegistry,
+    host: str | None,
+    port: int,
+    *,
+    ready: Callable[[], bool],
+    connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` over HTTP/1.1 on `host`:`port`.
+
+    Use with ``await nursery.start(serve_http, registry, host, port, ready=...)``:
+    ``started()`` gives the bound `trio.SocketListener`s (port 0 picks a free port).
+
+    - ``GET /metrics``: `registry` in the Prometheus text format.
+    - ``GET /healthz``: 200 while the server runs.
+    - ``GET /readyz``: 200 when ``ready()`` is true, else 503.
+
+    HEAD works like GET; other methods get 405, other paths 404. Each connection
+    carries one request and is closed after the answer; it must be done within
+    `connection_timeout` seconds or it is dropped. At most `max_connections` are
+    served at once. Runs until cancelled.
+    """
+    if connection_timeout <= 0:
+        raise ValueError("connection_timeout must be positive")
+    if max_connections < 1:
+        raise ValueError("max_connections must be >= 1")
+    active = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal active
+        async with stream:
+            if active >= max_connections:
+                return  # closed unanswered: a flood cannot queue up work
+            active += 1
+            try:
+                with trio.move_on_after(connection_timeout):
+                    await _serve_one(stream, registry, ready)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # the client went away
+            except Exception:
+                logger.exception("metrics endpoint: request failed")
+            finally:
+                active -= 1
+
+    await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+    raise AssertionError("unreachable: serve_tcp runs until cancelled")  # pragma: no cover
+
+
+async def _serve_one(
+    stream: trio.SocketStream, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> None:
+    """Read one request from `stream`, send the answer and half-close; the caller closes."""
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    try:
+        request = await _receive_request(stream, conn)
+    except h11.RemoteProtocolError as exc:
+        status = exc.error_status_hint
+        await _send(stream, conn, status, _TEXT, f"{HTTPStatus(status).phrase}\n".encode())
+        return
+    if request is None:
+        return  # closed before a complete request: nothing to answer
+    try:
+        status, content_type, body, headers = _answer(request, registry, ready)
+    except Exception:  # a broken collector or ready(): answer 500, keep serving
+        logger.exception("metrics endpoint: %s failed", request.target.decode("ascii", "replace"))
+        status, content_type, body, headers = 500, _TEXT, b"internal error\n", []
+    await _send(
+        stream, conn, status, content_type, body, head=request.method == b"HEAD", extra=headers
+    )
+
+
+async def _receive_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
+    """The next request head from `stream`, or None if the client closed before one.
+
+    Raises `h11.RemoteProtocolError` for a malformed head, or one over `MAX_REQUEST_HEAD`
+    bytes (h11's own bound lets a head that arrives complete in one read exceed it).
+    """
+    received = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            room = MAX_REQUEST_HEAD - received  # never read past the bound
+            if room <= 0:
+                raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
+            data = await stream.receive_some(min(_RECEIVE_SIZE, room))
+            received += len(data)
+            conn.receive_data(data)
+        elif isinstance(event, h11.Request):
+            return event
+        else:  # ConnectionClosed: a server sees nothing else before a request
+            return None
+
+
+def _answer(
+    request: h11.Request, registry: CollectorRegistry, ready: Callable[[], bool]
+) -> tuple[int, str, bytes, list[tuple[str, str]]]:
+    """Status, content type, body and extra headers for `request`; pure, no I/O."""
+    path = request.target.partition(b"?")[0]
+    if path not in _PATHS:
+        return 404, _TEXT, b"not found\n", []
+    if request.method not in (b"GET", b"HEAD"):
+        return 405, _TEXT, b"method not allowed\n", [("Allow", _ALLOWED)]
+    if path == b"/metrics":
+        return 200, CONTENT_TYPE_LATEST, generate_latest(registry), []
+    if path == b"/healthz":
+        return 200, _TEXT, b"ok\n", []
+    if ready():
+        return 200, _TEXT, b"ready\n", []
+    return 503, _TEXT, b"not ready\n", []
+
+
+async def _send(
+    stream: trio.SocketStream,
+    conn: h11.Connection,
+    status: int,
+    content_type: str,
+    body: bytes,
+    *,
+    head: bool = False,
+    extra: Iterable[tuple[str, str]] = (),
+) -> None:
+    headers = [
+        ("Content-Type", content_type),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+        ("Connection", "close"),
+        *extra,
+    ]
+    reason = HTTPStatus(status).phrase.encode()
+    data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
+    if not head:
+        data += conn.send(h11.Data(data=body)) or b""
+    data += conn.send(h11.EndOfMessage()) or b""
+    await stream.send_all(data)
+    await stream.send_eof()
+    # Lingering close: closing with unread input makes the kernel send a reset, which can
+    # destroy the answer before the client reads it. So drain a little first.
+    with trio.move_on_after(_LINGER):
+        while await stream.receive_some(_RECEIVE_SIZE):
+            pass
