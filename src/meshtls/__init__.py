@@ -13,6 +13,8 @@ from ._authorize import authorize_one_of as authorize_one_of
 from ._authorize import authorize_path_prefix as authorize_path_prefix
 from ._bundle import BundleSet as BundleSet
 from ._bundle import X509Bundle as X509Bundle
+from ._config import NodeConfig as NodeConfig
+from ._config import load_config as load_config
 from ._errors import REASONS as REASONS
 from ._errors import BundleError as BundleError
 from ._errors import ConfigError as ConfigError
@@ -22,9 +24,13 @@ from ._errors import Reason as Reason
 from ._errors import SpiffeIdError as SpiffeIdError
 from ._errors import UnauthorizedPeerError as UnauthorizedPeerError
 from ._errors import VerificationError as VerificationError
+from ._node import Node as Node
+from ._node import NodeError as NodeError
+from ._node import open_node as open_node
 from ._policy import ValidationPolicy as ValidationPolicy
 from ._sources import FileSource as FileSource
 from ._sources import IdentitySource as IdentitySource
+from ._sources import LocalCASource as LocalCASource
 from ._sources import StaticSource as StaticSource
 from ._spiffeid import SpiffeId as SpiffeId
 from ._spiffeid import TrustDomain as TrustDomain

@@ -13,7 +13,9 @@ config error (exit 2). Either way the user sees one line on stderr, prefixed
 from __future__ import annotations
 
 import argparse
+import logging
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,13 +26,15 @@ import trio
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from . import __version__
+from . import __version__, _logs
 from ._authorize import authorize_any, authorize_id
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
 from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA
 from ._check import check_peer
+from ._config import default_config, default_state_dir, load_config
 from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import ConfigError, MeshError, SpiffeIdError, VerificationError
+from ._node import NodeError, open_node
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._sources import FileSource
 from ._spiffeid import SpiffeId, TrustDomain
@@ -450,6 +454,49 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _add_node(commands: _Subcommands) -> None:
+    node = commands.add_parser(
+        "node", help="run a mesh node (with no --config: an embedded local CA on 127.0.0.1)"
+    )
+    node.add_argument("--config", type=Path, metavar="node.toml")
+    node.add_argument(
+        "--state-dir", type=Path, metavar="DIR", help="where the embedded default keeps its CA"
+    )
+    node.add_argument("--log-format", choices=["text", "json"], default="text")
+    node.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    node.set_defaults(run=_cmd_node)
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    if args.config is not None:
+        config = load_config(args.config)
+    else:
+        config = default_config(args.state_dir or default_state_dir())
+    _logs.configure(args.log_format, getattr(logging, args.log_level.upper()))
+
+    async def run() -> None:
+        shutdown = config.node.shutdown_timeout.total_seconds()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with open_node(config) as node:
+                async for signum in signals:
+                    logging.getLogger("meshtls").info(
+                        "shutting down signal=%s drain=%gs live=%d",
+                        signal.Signals(signum).name,
+                        shutdown,
+                        node.live_connections,
+                    )
+                    with trio.move_on_after(shutdown):
+                        await node.drain()
+                    break
+
+    try:
+        trio.run(run)
+    except NodeError as exc:
+        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _add_bench(commands: _Subcommands) -> None:
     bench = commands.add_parser(
         "bench",
@@ -473,6 +520,7 @@ _COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (
     _add_ca,
     _add_inspect,
     _add_check,
+    _add_node,
     _add_bench,
 )
 

@@ -16,7 +16,8 @@ copied.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import NoReturn
 
 import trio
@@ -26,7 +27,15 @@ from ._errors import HandshakeError
 from ._policy import ValidationPolicy
 from ._sources import IdentitySource
 from ._spiffeid import SpiffeId
-from ._stream import MeshStream, connect, serve
+from ._stream import MeshStream, Observer, OurRole, connect, serve
+
+Track = Callable[[MeshStream, OurRole], AbstractContextManager[None]]
+
+
+@contextmanager
+def _untracked(stream: MeshStream, role: OurRole) -> Iterator[None]:
+    yield
+
 
 logger = logging.getLogger("meshtls")
 
@@ -95,12 +104,15 @@ async def expose(
     max_connections: int = 1024,
     handshake_timeout: float = 10.0,
     on_rejected: Callable[[HandshakeError], object] | None = None,
+    observer: Observer | None = None,
+    track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """mTLS in on `listen`, plaintext TCP out to `backend`, for peers `authorize` accepts.
 
     ``started()`` gives the listeners. A backend that refuses the connection closes the
-    peer's stream (logged). Runs until cancelled.
+    peer's stream (logged). `track` wraps each tunnel (the node's deadlines). Runs until
+    cancelled.
     """
     cap = _Cap(max_connections)
     backend_host, backend_port = backend
@@ -124,7 +136,8 @@ async def expose(
                     exc,
                 )
                 return
-            await join(stream, upstream)  # closing twice is fine: serve closes it too
+            with track(stream, "server"):
+                await join(stream, upstream)  # closing twice is fine: serve closes it too
         finally:
             cap.give_back()
 
@@ -138,6 +151,7 @@ async def expose(
         policy=policy,
         handshake_timeout=handshake_timeout,
         on_rejected=on_rejected,
+        observer=observer,
         task_status=task_status,
     )
 
@@ -150,6 +164,8 @@ async def forward(
     source: IdentitySource,
     policy: ValidationPolicy | None = None,
     max_connections: int = 1024,
+    observer: Observer | None = None,
+    track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plaintext in on `listen`, mTLS out to `peer`, which must prove it is `expect`.
@@ -169,13 +185,19 @@ async def forward(
         try:
             try:
                 upstream = await connect(
-                    peer_host, peer_port, source=source, authorize=authorize, policy=policy
+                    peer_host,
+                    peer_port,
+                    source=source,
+                    authorize=authorize,
+                    policy=policy,
+                    observer=observer,
                 )
             except (HandshakeError, OSError) as exc:
                 logger.warning("forward could not reach its peer error=%r", exc)
                 await client.aclose()
                 return
-            await join(client, upstream)
+            with track(upstream, "client"):
+                await join(client, upstream)
         finally:
             cap.give_back()
 
