@@ -106,7 +106,8 @@ async def echo_server(
     mesh: Mesh,
     *,
     authorize: meshtls.Authorizer | None = None,
-    **options: float | int,
+    handshake_timeout: float = 10.0,
+    max_handshakes: int = 256,
 ) -> AsyncIterator[EchoServer]:
     """An `EchoServer` running until the block ends."""
     server = EchoServer(mesh)
@@ -117,7 +118,8 @@ async def echo_server(
             source=mesh.server,
             authorize=authorize,
             on_rejected=server.on_rejected,
-            **options,
+            handshake_timeout=handshake_timeout,
+            max_handshakes=max_handshakes,
         )
         try:
             yield server

@@ -48,7 +48,8 @@ async def start_server(
     authorize: meshtls.Authorizer | None = None,
     on_rejected: Callable[[meshtls.HandshakeError], object] | None = None,
     observer: Observer | None = None,
-    **options: float | int,
+    handshake_timeout: float = 10.0,
+    max_handshakes: int = 256,
 ) -> int:
     """Start `meshtls.serve` on 127.0.0.1:0 and return its port."""
     serve = functools.partial(
@@ -60,7 +61,8 @@ async def start_server(
         authorize=authorize or meshtls.authorize_member_of("example.org"),
         on_rejected=on_rejected,
         observer=observer,
-        **options,  # type: ignore[arg-type]
+        handshake_timeout=handshake_timeout,
+        max_handshakes=max_handshakes,
     )
     listeners: list[trio.SocketListener] = await nursery.start(serve)
     port: int = listeners[0].socket.getsockname()[1]

@@ -1,0 +1,1056 @@
+"""The node's configuration: a TOML file (API.md, "Node configuration") read into frozen values.
+
+Theory of operation: `parse_config` walks the TOML document one table at a time. Each
+table is wrapped in a `_Table` that knows its own name (``[policy]``, ``[[expose]] #2``)
+and the keys it accepts. It rejects unknown keys first, with a difflib suggestion, and
+then hands out typed values through small readers (`_Table.string`, `_Table.duration`,
+`_Table.address`, ...). Every reader raises `ConfigError` with one line that names the
+file, the table and the key, what is wrong and what to write instead. tomllib's
+``dict[str, Any]`` never leaves this module untyped.
+
+Loading reads and checks; it does not create directories or build sources. The node turns
+these values into identity sources, listeners and authorizers. Relative paths resolve
+against the directory of the config file, never the working directory, and symlinks are
+not resolved, so a Kubernetes-style ``..data`` swap keeps working.
+
+Choices a reader of a config file should know:
+
+- ``[identity]`` takes exactly one of three forms: files (``cert``, ``key``, ``bundle`` and
+  an optional ``[identity.federated]`` table of ``"trust.domain" = "bundle.pem"``), a local
+  CA (``local_ca``, ``spiffe_id``, ``ttl``) or the Workload API (``workload_api =
+  "unix:///path"``, ``"tcp://IP:port"``, or ``"env"`` for ``SPIFFE_ENDPOINT_SOCKET``).
+- With no ``[authorize]`` table, `AuthorizeSettings` is empty, which means "members of
+  our own trust domain"; the node passes that trust domain, from its first SVID, to
+  `AuthorizeSettings.authorizer`.
+- A trust domain written with uppercase letters is lowercased (ID-5 allows config input to
+  be normalised) and a line saying so is kept in `NodeConfig.notes` for the node to log.
+  Paths are case-sensitive (ID-15) and are never changed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import Final, TypeVar
+
+from ._authorize import (
+    Authorizer,
+    authorize_id,
+    authorize_member_of,
+    authorize_one_of,
+    authorize_path_prefix,
+)
+from ._duration import format_duration, parse_duration
+from ._errors import ConfigError, SpiffeIdError
+from ._policy import REVOCATION_MODES, RevocationMode, ValidationPolicy
+from ._spiffeid import SCHEME_PREFIX, SpiffeId, TrustDomain
+
+Address = tuple[str, int]
+"""A ``(host, port)`` pair. IPv6 hosts are kept without their brackets."""
+
+DEFAULT_TRUST_DOMAIN: Final = TrustDomain("meshtls.local")
+DEFAULT_SPIFFE_ID: Final = SpiffeId(DEFAULT_TRUST_DOMAIN, "/node")
+DEFAULT_LISTEN: Final[Address] = ("127.0.0.1", 8443)
+DEFAULT_METRICS: Final[Address] = ("127.0.0.1", 9464)
+DEFAULT_LOCAL_CA_TTL: Final = timedelta(minutes=10)
+DEFAULT_HANDSHAKE_TIMEOUT: Final = timedelta(seconds=10)
+DEFAULT_MAX_HANDSHAKES: Final = 256
+DEFAULT_SHUTDOWN_TIMEOUT: Final = timedelta(seconds=10)
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+MAX_CLOCK_SKEW: Final = timedelta(hours=1)
+
+
+def default_state_dir() -> Path:
+    """Where a node keeps its state when neither the config nor the caller says.
+
+    ``$STATE_DIRECTORY`` (systemd's ``StateDirectory=``; the first entry), else
+    ``$XDG_STATE_HOME/meshtls``, else ``~/.local/state/meshtls``, else ``./.meshtls``.
+    """
+    systemd = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return Path(systemd)
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    if xdg:
+        return Path(xdg) / "meshtls"
+    try:
+        return Path.home() / ".local" / "state" / "meshtls"
+    except RuntimeError:  # no HOME and no password entry
+        return Path.cwd() / ".meshtls"
+
+
+# ---------------------------------------------------------------- values
+
+
+def _at_least(owner: str, name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(
+            f"{owner} {name} must be a whole number, at least {minimum}, not {value!r}"
+        )
+
+
+def _longer_than_zero(owner: str, name: str, value: object, *, zero_ok: bool = False) -> None:
+    if not isinstance(value, timedelta):
+        raise ConfigError(f"{owner} {name} must be a timedelta, not {value!r}")
+    if value < timedelta(0) or (value == timedelta(0) and not zero_ok):
+        least = "0s or more" if zero_ok else "longer than 0s"
+        raise ConfigError(f"{owner} {name} must be {least}, not {format_duration(value)}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileIdentity:
+    """Our SVID from files (`meshtls.FileSource`): watched, and reloaded when they change.
+
+    ``federated`` maps other trust domains to their bundle files; it is read-only.
+    """
+
+    cert: Path
+    key: Path
+    bundle: Path
+    federated: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalCAIdentity:
+    """Our SVID issued by a local development CA in ``directory`` (created when missing)."""
+
+    directory: Path
+    spiffe_id: SpiffeId
+    ttl: timedelta = DEFAULT_LOCAL_CA_TTL
+
+    def __post_init__(self) -> None:
+        _longer_than_zero("local_ca", "ttl", self.ttl)
+        if self.spiffe_id.is_root:
+            raise ConfigError(f"local_ca spiffe_id {self.spiffe_id} has no path (L-3)")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkloadApiIdentity:
+    """Our SVID and bundles from a SPIFFE Workload API.
+
+    ``address`` is ``unix:///absolute/path`` or ``tcp://IP:port`` (W-2); None means the
+    source reads ``SPIFFE_ENDPOINT_SOCKET`` when it starts. `parse_config` checks the
+    address; one built by hand is checked when the source is made.
+    """
+
+    address: str | None = None
+
+
+Identity = FileIdentity | LocalCAIdentity | WorkloadApiIdentity
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSettings:
+    """``[node]``: the mesh listener, the metrics endpoint and the node's own limits.
+
+    ``metrics`` is None when ``metrics = "off"``. Port 0 in a listen address asks the
+    kernel for a free port. ``shutdown_timeout`` may be 0s (close at once).
+    """
+
+    listen: Address = DEFAULT_LISTEN
+    metrics: Address | None = DEFAULT_METRICS
+    handshake_timeout: timedelta = DEFAULT_HANDSHAKE_TIMEOUT
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT
+    state_dir: Path = field(default_factory=default_state_dir)
+
+    def __post_init__(self) -> None:
+        _longer_than_zero("node", "handshake_timeout", self.handshake_timeout)
+        _at_least("node", "max_handshakes", self.max_handshakes, 1)
+        _longer_than_zero("node", "shutdown_timeout", self.shutdown_timeout, zero_ok=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationSettings:
+    """``[revocation]``: the mode (also `ValidationPolicy.revocation`) and the cache timings."""
+
+    mode: RevocationMode = "soft-fail"
+    refresh_interval: timedelta = timedelta(minutes=5)
+    ocsp_cache_ttl: timedelta = timedelta(hours=1)
+    crl_cache_ttl: timedelta = timedelta(hours=6)
+
+    def __post_init__(self) -> None:
+        if self.mode not in REVOCATION_MODES:
+            raise ConfigError(
+                f"revocation mode must be one of {', '.join(REVOCATION_MODES)}, not {self.mode!r}"
+            )
+        for name in ("refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"):
+            _longer_than_zero("revocation", name, getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthorizeSettings:
+    """``[authorize]``: who may connect to the mesh listener. At most one form is set.
+
+    - ``member_of``: any id in that trust domain;
+    - ``ids``: exactly these ids;
+    - ``path_prefix``: ids in its trust domain whose path is its path or lies below it.
+
+    All empty (the default, and what a config without ``[authorize]`` gives) means
+    members of *our own* trust domain, which only the node knows once its first SVID is
+    loaded: it passes that to `authorizer`.
+    """
+
+    member_of: TrustDomain | None = None
+    ids: tuple[SpiffeId, ...] = ()
+    path_prefix: SpiffeId | None = None
+
+    def __post_init__(self) -> None:
+        forms = [
+            name
+            for name, value in (
+                ("member_of", self.member_of),
+                ("ids", self.ids),
+                ("path_prefix", self.path_prefix),
+            )
+            if value
+        ]
+        if len(forms) > 1:
+            raise ConfigError(f"authorize takes one of member_of, ids or path_prefix, not {forms}")
+        if self.path_prefix is not None and self.path_prefix.is_root:
+            raise ConfigError(
+                f"authorize path_prefix {self.path_prefix} has no path; use member_of"
+            )
+
+    @property
+    def is_own_trust_domain(self) -> bool:
+        """True when no form is set: members of our own trust domain are allowed."""
+        return self.member_of is None and not self.ids and self.path_prefix is None
+
+    def authorizer(self, own_trust_domain: TrustDomain | None = None) -> Authorizer:
+        """The authorizer for this setting.
+
+        `own_trust_domain` is required only when `is_own_trust_domain`; a set form ignores
+        it. Raises `ConfigError` when it is required and missing.
+        """
+        if self.member_of is not None:
+            return authorize_member_of(self.member_of)
+        if self.ids:
+            return authorize_one_of(*self.ids)
+        if self.path_prefix is not None:
+            return authorize_path_prefix(self.path_prefix.trust_domain, self.path_prefix.path)
+        if own_trust_domain is None:
+            raise ConfigError(
+                "authorize: no form is set, so it means our own trust domain;"
+                " pass it as authorizer(own_trust_domain)"
+            )
+        return authorize_member_of(own_trust_domain)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerSettings:
+    """``[[peers]]``: a node the dialer pool keeps a connection to."""
+
+    id: SpiffeId
+    address: Address
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExposeSettings:
+    """``[[expose]]``: mTLS in on ``listen``, plaintext out to ``backend``.
+
+    ``allow`` None means: whoever ``[authorize]`` allows.
+    """
+
+    listen: Address
+    backend: Address
+    allow: tuple[SpiffeId, ...] | None = None
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        _at_least("expose", "max_connections", self.max_connections, 1)
+        if self.allow is not None and not self.allow:
+            raise ConfigError("expose allow must list at least one SPIFFE ID, or be None")
+
+    def authorizer(self, default: Authorizer) -> Authorizer:
+        """``allow`` as an authorizer, or `default` (the node's ``[authorize]``) without it."""
+        return default if self.allow is None else authorize_one_of(*self.allow)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardSettings:
+    """``[[forward]]``: plaintext in on ``listen``, mTLS out to ``peer``, who must be ``expect``."""
+
+    listen: Address
+    peer: Address
+    expect: SpiffeId
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+    def __post_init__(self) -> None:
+        _at_least("forward", "max_connections", self.max_connections, 1)
+
+    def authorizer(self) -> Authorizer:
+        """Accept exactly ``expect``."""
+        return authorize_id(self.expect)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything `meshtls.open_node` needs. Built by `load_config`, `parse_config`,
+    `default_config`, or by hand.
+
+    ``policy.revocation`` and ``revocation.mode`` must agree (both come from
+    ``[revocation] mode``). ``source`` is the file the config was read from, if any.
+    ``notes`` are lines the node should log at start, such as a normalised trust domain.
+    """
+
+    identity: Identity
+    node: NodeSettings = field(default_factory=NodeSettings)
+    policy: ValidationPolicy = field(default_factory=ValidationPolicy)
+    revocation: RevocationSettings = field(default_factory=RevocationSettings)
+    authorize: AuthorizeSettings = field(default_factory=AuthorizeSettings)
+    peers: tuple[PeerSettings, ...] = ()
+    expose: tuple[ExposeSettings, ...] = ()
+    forward: tuple[ForwardSettings, ...] = ()
+    source: Path | None = None
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.policy.revocation != self.revocation.mode:
+            raise ConfigError(
+                f"policy revocation {self.policy.revocation!r} and revocation mode"
+                f" {self.revocation.mode!r} disagree; set both to the same mode"
+            )
+
+
+def default_config(state_dir: Path) -> NodeConfig:
+    """The embedded default that ``meshtls node`` runs without ``--config``.
+
+    A local CA in ``state_dir/ca`` for trust domain ``meshtls.local`` issues our id
+    ``spiffe://meshtls.local/node`` for 10 minutes at a time; the mesh listens on
+    127.0.0.1:8443 and the metrics on 127.0.0.1:9464; members of ``meshtls.local`` may
+    connect. Nothing is created here.
+    """
+    return NodeConfig(
+        identity=LocalCAIdentity(
+            directory=state_dir / "ca", spiffe_id=DEFAULT_SPIFFE_ID, ttl=DEFAULT_LOCAL_CA_TTL
+        ),
+        node=NodeSettings(state_dir=state_dir),
+        authorize=AuthorizeSettings(member_of=DEFAULT_TRUST_DOMAIN),
+    )
+
+
+# ---------------------------------------------------------------- addresses
+
+_HOST_NAME_RE: Final = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_.])?")
+_ADDRESS_HINT: Final = (
+    "expected HOST:PORT, such as 127.0.0.1:8443, node-b.mesh.internal:8443 or [::1]:8443"
+)
+
+
+def _address_error(text: str, *, listen: bool) -> tuple[Address | None, str]:
+    """Parse ``host:port`` or ``[v6]:port``; return the address, or None and what is wrong."""
+    if text.startswith("["):
+        host, close, rest = text[1:].partition("]")
+        if not close:
+            return None, f"{text!r} has no closing ']': {_ADDRESS_HINT}"
+        if not rest.startswith(":"):
+            return None, f"{text!r} has no ':PORT' after ']': {_ADDRESS_HINT}"
+        port = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return None, f"{host!r} in brackets is not an IPv6 address: {_ADDRESS_HINT}"
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            return None, f"{text!r} has no port: {_ADDRESS_HINT}"
+        if ":" in host:
+            return None, f"{text!r}: an IPv6 address goes in brackets, such as [::1]:8443"
+        if not host:
+            every = " (to listen on every interface, write 0.0.0.0:PORT or [::]:PORT)"
+            return None, f"{text!r} has no host: {_ADDRESS_HINT}{every if listen else ''}"
+        if re.fullmatch(r"[0-9.]+", host):
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                return None, f"{host!r} is not an IPv4 address: {_ADDRESS_HINT}"
+        elif len(host) > 253 or not _HOST_NAME_RE.fullmatch(host) or ".." in host:
+            return None, f"{host!r} is not a host name or IP address: {_ADDRESS_HINT}"
+    lowest = 0 if listen else 1
+    if not (port.isascii() and port.isdigit()) or not lowest <= int(port) <= 65535:
+        return None, f"{text!r} has a bad port {port!r}: use {lowest} to 65535"
+    return (host, int(port)), ""
+
+
+def format_address(address: Address) -> str:
+    """``host:port``, with an IPv6 host in brackets: the inverse of the config's parsing."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _conflicts(a: Address, b: Address) -> bool:
+    """Whether two listeners cannot both bind: same port, and the same or a wildcard host."""
+    if a[1] != b[1] or a[1] == 0:
+        return False
+    hosts = {a[0].lower(), b[0].lower()}
+    if len(hosts) == 1:
+        return True
+    families = set()
+    for host in hosts:
+        try:
+            families.add(ipaddress.ip_address(host).version)
+        except ValueError:
+            return False
+    return len(families) == 1 and bool(hosts & {"0.0.0.0", "::"})  # noqa: S104
+
+
+# ---------------------------------------------------------------- reading TOML
+
+T = TypeVar("T")
+
+_TABLES: Final[dict[str, tuple[str, ...]]] = {
+    "identity": (
+        "cert",
+        "key",
+        "bundle",
+        "federated",
+        "local_ca",
+        "spiffe_id",
+        "ttl",
+        "workload_api",
+    ),
+    "node": (
+        "listen",
+        "metrics",
+        "handshake_timeout",
+        "max_handshakes",
+        "shutdown_timeout",
+        "state_dir",
+    ),
+    "policy": ("max_ttl", "max_age", "clock_skew"),
+    "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
+    "authorize": ("member_of", "ids", "path_prefix"),
+    "peers": ("id", "address"),
+    "expose": ("listen", "backend", "allow", "max_connections"),
+    "forward": ("listen", "peer", "expect", "max_connections"),
+}
+_ARRAYS: Final = frozenset({"peers", "expose", "forward"})
+
+
+def _label(table: str) -> str:
+    return f"[[{table}]]" if table in _ARRAYS else f"[{table}]"
+
+
+def _describe(value: object) -> str:
+    """A TOML value as a reader would name it: ``the integer 10``, ``an array``."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, datetime | date | time):
+        return f"the date/time {value.isoformat()}"
+    return repr(value)  # pragma: no cover - tomllib gives nothing else
+
+
+def _unknown_key(key: str, known: Sequence[str], table: str) -> str:
+    homes = [_label(name) for name, keys in _TABLES.items() if key in keys and name != table]
+    if homes:
+        return f"unknown key here; {key!r} belongs in {' or '.join(homes)}"
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key; {hint}known keys: {', '.join(known)}"
+
+
+def _mapping(value: object) -> dict[str, object] | None:
+    if not isinstance(value, dict):
+        return None
+    return {str(key): item for key, item in value.items()}
+
+
+def _lower_ascii(text: str) -> str:
+    return "".join(ch.lower() if "A" <= ch <= "Z" else ch for ch in text)
+
+
+class _Reader:
+    """What every table shares: the file's name for messages, its directory, the notes."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        self.base_dir = base_dir
+        self.notes: list[str] = []
+
+    def error(self, where: str, what: str) -> ConfigError:
+        message = f"{self.source}: {where}: {what}"
+        return ConfigError(message.replace("\r", "\\r").replace("\n", "\\n"))
+
+    def table(self, name: str, label: str, value: object, known: Sequence[str] | None) -> _Table:
+        data = _mapping(value)
+        if data is None:
+            raise self.error(label, f"expected a table, not {_describe(value)}")
+        return _Table(self, label, data, known, name)
+
+
+class _Table:
+    """One TOML table with a name for messages and typed, checked readers for its keys."""
+
+    def __init__(
+        self,
+        reader: _Reader,
+        label: str,
+        data: Mapping[str, object],
+        known: Sequence[str] | None,
+        name: str,
+    ) -> None:
+        self.reader, self.label, self.data = reader, label, data
+        if known is not None:
+            for key in data:
+                if key not in known:
+                    raise self.error(key, _unknown_key(key, known, name))
+
+    def error(self, key: str, what: str) -> ConfigError:
+        return self.reader.error(f"{self.label} {key}", what)
+
+    def note(self, key: str, what: str) -> None:
+        self.reader.notes.append(f"{self.reader.source}: {self.label} {key}: {what}")
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def _typed(self, key: str, kind: type[T], expected: str) -> T | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(key, f"expected {expected}, not {_describe(value)}")
+        return value
+
+    def required(self, key: str, value: T | None, what: str) -> T:
+        if value is None:
+            raise self.error(key, f"missing: {what}")
+        return value
+
+    def string(self, key: str, expected: str = "a string") -> str | None:
+        value = self._typed(key, str, expected)
+        if value is not None and not value:
+            raise self.error(key, f"is empty: expected {expected}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
+        value = self._typed(key, int, "a whole number")
+        if value is None:
+            return default
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, not {value}")
+        return value
+
+    def _duration_text(self, key: str) -> str | None:
+        return self.string(key, 'a duration string such as "30s", "10m" or "1h"')
+
+    def _parse_duration(self, key: str, text: str, *, zero_ok: bool) -> timedelta:
+        if text == "off":
+            raise self.error(key, "cannot be off: give a duration such as 30s, 10m or 1h")
+        try:
+            value = parse_duration(text)
+        except ConfigError as exc:
+            raise self.error(key, str(exc)) from None
+        if value == timedelta(0) and not zero_ok:
+            raise self.error(key, f"must be longer than 0s, not {text!r}")
+        return value
+
+    def duration(self, key: str, default: timedelta, *, zero_ok: bool = False) -> timedelta:
+        text = self._duration_text(key)
+        return default if text is None else self._parse_duration(key, text, zero_ok=zero_ok)
+
+    def optional_duration(self, key: str, default: timedelta | None) -> timedelta | None:
+        """A duration, or ``"off"`` for None."""
+        text = self._duration_text(key)
+        if text is None:
+            return default
+        return None if text == "off" else self._parse_duration(key, text, zero_ok=False)
+
+    def address(self, key: str, *, listen: bool) -> Address | None:
+        text = self.string(key, "a HOST:PORT string")
+        if text is None:
+            return None
+        address, problem = _address_error(text, listen=listen)
+        if address is None:
+            raise self.error(key, f"bad address {problem}")
+        return address
+
+    def path(self, key: str, text: str | None = None) -> Path | None:
+        text = text if text is not None else self.string(key, "a path string")
+        if text is None:
+            return None
+        try:
+            path = Path(text).expanduser()
+        except RuntimeError:
+            raise self.error(key, f"cannot expand '~' in {text!r}: no home directory") from None
+        return self.reader.base_dir / path
+
+    def file(self, key: str, missing: str, text: str | None = None) -> Path:
+        """A path that must name an existing file."""
+        path = self.required(key, self.path(key, text), missing)
+        if path.is_dir():
+            raise self.error(key, f"{str(path)!r} is a directory; expected a file")
+        if not path.exists():
+            raise self.error(key, f"no such file: {str(path)!r}")
+        return path
+
+    def directory(self, key: str, missing: str) -> Path:
+        """A path that may not exist yet, but if it does, is a directory."""
+        path = self.required(key, self.path(key), missing)
+        if path.exists() and not path.is_dir():
+            raise self.error(key, f"{str(path)!r} is a file; expected a directory")
+        return path
+
+    def trust_domain(self, key: str, text: str) -> TrustDomain:
+        """A bare trust domain name; uppercase is lowercased and noted (ID-5)."""
+        if text.startswith(SCHEME_PREFIX):
+            name = text.removeprefix(SCHEME_PREFIX).partition("/")[0]
+            raise self.error(
+                key, f"{text!r} is a SPIFFE ID; write the trust domain alone: {name!r}"
+            )
+        try:
+            return TrustDomain(text)
+        except SpiffeIdError as exc:
+            lowered = _lower_ascii(text)
+            if lowered != text:
+                try:
+                    td = TrustDomain(lowered)
+                except SpiffeIdError:
+                    pass
+                else:
+                    self.note(key, f"trust domain {text!r} read as {str(td)!r} (ID-5)")
+                    return td
+            raise self.error(key, f"bad trust domain {text!r}: {exc}") from None
+
+    def _spiffe_id(self, key: str, text: str, *, root_ok: bool = False) -> SpiffeId:
+        try:
+            sid = SpiffeId.parse(text)
+        except SpiffeIdError as exc:
+            sid = self._normalised(key, text, exc)
+        if sid.is_root and not root_ok:
+            raise self.error(
+                key, f"{text!r} has no path: no workload may hold a trust domain's root id (L-3)"
+            )
+        return sid
+
+    def _normalised(self, key: str, text: str, error: SpiffeIdError) -> SpiffeId:
+        """`text` with its trust domain lowercased (ID-5 lets config do this), noted."""
+        if text.startswith(SCHEME_PREFIX):
+            name, slash, path = text.removeprefix(SCHEME_PREFIX).partition("/")
+            lowered = _lower_ascii(name)
+            if lowered != name:
+                try:
+                    sid = SpiffeId.parse(f"{SCHEME_PREFIX}{lowered}{slash}{path}")
+                except SpiffeIdError as exc:
+                    error = exc
+                else:
+                    self.note(
+                        key,
+                        f"{text!r} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
+                        " paths are case-sensitive and kept",
+                    )
+                    return sid
+        raise self.error(key, f"bad SPIFFE ID {text!r}: {error}")
+
+    def spiffe_id(self, key: str, *, root_ok: bool = False) -> SpiffeId | None:
+        text = self.string(key, 'a SPIFFE ID string such as "spiffe://example.org/node"')
+        return None if text is None else self._spiffe_id(key, text, root_ok=root_ok)
+
+    def spiffe_ids(self, key: str) -> tuple[SpiffeId, ...] | None:
+        expected = 'an array of SPIFFE ID strings, such as ["spiffe://example.org/client"]'
+        items = self._typed(key, list, expected)
+        if items is None:
+            return None
+        if not items:
+            raise self.error(key, f"is empty: expected {expected}")
+        ids: list[SpiffeId] = []
+        for index, item in enumerate(items, 1):
+            if not isinstance(item, str):
+                raise self.error(key, f"item {index}: expected {expected}, not {_describe(item)}")
+            ids.append(self._spiffe_id(key, item))
+        return tuple(ids)
+
+
+# ---------------------------------------------------------------- the tables
+
+
+def _policy(table: _Table, mode: RevocationMode) -> ValidationPolicy:
+    max_ttl = table.optional_duration("max_ttl", timedelta(hours=1))
+    max_age = table.optional_duration("max_age", None)
+    clock_skew = table.duration("clock_skew", timedelta(seconds=30), zero_ok=True)
+    if clock_skew > MAX_CLOCK_SKEW:
+        raise table.error(
+            "clock_skew",
+            f"{format_duration(clock_skew)} is over the {format_duration(MAX_CLOCK_SKEW)}"
+            " sanity bound; fix the clocks (NTP) instead",
+        )
+    try:
+        return ValidationPolicy(
+            max_ttl=max_ttl, max_age=max_age, clock_skew=clock_skew, revocation=mode
+        )
+    except ConfigError as exc:  # pragma: no cover - every case is caught above
+        raise table.reader.error(table.label, str(exc)) from None
+
+
+_MODES_TEXT: Final = ", ".join(REVOCATION_MODES[:-1]) + f" or {REVOCATION_MODES[-1]}"
+_MODES: Final[dict[str, RevocationMode]] = {
+    "soft-fail": "soft-fail",
+    "hard-fail": "hard-fail",
+    "off": "off",
+}
+
+
+def _revocation(table: _Table) -> RevocationSettings:
+    text = table.string("mode", f"one of {_MODES_TEXT}")
+    mode = _MODES.get(text or "soft-fail")
+    if mode is None:
+        close = difflib.get_close_matches(text or "", REVOCATION_MODES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise table.error(
+            "mode", f"{text!r} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
+        )
+    settings = RevocationSettings(
+        mode=mode,
+        refresh_interval=table.duration("refresh_interval", timedelta(minutes=5)),
+        ocsp_cache_ttl=table.duration("ocsp_cache_ttl", timedelta(hours=1)),
+        crl_cache_ttl=table.duration("crl_cache_ttl", timedelta(hours=6)),
+    )
+    for name, ttl in (
+        ("ocsp_cache_ttl", settings.ocsp_cache_ttl),
+        ("crl_cache_ttl", settings.crl_cache_ttl),
+    ):
+        if settings.refresh_interval >= ttl:
+            raise table.error(
+                "refresh_interval",
+                f"{format_duration(settings.refresh_interval)} is not shorter than {name}"
+                f" {format_duration(ttl)}: cached statuses would expire before a refresh",
+            )
+    return settings
+
+
+_FILE_FORM: Final = ("cert", "key", "bundle")
+_FORM_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "files": ("cert", "key", "bundle", "federated"),
+    "local_ca": ("local_ca", "spiffe_id", "ttl"),
+    "workload_api": ("workload_api",),
+}
+_FORM_ADD: Final = {
+    "files": "add cert, key and bundle",
+    "local_ca": 'add local_ca = "DIR", the directory of the local CA',
+    "workload_api": "add workload_api",
+}
+_FORMS_HINT: Final = (
+    "give exactly one of: cert, key and bundle (files); local_ca and spiffe_id (a local CA);"
+    " or workload_api"
+)
+
+
+def _identity(table: _Table, policy: ValidationPolicy) -> Identity:
+    forms = [
+        form
+        for form, present in (
+            ("files", any(table.has(key) for key in _FILE_FORM)),
+            ("local_ca", table.has("local_ca")),
+            ("workload_api", table.has("workload_api")),
+        )
+        if present
+    ]
+    if len(forms) > 1:
+        raise table.reader.error(
+            table.label, f"more than one identity form ({' and '.join(forms)}): {_FORMS_HINT}"
+        )
+    if not forms:
+        for key in table.data:  # only secondary keys are here: say which form they need
+            form = next(form for form, keys in _FORM_KEYS.items() if key in keys)
+            raise table.error(key, f"belongs to the {form} form: {_FORM_ADD[form]}")
+        raise table.reader.error(table.label, f"no identity: {_FORMS_HINT}")
+    (form,) = forms
+    for key in table.data:
+        if key not in _FORM_KEYS[form]:
+            owner = next(other for other, keys in _FORM_KEYS.items() if key in keys)
+            raise table.error(key, f"belongs to the {owner} form, not the {form} form")
+    if form == "files":
+        return _file_identity(table)
+    if form == "local_ca":
+        return _local_ca_identity(table, policy)
+    text = table.string(
+        "workload_api", 'a string: "unix:///absolute/path", "tcp://IP:port" or "env"'
+    )
+    if text is None or text == "env":
+        return WorkloadApiIdentity(address=None)
+    # The W-2 check lives with the source; imported here only, as it loads grpc.
+    from ._workload import workload_api_target  # noqa: PLC0415
+
+    try:
+        workload_api_target(text, setting="bad Workload API address")
+    except ConfigError as exc:
+        raise table.error("workload_api", str(exc)) from None
+    return WorkloadApiIdentity(address=text)
+
+
+def _file_identity(table: _Table) -> FileIdentity:
+    missing = "the files form needs cert, key and bundle"
+    cert, key, bundle = (table.file(name, missing) for name in _FILE_FORM)
+    federated: dict[str, Path] = {}
+    if table.has("federated"):
+        bundles = table.reader.table(
+            "federated", "[identity.federated]", table.data["federated"], None
+        )
+        for name, value in bundles.data.items():
+            if not isinstance(value, str):
+                raise bundles.error(
+                    repr(name), f"expected the path of a bundle file, not {_describe(value)}"
+                )
+            td = str(bundles.trust_domain(repr(name), name))
+            if td in federated:
+                raise bundles.error(repr(name), f"trust domain {td} is listed twice")
+            federated[td] = bundles.file(repr(name), "", value)
+    return FileIdentity(cert=cert, key=key, bundle=bundle, federated=MappingProxyType(federated))
+
+
+def _local_ca_identity(table: _Table, policy: ValidationPolicy) -> LocalCAIdentity:
+    directory = table.directory("local_ca", "")
+    spiffe_id = table.required(
+        "spiffe_id",
+        table.spiffe_id("spiffe_id"),
+        'local_ca needs the id to issue, such as spiffe_id = "spiffe://example.org/node"',
+    )
+    ttl = table.duration("ttl", DEFAULT_LOCAL_CA_TTL)
+    if policy.max_ttl is not None and ttl > policy.max_ttl:
+        raise table.error(
+            "ttl",
+            f"{format_duration(ttl)} is over [policy] max_ttl {format_duration(policy.max_ttl)}:"
+            " our own SVID must pass our own policy",
+        )
+    return LocalCAIdentity(directory=directory, spiffe_id=spiffe_id, ttl=ttl)
+
+
+def _node(table: _Table) -> NodeSettings:
+    metrics: Address | None = DEFAULT_METRICS
+    if table.data.get("metrics") == "off":
+        metrics = None
+    elif table.has("metrics"):
+        metrics = table.address("metrics", listen=True)
+    return NodeSettings(
+        listen=table.address("listen", listen=True) or DEFAULT_LISTEN,
+        metrics=metrics,
+        handshake_timeout=table.duration("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
+        max_handshakes=table.integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
+        shutdown_timeout=table.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, zero_ok=True),
+        state_dir=table.directory("state_dir", "")
+        if table.has("state_dir")
+        else default_state_dir(),
+    )
+
+
+def _authorize(table: _Table) -> AuthorizeSettings:
+    forms = [key for key in ("member_of", "ids", "path_prefix") if table.has(key)]
+    if len(forms) > 1:
+        raise table.reader.error(
+            table.label,
+            f"{' and '.join(forms)} are both set: give exactly one of member_of, ids or"
+            " path_prefix",
+        )
+    if not forms:
+        raise table.reader.error(
+            table.label,
+            "empty: give one of member_of, ids or path_prefix (or leave [authorize] out to"
+            " allow members of our own trust domain)",
+        )
+    member_of = table.string("member_of", 'a trust domain string such as "example.org"')
+    prefix = table.spiffe_id("path_prefix", root_ok=True)
+    if prefix is not None and prefix.is_root:
+        raise table.error(
+            "path_prefix",
+            f"{str(prefix)!r} has no path; to allow a whole trust domain, write"
+            f' member_of = "{prefix.trust_domain}"',
+        )
+    return AuthorizeSettings(
+        member_of=None if member_of is None else table.trust_domain("member_of", member_of),
+        ids=table.spiffe_ids("ids") or (),
+        path_prefix=prefix,
+    )
+
+
+def _peer(table: _Table) -> PeerSettings:
+    return PeerSettings(
+        id=table.required(
+            "id",
+            table.spiffe_id("id"),
+            'the peer\'s SPIFFE ID, such as id = "spiffe://example.org/node/b"',
+        ),
+        address=table.required(
+            "address", table.address("address", listen=False), "the peer's HOST:PORT"
+        ),
+    )
+
+
+def _expose(table: _Table) -> ExposeSettings:
+    return ExposeSettings(
+        listen=table.required(
+            "listen", table.address("listen", listen=True), "the HOST:PORT to accept mTLS on"
+        ),
+        backend=table.required(
+            "backend",
+            table.address("backend", listen=False),
+            "the plaintext HOST:PORT to pass connections to",
+        ),
+        allow=table.spiffe_ids("allow"),
+        max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
+    )
+
+
+def _forward(table: _Table) -> ForwardSettings:
+    return ForwardSettings(
+        listen=table.required(
+            "listen", table.address("listen", listen=True), "the plaintext HOST:PORT to accept on"
+        ),
+        peer=table.required(
+            "peer", table.address("peer", listen=False), "the HOST:PORT to dial with mTLS"
+        ),
+        expect=table.required(
+            "expect", table.spiffe_id("expect"), "the SPIFFE ID the peer must present"
+        ),
+        max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
+    )
+
+
+def _array(
+    reader: _Reader, document: Mapping[str, object], name: str, build: Callable[[_Table], T]
+) -> list[tuple[_Table, T]]:
+    items = document.get(name, [])
+    if not isinstance(items, list):
+        raise reader.error(
+            _label(name), f"expected an array of tables, written [[{name}]], not {_describe(items)}"
+        )
+    result = []
+    for index, item in enumerate(items, 1):
+        table = reader.table(name, f"[[{name}]] #{index}", item, _TABLES[name])
+        result.append((table, build(table)))
+    return result
+
+
+def _check_listeners(
+    reader: _Reader,
+    node: NodeSettings,
+    expose: list[tuple[_Table, ExposeSettings]],
+    forward: list[tuple[_Table, ForwardSettings]],
+) -> None:
+    """No two listeners on one address (port 0 excepted: the kernel picks)."""
+    listeners = [("[node] listen", node.listen)]
+    if node.metrics is not None:
+        listeners.append(("[node] metrics", node.metrics))
+    listeners += [(f"{table.label} listen", item.listen) for table, item in expose]
+    listeners += [(f"{table.label} listen", item.listen) for table, item in forward]
+    for index, (where, address) in enumerate(listeners):
+        for owner, other in listeners[:index]:
+            if _conflicts(address, other):
+                raise reader.error(
+                    where,
+                    f"{format_address(address)} clashes with {owner} {format_address(other)};"
+                    " each listener needs its own address",
+                )
+
+
+def parse_config(text: str, *, base_dir: Path, source: str = "<string>") -> NodeConfig:
+    """Read a node config from TOML `text`. Relative paths resolve against `base_dir`.
+
+    Checks that the identity files exist; creates nothing. Raises `ConfigError` with one
+    line naming `source`, the table and the key. ``NodeConfig.source`` is None (see
+    `load_config`).
+    """
+    reader = _Reader(source, base_dir.absolute())
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise reader.error(*_toml_error(str(exc), text)) from None
+    for key, value in document.items():
+        if key not in _TABLES:
+            where = f"[{key}]" if isinstance(value, dict) else key
+            raise reader.error(where, _unknown_table(key))
+        if key in _ARRAYS and isinstance(value, dict):
+            raise reader.error(f"[{key}]", f"expected [[{key}]] (an array of tables), not [{key}]")
+
+    def table(name: str) -> _Table:
+        return reader.table(name, _label(name), document.get(name, {}), _TABLES[name])
+
+    revocation = _revocation(table("revocation"))
+    policy = _policy(table("policy"), revocation.mode)
+    if "identity" not in document:
+        raise reader.error("[identity]", f"missing: {_FORMS_HINT}")
+    identity = _identity(table("identity"), policy)
+    node = _node(table("node"))
+    authorize = _authorize(table("authorize")) if "authorize" in document else AuthorizeSettings()
+    peers = _array(reader, document, "peers", _peer)
+    seen_ids: set[SpiffeId] = set()
+    for peer_table, peer in peers:
+        if peer.id in seen_ids:
+            raise peer_table.error("id", f"{peer.id} is already listed in an earlier [[peers]]")
+        seen_ids.add(peer.id)
+    expose = _array(reader, document, "expose", _expose)
+    forward = _array(reader, document, "forward", _forward)
+    _check_listeners(reader, node, expose, forward)
+    return NodeConfig(
+        identity=identity,
+        node=node,
+        policy=policy,
+        revocation=revocation,
+        authorize=authorize,
+        peers=tuple(peer for _, peer in peers),
+        expose=tuple(item for _, item in expose),
+        forward=tuple(item for _, item in forward),
+        notes=tuple(reader.notes),
+    )
+
+
+def _unknown_table(key: str) -> str:
+    homes = [_label(name) for name, keys in _TABLES.items() if key in keys]
+    if homes:
+        return f"unknown table; {key!r} is a key of {' or '.join(homes)}"
+    close = difflib.get_close_matches(key, list(_TABLES), n=1)
+    hint = f"did you mean {_label(close[0])}? " if close else ""
+    return f"unknown table; {hint}known tables: {', '.join(map(_label, _TABLES))}"
+
+
+def _toml_error(message: str, text: str) -> tuple[str, str]:
+    """tomllib's ``Invalid value (at line 3, column 9)`` as (``line 3, column 9``, what)."""
+    match = re.fullmatch(r"(.*) \(at (line \d+, column \d+|end of document)\)", message)
+    if match is None:  # pragma: no cover - tomllib always says where
+        return "bad TOML", message
+    what, where = match.groups()
+    if where == "end of document":
+        where = f"at the end (line {max(1, len(text.splitlines()))})"
+    return where, f"bad TOML: {what}"
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read the node config file at `path`; relative paths in it resolve against its directory.
+
+    Raises `ConfigError` with one line naming the file, the table and the key.
+    """
+    file = Path(path)
+    name = str(path)
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{name}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read the config file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{name}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8"
+        ) from None
+    config = parse_config(text, base_dir=file.absolute().parent, source=name)
+    return replace(config, source=file.absolute())

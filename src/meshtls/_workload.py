@@ -1,0 +1,587 @@
+"""`WorkloadApiSource`: our SVID and trust bundles from a SPIFFE Workload API (a SPIRE agent).
+
+Theory of operation. The Workload API is gRPC: ``FetchX509SVID`` is a server stream whose
+every message carries the full X.509 state (W-4): our SVIDs with their keys, the bundle of
+each SVID's trust domain, and the federated bundles. `run` keeps one stream open:
+
+- Each connection attempt gets a fresh grpc channel (so grpc's own reconnect backoff never
+  delays ours), one call with the ``workload.spiffe.io: true`` metadata (W-1), and one
+  dedicated reader thread. grpc's synchronous API blocks, so the thread iterates the call,
+  parses and checks each message there (certificate parsing and TLS context building are
+  CPU work), and hands the result to Trio through a memory channel with
+  ``trio.from_thread.run``. The `run` task consumes the channel: it publishes, logs, counts.
+- Leaving an attempt for any reason (stream end, error, cancellation) closes the channel's
+  receiving end, cancels the call, and waits, shielded, for the thread to say it is done; the
+  thread is then joined. So no thread outlives the attempt, and cancelling `run` really
+  stops everything. (A dedicated thread rather than `trio.to_thread`: Trio's thread cache
+  keeps idle workers alive for seconds, and a cancelled `to_thread` call could not reach
+  into the blocked ``next()`` anyway; cancelling the grpc call can.)
+- Every message is checked with meshtls's own strict rules, never py-spiffe's (which
+  lowercases trust domains): the entry's ``spiffe_id`` parses as a `SpiffeId` and equals the
+  leaf's, `X509Svid.from_parts` (L-1..L-3, key match), every bundle root is readable, each
+  federated key is a strict trust domain, and our chain verifies against our own trust
+  domain's roots with every rule that does not depend on the time (L-1..L-10, S-1..S-4).
+  Time and TTL (L-9 windows, P-1..P-3) are the rotation task's, which has the node's policy
+  and clock. An invalid message is not published: the old identity stays, one line is
+  logged, `on_invalid(reason, detail)` is called, and the stream goes on.
+- The bundle set is built from exactly the message's bundles, so a domain or root missing
+  from it is no longer trusted (B-7). The Workload API's X.509 bundles carry no sequence
+  number, so B-4 does not apply here. A message identical to the published one (SPIRE
+  resends on changes we do not use, such as another SVID or a CRL) publishes nothing.
+- Errors (W-3): InvalidArgument is never retried; `run` raises `WorkloadApiError`. Any other
+  status, a refused connection or a stream that ends is retried after an exponential
+  backoff with jitter (0.1 s doubling, capped at `backoff_max`; reset by a stream that
+  brought a good message and lasted a second, so an agent that hangs up at once after
+  each message is not hammered).
+  Until the first identity arrives, a `startup_timeout` deadline (Trio time) bounds all of
+  it; when it passes, `run` raises `WorkloadApiError` naming the last error, without ever
+  having called ``task_status.started()``.
+
+Addresses (W-2) are checked when the source is made, strictly: ``unix:///absolute/path`` or
+``tcp://IP:port`` and nothing else; None reads ``SPIFFE_ENDPOINT_SOCKET``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import os
+import random
+import re
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Final, NoReturn, Protocol, cast
+
+import grpc  # type: ignore[import-untyped]
+import trio
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import load_der_private_key
+from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+from ._bundle import BundleSet, X509Bundle
+from ._errors import BundleError, ConfigError, MeshError, Reason, SpiffeIdError, VerificationError
+from ._policy import ValidationPolicy
+from ._sources import IdentityCell, InvalidCallback
+from ._spiffeid import SpiffeId, TrustDomain
+from ._svid import PrivateKey, X509Svid, verify_svid
+from ._tls import TlsContexts
+
+logger = logging.getLogger("meshtls")
+
+ENDPOINT_SOCKET_ENV: Final = "SPIFFE_ENDPOINT_SOCKET"
+HEADER: Final = ("workload.spiffe.io", "true")  # W-1
+BACKOFF_INITIAL: Final = 0.1  # seconds; doubles per failed attempt up to backoff_max
+_STABLE_STREAM: Final = 1.0  # seconds a stream with a good message must last to reset backoff
+_JOIN_TIMEOUT: Final = 5.0  # seconds to wait for a cancelled reader thread; it takes ~1 ms
+_MAX_UNIX_PATH: Final = 107  # bytes: sockaddr_un.sun_path holds 108 with the NUL
+_EXPECTED: Final = "expected unix:///absolute/path or tcp://IP:port (W-2)"
+_PORT_RE: Final = re.compile(r"[1-9][0-9]{0,4}")
+
+# Everything but time (P-1..P-3 belong to the rotation task, with the node's policy).
+_SHAPE_POLICY: Final = ValidationPolicy(
+    max_ttl=None, max_age=None, clock_skew=timedelta(0), revocation="off"
+)
+
+
+class WorkloadApiError(MeshError):
+    """The Workload API refused us for good (InvalidArgument, W-3), or gave no identity in time."""
+
+
+# ---------------------------------------------------------------- addresses (W-2)
+
+
+def workload_api_target(address: str, *, setting: str = "workload API address") -> str:
+    """The grpc target of a Workload API address (W-2). Raises `ConfigError`, one line.
+
+    Accepted: ``unix:///absolute/path`` (no host, query, fragment or percent-encoding;
+    at most 107 bytes, the size of a Unix socket address) and ``tcp://IP:port`` with an
+    IPv4 address or a bracketed IPv6 one, never a host name.
+    """
+
+    def bad(problem: str) -> ConfigError:
+        return ConfigError(f"{setting} {address!r}: {problem}; {_EXPECTED}")
+
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+        if not path.startswith("/"):
+            raise bad("a unix address names no host and needs an absolute path (unix:///...)")
+        if path.startswith("//"):
+            raise bad("the path starts with '//'")
+        if path.endswith("/"):
+            raise bad("the path ends with '/'")
+        odd = next((ch for ch in path if ch in "?#%" or not ch.isprintable() or ch.isspace()), None)
+        if odd is not None:
+            raise bad(f"the path has {odd!r}; no query, fragment, encoding or spaces")
+        if len(path.encode()) > _MAX_UNIX_PATH:
+            raise bad(f"the path is {len(path.encode())} bytes, over {_MAX_UNIX_PATH}")
+        return f"unix:{path}"
+    if address.startswith("tcp://"):
+        hostport = address[len("tcp://") :]
+        if any(ch in hostport for ch in "/?#@%") or not hostport.isprintable():
+            raise bad("a tcp address is only IP:port, with no path, user, query or fragment")
+        if hostport.startswith("["):
+            host, sep, port = hostport[1:].partition("]:")
+            if not sep:
+                raise bad("an IPv6 address needs the form [IP]:port")
+        else:
+            host, sep, port = hostport.rpartition(":")
+            if not sep:
+                raise bad("a tcp address needs a port")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise bad(f"{host!r} is not an IP address (host names are not allowed)") from None
+        if isinstance(ip, ipaddress.IPv6Address) != hostport.startswith("["):
+            raise bad("an IPv6 address goes in brackets, an IPv4 address does not")
+        if _PORT_RE.fullmatch(port) is None or int(port) > 65535:
+            raise bad(f"port {port!r} is not a number from 1 to 65535")
+        return f"ipv6:[{ip}]:{port}" if ip.version == 6 else f"ipv4:{ip}:{port}"
+    if not address:
+        raise bad("it is empty")
+    raise bad("the scheme must be unix or tcp")
+
+
+def _resolve_address(address: str | None) -> tuple[str, str]:
+    """(address, grpc target); None reads SPIFFE_ENDPOINT_SOCKET."""
+    if address is not None:
+        return address, workload_api_target(address)
+    value = os.environ.get(ENDPOINT_SOCKET_ENV)
+    if value is None:
+        raise ConfigError(
+            f"{ENDPOINT_SOCKET_ENV} is not set and no workload API address was given; {_EXPECTED}"
+        )
+    return value, workload_api_target(value, setting=ENDPOINT_SOCKET_ENV)
+
+
+# ---------------------------------------------------------------- grpc, behind small types
+
+
+class _Call(Protocol):
+    """A ``FetchX509SVID`` response stream (grpc's rendezvous object)."""
+
+    def __iter__(self) -> Iterator[workload_pb2.X509SVIDResponse]: ...
+
+    def cancel(self) -> bool: ...
+
+
+class _Channel(Protocol):
+    def close(self) -> None: ...
+
+
+def _open_stream(target: str) -> tuple[_Channel, _Call]:
+    """A new channel and one ``FetchX509SVID`` call on it, with the security header (W-1)."""
+    channel = grpc.insecure_channel(target)
+    stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)  # type: ignore[no-untyped-call]
+    call = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=(HEADER,))
+    return cast(_Channel, channel), cast(_Call, call)
+
+
+def _is_rpc_error(error: BaseException) -> bool:
+    return isinstance(error, grpc.RpcError)
+
+
+def _rpc_status(error: BaseException) -> tuple[str, str]:
+    """A grpc error's status code name and details."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    name = str(getattr(code(), "name", "UNKNOWN")) if callable(code) else "UNKNOWN"
+    text = str(details() or "") if callable(details) else str(error)
+    return name, text
+
+
+# ---------------------------------------------------------------- reading one message
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """A checked message: the contexts to publish, and what they were built from."""
+
+    contexts: TlsContexts
+    fingerprint: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Invalid:
+    """A message that may not be published."""
+
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """The stream is over: ``status`` None when it ended with OK, else (code name, details)."""
+
+    status: tuple[str, str] | None
+
+
+_Item = _Identity | _Invalid | _Ended
+
+
+class _RejectedError(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason: Reason = reason
+        self.detail = detail
+
+
+def split_der(data: bytes, *, what: str) -> list[bytes]:
+    """Concatenated DER values (how the Workload API sends chains and bundles)."""
+    items: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if data[offset] != 0x30 or offset + 2 > len(data):
+            raise ValueError(f"{what}: byte {offset} does not start a DER certificate")
+        first = data[offset + 1]
+        if first < 0x80:
+            length, header = first, 2
+        else:
+            count = first & 0x7F
+            if not 1 <= count <= 4 or offset + 2 + count > len(data):
+                raise ValueError(f"{what}: bad DER length at byte {offset}")
+            length = int.from_bytes(data[offset + 2 : offset + 2 + count], "big")
+            header = 2 + count
+        end = offset + header + length
+        if end > len(data):
+            raise ValueError(f"{what}: truncated DER certificate at byte {offset}")
+        items.append(data[offset:end])
+        offset = end
+    return items
+
+
+def _certificates(data: bytes, *, what: str) -> tuple[x509.Certificate, ...]:
+    try:
+        return tuple(x509.load_der_x509_certificate(d) for d in split_der(data, what=what))
+    except ValueError as exc:
+        raise _RejectedError("malformed_certificate", f"{what}: {exc}") from None
+
+
+def _federated_domain(key: str) -> TrustDomain:
+    """A federated bundle's key: ``spiffe://td`` (what SPIRE sends) or a bare name, strictly."""
+    try:
+        if key.startswith("spiffe://"):
+            sid = SpiffeId.parse(key)
+            if not sid.is_root:
+                raise _RejectedError(
+                    "invalid_spiffe_id", f"federated bundle key {key!r} is not a trust domain"
+                )
+            return sid.trust_domain
+        return TrustDomain.parse(key)
+    except SpiffeIdError as exc:
+        raise _RejectedError("invalid_spiffe_id", f"federated bundle key {key!r}: {exc}") from None
+
+
+def _select(
+    entries: Iterable[workload_pb2.X509SVID], want: SpiffeId | None
+) -> workload_pb2.X509SVID:
+    listed = list(entries)
+    if not listed:
+        raise _RejectedError("malformed_certificate", "the message has no SVID")
+    if want is None:
+        return listed[0]  # the default SVID
+    for entry in listed:
+        if entry.spiffe_id == str(want):
+            return entry
+    ids = ", ".join(repr(e.spiffe_id[:200]) for e in listed)
+    raise _RejectedError("invalid_spiffe_id", f"the message has no SVID for {want} (it has {ids})")
+
+
+def _svid(entry: workload_pb2.X509SVID) -> X509Svid:
+    try:
+        declared = SpiffeId.parse(entry.spiffe_id)
+    except SpiffeIdError as exc:
+        raise _RejectedError("invalid_spiffe_id", f"SVID entry spiffe_id: {exc}") from None
+    chain = _certificates(entry.x509_svid, what=f"SVID chain of {declared}")
+    try:
+        key = load_der_private_key(entry.x509_svid_key, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise _RejectedError(
+            "malformed_certificate", f"SVID key of {declared}: not a PKCS#8 DER key ({exc})"
+        ) from None
+    if not isinstance(key, PrivateKey):
+        raise _RejectedError(
+            "malformed_certificate", f"SVID key of {declared}: unsupported {type(key).__name__}"
+        )
+    try:
+        svid = X509Svid.from_parts(chain, key)
+    except VerificationError as exc:
+        raise _RejectedError(exc.reason, f"SVID of {declared}: {exc.detail}") from None
+    except ValueError as exc:
+        raise _RejectedError("malformed_certificate", f"SVID of {declared}: {exc}") from None
+    if svid.spiffe_id != declared:
+        raise _RejectedError(
+            "invalid_spiffe_id",
+            f"the entry says {declared} but its certificate is {svid.spiffe_id}",
+        )
+    return svid
+
+
+def _bundles(own: TrustDomain, own_roots: bytes, federated: Mapping[str, bytes]) -> BundleSet:
+    """Exactly the bundles of the message (W-4, B-7): our domain's, then the federated ones."""
+    raw: dict[TrustDomain, bytes] = {own: own_roots}
+    for key in sorted(federated):
+        td = _federated_domain(key)
+        if td in raw and raw[td] != federated[key]:
+            raise _RejectedError("malformed_certificate", f"two different bundles for {td} (B-6)")
+        raw[td] = federated[key]
+    try:
+        return BundleSet(
+            {
+                td: X509Bundle(td, _certificates(data, what=f"bundle of {td}"))
+                for td, data in raw.items()
+            }
+        )
+    except BundleError as exc:
+        raise _RejectedError("malformed_certificate", str(exc)) from None
+
+
+def read_message(message: workload_pb2.X509SVIDResponse, want: SpiffeId | None) -> _Item:
+    """Check one ``X509SVIDResponse`` with our rules and build its contexts. Never raises."""
+    try:
+        entry = _select(message.svids, want)
+        svid = _svid(entry)
+        bundles = _bundles(svid.spiffe_id.trust_domain, entry.bundle, message.federated_bundles)
+        # Our chain must verify against our own domain's roots (L-10), at the instant it
+        # was issued: every rule but the time ones, which the rotation task applies.
+        issued = max(cert.not_valid_before_utc for cert in svid.chain)
+        try:
+            verify_svid(svid.chain, bundles, policy=_SHAPE_POLICY, now=issued)
+        except VerificationError as exc:
+            raise _RejectedError(exc.reason, f"our SVID {svid.spiffe_id}: {exc.detail}") from None
+        try:
+            contexts = TlsContexts.build(svid, bundles)
+        except (ssl.SSLError, ValueError) as exc:
+            raise _RejectedError("malformed_certificate", f"TLS refused our SVID: {exc}") from None
+    except _RejectedError as exc:
+        return _Invalid(exc.reason, exc.detail)
+    except Exception as exc:  # a message we cannot read must not stop the stream
+        return _Invalid("malformed_certificate", f"unreadable message ({exc!r})")
+    fingerprint = (
+        entry.x509_svid,
+        entry.x509_svid_key,
+        entry.bundle,
+        *(b"%s=%s" % (k.encode(), v) for k, v in sorted(message.federated_bundles.items())),
+    )
+    return _Identity(contexts, fingerprint)
+
+
+def _read_stream(
+    call: _Call,
+    send: trio.MemorySendChannel[_Item],
+    token: trio.lowlevel.TrioToken,
+    done: trio.Event,
+    want: SpiffeId | None,
+) -> None:
+    """The reader thread: each message, checked, into `send`; then how the stream ended.
+
+    Whatever happens, its last act is to close `send` and set `done`, in Trio.
+    """
+    try:
+        try:
+            for message in call:
+                trio.from_thread.run(send.send, read_message(message, want), trio_token=token)
+            end = _Ended(None)
+        except Exception as exc:
+            status = _rpc_status(exc) if _is_rpc_error(exc) else ("INTERNAL", repr(exc))
+            end = _Ended(status)
+        trio.from_thread.run(send.send, end, trio_token=token)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
+        pass  # Trio stopped listening: the attempt is over
+    finally:
+        with suppress(trio.RunFinishedError):
+            token.run_sync_soon(_finish, send, done)
+
+
+def _finish(send: trio.MemorySendChannel[_Item], done: trio.Event) -> None:
+    send.close()
+    done.set()
+
+
+# ---------------------------------------------------------------- the source
+
+
+class WorkloadApiSource:
+    """Our SVID and bundles, streamed from a SPIFFE Workload API (`run` keeps them current).
+
+    - `address`: ``unix:///absolute/path`` or ``tcp://IP:port`` (W-2); None reads
+      ``SPIFFE_ENDPOINT_SOCKET``. Checked here: a bad one raises `ConfigError`.
+    - `spiffe_id`: which SVID to use when the workload has several; default the first.
+    - `startup_timeout`: seconds (Trio time) `run` waits for a first identity.
+    - `backoff_max`: the longest wait between two connection attempts, in seconds.
+    - `on_invalid(reason, detail)`: called for each message that fails our checks; the
+      old identity stays. `reason` is one of `REASONS`.
+    """
+
+    __slots__ = (
+        "_cell",
+        "_fingerprint",
+        "_last_problem",
+        "_rng",
+        "_target",
+        "address",
+        "backoff_max",
+        "on_invalid",
+        "spiffe_id",
+        "startup_timeout",
+    )
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        spiffe_id: SpiffeId | str | None = None,
+        startup_timeout: float = 30.0,
+        backoff_max: float = 30.0,
+        on_invalid: InvalidCallback | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.address, self._target = _resolve_address(address)
+        if isinstance(spiffe_id, str):
+            try:
+                spiffe_id = SpiffeId.parse(spiffe_id)
+            except SpiffeIdError as exc:
+                raise ConfigError(f"workload API spiffe_id: {exc}") from None
+        self.spiffe_id: SpiffeId | None = spiffe_id
+        if not startup_timeout > 0:
+            raise ConfigError(f"workload API startup_timeout must be positive: {startup_timeout}")
+        if not backoff_max >= BACKOFF_INITIAL:
+            raise ConfigError(
+                f"workload API backoff_max must be at least {BACKOFF_INITIAL}s: {backoff_max}"
+            )
+        self.startup_timeout = startup_timeout
+        self.backoff_max = backoff_max
+        self.on_invalid = on_invalid
+        self._rng = rng or random.Random()  # noqa: S311 - spreading retries, not secrets
+        self._cell = IdentityCell()
+        self._fingerprint: tuple[bytes, ...] | None = None
+        self._last_problem = "no answer yet"
+
+    @property
+    def cell(self) -> IdentityCell:
+        return self._cell
+
+    def contexts(self) -> TlsContexts:
+        return self._cell.current()
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (0-based): half to all of the step."""
+        step = min(self.backoff_max, BACKOFF_INITIAL * 2 ** min(attempt, 62))
+        return self._rng.uniform(step / 2, step)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Follow the Workload API until cancelled. ``started()`` after the first identity.
+
+        Raises `WorkloadApiError` on InvalidArgument (never retried, W-3), or when no
+        identity arrived within `startup_timeout`.
+        """
+        startup = trio.CancelScope(deadline=trio.current_time() + self.startup_timeout)
+        announced = False
+        self._last_problem = "no answer yet"
+
+        def first_identity() -> None:  # called for every good message; acts on the first
+            nonlocal announced
+            if not announced:
+                announced = True
+                startup.deadline = math.inf
+                task_status.started()
+
+        with startup:
+            await self._follow(first_identity)
+        await trio.lowlevel.checkpoint_if_cancelled()  # cancelled from outside: not our error
+        raise WorkloadApiError(
+            f"no identity from the Workload API at {self.address} within"
+            f" {self.startup_timeout:g}s (last: {self._last_problem})"
+        )
+
+    async def _follow(self, first_identity: Callable[[], None]) -> NoReturn:
+        attempt = 0
+        while True:
+            opened = trio.current_time()
+            status, good = await self._attempt(first_identity)
+            if good and trio.current_time() - opened >= _STABLE_STREAM:
+                attempt = 0  # a stream that worked: the next failure starts the backoff over
+            if status is not None and status[0] == "INVALID_ARGUMENT":
+                raise WorkloadApiError(
+                    f"the Workload API at {self.address} answered InvalidArgument"
+                    f" ({status[1] or 'no details'}); not retrying (W-3)"
+                )
+            problem = "the stream ended" if status is None else f"{status[0]}: {status[1]}"
+            self._last_problem = problem
+            delay = self.backoff(attempt)
+            attempt += 1
+            logger.warning(
+                "workload API stream ended, reconnecting address=%s delay=%.2fs error=%r",
+                self.address,
+                delay,
+                problem,
+            )
+            await trio.sleep(delay)
+
+    async def _attempt(
+        self, first_identity: Callable[[], None]
+    ) -> tuple[tuple[str, str] | None, bool]:
+        """One stream, until it ends. Returns how it ended and whether a good message came."""
+        send, receive = trio.open_memory_channel[_Item](1)
+        done = trio.Event()
+        good = False
+        channel, call = _open_stream(self._target)
+        try:
+            thread = threading.Thread(
+                target=_read_stream,
+                args=(call, send, trio.lowlevel.current_trio_token(), done, self.spiffe_id),
+                name=f"meshtls-workload-api {self.address}",
+                daemon=True,
+            )
+            thread.start()
+            try:
+                async with receive:
+                    async for item in receive:
+                        if isinstance(item, _Ended):
+                            return item.status, good
+                        if isinstance(item, _Invalid):
+                            self._reject(item)
+                            continue
+                        good = True
+                        self._accept(item, first_identity)
+                return ("INTERNAL", "the reader thread stopped"), good  # it always sends _Ended
+            finally:
+                call.cancel()  # wakes the thread if it is blocked in next()
+                with trio.CancelScope(shield=True), trio.move_on_after(_JOIN_TIMEOUT):
+                    await done.wait()
+                if done.is_set():
+                    thread.join()  # it has returned or is returning: ~no wait
+                else:  # pragma: no cover - grpc ignored the cancel
+                    logger.error("workload API reader thread did not stop; abandoning it")
+        finally:
+            channel.close()
+
+    def _accept(self, item: _Identity, first_identity: Callable[[], None]) -> None:
+        if item.fingerprint != self._fingerprint:  # else: the same state again
+            self._fingerprint = item.fingerprint
+            self._cell.publish(item.contexts)
+            logger.info(
+                "workload API identity published spiffe_id=%s trust_domains=%s",
+                item.contexts.svid.spiffe_id,
+                ",".join(str(td) for td in item.contexts.bundles),
+            )
+        first_identity()
+
+    def _reject(self, item: _Invalid) -> None:
+        self._last_problem = f"rejected message: {item.reason}: {item.detail}"
+        logger.warning(
+            "workload API update rejected, keeping the current identity reason=%s detail=%r",
+            item.reason,
+            item.detail,
+        )
+        if self.on_invalid is not None:
+            self.on_invalid(item.reason, item.detail)
+
+    def __repr__(self) -> str:
+        return f"WorkloadApiSource({self.address!r})"
