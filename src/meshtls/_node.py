@@ -103,6 +103,7 @@ class Node:
         self._ready = False
         self._live: set[_Live] = set()
         self._live_changed = trio.Event()
+        self._changed = trio.Event()
         self._source: LiveSource | None = None
 
     # ------------------------------------------------------------ identity
@@ -143,6 +144,7 @@ class Node:
             )
             if previous.bundles is not contexts.bundles:
                 self._close_untrusted(contexts.bundles)
+        self._pulse()
 
     def _build_source(self) -> LiveSource:
         identity = self.config.identity
@@ -171,6 +173,15 @@ class Node:
     def _identity_invalid(self, reason: Reason, message: str) -> None:
         self.metrics.certificate_invalid(reason)
         logger.warning("identity update rejected reason=%s detail=%r", reason, message)
+        self._pulse()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def changed(self) -> None:
+        """Wait for the next identity event: a rotation, or a refused update."""
+        await self._changed.wait()
 
     async def _rotate(self, cell: IdentityCell) -> NoReturn:
         """Apply each new identity the source publishes, if it passes our own checks."""
@@ -357,9 +368,21 @@ async def open_node(
     certificate time (default: the wall clock). Raises `NodeError` if it cannot start.
     """
     node = Node(config, registry=registry, clock=clock)
+    failed: NodeError | None = None
     async with trio.open_nursery() as nursery:
-        await node._start(nursery, handler or _discard)
         try:
-            yield node
-        finally:
+            await node._start(nursery, handler or _discard)
+        except NodeError as exc:  # raised here, not grouped: the caller sees a NodeError
+            failed = exc
             nursery.cancel_scope.cancel()
+        except MeshError as exc:  # a task that failed before it started (e.g. the source)
+            failed = NodeError(f"the node could not start: {exc}")
+            failed.__cause__ = exc
+            nursery.cancel_scope.cancel()
+        else:
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
+    if failed is not None:
+        raise failed
