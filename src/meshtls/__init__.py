@@ -39,10 +39,10 @@ from ._stream import PeerRejectedError as PeerRejectedError
 from ._stream import connect as connect
 from ._stream import serve as serve
 from ._svid import VerifiedPeer as VerifiedPeer
-from ._workload import WorkloadApiError as WorkloadApiError
-from ._workload import WorkloadApiSource as WorkloadApiSource
 from ._svid import X509Svid as X509Svid
 from ._svid import verify_svid as verify_svid
+from ._workload import WorkloadApiError as WorkloadApiError
+from ._workload import WorkloadApiSource as WorkloadApiSource
 
 __version__ = "0.1.0.dev0"
 
