@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime, timedelta
@@ -93,8 +94,10 @@ class Node:
         *,
         registry: CollectorRegistry | None = None,
         clock: Clock | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock or (lambda: datetime.now(UTC))
         self.metrics = NodeMetrics(self.registry, clock=self._clock)
@@ -163,6 +166,7 @@ class Node:
                 identity.spiffe_id,
                 identity.ttl,
                 clock=self._clock,
+                rng=self._rng,
                 on_invalid=on_invalid,
             )
         assert isinstance(identity, WorkloadApiIdentity)
@@ -359,15 +363,17 @@ async def open_node(
     handler: Handler | None = None,
     registry: CollectorRegistry | None = None,
     clock: Clock | None = None,
+    rng: random.Random | None = None,
 ) -> AsyncIterator[Node]:
     """Start a node and yield it once it is ready; stop it when the block ends.
 
     `handler` runs for each verified peer on the mesh listener (default: read and drop
     until the peer closes). `registry` receives the metrics (default: a new one, never
     the global registry, so several nodes can share a process). `clock` gives
-    certificate time (default: the wall clock). Raises `NodeError` if it cannot start.
+    certificate time (default: the wall clock); `rng` draws the local CA's renewal jitter.
+    Raises `NodeError` if it cannot start.
     """
-    node = Node(config, registry=registry, clock=clock)
+    node = Node(config, registry=registry, clock=clock, rng=rng)
     failed: NodeError | None = None
     async with trio.open_nursery() as nursery:
         try:
