@@ -1,0 +1,101 @@
+"""Node properties: several per process, a bounded wait for the first SVID, faulty handlers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+import meshtls
+from meshtls._ca import LocalCA
+from meshtls._config import LocalCAIdentity, NodeConfig, NodeSettings, WorkloadApiIdentity
+from meshtls._node import NodeError, open_node
+from meshtls._spiffeid import SpiffeId
+
+
+def local(tmp_path: Path, name: str) -> NodeConfig:
+    return NodeConfig(
+        identity=LocalCAIdentity(
+            directory=tmp_path / "ca", spiffe_id=SpiffeId.parse(f"spiffe://meshtls.local/{name}")
+        ),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=("127.0.0.1", 0), state_dir=tmp_path),
+    )
+
+
+def mesh_port(node: meshtls.Node) -> int:
+    port: int = node.listeners["mesh"][0].socket.getsockname()[1]
+    return port
+
+
+async def test_two_nodes_in_one_process_talk_and_keep_separate_metrics(tmp_path: Path) -> None:
+    async with (
+        open_node(local(tmp_path, "a")) as a,
+        open_node(local(tmp_path, "b")) as b,
+    ):
+        assert a.registry is not b.registry
+        stream = await meshtls.connect(
+            "127.0.0.1",
+            mesh_port(b),
+            source=a,  # a node is an identity source
+            authorize=meshtls.authorize_id("spiffe://meshtls.local/b"),
+            observer=a,
+        )
+        async with stream:
+            await stream.send_all(b"hello")
+        ok = {"role": "client", "result": "ok"}
+        assert a.registry.get_sample_value("meshtls_handshakes_total", ok) == 1
+        assert b.registry.get_sample_value("meshtls_handshakes_total", ok) == 0
+
+
+@pytest.fixture
+def jumping_clock() -> trio.testing.MockClock:
+    """pytest-trio runs a test on any fixture that is a trio Clock: backoff in no time."""
+    return trio.testing.MockClock(autojump_threshold=0.01)
+
+
+async def test_no_first_svid_within_the_bounded_wait_is_a_node_error(
+    tmp_path: Path, jumping_clock: trio.testing.MockClock
+) -> None:
+    config = NodeConfig(
+        identity=WorkloadApiIdentity(address=f"unix://{tmp_path}/nobody-listens.sock"),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+    )
+    start = trio.current_time()
+    with pytest.raises(NodeError) as info:
+        async with open_node(config):
+            pass
+    assert "\n" not in str(info.value)
+    assert 29 <= trio.current_time() - start <= 31  # the 30 s bound, in Trio time
+
+
+async def test_a_failing_handler_does_not_stop_the_node(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    async def handler(stream: meshtls.MeshStream) -> None:
+        calls.append(str(stream.peer.spiffe_id))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in one connection's handler")
+        await stream.send_all(b"still serving")
+
+    async with open_node(local(tmp_path, "n"), handler=handler) as node:
+        ca = LocalCA.open(tmp_path / "ca")
+        client = meshtls.StaticSource(
+            ca.issue(
+                SpiffeId.parse("spiffe://meshtls.local/c"),
+                ttl=timedelta(minutes=5),
+                now=datetime.now(UTC),
+            ),
+            ca.bundle(),
+        )
+        for expected in (b"", b"still serving"):
+            stream = await meshtls.connect(
+                "127.0.0.1", mesh_port(node), source=client, authorize=meshtls.authorize_any()
+            )
+            async with stream:
+                with trio.fail_after(5):
+                    assert await stream.receive_some() == expected
+        assert node.ready
+    assert len(calls) == 2
