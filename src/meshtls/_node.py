@@ -275,60 +275,64 @@ class Node:
             with self.track(stream, "server"):
                 await handler(stream)
 
-        self.listeners["mesh"] = await nursery.start(
-            functools.partial(
-                serve,
-                mesh_handler,
-                settings.listen[1],
-                host=settings.listen[0],
-                source=self,
-                authorize=default_authorize,
-                policy=self.config.policy,
-                handshake_timeout=settings.handshake_timeout.total_seconds(),
-                max_handshakes=settings.max_handshakes,
-                clock=self._clock,
-                observer=self,
-            )
-        )
-        for item in self.config.expose:
-            self.listeners[f"expose:{_text(item.listen)}"] = await nursery.start(
+        with _binding("mesh", settings.listen):
+            self.listeners["mesh"] = await nursery.start(
                 functools.partial(
-                    expose,
-                    item.listen,
-                    item.backend,
+                    serve,
+                    mesh_handler,
+                    settings.listen[1],
+                    host=settings.listen[0],
                     source=self,
-                    authorize=item.authorizer(default_authorize),
+                    authorize=default_authorize,
                     policy=self.config.policy,
-                    max_connections=item.max_connections,
                     handshake_timeout=settings.handshake_timeout.total_seconds(),
+                    max_handshakes=settings.max_handshakes,
+                    clock=self._clock,
                     observer=self,
-                    track=self.track,
-                )
+                ),
             )
+        for item in self.config.expose:
+            with _binding(f"expose:{_text(item.listen)}", item.listen):
+                self.listeners[f"expose:{_text(item.listen)}"] = await nursery.start(
+                    functools.partial(
+                        expose,
+                        item.listen,
+                        item.backend,
+                        source=self,
+                        authorize=item.authorizer(default_authorize),
+                        policy=self.config.policy,
+                        max_connections=item.max_connections,
+                        handshake_timeout=settings.handshake_timeout.total_seconds(),
+                        observer=self,
+                        track=self.track,
+                    ),
+                )
         for fwd in self.config.forward:
-            self.listeners[f"forward:{_text(fwd.listen)}"] = await nursery.start(
-                functools.partial(
-                    forward,
-                    fwd.listen,
-                    fwd.peer,
-                    expect=fwd.expect,
-                    source=self,
-                    policy=self.config.policy,
-                    max_connections=fwd.max_connections,
-                    observer=self,
-                    track=self.track,
+            with _binding(f"forward:{_text(fwd.listen)}", fwd.listen):
+                self.listeners[f"forward:{_text(fwd.listen)}"] = await nursery.start(
+                    functools.partial(
+                        forward,
+                        fwd.listen,
+                        fwd.peer,
+                        expect=fwd.expect,
+                        source=self,
+                        policy=self.config.policy,
+                        max_connections=fwd.max_connections,
+                        observer=self,
+                        track=self.track,
+                    ),
                 )
-            )
         if settings.metrics is not None:
-            self.listeners["metrics"] = await nursery.start(
-                functools.partial(
-                    serve_http,
-                    self.registry,
-                    settings.metrics[0],
-                    settings.metrics[1],
-                    ready=lambda: self._ready,
+            with _binding("metrics", settings.metrics):
+                self.listeners["metrics"] = await nursery.start(
+                    functools.partial(
+                        serve_http,
+                        self.registry,
+                        settings.metrics[0],
+                        settings.metrics[1],
+                        ready=lambda: self._ready,
+                    ),
                 )
-            )
         self._ready = True
         logger.info(
             "node ready id=%s listen=%s",
@@ -344,6 +348,17 @@ class Node:
         self._ready = False
         while self._live:
             await self._live_changed.wait()
+
+
+@contextmanager
+def _binding(name: str, address: tuple[str, int]) -> Iterator[None]:
+    """A listener that cannot bind is a `NodeError` naming it (not a bare OSError)."""
+    try:
+        yield
+    except OSError as exc:
+        raise NodeError(
+            f"cannot listen on {_text(address)} for {name}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _text(address: tuple[str, int]) -> str:
