@@ -421,21 +421,3 @@ async def test_an_expose_port_already_bound_fails_with_one_line(tmp_path: Path) 
     line = one_error_line(*result, codes={1, 2})
     assert f"127.0.0.1:{port}" in line
     assert "expose" in line  # names the listener
-
-
-async def test_no_config_on_a_taken_8443_fails_with_one_line(tmp_path: Path) -> None:
-    """The embedded default (fixed 127.0.0.1:8443) with that port held: one line, exit 1.
-
-    The port is held by this test, or already by someone else; either way it is taken, so
-    the node never listens on a real port.
-    """
-    holder = taken_port(port=8443)
-    try:
-        result = await run_node(tmp_path, "--state-dir", str(tmp_path / "state"))
-    finally:
-        if holder is not None:
-            holder.close()
-    line = one_error_line(*result, codes={1})
-    assert "127.0.0.1:8443" in line
-    assert "mesh" in line  # names the listener
-    assert (tmp_path / "state" / "ca" / "ca.json").exists()  # the default's local CA
