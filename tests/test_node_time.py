@@ -63,8 +63,10 @@ async def test_a_connection_is_closed_before_the_peer_certificate_expires(
     tmp_path: Path, clock: trio.testing.MockClock
 ) -> None:
     closed_at: list[float] = []
+    announced: list[datetime | None] = []
 
     async def handler(stream: meshtls.MeshStream) -> None:
+        announced.append(stream.closes_at)
         try:
             await trio.sleep_forever()
         finally:
@@ -86,4 +88,5 @@ async def test_a_connection_is_closed_before_the_peer_certificate_expires(
             assert await stream.receive_some() == b""  # closed cleanly (close_notify), not cut
         deadline = (client.not_after - T0 - DRAIN_MARGIN).total_seconds()
         assert closed_at == [pytest.approx(deadline, abs=1e-3)]
+        assert announced == [client.not_after - DRAIN_MARGIN]  # known from the start
         assert node.live_connections == 0

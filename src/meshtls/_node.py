@@ -207,8 +207,13 @@ class Node:
 
     @contextmanager
     def track(self, stream: MeshStream, role: OurRole) -> Iterator[None]:
-        """Run a verified connection under its deadline and the node's trust checks."""
-        seconds = (self.deadline(stream) - self.now()).total_seconds()
+        """Run a verified connection under its deadline and the node's trust checks.
+
+        The deadline is announced on the stream as ``stream.closes_at`` first, so the
+        handler can finish what it is sending before then: no cut by surprise.
+        """
+        stream.closes_at = self.deadline(stream)
+        seconds = (stream.closes_at - self.now()).total_seconds()
         with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
             entry = _Live(stream, scope, role)
             self._live.add(entry)

@@ -204,6 +204,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         "_session",
         "_sock",
         "_watch",
+        "closes_at",
         "peer",
     )
 
@@ -217,6 +218,9 @@ class MeshStream(trio.abc.HalfCloseableStream):
         self._watch = watch
         if watch is not None:
             watch[0].opened(watch[1])
+        #: When a node will close this stream (a drain margin before the first expiry among
+        #: the certificates involved); None outside a node. Finish messages before it.
+        self.closes_at: datetime | None = None
         self._sock = sock
         self._session = session
         self.peer = peer
