@@ -8,7 +8,7 @@ that accepts a peer requires one, so "anyone verified" must be written out as
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ._errors import ConfigError, SpiffeIdError, UnauthorizedPeerError
@@ -164,7 +164,3 @@ def all_of(*authorizers: Authorizer) -> Authorizer:
         raise ConfigError("all_of() needs at least one authorizer")
     return _AllOf(tuple(authorizers))
 
-
-def authorize_ids(ids: Iterable[SpiffeId | str]) -> Authorizer:
-    """`authorize_one_of` for an iterable, as config files give it."""
-    return authorize_one_of(*ids)
