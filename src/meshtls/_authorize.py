@@ -163,4 +163,3 @@ def all_of(*authorizers: Authorizer) -> Authorizer:
     if not authorizers:
         raise ConfigError("all_of() needs at least one authorizer")
     return _AllOf(tuple(authorizers))
-
