@@ -71,10 +71,12 @@ def test_valid_id_round_trips(text: str, trust_domain: str, path: str) -> None:
 
 
 def test_ID_15_path_is_case_sensitive() -> None:
-    upper, lower = SpiffeId.parse("spiffe://example.org/Web"), SpiffeId.parse("spiffe://td/web")
+    upper = SpiffeId.parse("spiffe://example.org/Web")
+    lower = SpiffeId.parse("spiffe://example.org/web")  # same trust domain: only case differs
     assert upper.path == "/Web"
-    assert upper != SpiffeId.parse("spiffe://example.org/web")
-    assert lower != upper
+    assert lower.path == "/web"
+    assert upper != lower
+    assert sorted([lower, upper]) == [upper, lower]  # ordered by the exact bytes: "W" < "w"
 
 
 def test_ID_5_trust_domain_parse_rejects_uppercase_config_must_lowercase_explicitly() -> None:

@@ -107,7 +107,6 @@ class Node:
         self._live: set[_Live] = set()
         self._live_changed = trio.Event()
         self._changed = trio.Event()
-        self._source: LiveSource | None = None
 
     # ------------------------------------------------------------ identity
 
@@ -223,8 +222,10 @@ class Node:
                 self._live.discard(entry)
                 self._live_changed.set()
                 self._live_changed = trio.Event()
-        if scope.cancelled_caught:
-            logger.info("connection closed at its deadline peer=%s", stream.peer.spiffe_id)
+        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
+            logger.info(
+                "connection closed at its deadline peer=%s role=%s", stream.peer.spiffe_id, role
+            )
 
     def _close_untrusted(self, bundles: BundleSet) -> None:
         """Cancel the live connections whose root is gone from their domain's bundle (B-7)."""
@@ -234,7 +235,9 @@ class Node:
             root = peer.chain[-1].public_bytes(Encoding.DER)
             if bundle is None or root not in bundle.authority_ders:
                 logger.warning(
-                    "closing a connection whose root left the bundle peer=%s", peer.spiffe_id
+                    "closing a connection whose root left the bundle peer=%s role=%s",
+                    peer.spiffe_id,
+                    entry.role,
                 )
                 self.metrics.peer_rejected("untrusted_chain")
                 entry.scope.cancel()
@@ -260,7 +263,6 @@ class Node:
         for note in self.config.notes:
             logger.info("config note=%r", note)
         source = self._build_source()
-        self._source = source
         try:
             with trio.fail_after(STARTUP_TIMEOUT):
                 await nursery.start(source.run)

@@ -89,10 +89,6 @@ class _Cap:
     def give_back(self) -> None:
         self._active -= 1
 
-    @property
-    def active(self) -> int:
-        return self._active
-
 
 async def expose(
     listen: tuple[str, int],
