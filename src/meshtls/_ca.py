@@ -19,7 +19,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
@@ -27,7 +27,13 @@ from ._errors import ConfigError
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import PrivateKey, X509Svid
 
-KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "ed25519"]
+KeyType = Literal["ec-p256", "ec-p384", "rsa-2048", "ed25519", "rsa-1024", "ec-p192", "dsa-2048"]
+#: Keys a test CA can mint but verification must refuse (too weak, or not for TLS 1.3).
+WEAK_KEY_TYPES: Final[frozenset[KeyType]] = frozenset({"rsa-1024", "ec-p192", "dsa-2048"})
+#: A test CA's keys: ours, plus DSA, which no SVID may have.
+AnyPrivateKey = PrivateKey | dsa.DSAPrivateKey
+#: An extra extension to add as it is, defects included: (value, critical).
+ExtraExtension = tuple[x509.ExtensionType, bool]
 KeyUsageName = Literal[
     "digital_signature",
     "content_commitment",
@@ -44,9 +50,15 @@ DEFAULT_LEAF_TTL: Final = timedelta(minutes=30)
 DEFAULT_CA_TTL: Final = timedelta(days=365)
 
 
-def generate_key(key_type: KeyType = "ec-p256") -> PrivateKey:
+def generate_key(key_type: KeyType = "ec-p256") -> AnyPrivateKey:
     if key_type == "ec-p256":
         return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ec-p192":
+        return ec.generate_private_key(ec.SECP192R1())
+    if key_type == "rsa-1024":
+        return rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - a weak key, to be refused
+    if key_type == "dsa-2048":
+        return dsa.generate_private_key(key_size=2048)
     if key_type == "ec-p384":
         return ec.generate_private_key(ec.SECP384R1())
     if key_type == "rsa-2048":
@@ -56,20 +68,22 @@ def generate_key(key_type: KeyType = "ec-p256") -> PrivateKey:
     raise ConfigError(f"unknown key type {key_type!r}")
 
 
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+PublicKey = (
+    ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey | dsa.DSAPublicKey
+)
 
 
-def _public(key: PrivateKey) -> PublicKey:
+def _public(key: AnyPrivateKey) -> PublicKey:
     public = key.public_key()
     if not isinstance(public, PublicKey):
         raise ConfigError(f"unsupported key type {type(key).__name__}")
     return public
 
 
-def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
+def _hash_for(key: AnyPrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
-    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+    if isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | dsa.DSAPrivateKey):
         return hashes.SHA256()
     return None  # Ed25519/Ed448 sign without a separate hash
 
@@ -97,6 +111,10 @@ class CertificateSpec:
     - ``is_ca``: basic constraints cA; None leaves the extension out.
     - ``key_usage``: None leaves the extension out; ``key_usage_critical`` as you like.
     - ``eku``: None leaves extended key usage out.
+    - ``extensions``: more extensions, added as given after the others: an unknown
+      critical one, or `x509.UnrecognizedExtension` with a known OID and hand-made DER
+      (a SAN with an EDIPartyName, a duplicate extension). With such a SAN, pass
+      ``uris=()`` so that the builder adds no SAN of its own.
     """
 
     subject: x509.Name
@@ -113,6 +131,7 @@ class CertificateSpec:
     ocsp_url: str | None = None
     crl_url: str | None = None
     serial: int | None = None
+    extensions: Sequence[ExtraExtension] = ()
 
 
 def build_certificate(
@@ -120,7 +139,7 @@ def build_certificate(
     public_key: PublicKey,
     *,
     issuer: x509.Name,
-    signing_key: PrivateKey,
+    signing_key: AnyPrivateKey,
     issuer_key_id: x509.SubjectKeyIdentifier | None,
 ) -> x509.Certificate:
     """Sign one certificate as `spec` says. The caller chooses every defect."""
@@ -161,6 +180,8 @@ def build_certificate(
             [x509.UniformResourceIdentifier(spec.crl_url)], None, None, None
         )
         builder = builder.add_extension(x509.CRLDistributionPoints([point]), critical=False)
+    for value, critical in spec.extensions:
+        builder = builder.add_extension(value, critical)
     return builder.sign(signing_key, _hash_for(signing_key))
 
 
@@ -182,14 +203,16 @@ class IssuedCertificate:
     """A leaf as a test CA minted it, defects and all: the chain to send, and the leaf's key."""
 
     chain: tuple[x509.Certificate, ...]
-    private_key: PrivateKey
+    private_key: AnyPrivateKey
 
     @property
     def leaf(self) -> x509.Certificate:
         return self.chain[0]
 
     def svid(self) -> X509Svid:
-        """As our own `X509Svid`; raises if the leaf names no valid SPIFFE ID."""
+        """As our own `X509Svid`; raises if the leaf names no valid SPIFFE ID or has a DSA key."""
+        if isinstance(self.private_key, dsa.DSAPrivateKey):
+            raise ValueError("a DSA key cannot be an SVID's key")
         return X509Svid.from_parts(self.chain, self.private_key)
 
     @property
@@ -225,7 +248,8 @@ class CA:
         key_usage_critical: bool = True,
         uris: Sequence[str] = (),
         name_constraints: x509.NameConstraints | None = None,
-        signing_key: PrivateKey | None = None,
+        signing_key: AnyPrivateKey | None = None,
+        extensions: Sequence[ExtraExtension] = (),
     ) -> None:
         self.trust_domain = (
             trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain(trust_domain)
@@ -247,6 +271,7 @@ class CA:
             key_usage_critical=key_usage_critical,
             eku=None,
             name_constraints=name_constraints,
+            extensions=extensions,
         )
         issuer = parent if parent is not None else self
         self.certificate = build_certificate(
@@ -284,8 +309,10 @@ class CA:
         key_usage: Iterable[KeyUsageName] | None = CA_KEY_USAGE,
         uris: Sequence[str] = (),
         name_constraints: x509.NameConstraints | None = None,
+        signing_key: AnyPrivateKey | None = None,
+        extensions: Sequence[ExtraExtension] = (),
     ) -> CA:
-        """A CA signed by this one, in the same trust domain."""
+        """A CA signed by this one (or forged with `signing_key`), in the same trust domain."""
         return CA(
             self.trust_domain,
             now=self.now,
@@ -299,6 +326,8 @@ class CA:
             key_usage=key_usage,
             uris=uris,
             name_constraints=name_constraints,
+            signing_key=signing_key,
+            extensions=extensions,
         )
 
     def issue(
@@ -309,7 +338,7 @@ class CA:
         not_after: datetime | None = None,
         ttl: timedelta | None = None,
         key_type: KeyType = "ec-p256",
-        signing_key: PrivateKey | None = None,
+        signing_key: AnyPrivateKey | None = None,
         uris: Sequence[str] | None = None,
         dns_names: Sequence[str] = (),
         is_ca: bool | None = False,
@@ -319,6 +348,7 @@ class CA:
         ocsp_url: str | None = None,
         crl_url: str | None = None,
         serial: int | None = None,
+        extensions: Sequence[ExtraExtension] = (),
     ) -> IssuedCertificate:
         """A leaf for `spiffe_id` (default ``spiffe://<td>/workload``), with its chain.
 
@@ -340,6 +370,7 @@ class CA:
             ocsp_url=ocsp_url,
             crl_url=crl_url,
             serial=serial,
+            extensions=extensions,
         )
         key = generate_key(key_type)
         leaf = build_certificate(
@@ -378,7 +409,7 @@ def _write(path: Path, data: bytes, *, private: bool, force: bool) -> None:
     os.replace(tmp, path)
 
 
-def _pem_key(key: PrivateKey) -> bytes:
+def _pem_key(key: AnyPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -498,7 +529,7 @@ class LocalCA:
             ocsp_url=ocsp_url,
             crl_url=crl_url,
         )
-        key = generate_key("ec-p256")
+        key = ec.generate_private_key(ec.SECP256R1())
         leaf = build_certificate(
             spec,
             _public(key),

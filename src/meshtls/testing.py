@@ -14,7 +14,10 @@ from ._ca import CA as CA
 from ._ca import CA_KEY_USAGE as CA_KEY_USAGE
 from ._ca import LEAF_KEY_USAGE as LEAF_KEY_USAGE
 from ._ca import SVID_EKU as SVID_EKU
+from ._ca import WEAK_KEY_TYPES as WEAK_KEY_TYPES
+from ._ca import AnyPrivateKey as AnyPrivateKey
 from ._ca import CertificateSpec as CertificateSpec
+from ._ca import ExtraExtension as ExtraExtension
 from ._ca import IssuedCertificate as IssuedCertificate
 from ._ca import KeyType as KeyType
 from ._ca import KeyUsageName as KeyUsageName
