@@ -49,7 +49,10 @@ def rules_with_a_test(texts: list[str]) -> set[str]:
     return found
 
 
-COVERED = rules_with_a_test([p.read_text() for p in sorted(TESTS.glob("test_*.py"))])
+#: This module is left out: its own examples below would count as tests.
+COVERED = rules_with_a_test(
+    [p.read_text() for p in sorted(TESTS.glob("test_*.py")) if p.name != Path(__file__).name]
+)
 
 
 def test_every_rule_has_a_named_test() -> None:
