@@ -14,6 +14,7 @@ import re
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 
 import pytest
 
@@ -25,7 +26,7 @@ class Example:
     code: str
     line: int  # the README line of the block's first code line
 
-    def compiled(self) -> object:
+    def compiled(self) -> CodeType:
         # Padded so that a traceback names the README's own line numbers.
         return compile("\n" * (self.line - 1) + self.code, str(README), "exec")
 
