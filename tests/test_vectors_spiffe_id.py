@@ -248,7 +248,7 @@ def _marked(
         pytest.param(
             *param.values,
             id=param.id,
-            marks=pytest.mark.xfail(reason=misdiagnosed[text], raises=AssertionError)
+            marks=pytest.mark.xfail(reason=misdiagnosed[text], raises=AssertionError, strict=True)
             if text in misdiagnosed and not vector["valid"]
             else (),
         )
