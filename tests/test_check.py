@@ -1,8 +1,16 @@
-"""`meshtls check` against a live meshtls server: ok, wrong id, rejected by the server, refused."""
+"""`meshtls check` against a live meshtls server: ok, wrong id, rejected by the server, refused.
+
+The server side runs in the test: its handler only records who it served, and anything
+`serve` would swallow (a handler's exception is logged, not raised) fails the test, so
+every assertion here can fail.
+"""
 
 from __future__ import annotations
 
+import logging
 import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -13,6 +21,38 @@ from meshtls._cli import main
 from meshtls.testing import CA
 
 from .meshnet import Mesh, start_server
+
+WAIT = 5.0  # seconds: the bound on every wait for the server side
+CLIENT_ID = "spiffe://example.org/client"
+
+
+@dataclass
+class ServerSide:
+    """What the meshtls server did: the peers its handler served, the peers it rejected."""
+
+    served: list[str] = field(default_factory=list)
+    rejected: list[meshtls.HandshakeError] = field(default_factory=list)
+    first_served: trio.Event = field(default_factory=trio.Event)
+
+    async def handler(self, stream: meshtls.MeshStream) -> None:
+        """Record the peer, then hold the connection open (silence is acceptance)."""
+        self.served.append(str(stream.peer.spiffe_id))
+        self.first_served.set()
+        await trio.sleep_forever()
+
+    async def wait_served(self) -> None:
+        with trio.fail_after(WAIT):
+            await self.first_served.wait()
+
+
+@pytest.fixture(autouse=True)
+def nothing_swallowed(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Fail the test if meshtls logged an error: what `serve` swallows is logged as one."""
+    caplog.set_level(logging.WARNING, logger="meshtls")
+    yield
+    records = caplog.get_records("setup") + caplog.get_records("call")
+    errors = [r.getMessage() for r in records if r.levelno >= logging.ERROR]
+    assert errors == [], "meshtls logged errors: a handler or the server failed"
 
 
 def write_identity(directory: Path, name: str, ca: CA, spiffe_id: str) -> list[str]:
@@ -44,15 +84,13 @@ def mesh() -> Mesh:
 async def test_check_reports_the_peer_and_waits_for_its_verdict(
     mesh: Mesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    identity = write_identity(tmp_path, "client", mesh.ca, "spiffe://example.org/client")
-    handled = trio.Event()
-
-    async def handler(stream: meshtls.MeshStream) -> None:
-        handled.set()
-        await trio.sleep_forever()
+    identity = write_identity(tmp_path, "client", mesh.ca, CLIENT_ID)
+    server = ServerSide()
 
     async with trio.open_nursery() as nursery:
-        port = await start_server(nursery, handler, source=mesh.server)
+        port = await start_server(
+            nursery, server.handler, source=mesh.server, on_rejected=server.rejected.append
+        )
         address = f"127.0.0.1:{port}"
         code, out, err = await run_check(
             capsys, address, *identity, "--expect", "spiffe://example.org/server", "--wait", "200ms"
@@ -61,7 +99,9 @@ async def test_check_reports_the_peer_and_waits_for_its_verdict(
         assert "spiffe_id: spiffe://example.org/server" in out
         assert "verdict: ok (no rejection within 0.2s" in out
         assert "handshake: " in out
-        assert handled.is_set()
+        await server.wait_served()  # the server did accept us, as check said
+        assert server.served == [CLIENT_ID]
+        assert server.rejected == []
 
         code, out, err = await run_check(
             capsys, address, *identity, "--expect", "spiffe://example.org/nope"
@@ -76,22 +116,23 @@ async def test_check_sees_the_server_reject_us(
     mesh: Mesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # other.org's CA vouching for an example.org id: the server's L-10 check refuses it
-    forged = write_identity(tmp_path, "forged", mesh.other, "spiffe://example.org/client")
+    forged = write_identity(tmp_path, "forged", mesh.other, CLIENT_ID)
     (tmp_path / "bundle.pem").write_bytes(mesh.ca.bundle_pem)  # we still trust the server
     (tmp_path / "other.pem").write_bytes(mesh.other.bundle_pem)
     federated = f"other.org={tmp_path / 'other.pem'}"
-    rejected: list[meshtls.HandshakeError] = []
-
-    async def handler(stream: meshtls.MeshStream) -> None:
-        raise AssertionError("the handler must not run for a rejected peer")
+    server = ServerSide()
 
     async with trio.open_nursery() as nursery:
-        port = await start_server(nursery, handler, source=mesh.server, on_rejected=rejected.append)
+        port = await start_server(
+            nursery, server.handler, source=mesh.server, on_rejected=server.rejected.append
+        )
         address = f"127.0.0.1:{port}"
         code, out, _ = await run_check(capsys, address, *forged, "--federated", federated)
         assert code == 1
         assert "verdict: rejected reason=protocol_error" in out
-        assert [r.reason for r in rejected] == ["untrusted_chain"]
+        # The client saw the close only after `serve` had rejected it and told on_rejected.
+        assert [r.reason for r in server.rejected] == ["untrusted_chain"]
+        assert server.served == []  # the handler never ran for the rejected peer
         nursery.cancel_scope.cancel()
 
 

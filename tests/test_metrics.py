@@ -573,7 +573,7 @@ async def test_a_slowloris_is_closed_at_the_deadline(
             with contextlib.suppress(trio.BrokenResourceError):  # ends when the server closes
                 for byte in b"GET /metrics HTTP/1.1\r\nHost: x" * 10:
                     await stream.send_all(bytes([byte]))
-                    await trio.sleep(1)
+                    await trio.sleep(1)  # on the MockClock: one byte per (virtual) second
 
         async with trio.open_nursery() as inner:
             inner.start_soon(drip)
@@ -588,7 +588,8 @@ async def test_connections_over_the_cap_are_closed_at_once(
     metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
     port = await start(nursery, metrics, lambda: True, max_connections=1)
     async with await trio.open_tcp_stream("127.0.0.1", port) as holder:
-        await trio.sleep(1)  # the server has taken the holder's place
+        # Every task is blocked: the server has accepted the holder, which holds the place.
+        await trio.testing.wait_all_tasks_blocked()
         async with await trio.open_tcp_stream("127.0.0.1", port) as refused:
             opened = trio.current_time()
             await refused.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")

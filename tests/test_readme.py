@@ -1,25 +1,92 @@
-"""The README's Python examples run, as written."""
+"""The README's Python examples run as written, and print exactly what the README says.
+
+Each ``print(...)`` in a README example carries its expected output as a trailing
+comment (``print(exc.reason)  # untrusted_chain``); a print without one is an error here.
+A block's whole standard output must equal those comments, one line each, in source
+order (the examples print each line once, top to bottom).
+"""
 
 from __future__ import annotations
 
+import ast
+import io
 import re
+import tokenize
+from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 
 import pytest
 
 README = Path(__file__).parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_the_readme_has_examples() -> None:
-    assert len(BLOCKS) >= 2
+@dataclass(frozen=True)
+class Example:
+    code: str
+    line: int  # the README line of the block's first code line
+
+    def compiled(self) -> CodeType:
+        # Padded so that a traceback names the README's own line numbers.
+        return compile("\n" * (self.line - 1) + self.code, str(README), "exec")
 
 
-@pytest.mark.parametrize("code", BLOCKS, ids=[f"block-{i}" for i in range(len(BLOCKS))])
-def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]) -> None:
-    exec(compile(code, str(README), "exec"), {"__name__": "readme"})  # noqa: S102
-    out = capsys.readouterr().out
-    assert "spiffe://example.org/" in out
+def examples(text: str) -> list[Example]:
+    return [
+        Example(m.group(1), text.count("\n", 0, m.start(1)) + 1)
+        for m in re.finditer(r"```python\n(.*?)```", text, re.S)
+    ]
+
+
+def expected_output(example: Example) -> str:
+    """What the example says it prints: the comment after each ``print(...)``, in order."""
+    comments = {
+        token.start[0]: token.string[1:].strip()
+        for token in tokenize.generate_tokens(io.StringIO(example.code).readline)
+        if token.type == tokenize.COMMENT
+    }
+    prints = sorted(
+        (
+            node
+            for node in ast.walk(ast.parse(example.code))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "print"
+        ),
+        key=lambda node: (node.lineno, node.col_offset),
+    )
+    lines = []
+    for node in prints:
+        end = node.end_lineno or node.lineno
+        readme_line = example.line + end - 1
+        assert end in comments, f"README.md:{readme_line}: a print without its output as a comment"
+        lines.append(comments[end])
+    return "".join(f"{line}\n" for line in lines)
+
+
+EXAMPLES = examples(README.read_text())
+
+
+def test_the_readme_has_examples_that_print() -> None:
+    assert len(EXAMPLES) >= 2
+    assert all(expected_output(example) for example in EXAMPLES)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"line-{e.line}" for e in EXAMPLES])
+def test_readme_example_prints_what_the_readme_says(
+    example: Example, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expected = expected_output(example)
+    exec(example.compiled(), {"__name__": "readme"})  # noqa: S102
+    assert capsys.readouterr().out == expected
+
+
+def test_expected_output_reads_the_comments() -> None:
+    """The reader itself: comments after prints, in order; a print without one is refused."""
+    example = Example("x = 1  # not a print\nprint(x)  # 1\nprint(\n    x + 1,\n)  # 2\n", 1)
+    assert expected_output(example) == "1\n2\n"
+    with pytest.raises(AssertionError, match=r"README.md:12: a print without"):
+        expected_output(Example("print(1)  # 1\nprint(2)\n", 11))
 
 
 def test_readme_node_config_parses(tmp_path: Path) -> None:
