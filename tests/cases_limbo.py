@@ -263,23 +263,38 @@ def dsa_key() -> dsa.DSAPrivateKey:
     return _dsa_parameters().generate_private_key()
 
 
-def leaf_spec(spiffe_id: str, **changes: object) -> CertificateSpec:
-    """A good leaf SVID's spec, valid from `T` for 30 minutes, with `changes`."""
-    spec = CertificateSpec(subject=LEAF_SUBJECT, not_before=T, not_after=T + 30 * MIN)
-    return replace(spec, uris=[spiffe_id], **changes)  # type: ignore[arg-type]
-
-
-def ca_spec(subject: x509.Name, **changes: object) -> CertificateSpec:
-    """A good CA's spec, valid from a day before `T` for a year, with `changes`."""
-    spec = CertificateSpec(
+def leaf_spec(
+    spiffe_id: str, *, subject: x509.Name = LEAF_SUBJECT, dns_names: Sequence[str] = ()
+) -> CertificateSpec:
+    """A good leaf SVID's spec, valid from `T` for 30 minutes."""
+    return CertificateSpec(
         subject=subject,
-        not_before=T - timedelta(days=1),
-        not_after=T + timedelta(days=365),
+        not_before=T,
+        not_after=T + 30 * MIN,
+        uris=[spiffe_id],
+        dns_names=dns_names,
+    )
+
+
+def ca_spec(
+    subject: x509.Name,
+    *,
+    dns_names: Sequence[str] = (),
+    not_before: datetime = T - timedelta(days=1),
+    not_after: datetime = T + timedelta(days=365),
+    path_length: int | None = None,
+) -> CertificateSpec:
+    """A good CA's spec, valid from a day before `T` for a year unless told otherwise."""
+    return CertificateSpec(
+        subject=subject,
+        not_before=not_before,
+        not_after=not_after,
+        dns_names=dns_names,
         is_ca=True,
+        path_length=path_length,
         key_usage=CA_KEY_USAGE,
         eku=None,
     )
-    return replace(spec, **changes)  # type: ignore[arg-type]
 
 
 def mint(
@@ -293,21 +308,25 @@ def mint(
     )
 
 
-def leaf_of(ca: CA, *, key: AnyPrivateKey | None = None, **changes: object) -> IssuedCertificate:
+def leaf_of(
+    ca: CA,
+    *,
+    key: AnyPrivateKey | None = None,
+    issuer: x509.Name | None = None,
+    subject: x509.Name = LEAF_SUBJECT,
+    dns_names: Sequence[str] = (),
+) -> IssuedCertificate:
     """A leaf of `ca` with what `CA.issue` does not choose: its key, subject, issuer name."""
     key = key or ec_key()
-    issuer = changes.pop("issuer", ca.name)
-    assert isinstance(issuer, x509.Name)
-    leaf = mint(leaf_spec(workload(ca), **changes), key, issuer=issuer, signer=ca.key)
+    spec = leaf_spec(workload(ca), subject=subject, dns_names=dns_names)
+    leaf = mint(spec, key, issuer=ca.name if issuer is None else issuer, signer=ca.key)
     return IssuedCertificate((leaf, *ca.chain), key)
 
 
-def with_names(
-    ca: CA, *names: x509.GeneralName, critical: bool = False, **knobs: object
-) -> IssuedCertificate:
+def with_names(ca: CA, *names: x509.GeneralName, critical: bool = False) -> IssuedCertificate:
     """A leaf whose SAN is its SPIFFE ID followed by `names`."""
     san = x509.SubjectAlternativeName([uri(workload(ca)), *names])
-    return ca.issue(uris=(), extensions=[(san, critical)], **knobs)  # type: ignore[arg-type]
+    return ca.issue(uris=(), extensions=[(san, critical)])
 
 
 def with_leaf(issued: IssuedCertificate, leaf: x509.Certificate) -> IssuedCertificate:
@@ -344,8 +363,8 @@ class Domain:
     spare: CA | None = None
 
 
-def _root(td: str, **knobs: object) -> Domain:
-    ca = CA(td, now=T, **knobs)  # type: ignore[arg-type]
+def _rooted(ca: CA) -> Domain:
+    """The domain whose bundle is `ca`'s root certificate, as `CA` made it."""
     return Domain((ca.certificate,), ca)
 
 
@@ -399,12 +418,14 @@ def _two_roots(td: str) -> Domain:
     return Domain((first.certificate, second.certificate), first, second)
 
 
-def _nc_root(td: str, **constraints: Sequence[x509.GeneralName]) -> Domain:
-    return _root(td, name_constraints=nc(**constraints))
+def _nc_root(
+    td: str, permitted: Sequence[x509.GeneralName] = (), excluded: Sequence[x509.GeneralName] = ()
+) -> Domain:
+    return _rooted(CA(td, now=T, name_constraints=nc(permitted, excluded)))
 
 
 ANCHORED: dict[str, Callable[[str], Domain]] = {
-    "unknown-critical-root": lambda td: _root(td, extensions=[UNKNOWN_CRITICAL]),
+    "unknown-critical-root": lambda td: _rooted(CA(td, now=T, extensions=[UNKNOWN_CRITICAL])),
     "unrelated-root": _unrelated_second_root,
     "critical-aki": lambda td: _root_aki(td, critical=True, own=True),
     "aki-ski-mismatch": lambda td: _root_aki(td, critical=False, own=False),
@@ -413,25 +434,29 @@ ANCHORED: dict[str, Callable[[str], Domain]] = {
     "noncritical-bc": lambda td: _edited_root(
         td, made_critical(ExtensionOID.BASIC_CONSTRAINTS, critical=False)
     ),
-    "missing-bc": lambda td: _root(td, is_ca=None),
-    "inconsistent-ku": lambda td: _root(td, key_usage=set(), key_usage_critical=False),
+    "missing-bc": lambda td: _rooted(CA(td, now=T, is_ca=None)),
+    "inconsistent-ku": lambda td: _rooted(CA(td, now=T, key_usage=set(), key_usage_critical=False)),
     "empty-subject": lambda td: _remade_root(td, name=x509.Name([])),
-    "root-eku": lambda td: _root(
-        td, extensions=[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)]
+    "root-eku": lambda td: _rooted(
+        CA(
+            td,
+            now=T,
+            extensions=[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), False)],
+        )
     ),
     "intermediate-authority": _intermediate_authority,
     "cross-signed-no-aki": _cross_signed_authority_without_aki,
     "two-roots": _two_roots,
-    "expired-root": lambda td: _root(
-        td, not_before=T - timedelta(days=400), not_after=T - timedelta(days=35)
+    "expired-root": lambda td: _rooted(
+        CA(td, now=T, not_before=T - timedelta(days=400), not_after=T - timedelta(days=35))
     ),
-    "root-9999": lambda td: _root(td, not_after=NOT_9999),
-    "p192-root": lambda td: _root(td, key_type="ec-p192"),
-    "rsa1024-root": lambda td: _root(td, key_type="rsa-1024"),
+    "root-9999": lambda td: _rooted(CA(td, now=T, not_after=NOT_9999)),
+    "p192-root": lambda td: _rooted(CA(td, now=T, key_type="ec-p192")),
+    "rsa1024-root": lambda td: _rooted(CA(td, now=T, key_type="rsa-1024")),
     "dsa-root": lambda td: _remade_root(td, key=dsa_key()),
     "nc-permit-dns": lambda td: _nc_root(td, permitted=[dns("example.org")]),
-    "nc-noncritical-dns": lambda td: _root(
-        td, extensions=[(nc(permitted=[dns("example.org")]), False)]
+    "nc-noncritical-dns": lambda td: _rooted(
+        CA(td, now=T, extensions=[(nc(permitted=[dns("example.org")]), False)])
     ),
     "nc-exclude-dns": lambda td: _nc_root(td, excluded=[dns("no.example.org")]),
     "nc-permit-and-exclude-dns": lambda td: _nc_root(
@@ -444,8 +469,8 @@ ANCHORED: dict[str, Callable[[str], Domain]] = {
     "nc-permit-dn": lambda td: _nc_root(td, permitted=[dn("O=meshtls")]),
     "nc-permit-other-dn": lambda td: _nc_root(td, permitted=[dn("O=not-meshtls")]),
     "nc-exclude-dn": lambda td: _nc_root(td, excluded=[dn("O=meshtls")]),
-    "nc-uri": _root,  # plain: its cases put URI constraints on intermediates
-    "sub.nc-uri": _root,
+    "nc-uri": lambda td: _rooted(CA(td, now=T)),  # its cases constrain intermediates
+    "sub.nc-uri": lambda td: _rooted(CA(td, now=T)),
 }
 
 
@@ -490,9 +515,12 @@ def _anchored_slug(leaf: x509.Certificate) -> str | None:
 # ------------------------------------------------------------------------------ cases with code
 
 
-def _leaf_edited(w: World, edit: TbsEdit, **resign: object) -> IssuedCertificate:
+def _leaf_edited(
+    w: World, edit: TbsEdit, *, digest: hashes.HashAlgorithm | None = None, algorithm: bytes = b""
+) -> IssuedCertificate:
     issued = w.ca.issue()
-    return with_leaf(issued, resigned(issued.leaf, w.ca.key, edit, **resign))  # type: ignore[arg-type]
+    edited = resigned(issued.leaf, w.ca.key, edit, digest=digest, algorithm=algorithm or None)
+    return with_leaf(issued, edited)
 
 
 def _intermediate_edited(w: World, edit: TbsEdit) -> IssuedCertificate:

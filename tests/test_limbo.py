@@ -62,8 +62,8 @@ _HARNESS_SECLEVEL = (
     " @SECLEVEL=0 on the peer's side"
 )
 _CRITICAL = "handshake: OpenSSL's 'unhandled critical extension' reads as untrusted_chain"
-# case id (both roles) or "case id[role]" -> what today's code says instead of the expected
-# verdict. The verifier rewrite (one pipeline) should empty this.
+# case id (both roles of the peer) or "case id[peer role]" -> what today's code says instead
+# of the expected verdict. The verifier rewrite (one pipeline) should empty this.
 FAILS_TODAY: dict[str, str] = {
     "rfc5280::unknown-critical-extension-ee": "verify_svid: untrusted_chain; " + _CRITICAL,
     "rfc5280::unknown-critical-extension-intermediate": "verify_svid: untrusted_chain; "
