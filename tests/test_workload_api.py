@@ -6,6 +6,7 @@ is retried with a bounded start-up), W-4 and B-7 (each message is the full state
 
 from __future__ import annotations
 
+import base64
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,13 +18,17 @@ from pathlib import Path
 import grpc  # type: ignore[import-untyped]
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 import meshtls
 from meshtls._workload import WorkloadApiError, WorkloadApiSource, split_der, workload_api_target
 from meshtls.testing import CA, IssuedCertificate
 
-from .workload_server import WorkloadApiServer, svid_message, x509_response
+from .hostile_identity import curve_one_byte_off, duplicate_extension_leaf, version_34
+from .workload_server import WorkloadApiServer, der, svid_message, x509_response
 
 NOW = datetime.now(UTC)  # the contexts are built from real-time certificates
 WEB = "spiffe://example.org/web"
@@ -190,10 +195,18 @@ def _key_of(issued: IssuedCertificate) -> bytes:
     return entry.x509_svid_key
 
 
-# name -> (the invalid message, the reason reported)
+def _fed(c: Certs) -> dict[str, list[x509.Certificate]]:
+    """other.org federated, as in the current state: only the SVID differs."""
+    return {"spiffe://other.org": [c.other.certificate]}
+
+
+# name -> (the invalid message, the reason reported). Each carries the bundles the
+# source already has, so nothing at all is new to publish.
 INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]] = {
     "key of another leaf": (
-        lambda c: x509_response([svid_message(c.web2, [c.ca.certificate], key=_key_of(c.web))]),
+        lambda c: x509_response(
+            [svid_message(c.web2, [c.ca.certificate], key=_key_of(c.web))], _fed(c)
+        ),
         "malformed_certificate",
     ),
     "uppercase trust domain in the leaf (ID-5)": (
@@ -202,18 +215,22 @@ INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]]
                 svid_message(
                     c.ca.issue(uris=["spiffe://Example.org/web"]), [c.ca.certificate], spiffe_id=WEB
                 )
-            ]
+            ],
+            _fed(c),
         ),
         "invalid_spiffe_id",
     ),
     "entry id other than the leaf's": (
         lambda c: x509_response(
-            [svid_message(c.web2, [c.ca.certificate], spiffe_id="spiffe://example.org/db")]
+            [svid_message(c.web2, [c.ca.certificate], spiffe_id="spiffe://example.org/db")],
+            _fed(c),
         ),
         "invalid_spiffe_id",
     ),
     "entry id with a trailing newline (ID-13)": (
-        lambda c: x509_response([svid_message(c.web2, [c.ca.certificate], spiffe_id=WEB + "\n")]),
+        lambda c: x509_response(
+            [svid_message(c.web2, [c.ca.certificate], spiffe_id=WEB + "\n")], _fed(c)
+        ),
         "invalid_spiffe_id",
     ),
     "federated key in uppercase (py-spiffe lowercases it)": (
@@ -224,21 +241,89 @@ INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]]
         "invalid_spiffe_id",
     ),
     "leaf is a CA (L-4)": (
-        lambda c: x509_response([svid_message(c.ca.issue(WEB, is_ca=True), [c.ca.certificate])]),
+        lambda c: x509_response(
+            [svid_message(c.ca.issue(WEB, is_ca=True), [c.ca.certificate])], _fed(c)
+        ),
         "leaf_is_ca",
     ),
     "leaf not signed by our bundle (L-10)": (
-        lambda c: x509_response([svid_message(c.from_ca2, [c.ca.certificate])]),
+        lambda c: x509_response([svid_message(c.from_ca2, [c.ca.certificate])], _fed(c)),
         "untrusted_chain",
     ),
-    "no SVID": (lambda c: x509_response([]), "malformed_certificate"),
+    "no SVID": (lambda c: x509_response([], _fed(c)), "malformed_certificate"),
     "garbage DER chain": (
         lambda c: workload_pb2.X509SVIDResponse(
-            svids=[workload_pb2.X509SVID(spiffe_id=WEB, x509_svid=b"\x30\x03abc", bundle=b"")]
+            svids=[
+                workload_pb2.X509SVID(
+                    spiffe_id=WEB,
+                    x509_svid=b"\x30\x03abc",
+                    bundle=c.ca.certificate.public_bytes(Encoding.DER),
+                )
+            ],
+            federated_bundles={
+                "spiffe://other.org": c.other.certificate.public_bytes(Encoding.DER)
+            },
+        ),
+        "malformed_certificate",
+    ),
+    "duplicate extension in the leaf": (
+        lambda c: _with_leaf(c, _duplicate_extension(c)),
+        "malformed_certificate",
+    ),
+    "version 34 in a root": (
+        lambda c: workload_pb2.X509SVIDResponse(
+            svids=[
+                workload_pb2.X509SVID(
+                    spiffe_id=WEB,
+                    x509_svid=der(c.web2.chain),
+                    x509_svid_key=_key_of(c.web2),
+                    bundle=_der_of_pem(version_34(c.ca)),
+                )
+            ],
+        ),
+        "malformed_certificate",
+    ),
+    "EC curve one byte off in a root": (
+        lambda c: workload_pb2.X509SVIDResponse(
+            svids=[
+                workload_pb2.X509SVID(
+                    spiffe_id=WEB,
+                    x509_svid=der(c.web2.chain),
+                    x509_svid_key=_key_of(c.web2),
+                    bundle=_der_of_pem(curve_one_byte_off(c.ca)),
+                )
+            ],
         ),
         "malformed_certificate",
     ),
 }
+
+
+def _der_of_pem(pem: bytes) -> bytes:
+    return base64.b64decode(b"".join(pem.splitlines()[1:-1]))
+
+
+def _duplicate_extension(c: Certs) -> tuple[bytes, bytes]:
+    made = duplicate_extension_leaf(c.ca)
+    return _der_of_pem(made["cert"]), made["key"]
+
+
+def _with_leaf(c: Certs, leaf_and_key: tuple[bytes, bytes]) -> workload_pb2.X509SVIDResponse:
+    leaf, key_pem = leaf_and_key
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return workload_pb2.X509SVIDResponse(
+        svids=[
+            workload_pb2.X509SVID(
+                spiffe_id=WEB,
+                x509_svid=leaf,
+                x509_svid_key=key.private_bytes(
+                    Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                ),
+                bundle=c.ca.certificate.public_bytes(Encoding.DER),
+            )
+        ],
+        federated_bundles={"spiffe://other.org": c.other.certificate.public_bytes(Encoding.DER)},
+    )
 
 
 @pytest.mark.parametrize("case", list(INVALID))
@@ -267,6 +352,31 @@ async def test_an_invalid_message_is_not_published(
         server.push(certs.state(certs.web2))
         assert (await next_identity(source, 1)).leaf == certs.web2.leaf
         assert server.calls == 1
+
+
+async def test_B_7_a_refused_svid_does_not_hold_back_the_bundles_beside_it(
+    server: WorkloadApiServer, certs: Certs
+) -> None:
+    """One message: an SVID whose key is another leaf's, and other.org no longer federated.
+
+    The SVID is refused (reported once), and the bundles are published beside the SVID
+    the source had: a domain that left the bundle set is not kept trusted.
+    """
+    reported: list[str] = []
+    source = WorkloadApiSource(server.address, on_invalid=lambda r, _: reported.append(r))
+    async with running(source):
+        before = source.identity()
+        server.push(
+            x509_response(
+                [svid_message(certs.web2, [certs.ca.certificate], key=_key_of(certs.web))]
+            )
+        )
+        svid = await next_identity(source, 1)
+        assert svid is before.svid
+        assert set(source.identity().bundles) == {TD}
+        assert reported == ["malformed_certificate"]
+        with pytest.raises(meshtls.VerificationError, match="unknown_trust_domain"):
+            meshtls.verify_svid(certs.peer.chain, source.identity().bundles, now=NOW)
 
 
 async def test_spiffe_id_selects_among_several_svids(tmp_path: Path, certs: Certs) -> None:
