@@ -26,7 +26,7 @@ from meshtls._config import NodeSettings, WorkloadApiIdentity, parse_config
 from meshtls.testing import CA, IssuedCertificate
 
 from .hostile_identity import NO_EXPIRY
-from .workload_server import HEADER, WorkloadApiServer, svid_message, x509_response
+from .workload_server import HEADER, WorkloadApiServer, logged, svid_message, x509_response
 
 NOW: Final = datetime.now(UTC)  # the node checks its SVID against the wall clock
 NODE: Final = "spiffe://example.org/node"
@@ -258,11 +258,12 @@ async def test_a_server_down_at_start_up_is_waited_for(tmp_path: Path, certs: Ce
     try:
         async with trio.open_nursery() as nursery:
 
-            async def start_later() -> None:
-                await trio.sleep(0.3)
+            async def start_after_a_failed_attempt() -> None:
+                with logged("reconnecting") as retrying:
+                    await retrying.wait()
                 late.start()
 
-            nursery.start_soon(start_later)
+            nursery.start_soon(start_after_a_failed_attempt)
             with trio.fail_after(WAIT):
                 async with meshtls.open_node(node_config(late.address, tmp_path)) as node:
                     assert node.ready

@@ -28,7 +28,7 @@ from meshtls._workload import WorkloadApiError, WorkloadApiSource, split_der, wo
 from meshtls.testing import CA, IssuedCertificate
 
 from .hostile_identity import curve_one_byte_off, duplicate_extension_leaf, version_34
-from .workload_server import WorkloadApiServer, der, svid_message, x509_response
+from .workload_server import WorkloadApiServer, der, logged, svid_message, x509_response
 
 NOW = datetime.now(UTC)  # the contexts are built from real-time certificates
 WEB = "spiffe://example.org/web"
@@ -407,10 +407,11 @@ async def test_W_1_every_request_carries_the_security_header(
     async with running(WorkloadApiSource(server.address)) as source:
         server.end_streams()  # as when the agent restarts: we reconnect
         await wait_until(lambda: server.calls >= 3)
-        await trio.sleep(0.05)
-        assert source.cell.generation == 1  # the same state again publishes nothing
-        server.push(certs.state(certs.web2))
-        await next_identity(source, 1)
+        server.push(certs.state(certs.web2))  # after the resent state, on the same stream
+        with trio.fail_after(WAIT):
+            while source.identity().svid.leaf != certs.web2.leaf:
+                await source.cell.wait_newer(source.cell.generation)
+        assert source.cell.generation == 2  # the same state again published nothing
     assert server.calls >= 3
     assert all(m.get("workload.spiffe.io") == "true" for m in server.metadata)
 
@@ -473,11 +474,12 @@ async def test_W_3_server_down_at_start_up_then_up(tmp_path: Path, certs: Certs)
     try:
         async with trio.open_nursery() as nursery:
 
-            async def start_later() -> None:
-                await trio.sleep(0.3)
+            async def start_after_a_failed_attempt() -> None:
+                with logged("reconnecting") as retrying:
+                    await retrying.wait()
                 server.start()
 
-            nursery.start_soon(start_later)
+            nursery.start_soon(start_after_a_failed_attempt)
             with trio.fail_after(WAIT):
                 await nursery.start(source.run)
             assert source.cell.generation == 1
@@ -510,8 +512,12 @@ async def test_cancelling_run_stops_every_thread(tmp_path: Path, certs: Certs) -
             assert len(reader_threads()) == 1  # blocked in grpc, waiting for a message
         assert not reader_threads()  # joined before run returned
         server.fail_always = grpc.StatusCode.UNAVAILABLE
-        with trio.move_on_after(0.3):  # cancelled while backing off
-            await WorkloadApiSource(server.address).run()
+        with trio.move_on_after(WAIT) as scope, logged("reconnecting") as backing_off:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(WorkloadApiSource(server.address).run)
+                await backing_off.wait()
+                nursery.cancel_scope.cancel()  # cancelled while backing off
+        assert not scope.cancelled_caught
         assert not reader_threads()
     with WorkloadApiServer(tmp_path / "silent.sock") as silent:  # a stream that never speaks
         source = WorkloadApiSource(silent.address)
