@@ -5,6 +5,7 @@ Sources publish `Identity` values (our SVID and the bundles) and build no TLS co
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from datetime import UTC, datetime, timedelta
@@ -15,9 +16,11 @@ import trio
 import trio.testing
 
 import meshtls
+from meshtls._ca import LocalCA
 from meshtls._errors import ConfigError
 from meshtls._identity import Identity
 from meshtls._sources import FileSource, IdentityCell, LocalCASource, NoIdentityError
+from meshtls._spiffeid import SpiffeId
 from meshtls.testing import CA
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -243,3 +246,43 @@ def test_file_source_refuses_a_poll_interval_that_is_not_positive(
     write_identity(tmp_path, ca, "spiffe://example.org/one")
     with pytest.raises(ConfigError, match="poll_interval"):
         file_source(tmp_path, poll_interval=interval)
+
+
+async def test_connect_and_serve_without_a_node_take_live_sources(tmp_path: Path) -> None:
+    """A LocalCASource serves, a FileSource dials: each identity's contexts built once."""
+    server_source = LocalCASource(tmp_path / "ca", "spiffe://meshtls.local/server")
+    ca = LocalCA.open(tmp_path / "ca")
+    client = ca.issue(SpiffeId.parse("spiffe://meshtls.local/client"), now=datetime.now(UTC))
+    ca.write_svid(client, tmp_path / "client")
+    client_source = FileSource(
+        cert=tmp_path / "client.pem", key=tmp_path / "client.key", bundle=tmp_path / "ca/bundle.pem"
+    )
+
+    async def greet(stream: meshtls.MeshStream) -> None:
+        await stream.send_all(str(stream.peer.spiffe_id).encode())
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                meshtls.serve,
+                greet,
+                0,
+                host="127.0.0.1",
+                source=server_source,
+                authorize=meshtls.authorize_member_of("meshtls.local"),
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(2):
+            with trio.fail_after(10):
+                stream = await meshtls.connect(
+                    "127.0.0.1",
+                    port,
+                    source=client_source,
+                    authorize=meshtls.authorize_id("spiffe://meshtls.local/server"),
+                )
+                async with stream:
+                    assert await stream.receive_some() == b"spiffe://meshtls.local/client"
+        nursery.cancel_scope.cancel()
+    for source in (server_source, client_source):
+        assert len(source.identity()._built) == 1  # one context pair for both handshakes

@@ -7,6 +7,7 @@ is retried with a bounded start-up), W-4 and B-7 (each message is the full state
 from __future__ import annotations
 
 import base64
+import functools
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -377,6 +378,44 @@ async def test_B_7_a_refused_svid_does_not_hold_back_the_bundles_beside_it(
         assert reported == ["malformed_certificate"]
         with pytest.raises(meshtls.VerificationError, match="unknown_trust_domain"):
             meshtls.verify_svid(certs.peer.chain, source.identity().bundles, now=NOW)
+
+
+async def test_serve_without_a_node_follows_a_running_source(
+    server: WorkloadApiServer, certs: Certs
+) -> None:
+    """`serve` takes the source as is: a rotation it publishes is used by the next handshake."""
+    client = meshtls.StaticSource(
+        certs.ca.issue("spiffe://example.org/client").svid(), certs.ca.bundle_set()
+    )
+
+    async def dial(port: int) -> x509.Certificate:
+        with trio.fail_after(WAIT):
+            stream = await meshtls.connect(
+                "127.0.0.1", port, source=client, authorize=meshtls.authorize_id(WEB)
+            )
+        async with stream:
+            return stream.peer.leaf
+
+    async def drop(stream: meshtls.MeshStream) -> None:
+        pass
+
+    async with running(WorkloadApiSource(server.address)) as source, trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                meshtls.serve,
+                drop,
+                0,
+                host="127.0.0.1",
+                source=source,
+                authorize=meshtls.authorize_member_of("example.org"),
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        assert await dial(port) == certs.web.leaf
+        server.push(certs.state(certs.web2))
+        await next_identity(source, 1)
+        assert await dial(port) == certs.web2.leaf
+        nursery.cancel_scope.cancel()
 
 
 async def test_spiffe_id_selects_among_several_svids(tmp_path: Path, certs: Certs) -> None:

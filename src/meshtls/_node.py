@@ -98,8 +98,8 @@ class Node:
         return self.rotation.identity()
 
     def contexts(self) -> TlsContexts:
-        """Shortcut for ``identity().contexts()``."""
-        return self.rotation.contexts()
+        """Shortcut for ``identity().contexts()`` (built before the identity was swapped in)."""
+        return self.rotation.identity().contexts()
 
     @property
     def ready(self) -> bool:

@@ -53,7 +53,6 @@ from ._policy import ValidationPolicy
 from ._sources import IdentityCell
 from ._stream import MeshStream, OurRole
 from ._svid import X509Svid, verify_svid
-from ._tls import TlsContexts
 
 logger = logging.getLogger("meshtls")
 
@@ -101,10 +100,6 @@ class Rotation:
         if self._active is None:
             raise NoIdentityError("the node has no identity yet")
         return self._active
-
-    def contexts(self) -> TlsContexts:
-        """The active identity's TLS contexts (built before it was swapped in)."""
-        return self.identity().contexts()
 
     def begin(self, first: Identity) -> None:
         """Make a source's first identity active, if our SVID passes as a peer would judge it.
