@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import AuthorityInformationAccessOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
 import meshtls
+import meshtls.testing
 from meshtls._cli import main
 from meshtls._duration import format_duration, parse_duration, parse_optional_duration
 
@@ -432,6 +433,56 @@ def test_inspect_bad_leaf(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         info = fields(out)
         assert info["spiffe_id"] == "-"
         assert info["verdict"] == "rejected reason=no_uri_san"
+
+
+def _edi_party_san_leaf(ca: meshtls.testing.CA) -> bytes:
+    """A leaf whose SAN holds a SPIFFE URI and an EDIPartyName (UnsupportedGeneralNameType)."""
+    uri = WEB.encode()
+    edi_party = bytes.fromhex("a507a1050c03616263")  # [5] { partyName [1] UTF8String "abc" }
+    names = bytes([0x86, len(uri)]) + uri + edi_party
+    san = x509.UnrecognizedExtension(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME, bytes([0x30, len(names)]) + names
+    )
+    return ca.issue(uris=(), extensions=[(san, False)]).chain_pem
+
+
+@pytest.mark.parametrize("defect", ["duplicate extension", "EDIPartyName in the SAN"])
+def test_inspect_of_a_certificate_cryptography_cannot_read_is_a_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], defect: str
+) -> None:
+    from meshtls.testing import CA
+
+    from .hostile_identity import duplicate_extension_leaf
+
+    ca = CA(TD, now=datetime(2030, 1, 1, tzinfo=UTC))
+    cert = tmp_path / "hostile.pem"
+    if defect == "duplicate extension":
+        cert.write_bytes(duplicate_extension_leaf(ca)["cert"])
+    else:
+        cert.write_bytes(_edi_party_san_leaf(ca))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.bundle_pem)
+    for extra in ([], ["--bundle", str(bundle)]):
+        code, out, err = run(capsys, "inspect", cert, "--at", "2030-01-01T00:01:00Z", *extra)
+        assert (code, err) == (1, "")
+        info = fields(out)
+        assert info["spiffe_id"] == "-"
+        assert info["verdict"] == "rejected reason=malformed_certificate"
+        assert "\n" not in info["detail"]
+
+
+def test_inspect_of_a_file_no_certificate_parser_reads_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from meshtls.testing import CA
+
+    from .hostile_identity import version_34
+
+    cert = tmp_path / "v34.pem"
+    cert.write_bytes(version_34(CA(TD, now=datetime(2030, 1, 1, tzinfo=UTC))))
+    code, out, err = run(capsys, "inspect", cert)
+    assert (code, out) == (2, "")
+    assert_one_error(err, "v34.pem")
 
 
 # ---------------------------------------------------------------- ca revoke

@@ -393,6 +393,42 @@ async def test_own_svid_over_max_ttl_exits_1_with_ttl_exceeded(tmp_path: Path) -
     assert "spiffe://example.org/node" in line
 
 
+#: name -> (node.toml, a part of the one error line). Each loads, then fails at start.
+START_FAILURES: Final[dict[str, tuple[str, str]]] = {
+    "a local-CA ttl past year 9999": (
+        IDENTITY + 'ttl = "999999999d"\n' + PORT_0 + '[policy]\nmax_ttl = "off"\n',
+        "cannot issue",
+    ),
+    "a NUL byte in the CA path": (
+        f'[identity]\nlocal_ca = "c\\u0000a"\nspiffe_id = "{NODE_ID}"\n' + PORT_0,
+        "null byte",
+    ),
+}
+
+
+async def test_start_up_failures_exit_with_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """A config that loads but fails at start: one line, exit 1 (2 if a loader refuses it).
+
+    test_node_more.py runs more such cases through `open_node`, in-process.
+    """
+    results: dict[str, tuple[int, str, str]] = {}
+
+    async def one(index: int, name: str) -> None:
+        directory = tmp_path / f"case{index}"
+        directory.mkdir()
+        (directory / "node.toml").write_text(START_FAILURES[name][0])
+        results[name] = await run_node(directory, "--config", "node.toml")
+
+    async with trio.open_nursery() as nursery:
+        for index, name in enumerate(START_FAILURES):
+            nursery.start_soon(one, index, name)
+
+    for name, (_, part) in START_FAILURES.items():
+        line = one_error_line(*results[name], codes={1, 2})
+        assert part in line, f"{name}: {part!r} not in {line!r}"
+        assert line.isprintable()
+
+
 # ---------------------------------------------------------------- ports already taken
 
 

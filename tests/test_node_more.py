@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,9 +12,19 @@ import trio.testing
 
 import meshtls
 from meshtls._ca import LocalCA
-from meshtls._config import LocalCAIdentity, NodeConfig, NodeSettings, WorkloadApiIdentity
+from meshtls._config import (
+    FileIdentity,
+    LocalCAIdentity,
+    NodeConfig,
+    NodeSettings,
+    WorkloadApiIdentity,
+)
 from meshtls._node import NodeError, open_node
+from meshtls._policy import ValidationPolicy
 from meshtls._spiffeid import SpiffeId
+from meshtls.testing import CA
+
+from .hostile_identity import duplicate_extension_leaf, no_expiry_leaf
 
 
 def local(tmp_path: Path, name: str) -> NodeConfig:
@@ -99,3 +110,61 @@ async def test_a_failing_handler_does_not_stop_the_node(tmp_path: Path) -> None:
                     assert await stream.receive_some() == expected
         assert node.ready
     assert len(calls) == 2
+
+
+def _files(tmp_path: Path, contents: dict[str, bytes]) -> NodeConfig:
+    """A files-form identity from `contents` ({"cert": ..., "key": ..., "bundle": ...})."""
+    for name, data in contents.items():
+        (tmp_path / name).write_bytes(data)
+    return NodeConfig(
+        identity=FileIdentity(
+            cert=tmp_path / "cert", key=tmp_path / "key", bundle=tmp_path / "bundle"
+        ),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+    )
+
+
+def _ca_at(tmp_path: Path, directory: Path, ttl: timedelta = timedelta(minutes=10)) -> NodeConfig:
+    return NodeConfig(
+        identity=LocalCAIdentity(
+            directory=directory, spiffe_id=SpiffeId.parse("spiffe://meshtls.local/n"), ttl=ttl
+        ),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+        policy=ValidationPolicy(max_ttl=None),
+    )
+
+
+def _hostile_leaf(tmp_path: Path, make: Callable[[CA], dict[str, bytes]]) -> NodeConfig:
+    ca = CA("example.org", now=datetime.now(UTC))
+    return _files(tmp_path, {**make(ca), "bundle": ca.bundle_pem})
+
+
+START_FAILURES: dict[str, Callable[[Path], NodeConfig]] = {
+    "a local-CA ttl past year 9999 (max_ttl off)": lambda p: _ca_at(
+        p, p / "ca", ttl=timedelta(days=999_999_999)
+    ),
+    "a NUL byte in the CA path": lambda p: _ca_at(p, p / "c\0a"),
+    "a 300-byte path component": lambda p: _ca_at(p, p / ("a" * 300)),
+    "a NUL byte in the cert path": lambda p: NodeConfig(
+        identity=FileIdentity(cert=p / "c\0ert", key=p / "key", bundle=p / "bundle"),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=p),
+    ),
+    "our leaf with a duplicate extension": lambda p: _hostile_leaf(p, duplicate_extension_leaf),
+    "our leaf valid until 9999": lambda p: _hostile_leaf(p, no_expiry_leaf),
+}
+
+
+@pytest.mark.parametrize("case", list(START_FAILURES))
+async def test_every_start_up_failure_is_one_node_error(tmp_path: Path, case: str) -> None:
+    config = START_FAILURES[case](tmp_path)
+    with trio.fail_after(10):
+        try:
+            async with open_node(config):
+                pytest.fail("the node started")
+        except NodeError as exc:
+            error = exc
+    assert type(error) is NodeError  # not an ExceptionGroup, not a foreign type
+    message = str(error)
+    assert "\n" not in message
+    assert "\0" not in message
+    assert message.isprintable()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -25,12 +25,15 @@ import meshtls
 from meshtls._config import NodeSettings, WorkloadApiIdentity, parse_config
 from meshtls.testing import CA, IssuedCertificate
 
-from .workload_server import HEADER, WorkloadApiServer, svid_message, x509_response
+from .hostile_identity import NO_EXPIRY
+from .workload_server import HEADER, WorkloadApiServer, logged, svid_message, x509_response
 
 NOW: Final = datetime.now(UTC)  # the node checks its SVID against the wall clock
 NODE: Final = "spiffe://example.org/node"
 TD: Final = meshtls.TrustDomain.parse("example.org")
 WAIT: Final = 5.0  # seconds: the bound on every wait; each test takes well under one
+FAILURES: Final = "meshtls_certificate_validation_failures_total"
+PEER_FAILURES: Final = "meshtls_peer_verification_failures_total"
 
 
 @dataclass(frozen=True)
@@ -255,11 +258,12 @@ async def test_a_server_down_at_start_up_is_waited_for(tmp_path: Path, certs: Ce
     try:
         async with trio.open_nursery() as nursery:
 
-            async def start_later() -> None:
-                await trio.sleep(0.3)
+            async def start_after_a_failed_attempt() -> None:
+                with logged("reconnecting") as retrying:
+                    await retrying.wait()
                 late.start()
 
-            nursery.start_soon(start_later)
+            nursery.start_soon(start_after_a_failed_attempt)
             with trio.fail_after(WAIT):
                 async with meshtls.open_node(node_config(late.address, tmp_path)) as node:
                     assert node.ready
@@ -267,3 +271,84 @@ async def test_a_server_down_at_start_up_is_waited_for(tmp_path: Path, certs: Ce
             assert late.calls == 1
     finally:
         late.stop()
+
+
+async def test_B_7_one_update_with_a_refused_svid_still_drops_the_root(
+    tmp_path: Path, server: WorkloadApiServer, certs: Certs
+) -> None:
+    """ONE message: our new SVID is over max_ttl (refused) and root 2 left the bundle.
+
+    The refusal of the SVID must not throw the bundle change away: the live connection
+    through root 2 closes, a new one through root 2 is refused, root 1's connection stays,
+    and the node keeps presenting its old SVID.
+    """
+    closed = trio.Event()
+
+    async def handler(stream: meshtls.MeshStream) -> None:
+        try:
+            await stream.send_all(b"hi")
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+        except trio.Cancelled:
+            if str(stream.peer.spiffe_id) == "spiffe://example.org/client2":
+                closed.set()
+            raise
+
+    too_long = certs.ca.issue(NODE, ttl=timedelta(hours=2))  # P-1: the policy's max is 1 h
+    config = node_config(server.address, tmp_path)
+    async with (
+        meshtls.open_node(config, handler=handler) as node,
+        dial(node, certs, certs.client1) as stays,
+        dial(node, certs, certs.client2) as dropped,
+    ):
+        with trio.fail_after(WAIT):
+            assert await stays.receive_some() == b"hi"
+            assert await dropped.receive_some() == b"hi"
+
+        server.push(certs.state(too_long, roots=(certs.ca,)))
+        with trio.fail_after(WAIT):
+            while len(node.contexts().bundles[TD].authorities) == 2:
+                await node.changed()
+            await closed.wait()
+
+        assert node.contexts().svid.leaf == certs.node.leaf  # the refused SVID is not used
+        assert metric(node, FAILURES, reason="ttl_exceeded") == 1
+        assert metric(node, PEER_FAILURES, reason="untrusted_chain") == 1
+        with trio.fail_after(WAIT):
+            try:
+                rest = await dropped.receive_some()
+            except trio.BrokenResourceError:
+                rest = b""
+        assert rest == b"", "the connection through the dropped root is still open"
+        with trio.fail_after(WAIT):  # root 1's connection is untouched
+            await stays.send_all(b"ping")
+            assert await stays.receive_some() == b"ping"
+        with pytest.raises(meshtls.PeerRejectedError), trio.fail_after(WAIT):
+            async with dial(node, certs, certs.client2) as again:
+                await again.receive_some()
+        assert metric(node, PEER_FAILURES, reason="untrusted_chain") == 2
+        async with dial(node, certs, certs.client1) as stream:
+            assert stream.peer.chain[0] == certs.node.leaf  # what a peer is shown
+
+
+async def test_an_svid_with_no_expiry_does_not_stop_rotation(
+    tmp_path: Path, server: WorkloadApiServer, certs: Certs
+) -> None:
+    """notAfter 99991231235959Z overflows date arithmetic: refused, and rotation goes on."""
+    forever = certs.ca.issue(NODE, not_after=NO_EXPIRY)
+    async with meshtls.open_node(node_config(server.address, tmp_path)) as node:
+        before = node.contexts()
+        server.push(certs.state(forever))
+        with trio.fail_after(WAIT):
+            await node.changed()
+        assert node.contexts() is before
+        refused = metric(node, FAILURES, reason="ttl_exceeded") + metric(
+            node, FAILURES, reason="malformed_certificate"
+        )
+        assert refused == 1
+
+        server.push(certs.state(certs.node2))  # the rotation task is still there
+        await wait_for_new_contexts(node, before)
+        assert node.contexts().svid.leaf == certs.node2.leaf
+        async with dial(node, certs, certs.client1) as stream:
+            assert stream.peer.chain[0] == certs.node2.leaf

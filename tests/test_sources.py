@@ -1,7 +1,11 @@
-"""Identity sources: the cell, FileSource watching its files, LocalCASource renewing."""
+"""Identity sources: the cell, FileSource watching its files, LocalCASource renewing.
+
+Sources publish `Identity` values (our SVID and the bundles) and build no TLS context.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from datetime import UTC, datetime, timedelta
@@ -12,8 +16,11 @@ import trio
 import trio.testing
 
 import meshtls
+from meshtls._ca import LocalCA
 from meshtls._errors import ConfigError
+from meshtls._identity import Identity
 from meshtls._sources import FileSource, IdentityCell, LocalCASource, NoIdentityError
+from meshtls._spiffeid import SpiffeId
 from meshtls.testing import CA
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -57,15 +64,15 @@ async def test_identity_cell() -> None:
     with pytest.raises(NoIdentityError):
         cell.current()
     ca = CA(now=datetime.now(UTC))
-    first = meshtls.StaticSource(ca.issue().svid(), ca.bundle_set()).contexts()
-    second = meshtls.StaticSource(ca.issue().svid(), ca.bundle_set()).contexts()
+    first = Identity(ca.issue().svid(), ca.bundle_set())
+    second = Identity(ca.issue().svid(), ca.bundle_set())
     async with trio.open_nursery() as nursery:
         got: list[int] = []
 
         async def waiter() -> None:
-            generation, contexts = await cell.wait_newer(0)
+            generation, identity = await cell.wait_newer(0)
             got.append(generation)
-            assert contexts is second  # only the latest is seen
+            assert identity is second  # only the latest is seen
 
         nursery.start_soon(waiter)
         await trio.testing.wait_all_tasks_blocked()
@@ -73,6 +80,18 @@ async def test_identity_cell() -> None:
         cell.publish(second)
     assert got == [2]
     assert cell.current() is second
+    assert not first._built  # publishing builds no TLS context
+    assert not second._built
+
+
+def test_static_source_contexts_are_built_once_on_first_use() -> None:
+    ca = CA(now=datetime.now(UTC))
+    source = meshtls.StaticSource(ca.issue().svid(), ca.bundle_set())
+    identity = source.identity()
+    assert not identity._built
+    contexts = identity.contexts()
+    assert source.identity().contexts() is contexts  # shared by every handshake
+    assert contexts.svid is identity.svid
 
 
 @pytest.mark.parametrize("atomic", [True, False], ids=["atomic-replace", "in-place-rewrite"])
@@ -82,16 +101,16 @@ async def test_file_source_picks_up_new_files_within_a_second(
     ca = CA(now=datetime.now(UTC))
     write_identity(tmp_path, ca, "spiffe://example.org/one")
     source = file_source(tmp_path)
-    assert str(source.contexts().svid.spiffe_id) == "spiffe://example.org/one"
+    assert str(source.identity().svid.spiffe_id) == "spiffe://example.org/one"
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         write_identity(tmp_path, ca, "spiffe://example.org/two", atomic=atomic)
         start = trio.current_time()
         with trio.fail_after(1):
-            generation, contexts = await source.cell.wait_newer(1)
+            generation, identity = await source.cell.wait_newer(1)
         assert trio.current_time() - start <= 1
         assert generation == 2
-        assert str(contexts.svid.spiffe_id) == "spiffe://example.org/two"
+        assert str(identity.svid.spiffe_id) == "spiffe://example.org/two"
         nursery.cancel_scope.cancel()
 
 
@@ -102,18 +121,18 @@ async def test_file_source_keeps_the_old_identity_on_a_half_written_file(
     write_identity(tmp_path, ca, "spiffe://example.org/one")
     failures: list[tuple[str, str]] = []
     source = file_source(tmp_path, on_invalid=lambda reason, text: failures.append((reason, text)))
-    old = source.contexts()
+    old = source.identity()
     async with trio.open_nursery() as nursery:
         await nursery.start(source.run)
         full = ca.issue("spiffe://example.org/two").chain_pem
         (tmp_path / "svid.pem").write_bytes(full[: len(full) // 2])  # a writer caught mid-way
         await trio.sleep(2)  # several polls
-        assert source.contexts() is old
+        assert source.identity() is old
         assert [reason for reason, _ in failures] == ["malformed_certificate"]  # once, not per poll
         write_identity(tmp_path, ca, "spiffe://example.org/two")  # the writer finishes
         with trio.fail_after(1):
-            _, contexts = await source.cell.wait_newer(1)
-        assert str(contexts.svid.spiffe_id) == "spiffe://example.org/two"
+            _, identity = await source.cell.wait_newer(1)
+        assert str(identity.svid.spiffe_id) == "spiffe://example.org/two"
         nursery.cancel_scope.cancel()
 
 
@@ -129,7 +148,7 @@ async def test_local_ca_source_renews_at_exactly_the_expected_time(
     source = LocalCASource(
         tmp_path / "ca", "spiffe://meshtls.local/node", ttl, clock=cert_time, rng=random.Random(7)
     )
-    first = source.contexts().svid
+    first = source.identity().svid
     assert first.not_after - first.not_before == ttl
     expected = 0.5 * 3600 + random.Random(7).uniform(-0.05, 0.05) * 3600
     async with trio.open_nursery() as nursery:
@@ -142,10 +161,128 @@ async def test_local_ca_source_renews_at_exactly_the_expected_time(
         nursery.cancel_scope.cancel()
     # the CA directory is reused, not re-created
     again = LocalCASource(tmp_path / "ca", "spiffe://meshtls.local/other", clock=cert_time)
-    assert again.contexts().bundles == source.contexts().bundles
+    assert again.identity().bundles == source.identity().bundles
 
 
 def test_local_ca_source_refuses_another_trust_domain(tmp_path: Path) -> None:
     LocalCASource(tmp_path / "ca", "spiffe://meshtls.local/node")
     with pytest.raises(ConfigError, match="cannot issue"):
         LocalCASource(tmp_path / "ca", "spiffe://other.org/node")
+
+
+async def test_B_7_a_bad_svid_file_does_not_hold_back_the_bundle_beside_it(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """The operator drops root 2 from the bundle while the new cert file is unusable."""
+    root1 = CA("example.org", now=datetime.now(UTC))
+    root2 = CA("example.org", now=datetime.now(UTC), label="root 2")
+    write_identity(tmp_path, root1, "spiffe://example.org/one")
+    (tmp_path / "bundle.pem").write_bytes(root1.bundle_pem + root2.bundle_pem)
+    reported: list[str] = []
+    source = file_source(tmp_path, on_invalid=lambda reason, _: reported.append(reason))
+    before = source.contexts()
+    assert len(before.bundles[root1.trust_domain].authorities) == 2
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run)
+        (tmp_path / "svid.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\ngarbage\n")
+        (tmp_path / "bundle.pem").write_bytes(root1.bundle_pem)
+        with trio.fail_after(1):
+            _, after = await source.cell.wait_newer(1)
+        assert after.svid is before.svid  # the unusable SVID file: the old SVID stays
+        assert after.bundles[root1.trust_domain].authorities == (root1.certificate,)
+        assert reported == ["malformed_certificate"]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("renew_fraction", "jitter"),
+    [(1.5, 0.05), (0.97, 0.05), (0.03, 0.05), (-0.5, 0.05), (0.5, -0.1), (float("nan"), 0.05)],
+)
+def test_local_ca_source_refuses_a_renewal_point_outside_the_lifetime(
+    tmp_path: Path, renew_fraction: float, jitter: float
+) -> None:
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        LocalCASource(
+            tmp_path / "ca",
+            "spiffe://meshtls.local/node",
+            renew_fraction=renew_fraction,
+            jitter=jitter,
+        )
+    assert not (tmp_path / "ca").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("name", "ttl", "match"),
+    [
+        ("NUL byte in the CA path", timedelta(minutes=10), "null"),
+        ("300-byte path component", timedelta(minutes=10), "too long"),
+        ("a ttl past year 9999", timedelta(days=999_999_999), "cannot issue"),
+    ],
+)
+def test_local_ca_source_failures_are_one_config_error(
+    tmp_path: Path, name: str, ttl: timedelta, match: str
+) -> None:
+    directory = {
+        "NUL byte in the CA path": tmp_path / "c\0a",
+        "300-byte path component": tmp_path / ("a" * 300),
+    }.get(name, tmp_path / "ca")
+    with pytest.raises(ConfigError, match=match) as info:
+        LocalCASource(directory, "spiffe://meshtls.local/node", ttl)
+    assert "\n" not in str(info.value)
+
+
+def test_file_source_hostile_paths_are_one_config_error(tmp_path: Path) -> None:
+    for cert in (tmp_path / "c\0ert.pem", tmp_path / ("a" * 300)):
+        with pytest.raises(ConfigError) as info:
+            FileSource(cert=cert, key=tmp_path / "k", bundle=tmp_path / "b")
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan")])
+def test_file_source_refuses_a_poll_interval_that_is_not_positive(
+    tmp_path: Path, interval: float
+) -> None:
+    ca = CA(now=datetime.now(UTC))
+    write_identity(tmp_path, ca, "spiffe://example.org/one")
+    with pytest.raises(ConfigError, match="poll_interval"):
+        file_source(tmp_path, poll_interval=interval)
+
+
+async def test_connect_and_serve_without_a_node_take_live_sources(tmp_path: Path) -> None:
+    """A LocalCASource serves, a FileSource dials: each identity's contexts built once."""
+    server_source = LocalCASource(tmp_path / "ca", "spiffe://meshtls.local/server")
+    ca = LocalCA.open(tmp_path / "ca")
+    client = ca.issue(SpiffeId.parse("spiffe://meshtls.local/client"), now=datetime.now(UTC))
+    ca.write_svid(client, tmp_path / "client")
+    client_source = FileSource(
+        cert=tmp_path / "client.pem", key=tmp_path / "client.key", bundle=tmp_path / "ca/bundle.pem"
+    )
+
+    async def greet(stream: meshtls.MeshStream) -> None:
+        await stream.send_all(str(stream.peer.spiffe_id).encode())
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                meshtls.serve,
+                greet,
+                0,
+                host="127.0.0.1",
+                source=server_source,
+                authorize=meshtls.authorize_member_of("meshtls.local"),
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        for _ in range(2):
+            with trio.fail_after(10):
+                stream = await meshtls.connect(
+                    "127.0.0.1",
+                    port,
+                    source=client_source,
+                    authorize=meshtls.authorize_id("spiffe://meshtls.local/server"),
+                )
+                async with stream:
+                    assert await stream.receive_some() == b"spiffe://meshtls.local/client"
+        nursery.cancel_scope.cancel()
+    for source in (server_source, client_source):
+        assert len(source.identity()._built) == 1  # one context pair for both handshakes

@@ -6,6 +6,8 @@ is retried with a bounded start-up), W-4 and B-7 (each message is the full state
 
 from __future__ import annotations
 
+import base64
+import functools
 import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,13 +19,17 @@ from pathlib import Path
 import grpc  # type: ignore[import-untyped]
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 import meshtls
 from meshtls._workload import WorkloadApiError, WorkloadApiSource, split_der, workload_api_target
 from meshtls.testing import CA, IssuedCertificate
 
-from .workload_server import WorkloadApiServer, svid_message, x509_response
+from .hostile_identity import curve_one_byte_off, duplicate_extension_leaf, version_34
+from .workload_server import WorkloadApiServer, der, logged, svid_message, x509_response
 
 NOW = datetime.now(UTC)  # the contexts are built from real-time certificates
 WEB = "spiffe://example.org/web"
@@ -190,10 +196,18 @@ def _key_of(issued: IssuedCertificate) -> bytes:
     return entry.x509_svid_key
 
 
-# name -> (the invalid message, the reason reported)
+def _fed(c: Certs) -> dict[str, list[x509.Certificate]]:
+    """other.org federated, as in the current state: only the SVID differs."""
+    return {"spiffe://other.org": [c.other.certificate]}
+
+
+# name -> (the invalid message, the reason reported). Each carries the bundles the
+# source already has, so nothing at all is new to publish.
 INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]] = {
     "key of another leaf": (
-        lambda c: x509_response([svid_message(c.web2, [c.ca.certificate], key=_key_of(c.web))]),
+        lambda c: x509_response(
+            [svid_message(c.web2, [c.ca.certificate], key=_key_of(c.web))], _fed(c)
+        ),
         "malformed_certificate",
     ),
     "uppercase trust domain in the leaf (ID-5)": (
@@ -202,18 +216,22 @@ INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]]
                 svid_message(
                     c.ca.issue(uris=["spiffe://Example.org/web"]), [c.ca.certificate], spiffe_id=WEB
                 )
-            ]
+            ],
+            _fed(c),
         ),
         "invalid_spiffe_id",
     ),
     "entry id other than the leaf's": (
         lambda c: x509_response(
-            [svid_message(c.web2, [c.ca.certificate], spiffe_id="spiffe://example.org/db")]
+            [svid_message(c.web2, [c.ca.certificate], spiffe_id="spiffe://example.org/db")],
+            _fed(c),
         ),
         "invalid_spiffe_id",
     ),
     "entry id with a trailing newline (ID-13)": (
-        lambda c: x509_response([svid_message(c.web2, [c.ca.certificate], spiffe_id=WEB + "\n")]),
+        lambda c: x509_response(
+            [svid_message(c.web2, [c.ca.certificate], spiffe_id=WEB + "\n")], _fed(c)
+        ),
         "invalid_spiffe_id",
     ),
     "federated key in uppercase (py-spiffe lowercases it)": (
@@ -224,21 +242,89 @@ INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]]
         "invalid_spiffe_id",
     ),
     "leaf is a CA (L-4)": (
-        lambda c: x509_response([svid_message(c.ca.issue(WEB, is_ca=True), [c.ca.certificate])]),
+        lambda c: x509_response(
+            [svid_message(c.ca.issue(WEB, is_ca=True), [c.ca.certificate])], _fed(c)
+        ),
         "leaf_is_ca",
     ),
     "leaf not signed by our bundle (L-10)": (
-        lambda c: x509_response([svid_message(c.from_ca2, [c.ca.certificate])]),
+        lambda c: x509_response([svid_message(c.from_ca2, [c.ca.certificate])], _fed(c)),
         "untrusted_chain",
     ),
-    "no SVID": (lambda c: x509_response([]), "malformed_certificate"),
+    "no SVID": (lambda c: x509_response([], _fed(c)), "malformed_certificate"),
     "garbage DER chain": (
         lambda c: workload_pb2.X509SVIDResponse(
-            svids=[workload_pb2.X509SVID(spiffe_id=WEB, x509_svid=b"\x30\x03abc", bundle=b"")]
+            svids=[
+                workload_pb2.X509SVID(
+                    spiffe_id=WEB,
+                    x509_svid=b"\x30\x03abc",
+                    bundle=c.ca.certificate.public_bytes(Encoding.DER),
+                )
+            ],
+            federated_bundles={
+                "spiffe://other.org": c.other.certificate.public_bytes(Encoding.DER)
+            },
+        ),
+        "malformed_certificate",
+    ),
+    "duplicate extension in the leaf": (
+        lambda c: _with_leaf(c, _duplicate_extension(c)),
+        "malformed_certificate",
+    ),
+    "version 34 in a root": (
+        lambda c: workload_pb2.X509SVIDResponse(
+            svids=[
+                workload_pb2.X509SVID(
+                    spiffe_id=WEB,
+                    x509_svid=der(c.web2.chain),
+                    x509_svid_key=_key_of(c.web2),
+                    bundle=_der_of_pem(version_34(c.ca)),
+                )
+            ],
+        ),
+        "malformed_certificate",
+    ),
+    "EC curve one byte off in a root": (
+        lambda c: workload_pb2.X509SVIDResponse(
+            svids=[
+                workload_pb2.X509SVID(
+                    spiffe_id=WEB,
+                    x509_svid=der(c.web2.chain),
+                    x509_svid_key=_key_of(c.web2),
+                    bundle=_der_of_pem(curve_one_byte_off(c.ca)),
+                )
+            ],
         ),
         "malformed_certificate",
     ),
 }
+
+
+def _der_of_pem(pem: bytes) -> bytes:
+    return base64.b64decode(b"".join(pem.splitlines()[1:-1]))
+
+
+def _duplicate_extension(c: Certs) -> tuple[bytes, bytes]:
+    made = duplicate_extension_leaf(c.ca)
+    return _der_of_pem(made["cert"]), made["key"]
+
+
+def _with_leaf(c: Certs, leaf_and_key: tuple[bytes, bytes]) -> workload_pb2.X509SVIDResponse:
+    leaf, key_pem = leaf_and_key
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    return workload_pb2.X509SVIDResponse(
+        svids=[
+            workload_pb2.X509SVID(
+                spiffe_id=WEB,
+                x509_svid=leaf,
+                x509_svid_key=key.private_bytes(
+                    Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                ),
+                bundle=c.ca.certificate.public_bytes(Encoding.DER),
+            )
+        ],
+        federated_bundles={"spiffe://other.org": c.other.certificate.public_bytes(Encoding.DER)},
+    )
 
 
 @pytest.mark.parametrize("case", list(INVALID))
@@ -269,6 +355,69 @@ async def test_an_invalid_message_is_not_published(
         assert server.calls == 1
 
 
+async def test_B_7_a_refused_svid_does_not_hold_back_the_bundles_beside_it(
+    server: WorkloadApiServer, certs: Certs
+) -> None:
+    """One message: an SVID whose key is another leaf's, and other.org no longer federated.
+
+    The SVID is refused (reported once), and the bundles are published beside the SVID
+    the source had: a domain that left the bundle set is not kept trusted.
+    """
+    reported: list[str] = []
+    source = WorkloadApiSource(server.address, on_invalid=lambda r, _: reported.append(r))
+    async with running(source):
+        before = source.identity()
+        server.push(
+            x509_response(
+                [svid_message(certs.web2, [certs.ca.certificate], key=_key_of(certs.web))]
+            )
+        )
+        svid = await next_identity(source, 1)
+        assert svid is before.svid
+        assert set(source.identity().bundles) == {TD}
+        assert reported == ["malformed_certificate"]
+        with pytest.raises(meshtls.VerificationError, match="unknown_trust_domain"):
+            meshtls.verify_svid(certs.peer.chain, source.identity().bundles, now=NOW)
+
+
+async def test_serve_without_a_node_follows_a_running_source(
+    server: WorkloadApiServer, certs: Certs
+) -> None:
+    """`serve` takes the source as is: a rotation it publishes is used by the next handshake."""
+    client = meshtls.StaticSource(
+        certs.ca.issue("spiffe://example.org/client").svid(), certs.ca.bundle_set()
+    )
+
+    async def dial(port: int) -> x509.Certificate:
+        with trio.fail_after(WAIT):
+            stream = await meshtls.connect(
+                "127.0.0.1", port, source=client, authorize=meshtls.authorize_id(WEB)
+            )
+        async with stream:
+            return stream.peer.leaf
+
+    async def drop(stream: meshtls.MeshStream) -> None:
+        pass
+
+    async with running(WorkloadApiSource(server.address)) as source, trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(
+                meshtls.serve,
+                drop,
+                0,
+                host="127.0.0.1",
+                source=source,
+                authorize=meshtls.authorize_member_of("example.org"),
+            )
+        )
+        port = listeners[0].socket.getsockname()[1]
+        assert await dial(port) == certs.web.leaf
+        server.push(certs.state(certs.web2))
+        await next_identity(source, 1)
+        assert await dial(port) == certs.web2.leaf
+        nursery.cancel_scope.cancel()
+
+
 async def test_spiffe_id_selects_among_several_svids(tmp_path: Path, certs: Certs) -> None:
     db = certs.ca.issue("spiffe://example.org/db")
     both = x509_response(
@@ -297,10 +446,11 @@ async def test_W_1_every_request_carries_the_security_header(
     async with running(WorkloadApiSource(server.address)) as source:
         server.end_streams()  # as when the agent restarts: we reconnect
         await wait_until(lambda: server.calls >= 3)
-        await trio.sleep(0.05)
-        assert source.cell.generation == 1  # the same state again publishes nothing
-        server.push(certs.state(certs.web2))
-        await next_identity(source, 1)
+        server.push(certs.state(certs.web2))  # after the resent state, on the same stream
+        with trio.fail_after(WAIT):
+            while source.identity().svid.leaf != certs.web2.leaf:
+                await source.cell.wait_newer(source.cell.generation)
+        assert source.cell.generation == 2  # the same state again published nothing
     assert server.calls >= 3
     assert all(m.get("workload.spiffe.io") == "true" for m in server.metadata)
 
@@ -363,11 +513,12 @@ async def test_W_3_server_down_at_start_up_then_up(tmp_path: Path, certs: Certs)
     try:
         async with trio.open_nursery() as nursery:
 
-            async def start_later() -> None:
-                await trio.sleep(0.3)
+            async def start_after_a_failed_attempt() -> None:
+                with logged("reconnecting") as retrying:
+                    await retrying.wait()
                 server.start()
 
-            nursery.start_soon(start_later)
+            nursery.start_soon(start_after_a_failed_attempt)
             with trio.fail_after(WAIT):
                 await nursery.start(source.run)
             assert source.cell.generation == 1
@@ -400,8 +551,12 @@ async def test_cancelling_run_stops_every_thread(tmp_path: Path, certs: Certs) -
             assert len(reader_threads()) == 1  # blocked in grpc, waiting for a message
         assert not reader_threads()  # joined before run returned
         server.fail_always = grpc.StatusCode.UNAVAILABLE
-        with trio.move_on_after(0.3):  # cancelled while backing off
-            await WorkloadApiSource(server.address).run()
+        with trio.move_on_after(WAIT) as scope, logged("reconnecting") as backing_off:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(WorkloadApiSource(server.address).run)
+                await backing_off.wait()
+                nursery.cancel_scope.cancel()  # cancelled while backing off
+        assert not scope.cancelled_caught
         assert not reader_threads()
     with WorkloadApiServer(tmp_path / "silent.sock") as silent:  # a stream that never speaks
         source = WorkloadApiSource(silent.address)

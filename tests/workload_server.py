@@ -13,20 +13,25 @@ new state to every open stream (each message is the full state, W-4). Knobs:
 - `end_streams()`: the open streams end with OK, as when the agent restarts;
 - `calls` / `metadata`: how many ``FetchX509SVID`` calls came, and each one's metadata.
 
-`x509_response` builds a message from `meshtls.testing` certificates.
+`x509_response` builds a message from `meshtls.testing` certificates. `logged(fragment)`
+gives a Trio event for a line the client logs (such as its first reconnect), so a test
+waits for what happened rather than for some real time.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import grpc  # type: ignore[import-untyped]
+import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
@@ -46,6 +51,25 @@ class _Context(Protocol):
     def add_callback(self, callback: object) -> bool: ...
 
     def abort(self, code: object, details: str) -> None: ...
+
+
+@contextmanager
+def logged(fragment: str) -> Iterator[trio.Event]:
+    """A Trio event, set when meshtls logs a line holding `fragment` (in Trio's thread)."""
+    event = trio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if fragment in record.getMessage():
+                event.set()
+
+    watch = Watch(logging.WARNING)
+    logger = logging.getLogger("meshtls")
+    logger.addHandler(watch)
+    try:
+        yield event
+    finally:
+        logger.removeHandler(watch)
 
 
 def der(certificates: Iterable[x509.Certificate]) -> bytes:

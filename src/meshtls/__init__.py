@@ -24,12 +24,13 @@ from ._errors import Reason as Reason
 from ._errors import SpiffeIdError as SpiffeIdError
 from ._errors import UnauthorizedPeerError as UnauthorizedPeerError
 from ._errors import VerificationError as VerificationError
+from ._identity import Identity as Identity
+from ._identity import IdentitySource as IdentitySource
 from ._node import Node as Node
 from ._node import NodeError as NodeError
 from ._node import open_node as open_node
 from ._policy import ValidationPolicy as ValidationPolicy
 from ._sources import FileSource as FileSource
-from ._sources import IdentitySource as IdentitySource
 from ._sources import LocalCASource as LocalCASource
 from ._sources import StaticSource as StaticSource
 from ._spiffeid import SpiffeId as SpiffeId

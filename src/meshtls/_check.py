@@ -17,8 +17,8 @@ import trio
 
 from ._authorize import Authorizer
 from ._errors import HandshakeError, Reason
+from ._identity import IdentitySource
 from ._policy import ValidationPolicy
-from ._sources import IdentitySource
 from ._stream import PeerRejectedError, connect
 from ._svid import VerifiedPeer
 

@@ -1,45 +1,63 @@
 """Identity sources: where our SVID and the trust bundles come from.
 
-A source answers one question, `contexts()`: the TLS contexts of the current
-identity, built once per identity. Fixed values and live sources satisfy the same
-one-method protocol (go-spiffe's model), so `connect` and `serve` take either.
+A source publishes values, `Identity` (our `X509Svid` and the `BundleSet`), and builds
+nothing: the TLS contexts of a value are built once, by whoever first needs them (the
+node's rotation task, before it swaps a value in; or the first handshake of `connect`
+and `serve` without a node). Fixed values and live sources satisfy the same one-method
+protocol, `IdentitySource.identity()` (go-spiffe's model), so `connect` and `serve` take
+either.
 
 A *live* source also has `run()`, a task the node supervises: it keeps the identity
-current and publishes each new one into the source's `IdentityCell`, which the
-rotation task watches. `run` calls ``task_status.started()`` once the first identity is
-there, and raises only for errors it cannot recover from.
+current and publishes each new value into the source's `IdentityCell`, which the rotation
+task watches. `run` calls ``task_status.started()`` once the first identity is there, and
+raises only for errors it cannot recover from. Bytes read from files or a CA directory are
+outside input: every read goes through `meshtls._boundary.mapped`, so whatever a parser
+raises on a hostile file, the old identity stays, the refusal is logged on one line and
+reported once to `on_invalid(reason, detail)`, and `run` goes on.
+
+When an update's SVID is unusable but its bundles are fine, the source publishes the new
+bundles beside the SVID it had: a bundle change stands on its own (B-7), so a root that
+left the bundle is not kept trusted because of a bad certificate file beside it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NoReturn, Protocol
 
 import trio
 
+from ._boundary import mapped
 from ._bundle import BundleSet, X509Bundle
 from ._ca import LocalCA
-from ._errors import BundleError, ConfigError, MeshError, Reason, VerificationError
-from ._spiffeid import SpiffeId
+from ._errors import ConfigError, MeshError, Reason, VerificationError
+from ._identity import Identity, IdentitySource, NoIdentityError
+from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import X509Svid
 from ._tls import TlsContexts
 
+__all__ = [
+    "FileSource",
+    "IdentityCell",
+    "IdentitySource",
+    "InvalidCallback",
+    "LiveSource",
+    "LocalCASource",
+    "NoIdentityError",
+    "StaticSource",
+    "load_bundle_file",
+]
+
 logger = logging.getLogger("meshtls")
 
-
-class IdentitySource(Protocol):
-    """Gives the TLS contexts of the current identity. Must not block or do I/O."""
-
-    def contexts(self) -> TlsContexts: ...
-
-
-class NoIdentityError(MeshError):
-    """A live source has no identity yet (its `run` task has not loaded one)."""
+#: Called with (reason, one-line detail) for each update a source refuses; `reason` is one
+#: of `REASONS`. The source has logged the refusal already: the callback counts it.
+InvalidCallback = Callable[[Reason, str], object]
 
 
 class IdentityCell:
@@ -49,10 +67,10 @@ class IdentityCell:
     publish makes a new generation; waiters see only the latest.
     """
 
-    __slots__ = ("_changed", "_contexts", "_generation")
+    __slots__ = ("_changed", "_generation", "_identity")
 
     def __init__(self) -> None:
-        self._contexts: TlsContexts | None = None
+        self._identity: Identity | None = None
         self._generation = 0
         self._changed = trio.Event()
 
@@ -61,24 +79,28 @@ class IdentityCell:
         """0 until the first publish, then +1 per identity."""
         return self._generation
 
-    def current(self) -> TlsContexts:
+    def current(self) -> Identity:
         """The latest identity. Raises `NoIdentityError` before the first publish."""
-        if self._contexts is None:
+        if self._identity is None:
             raise NoIdentityError("no identity yet: the source has not loaded one")
-        return self._contexts
+        return self._identity
 
-    def publish(self, contexts: TlsContexts) -> None:
-        """Make `contexts` current and wake every waiter. Never blocks."""
-        self._contexts = contexts
+    def latest(self) -> Identity | None:
+        """The latest identity, or None before the first publish."""
+        return self._identity
+
+    def publish(self, identity: Identity) -> None:
+        """Make `identity` current and wake every waiter. Never blocks."""
+        self._identity = identity
         self._generation += 1
         changed, self._changed = self._changed, trio.Event()
         changed.set()
 
-    async def wait_newer(self, generation: int) -> tuple[int, TlsContexts]:
+    async def wait_newer(self, generation: int) -> tuple[int, Identity]:
         """Wait until an identity newer than `generation` is published; return it."""
-        while self._generation <= generation or self._contexts is None:
+        while self._generation <= generation or self._identity is None:
             await self._changed.wait()
-        return self._generation, self._contexts
+        return self._generation, self._identity
 
 
 class LiveSource(IdentitySource, Protocol):
@@ -92,22 +114,56 @@ class LiveSource(IdentitySource, Protocol):
         ...
 
 
+class _Published:
+    """What the live sources share: the latest value in a cell, and its contexts."""
+
+    __slots__ = ("_cell", "on_invalid")
+
+    def __init__(self, on_invalid: InvalidCallback | None) -> None:
+        self._cell = IdentityCell()
+        self.on_invalid = on_invalid
+
+    @property
+    def cell(self) -> IdentityCell:
+        return self._cell
+
+    def identity(self) -> Identity:
+        """The latest published identity. Raises `NoIdentityError` before the first one."""
+        return self._cell.current()
+
+    def contexts(self) -> TlsContexts:
+        """Shortcut for ``identity().contexts()``, kept for callers of the old protocol."""
+        return self._cell.current().contexts()
+
+    def _refuse(self, what: str, reason: Reason, detail: str) -> None:
+        """One log line, then one report: the current identity stays."""
+        logger.warning(
+            "%s rejected, keeping the current identity reason=%s detail=%r", what, reason, detail
+        )
+        if self.on_invalid is not None:
+            self.on_invalid(reason, detail)
+
+
 class StaticSource:
     """A fixed SVID and bundle set, for tests and for programs that manage rotation."""
 
-    __slots__ = ("_contexts",)
+    __slots__ = ("_identity",)
 
     def __init__(self, svid: X509Svid, bundles: BundleSet) -> None:
-        self._contexts = TlsContexts.build(svid, bundles)
+        self._identity = Identity(svid, bundles)
+
+    def identity(self) -> Identity:
+        return self._identity
 
     def contexts(self) -> TlsContexts:
-        return self._contexts
+        """Shortcut for ``identity().contexts()``, kept for callers of the old protocol."""
+        return self._identity.contexts()
 
     def __repr__(self) -> str:
-        return f"StaticSource({self._contexts.svid.spiffe_id})"
+        return f"StaticSource({self._identity.svid.spiffe_id})"
 
 
-def load_bundle_file(path: Path, trust_domain: str) -> X509Bundle:
+def load_bundle_file(path: Path, trust_domain: str | TrustDomain) -> X509Bundle:
     """A bundle file: PEM roots, or a SPIFFE bundle (JSON, starts with ``{``)."""
     data = path.read_bytes()
     if data.lstrip().startswith(b"{"):
@@ -115,19 +171,53 @@ def load_bundle_file(path: Path, trust_domain: str) -> X509Bundle:
     return X509Bundle.from_pem(trust_domain, data)
 
 
-InvalidCallback = Callable[[Reason, str], object]
+def _shown(path: Path | str) -> str:
+    """A path for a one-line message: anything unprintable (a NUL byte, a newline) escaped."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+class _FileProblemError(MeshError):
+    """Files that cannot make an identity: `reason` for the metrics, the message names the file."""
+
+    def __init__(self, reason: Reason, message: str) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """Whatever fails inside becomes one `_FileProblemError` that names `what`, or the file an
+    `OSError` names; a `VerificationError` keeps its reason."""
+
+    def problem(description: str) -> MeshError:
+        return _FileProblemError("malformed_certificate", f"{what}: {description}")
+
+    try:
+        with mapped(problem):
+            yield
+    except _FileProblemError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.strerror:
+            name = _shown(cause.filename) if cause.filename is not None else what
+            raise _FileProblemError(exc.reason, f"{name}: {cause.strerror}") from cause
+        raise
+    except VerificationError as exc:
+        raise _FileProblemError(exc.reason, f"{what}: {exc}") from exc
+    except MeshError as exc:  # BundleError, SpiffeIdError, ConfigError
+        raise _FileProblemError("malformed_certificate", f"{what}: {exc}") from exc
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int] | None:
     """What changes when a file is replaced or rewritten: inode, size, mtime, ctime."""
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL byte in the path
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-class FileSource:
+class FileSource(_Published):
     """Our SVID and bundles from files, loaded when constructed and watched by `run`.
 
     - `cert`: our leaf then its intermediates (PEM); `key`: the leaf's key (PEM).
@@ -136,21 +226,14 @@ class FileSource:
 
     Construction raises `ConfigError` with one line naming the file and what is wrong.
     `run` polls the files every `poll_interval` seconds (Trio time); an atomic replace or
-    an in-place rewrite is picked up at the next poll. A half-written or invalid new file
-    keeps the old identity, is reported once to `on_invalid(reason, message)` and logged on
-    one line, and is tried again as soon as any of the files changes again.
+    an in-place rewrite is picked up at the next poll. The SVID files and the bundle files
+    are judged apart: an unusable SVID keeps the old one (beside new bundles, if those are
+    good), unusable bundles keep the old bundles. Whatever a parser raises, the refusal is
+    logged on one line, reported once to `on_invalid(reason, detail)`, and the files are
+    tried again as soon as any of them changes again.
     """
 
-    __slots__ = (
-        "_cell",
-        "_stamps",
-        "bundle",
-        "cert",
-        "federated",
-        "key",
-        "on_invalid",
-        "poll_interval",
-    )
+    __slots__ = ("_stamps", "bundle", "cert", "federated", "key", "poll_interval")
 
     def __init__(
         self,
@@ -162,17 +245,21 @@ class FileSource:
         poll_interval: float = 0.5,
         on_invalid: InvalidCallback | None = None,
     ) -> None:
+        super().__init__(on_invalid)
         self.cert, self.key, self.bundle = Path(cert), Path(key), Path(bundle)
         self.federated = {td: Path(p) for td, p in (federated or {}).items()}
+        if not poll_interval > 0:
+            raise ConfigError(
+                f"poll_interval must be a positive number of seconds, not {poll_interval}"
+            )
         self.poll_interval = poll_interval
-        self.on_invalid = on_invalid
-        self._cell = IdentityCell()
         self._stamps = self._current_stamps()
-        self._cell.publish(self._load())
-
-    @property
-    def cell(self) -> IdentityCell:
-        return self._cell
+        try:
+            svid = self._read_svid()
+            identity = Identity(svid, self._read_bundles(svid.spiffe_id.trust_domain))
+        except _FileProblemError as exc:
+            raise ConfigError(str(exc)) from exc.__cause__
+        self._cell.publish(identity)
 
     def _paths(self) -> list[Path]:
         return [self.cert, self.key, self.bundle, *self.federated.values()]
@@ -180,51 +267,51 @@ class FileSource:
     def _current_stamps(self) -> list[tuple[int, int, int, int] | None]:
         return [_stamp(path) for path in self._paths()]
 
-    def _load(self) -> TlsContexts:
-        try:
-            svid = X509Svid.load(self.cert.read_bytes(), self.key.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"{exc.filename}: {exc.strerror}") from None
-        except (ValueError, VerificationError) as exc:
-            raise ConfigError(f"{self.cert} / {self.key}: {exc}") from None
-        own = str(svid.spiffe_id.trust_domain)
+    def _read_svid(self) -> X509Svid:
+        """Our SVID from `cert` and `key`. Raises `_FileProblemError`, whatever went wrong."""
+        with _reading(f"{_shown(self.cert)} / {_shown(self.key)}"):
+            return X509Svid.load(self.cert.read_bytes(), self.key.read_bytes())
+
+    def _read_bundles(self, own: TrustDomain) -> BundleSet:
+        """Our domain's bundle and the federated ones. Raises `_FileProblemError` on any failure."""
         bundles: list[X509Bundle] = []
-        for td, path in [(own, self.bundle), *self.federated.items()]:
-            try:
+        for td, path in [(str(own), self.bundle), *self.federated.items()]:
+            with _reading(_shown(path)):
                 bundles.append(load_bundle_file(path, td))
-            except OSError as exc:
-                raise ConfigError(f"{exc.filename}: {exc.strerror}") from None
-            except (BundleError, json.JSONDecodeError, ValueError) as exc:
-                raise ConfigError(f"{path}: {exc}") from None
-        try:
-            bundle_set = BundleSet._build(bundles)
-        except BundleError as exc:
-            raise ConfigError(f"bundles: {exc}") from None
-        return TlsContexts.build(svid, bundle_set)
+        with _reading("bundles"):
+            return BundleSet._build(bundles)
 
     def reload(self) -> bool:
-        """If any file changed, load them again and publish the new identity if valid.
+        """If any file changed, read them again and publish what is new and usable.
 
-        Returns True when a new identity was published. Invalid files keep the old
-        identity (reported, logged) until they change again.
+        Returns True when a new identity was published. What cannot be used keeps its old
+        value (logged and reported once) until the files change again.
         """
         stamps = self._current_stamps()
         if stamps == self._stamps:
             return False
         self._stamps = stamps
+        current = self._cell.current()
+        problems: list[_FileProblemError] = []
         try:
-            contexts = self._load()
-        except ConfigError as exc:
-            reason: Reason = "malformed_certificate"
-            logger.warning(
-                "identity files rejected, keeping the current identity reason=%s detail=%r",
-                reason,
-                str(exc),
-            )
-            if self.on_invalid is not None:
-                self.on_invalid(reason, str(exc))
+            svid = self._read_svid()
+        except _FileProblemError as exc:
+            problems.append(exc)
+            svid = current.svid
+        try:
+            bundles = self._read_bundles(svid.spiffe_id.trust_domain)
+            with _reading("bundles"):
+                if bundles == current.bundles:
+                    bundles = current.bundles  # the same contents: keep the value in use
+        except _FileProblemError as exc:
+            problems.append(exc)
+            bundles = current.bundles
+        if problems:
+            detail = "; ".join(str(problem) for problem in problems)
+            self._refuse("identity files", problems[0].reason, detail)
+        if svid is current.svid and bundles is current.bundles:
             return False
-        self._cell.publish(contexts)
+        self._cell.publish(Identity(svid, bundles))
         return True
 
     async def run(
@@ -236,24 +323,27 @@ class FileSource:
             await trio.sleep(self.poll_interval)
             self.reload()
 
-    def contexts(self) -> TlsContexts:
-        return self._cell.current()
-
     def __repr__(self) -> str:
         files = f"cert={str(self.cert)!r}, key={str(self.key)!r}, bundle={str(self.bundle)!r}"
         return f"FileSource({files})"
 
 
-class LocalCASource:
+class LocalCASource(_Published):
     """Our SVID from a development CA directory: the embedded default identity.
 
     The CA directory is created (for `spiffe_id`'s trust domain) if it does not exist. An
     SVID with lifetime `ttl` is issued at construction and published; `run` renews it at
     `renew_fraction` of its lifetime, moved by up to +/- `jitter` of the lifetime (drawn
-    from `rng`), so that many nodes do not renew at once. `clock` gives certificate time
-    (default: the wall clock); sleeping uses Trio time. A failed renewal is reported to
-    `on_invalid`, logged, and retried after a tenth of the time left (at least 1 s).
+    from `rng`), so that many nodes do not renew at once; ``renew_fraction - jitter`` and
+    ``renew_fraction + jitter`` must both lie strictly between 0 and 1. `clock` gives
+    certificate time (default: the wall clock); sleeping uses Trio time.
+
+    Construction raises `ConfigError` (one line) for anything that stops the first issue:
+    an unusable directory, a ttl that no certificate can hold. A failed renewal is logged,
+    reported to `on_invalid`, and retried after a tenth of the time left (at least 1 s).
     """
+
+    __slots__ = ("_ca", "_clock", "_rng", "jitter", "renew_fraction", "spiffe_id", "ttl")
 
     def __init__(
         self,
@@ -267,36 +357,40 @@ class LocalCASource:
         rng: random.Random | None = None,
         on_invalid: InvalidCallback | None = None,
     ) -> None:
-        if not renew_fraction - jitter > 0 and renew_fraction + jitter < 1:
-            raise ConfigError("renew_fraction +/- jitter must stay between 0 and 1")
+        super().__init__(on_invalid)
+        if not (jitter >= 0 and renew_fraction - jitter > 0 and renew_fraction + jitter < 1):
+            raise ConfigError(
+                f"renew_fraction {renew_fraction} +/- jitter {jitter} must stay between 0 and 1"
+            )
         self.spiffe_id = spiffe_id if isinstance(spiffe_id, SpiffeId) else SpiffeId.parse(spiffe_id)
         if ttl <= timedelta(0):
             raise ConfigError(f"ttl must be positive, not {ttl}")
         self.ttl = ttl
         self.renew_fraction = renew_fraction
         self.jitter = jitter
-        self.on_invalid = on_invalid
         self._clock = clock or (lambda: datetime.now(UTC))
         self._rng = rng or random.Random()  # noqa: S311 - spreading renewals, not secrets
         directory = Path(ca_dir)
-        if (directory / "ca.json").exists():
-            self._ca = LocalCA.open(directory)
-        else:
-            self._ca = LocalCA.init(directory, self.spiffe_id.trust_domain, now=self._clock())
+        with mapped(lambda text: ConfigError(f"local CA {_shown(directory)}: {text}")):
+            if (directory / "ca.json").exists():
+                self._ca = LocalCA.open(directory)
+            else:
+                self._ca = LocalCA.init(directory, self.spiffe_id.trust_domain, now=self._clock())
         if self._ca.trust_domain != self.spiffe_id.trust_domain:
             raise ConfigError(
-                f"{directory}: a CA for {self._ca.trust_domain} cannot issue {self.spiffe_id}"
+                f"{_shown(directory)}: a CA for {self._ca.trust_domain}"
+                f" cannot issue {self.spiffe_id}"
             )
-        self._cell = IdentityCell()
         self._cell.publish(self._issue())
 
-    @property
-    def cell(self) -> IdentityCell:
-        return self._cell
-
-    def _issue(self) -> TlsContexts:
-        svid = self._ca.issue(self.spiffe_id, ttl=self.ttl, now=self._clock())
-        return TlsContexts.build(svid, self._ca.bundle())
+    def _issue(self) -> Identity:
+        """A new SVID from the CA, with its bundle. Raises `ConfigError`, whatever went wrong."""
+        what = (
+            f"local CA {_shown(self._ca.directory)}: cannot issue {self.spiffe_id} for {self.ttl}"
+        )
+        with mapped(lambda text: ConfigError(f"{what}: {text}")):
+            svid = self._ca.issue(self.spiffe_id, ttl=self.ttl, now=self._clock())
+            return Identity(svid, self._ca.bundle())
 
     def renewal_delay(self) -> float:
         """Seconds from now until the current SVID should be renewed (draws the jitter)."""
@@ -315,15 +409,10 @@ class LocalCASource:
             await trio.sleep(self.renewal_delay())
             try:
                 self._cell.publish(self._issue())
-            except (MeshError, OSError, ValueError) as exc:
-                logger.error("SVID renewal failed, retrying error=%r", exc)
-                if self.on_invalid is not None:
-                    self.on_invalid("malformed_certificate", f"renewal failed: {exc}")
+            except MeshError as exc:
+                self._refuse("SVID renewal", "malformed_certificate", f"renewal failed: {exc}")
                 left = (self._cell.current().svid.not_after - self._clock()).total_seconds()
                 await trio.sleep(max(1.0, left / 10))
-
-    def contexts(self) -> TlsContexts:
-        return self._cell.current()
 
     def __repr__(self) -> str:
         return f"LocalCASource({str(self._ca.directory)!r}, {str(self.spiffe_id)!r})"

@@ -45,8 +45,8 @@ from cryptography import x509
 from ._authorize import Authorizer
 from ._bundle import BundleSet
 from ._errors import HandshakeError, MeshError, Reason, VerificationError
+from ._identity import IdentitySource
 from ._policy import DEFAULT_POLICY, ValidationPolicy
-from ._sources import IdentitySource
 from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
 from ._tls import TlsError, TlsSession, alert_reason
 
@@ -570,7 +570,7 @@ async def connect(
 
     Timeouts belong to the caller: wrap the call in `trio.fail_after`.
     """
-    contexts = source.contexts()
+    contexts = source.identity().contexts()
     started = trio.current_time()
     sock, connecting = await _open_socket(host, port)
     ctx = _HandshakeContext(
@@ -736,7 +736,7 @@ async def serve(
                     why = "closed before sending anything"
                 if not first:
                     raise HandshakeError("protocol_error", why, peer=address)
-                contexts = source.contexts()
+                contexts = source.identity().contexts()
                 ctx = _HandshakeContext(
                     address=address,
                     bundles=contexts.bundles,

@@ -7,9 +7,10 @@ each SVID's trust domain, and the federated bundles. `run` keeps one stream open
 - Each connection attempt gets a fresh grpc channel (so grpc's own reconnect backoff never
   delays ours), one call with the ``workload.spiffe.io: true`` metadata (W-1), and one
   dedicated reader thread. grpc's synchronous API blocks, so the thread iterates the call,
-  parses and checks each message there (certificate parsing and TLS context building are
-  CPU work), and hands the result to Trio through a memory channel with
-  ``trio.from_thread.run``. The `run` task consumes the channel: it publishes, logs, counts.
+  parses and checks each message there (certificate parsing is CPU work), and hands the
+  result to Trio through a memory channel with ``trio.from_thread.run``. The `run` task
+  consumes the channel: it publishes `Identity` values, logs, reports. It builds no TLS
+  context: the node's rotation does that for the values it accepts.
 - Leaving an attempt for any reason (stream end, error, cancellation) closes the channel's
   receiving end, cancels the call, and waits, shielded, for the thread to say it is done; the
   thread is then joined. So no thread outlives the attempt, and cancelling `run` really
@@ -17,17 +18,20 @@ each SVID's trust domain, and the federated bundles. `run` keeps one stream open
   keeps idle workers alive for seconds, and a cancelled `to_thread` call could not reach
   into the blocked ``next()`` anyway; cancelling the grpc call can.)
 - Every message is checked with meshtls's own strict rules, never py-spiffe's (which
-  lowercases trust domains): the entry's ``spiffe_id`` parses as a `SpiffeId` and equals the
-  leaf's, `X509Svid.from_parts` (L-1..L-3, key match), every bundle root is readable, each
-  federated key is a strict trust domain, and our chain verifies against our own trust
-  domain's roots with every rule that does not depend on the time (L-1..L-10, S-1..S-4).
-  Time and TTL (L-9 windows, P-1..P-3) are the rotation task's, which has the node's policy
-  and clock. An invalid message is not published: the old identity stays, one line is
-  logged, `on_invalid(reason, detail)` is called, and the stream goes on.
+  lowercases trust domains), in two parts. The *bundles*: the entry's ``spiffe_id`` parses
+  as a `SpiffeId` (it names our trust domain), every root is readable, each federated key
+  is a strict trust domain. The *SVID*: `X509Svid.from_parts` (L-1..L-3, key match), the
+  entry's id equals the leaf's, and our chain verifies against our own trust domain's roots
+  with every rule that does not depend on the time (L-1..L-10, S-1..S-4). Time and TTL (L-9
+  windows, P-1..P-3) are the rotation's, which has the node's policy and clock.
+- Unreadable bundles refuse the whole message: nothing is published, the old identity
+  stays, one line is logged, `on_invalid(reason, detail)` is called, and the stream goes
+  on. A refused SVID beside good bundles is logged and reported the same way, and the new
+  bundles are published beside the SVID we had: a bundle change stands on its own (B-7).
 - The bundle set is built from exactly the message's bundles, so a domain or root missing
   from it is no longer trusted (B-7). The Workload API's X.509 bundles carry no sequence
-  number, so B-4 does not apply here. A message identical to the published one (SPIRE
-  resends on changes we do not use, such as another SVID or a CRL) publishes nothing.
+  number, so B-4 does not apply here. A message identical to the last one (SPIRE resends on
+  changes we do not use, such as another SVID or a CRL) publishes and reports nothing.
 - Errors (W-3): InvalidArgument is never retried; `run` raises `WorkloadApiError`. Any other
   status, a refused connection or a stream that ends is retried after an exponential
   backoff with jitter (0.1 s doubling, capped at `backoff_max`; reset by a stream that
@@ -49,7 +53,6 @@ import math
 import os
 import random
 import re
-import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
@@ -60,17 +63,17 @@ from typing import Final, NoReturn, Protocol, cast
 import grpc  # type: ignore[import-untyped]
 import trio
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from ._boundary import mapped
 from ._bundle import BundleSet, X509Bundle
 from ._errors import BundleError, ConfigError, MeshError, Reason, SpiffeIdError, VerificationError
+from ._identity import Identity
 from ._policy import ValidationPolicy
-from ._sources import IdentityCell, InvalidCallback
+from ._sources import InvalidCallback, _Published
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import PrivateKey, X509Svid, verify_svid
-from ._tls import TlsContexts
 
 logger = logging.getLogger("meshtls")
 
@@ -198,19 +201,20 @@ def _rpc_status(error: BaseException) -> tuple[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class _Identity:
-    """A checked message: the contexts to publish, and what they were built from."""
-
-    contexts: TlsContexts
-    fingerprint: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class _Invalid:
-    """A message that may not be published."""
+    """A message, or its SVID, that may not be published."""
 
     reason: Reason
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """A checked message: its bundles, and our SVID or why it is refused."""
+
+    bundles: BundleSet
+    svid: X509Svid | _Invalid
+    fingerprint: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,14 +224,25 @@ class _Ended:
     status: tuple[str, str] | None
 
 
-_Item = _Identity | _Invalid | _Ended
+_Item = _Message | _Invalid | _Ended
 
 
-class _RejectedError(Exception):
+class _RejectedError(MeshError):
+    """A message, or its SVID, fails our checks: `reason` from `REASONS`, one line of detail."""
+
     def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(detail)
         self.reason: Reason = reason
         self.detail = detail
+
+
+def _malformed(what: str) -> Callable[[str], MeshError]:
+    """For `mapped`: whatever a parser raised about `what` is a ``malformed_certificate``."""
+
+    def rejected(description: str) -> MeshError:
+        return _RejectedError("malformed_certificate", f"{what}: {description}")
+
+    return rejected
 
 
 def split_der(data: bytes, *, what: str) -> list[bytes]:
@@ -255,10 +270,8 @@ def split_der(data: bytes, *, what: str) -> list[bytes]:
 
 
 def _certificates(data: bytes, *, what: str) -> tuple[x509.Certificate, ...]:
-    try:
+    with mapped(_malformed(what)):
         return tuple(x509.load_der_x509_certificate(d) for d in split_der(data, what=what))
-    except ValueError as exc:
-        raise _RejectedError("malformed_certificate", f"{what}: {exc}") from None
 
 
 def _federated_domain(key: str) -> TrustDomain:
@@ -291,28 +304,26 @@ def _select(
     raise _RejectedError("invalid_spiffe_id", f"the message has no SVID for {want} (it has {ids})")
 
 
-def _svid(entry: workload_pb2.X509SVID) -> X509Svid:
+def _declared_id(entry: workload_pb2.X509SVID) -> SpiffeId:
     try:
-        declared = SpiffeId.parse(entry.spiffe_id)
+        return SpiffeId.parse(entry.spiffe_id)
     except SpiffeIdError as exc:
         raise _RejectedError("invalid_spiffe_id", f"SVID entry spiffe_id: {exc}") from None
+
+
+def _svid(entry: workload_pb2.X509SVID, declared: SpiffeId) -> X509Svid:
     chain = _certificates(entry.x509_svid, what=f"SVID chain of {declared}")
-    try:
+    with mapped(_malformed(f"SVID key of {declared}: not a PKCS#8 DER key")):
         key = load_der_private_key(entry.x509_svid_key, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _RejectedError(
-            "malformed_certificate", f"SVID key of {declared}: not a PKCS#8 DER key ({exc})"
-        ) from None
     if not isinstance(key, PrivateKey):
         raise _RejectedError(
             "malformed_certificate", f"SVID key of {declared}: unsupported {type(key).__name__}"
         )
     try:
-        svid = X509Svid.from_parts(chain, key)
+        with mapped(_malformed(f"SVID of {declared}")):
+            svid = X509Svid.from_parts(chain, key)
     except VerificationError as exc:
         raise _RejectedError(exc.reason, f"SVID of {declared}: {exc.detail}") from None
-    except ValueError as exc:
-        raise _RejectedError("malformed_certificate", f"SVID of {declared}: {exc}") from None
     if svid.spiffe_id != declared:
         raise _RejectedError(
             "invalid_spiffe_id",
@@ -330,44 +341,53 @@ def _bundles(own: TrustDomain, own_roots: bytes, federated: Mapping[str, bytes])
             raise _RejectedError("malformed_certificate", f"two different bundles for {td} (B-6)")
         raw[td] = federated[key]
     try:
-        return BundleSet(
-            {
-                td: X509Bundle(td, _certificates(data, what=f"bundle of {td}"))
-                for td, data in raw.items()
-            }
-        )
+        with mapped(_malformed("bundles")):  # a root cryptography cannot read (a bad curve, ...)
+            return BundleSet(
+                {
+                    td: X509Bundle(td, _certificates(data, what=f"bundle of {td}"))
+                    for td, data in raw.items()
+                }
+            )
     except BundleError as exc:
         raise _RejectedError("malformed_certificate", str(exc)) from None
 
 
 def read_message(message: workload_pb2.X509SVIDResponse, want: SpiffeId | None) -> _Item:
-    """Check one ``X509SVIDResponse`` with our rules and build its contexts. Never raises."""
+    """Check one ``X509SVIDResponse`` with our rules, bundles and SVID apart. Never raises."""
     try:
-        entry = _select(message.svids, want)
-        svid = _svid(entry)
-        bundles = _bundles(svid.spiffe_id.trust_domain, entry.bundle, message.federated_bundles)
-        # Our chain must verify against our own domain's roots (L-10), at the instant it
-        # was issued: every rule but the time ones, which the rotation task applies.
-        issued = max(cert.not_valid_before_utc for cert in svid.chain)
-        try:
-            verify_svid(svid.chain, bundles, policy=_SHAPE_POLICY, now=issued)
-        except VerificationError as exc:
-            raise _RejectedError(exc.reason, f"our SVID {svid.spiffe_id}: {exc.detail}") from None
-        try:
-            contexts = TlsContexts.build(svid, bundles)
-        except (ssl.SSLError, ValueError) as exc:
-            raise _RejectedError("malformed_certificate", f"TLS refused our SVID: {exc}") from None
+        with mapped(_malformed("unreadable message")):  # it must not stop the stream
+            entry = _select(message.svids, want)
+            declared = _declared_id(entry)
+            bundles = _bundles(declared.trust_domain, entry.bundle, message.federated_bundles)
     except _RejectedError as exc:
         return _Invalid(exc.reason, exc.detail)
-    except Exception as exc:  # a message we cannot read must not stop the stream
-        return _Invalid("malformed_certificate", f"unreadable message ({exc!r})")
-    fingerprint = (
-        entry.x509_svid,
-        entry.x509_svid_key,
-        entry.bundle,
+    except MeshError as exc:
+        return _Invalid("malformed_certificate", f"unreadable message ({exc})")
+    fingerprint = (  # every field of our entry, and the federated bundles
+        entry.SerializeToString(deterministic=True),
         *(b"%s=%s" % (k.encode(), v) for k, v in sorted(message.federated_bundles.items())),
     )
-    return _Identity(contexts, fingerprint)
+    return _Message(bundles, _checked_svid(entry, declared, bundles), fingerprint)
+
+
+def _checked_svid(
+    entry: workload_pb2.X509SVID, declared: SpiffeId, bundles: BundleSet
+) -> X509Svid | _Invalid:
+    """Our SVID from `entry`, if it passes every rule but time against `bundles`."""
+    try:
+        with mapped(_malformed(f"our SVID {declared}")):  # refused, never fatal
+            svid = _svid(entry, declared)
+            # Our chain must verify against our own domain's roots (L-10), at the instant
+            # it was issued: every rule but the time ones, which the rotation applies.
+            issued = max(cert.not_valid_before_utc for cert in svid.chain)
+            verify_svid(svid.chain, bundles, policy=_SHAPE_POLICY, now=issued)
+    except _RejectedError as exc:
+        return _Invalid(exc.reason, exc.detail)
+    except VerificationError as exc:
+        return _Invalid(exc.reason, f"our SVID {declared}: {exc.detail}")
+    except MeshError as exc:
+        return _Invalid("malformed_certificate", f"our SVID {declared}: {exc}")
+    return svid
 
 
 def _read_stream(
@@ -405,7 +425,7 @@ def _finish(send: trio.MemorySendChannel[_Item], done: trio.Event) -> None:
 # ---------------------------------------------------------------- the source
 
 
-class WorkloadApiSource:
+class WorkloadApiSource(_Published):
     """Our SVID and bundles, streamed from a SPIFFE Workload API (`run` keeps them current).
 
     - `address`: ``unix:///absolute/path`` or ``tcp://IP:port`` (W-2); None reads
@@ -413,19 +433,18 @@ class WorkloadApiSource:
     - `spiffe_id`: which SVID to use when the workload has several; default the first.
     - `startup_timeout`: seconds (Trio time) `run` waits for a first identity.
     - `backoff_max`: the longest wait between two connection attempts, in seconds.
-    - `on_invalid(reason, detail)`: called for each message that fails our checks; the
-      old identity stays. `reason` is one of `REASONS`.
+    - `on_invalid(reason, detail)`: called for each message, or SVID, that fails our
+      checks (after one log line); the old identity, or SVID, stays. `reason` is one of
+      `REASONS`.
     """
 
     __slots__ = (
-        "_cell",
         "_fingerprint",
         "_last_problem",
         "_rng",
         "_target",
         "address",
         "backoff_max",
-        "on_invalid",
         "spiffe_id",
         "startup_timeout",
     )
@@ -440,6 +459,7 @@ class WorkloadApiSource:
         on_invalid: InvalidCallback | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(on_invalid)
         self.address, self._target = _resolve_address(address)
         if isinstance(spiffe_id, str):
             try:
@@ -455,18 +475,9 @@ class WorkloadApiSource:
             )
         self.startup_timeout = startup_timeout
         self.backoff_max = backoff_max
-        self.on_invalid = on_invalid
         self._rng = rng or random.Random()  # noqa: S311 - spreading retries, not secrets
-        self._cell = IdentityCell()
         self._fingerprint: tuple[bytes, ...] | None = None
         self._last_problem = "no answer yet"
-
-    @property
-    def cell(self) -> IdentityCell:
-        return self._cell
-
-    def contexts(self) -> TlsContexts:
-        return self._cell.current()
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number `attempt` (0-based): half to all of the step."""
@@ -547,9 +558,9 @@ class WorkloadApiSource:
                             return item.status, good
                         if isinstance(item, _Invalid):
                             self._reject(item)
-                            continue
-                        good = True
-                        self._accept(item, first_identity)
+                        elif self._receive(item):
+                            good = True
+                            first_identity()
                 return ("INTERNAL", "the reader thread stopped"), good  # it always sends _Ended
             finally:
                 call.cancel()  # wakes the thread if it is blocked in next()
@@ -562,26 +573,33 @@ class WorkloadApiSource:
         finally:
             channel.close()
 
-    def _accept(self, item: _Identity, first_identity: Callable[[], None]) -> None:
-        if item.fingerprint != self._fingerprint:  # else: the same state again
-            self._fingerprint = item.fingerprint
-            self._cell.publish(item.contexts)
-            logger.info(
-                "workload API identity published spiffe_id=%s trust_domains=%s",
-                item.contexts.svid.spiffe_id,
-                ",".join(str(td) for td in item.contexts.bundles),
-            )
-        first_identity()
+    def _receive(self, item: _Message) -> bool:
+        """Publish what `item` brings that is new. True once there is an identity."""
+        if item.fingerprint == self._fingerprint:
+            return self._cell.latest() is not None  # the same state again
+        self._fingerprint = item.fingerprint
+        current = self._cell.latest()
+        if isinstance(item.svid, _Invalid):
+            self._reject(item.svid)
+            if current is None:
+                return False
+            if item.bundles == current.bundles:
+                return True
+            identity = Identity(current.svid, item.bundles)  # the bundle change stands (B-7)
+        else:
+            identity = Identity(item.svid, item.bundles)
+        self._cell.publish(identity)
+        logger.info(
+            "workload API identity published spiffe_id=%s svid=%s trust_domains=%s",
+            identity.svid.spiffe_id,
+            "kept" if current is not None and identity.svid is current.svid else "new",
+            ",".join(str(td) for td in identity.bundles),
+        )
+        return True
 
     def _reject(self, item: _Invalid) -> None:
         self._last_problem = f"rejected message: {item.reason}: {item.detail}"
-        logger.warning(
-            "workload API update rejected, keeping the current identity reason=%s detail=%r",
-            item.reason,
-            item.detail,
-        )
-        if self.on_invalid is not None:
-            self.on_invalid(item.reason, item.detail)
+        self._refuse("workload API update", item.reason, item.detail)
 
     def __repr__(self) -> str:
         return f"WorkloadApiSource({self.address!r})"

@@ -1,0 +1,291 @@
+"""Rotation: which identity a node uses, and the connections that depend on it.
+
+Theory of operation. A live source publishes `Identity` values (our SVID and the bundles
+we trust) into its cell; `Rotation.follow` judges each one, in this order, and goes on
+whatever the value holds:
+
+1. The bundles, on their own merit. An update carries the full state (B-7): its bundle
+   set replaces ours, a domain it lacks included, unless some domain's
+   ``spiffe_sequence`` goes back (B-4): then the bundle change is refused and the old set
+   stays.
+2. Our SVID, checked as a peer would check it: `verify_svid` against the bundles that
+   step 1 left in force, with the node's policy and clock (so a lifetime over ``max_ttl``
+   is ``ttl_exceeded``). A refused SVID leaves the active one in place *beside the new
+   bundles*. An unchanged SVID that no longer verifies against new bundles stays as well
+   (there is no other to present), and that is logged and counted.
+3. The TLS contexts of the result are built, once per value (`Identity.contexts`), before
+   it is swapped in: a handshake never builds any. If the TLS library refuses a new SVID,
+   the old one is kept with the new bundles; if it refuses the bundles, the update is
+   refused whole.
+4. The result is swapped in, and new handshakes use it at once. When the bundles changed,
+   each live connection whose verified root is gone from its own domain's bundle is
+   cancelled and counted as ``untrusted_chain`` (B-7).
+
+Each refusal is one log line and one ``certificate_validation_failures_total{reason}``; a
+source that publishes the same refused SVID again is neither logged nor counted again.
+Hostile certificates reach this room too (a notAfter of 9999 overflows date arithmetic
+once a skew is added), so every judgement runs inside `meshtls._boundary.mapped`: an
+exception of any type refuses that part of the update, never the task.
+
+Live connections. Every verified connection of the node runs in `track`, inside a cancel
+scope whose deadline is `DRAIN_MARGIN` before the earlier of the peer's and our own
+``not_after``, announced on the stream as ``closes_at``: nothing outlives its
+credentials, and a handler knows from the start when its connection will end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Final, NoReturn
+
+import trio
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from ._boundary import clamp_time, mapped
+from ._bundle import BundleSet
+from ._errors import MeshError, Reason, VerificationError
+from ._identity import Identity, NoIdentityError
+from ._metrics import CERTIFICATE_REASONS, NodeMetrics
+from ._policy import ValidationPolicy
+from ._sources import IdentityCell
+from ._stream import MeshStream, OurRole
+from ._svid import X509Svid, verify_svid
+
+logger = logging.getLogger("meshtls")
+
+Clock = Callable[[], datetime]
+#: How long before a credential's expiry its connections are closed.
+DRAIN_MARGIN: Final = timedelta(seconds=5)
+
+
+def _malformed(description: str) -> VerificationError:
+    return VerificationError("malformed_certificate", description)
+
+
+class _Live:
+    __slots__ = ("role", "scope", "stream")
+
+    def __init__(self, stream: MeshStream, scope: trio.CancelScope, role: OurRole) -> None:
+        self.stream = stream
+        self.scope = scope
+        self.role = role
+
+
+class Rotation:
+    """The active identity of one node, judged update by update. An `IdentitySource`.
+
+    Owned by the node: it hands over the source's first identity (`begin`), runs `follow`
+    on the source's cell, and passes `refused` to the source as its ``on_invalid``.
+    `metrics` receives the rotations, the refusals and the connections closed for a root
+    that left; `clock` gives certificate time; `policy` is what our own SVID must pass.
+    """
+
+    def __init__(self, *, policy: ValidationPolicy, metrics: NodeMetrics, clock: Clock) -> None:
+        self._policy = policy
+        self._metrics = metrics
+        self._clock = clock
+        self._active: Identity | None = None
+        self._last_refusal: tuple[object, ...] | None = None
+        self._changed = trio.Event()
+        self._live: set[_Live] = set()
+        self._live_changed = trio.Event()
+
+    # ------------------------------------------------------------ the active identity
+
+    def identity(self) -> Identity:
+        """The active identity. Raises `NoIdentityError` before `begin`."""
+        if self._active is None:
+            raise NoIdentityError("the node has no identity yet")
+        return self._active
+
+    def begin(self, first: Identity) -> None:
+        """Make a source's first identity active, if our SVID passes as a peer would judge it.
+
+        Raises `VerificationError` with the reason when it does not, or when the TLS library
+        refuses it: a node must not start with an identity its peers would refuse.
+        """
+        problem = self._verify(first.svid, first.bundles)
+        if problem is not None:
+            raise problem
+        first.contexts()
+        self._swap(first)
+
+    async def follow(self, cell: IdentityCell, generation: int) -> NoReturn:
+        """Judge every identity `cell` publishes after `generation`, until cancelled."""
+        while True:
+            generation, update = await cell.wait_newer(generation)
+            self.apply(update)
+
+    def apply(self, update: Identity) -> bool:
+        """Judge `update` in the order of the theory above; swap in what passes.
+
+        Returns True when something new was swapped in. Never raises for the update's
+        contents: each refusal is logged and counted.
+        """
+        active = self.identity()
+        bundles = self._judge_bundles(active.bundles, update.bundles)
+        svid = self._judge_svid(active.svid, update.svid, bundles, bundles is not active.bundles)
+        if svid is active.svid and bundles is active.bundles:
+            self._pulse()
+            return False
+        candidate = update if svid is update.svid and bundles is update.bundles else None
+        chosen = self._built(candidate or Identity(svid, bundles), active)
+        if chosen is None:
+            self._pulse()
+            return False
+        self._swap(chosen)
+        return True
+
+    def refused(self, reason: Reason, detail: str) -> None:
+        """A source refused an update before publishing it (it has logged it): count it."""
+        self._count(reason)
+        self._pulse()
+
+    async def changed(self) -> None:
+        """Wait for the next identity event: a swap, or a refused update."""
+        await self._changed.wait()
+
+    # ------------------------------------------------------------ judging
+
+    def _verify(self, svid: X509Svid, bundles: BundleSet) -> VerificationError | None:
+        """Our SVID as a peer would check it; the refusal, or None when it passes."""
+        try:
+            with mapped(_malformed):
+                verify_svid(svid.chain, bundles, policy=self._policy, now=self._clock())
+        except VerificationError as exc:
+            return exc
+        except MeshError as exc:
+            return _malformed(str(exc))
+        return None
+
+    def _judge_bundles(self, active: BundleSet, new: BundleSet) -> BundleSet:
+        """The bundle set in force after this update: `new` (B-7), unless it rolls back (B-4)."""
+        if new is active:
+            return active
+        try:
+            with mapped(_malformed):
+                if new == active:
+                    return active  # the same contents: keep the value whose contexts exist
+                return active.replaced_by(new)
+        except MeshError as exc:
+            self._refuse("malformed_certificate", f"bundle update refused: {exc}", ("bundles", new))
+            return active
+
+    def _judge_svid(
+        self, active: X509Svid, new: X509Svid, bundles: BundleSet, bundles_changed: bool
+    ) -> X509Svid:
+        """The SVID in force after this update: `new` if it passes against `bundles`."""
+        same = new is active or new.chain == active.chain
+        if same and not bundles_changed:
+            return active
+        problem = self._verify(active if same else new, bundles)
+        if problem is None:
+            return active if same else new
+        if same:
+            detail = f"our SVID {active.spiffe_id} does not verify against the new bundles"
+        else:
+            detail = f"our new SVID {new.spiffe_id} is refused, keeping the current one"
+        self._refuse(problem.reason, f"{detail}: {problem.detail}", (new.chain, problem.reason))
+        return active
+
+    def _built(self, candidate: Identity, active: Identity) -> Identity | None:
+        """`candidate` with its contexts built; else the old SVID beside its bundles; else None."""
+        try:
+            candidate.contexts()
+        except VerificationError as exc:
+            self._refuse(exc.reason, str(exc), (candidate.svid.chain, "tls"))
+        else:
+            return candidate
+        if candidate.svid is active.svid or candidate.bundles is active.bundles:
+            return None
+        return self._built(Identity(active.svid, candidate.bundles), active)
+
+    def _refuse(self, reason: Reason, detail: str, key: tuple[object, ...]) -> None:
+        if key == self._last_refusal:
+            return  # the same refusal again: logged and counted already
+        self._last_refusal = key
+        logger.warning("identity update rejected reason=%s detail=%r", reason, detail)
+        self._count(reason)
+
+    def _count(self, reason: Reason) -> None:
+        self._metrics.certificate_invalid(
+            reason if reason in CERTIFICATE_REASONS else "malformed_certificate"
+        )
+
+    def _swap(self, new: Identity) -> None:
+        previous, self._active = self._active, new
+        svid = new.svid
+        self._metrics.set_certificate(clamp_time(svid.not_before), clamp_time(svid.not_after))
+        if previous is not None:
+            self._metrics.rotated()
+            logger.info(
+                "identity rotated id=%s not_after=%s svid=%s trust_domains=%s",
+                svid.spiffe_id,
+                clamp_time(svid.not_after).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "kept" if svid is previous.svid else "new",
+                ",".join(str(td) for td in new.bundles),
+            )
+            if new.bundles is not previous.bundles:
+                self._close_untrusted(new.bundles)
+        self._pulse()
+
+    def _pulse(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------ live connections
+
+    def deadline(self, stream: MeshStream) -> datetime:
+        """When `stream` will be closed: a drain margin before the first expiry involved."""
+        ours = self.identity().svid.not_after
+        return clamp_time(min(stream.peer.not_after, ours)) - DRAIN_MARGIN
+
+    @contextmanager
+    def track(self, stream: MeshStream, role: OurRole) -> Iterator[None]:
+        """Run a verified connection under its deadline and the node's trust checks.
+
+        The deadline is announced on the stream as ``stream.closes_at`` first, so the
+        handler can finish what it is sending before then: no cut by surprise.
+        """
+        stream.closes_at = self.deadline(stream)
+        seconds = (stream.closes_at - self._clock()).total_seconds()
+        with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
+            entry = _Live(stream, scope, role)
+            self._live.add(entry)
+            try:
+                yield
+            finally:
+                self._live.discard(entry)
+                self._live_changed.set()
+                self._live_changed = trio.Event()
+        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
+            logger.info(
+                "connection closed at its deadline peer=%s role=%s", stream.peer.spiffe_id, role
+            )
+
+    def _close_untrusted(self, bundles: BundleSet) -> None:
+        """Cancel the live connections whose root is gone from their domain's bundle (B-7)."""
+        for entry in list(self._live):
+            peer = entry.stream.peer
+            bundle = bundles.get(peer.spiffe_id.trust_domain)
+            root = peer.chain[-1].public_bytes(Encoding.DER)
+            if bundle is None or root not in bundle.authority_ders:
+                logger.warning(
+                    "closing a connection whose root left the bundle peer=%s role=%s",
+                    peer.spiffe_id,
+                    entry.role,
+                )
+                self._metrics.peer_rejected("untrusted_chain")
+                entry.scope.cancel()
+
+    @property
+    def live_connections(self) -> int:
+        return len(self._live)
+
+    async def drained(self) -> None:
+        """Wait until no tracked connection is left."""
+        while self._live:
+            await self._live_changed.wait()
