@@ -341,3 +341,16 @@ async def test_a_cached_leaf_still_meets_the_clock_and_the_authorizer() -> None:
                 await round_trip(port)
             assert (await rejected.receive()).reason == "expired"
         nursery.cancel_scope.cancel()
+
+
+def test_the_verify_benchmark_runs_with_a_small_budget() -> None:
+    """benchmarks/verify.py (the full run reports verify_svid against bare cryptography)."""
+    from benchmarks.verify import measure
+
+    rows = measure(rounds=1, calls=2)
+    assert [row["certificates_sent"] for row in rows] == [1, 2]
+    for row in rows:
+        for key in ("bare_cryptography_us", "verify_svid_us", "verify_handshake_chain_us"):
+            value = row[key]
+            assert isinstance(value, float)
+            assert value > 0

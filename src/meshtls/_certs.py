@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, p
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
-from ._boundary import clamp_time, mapped
+from ._boundary import clamp_time, describe_error, mapped
 from ._errors import Reason, SpiffeIdError, VerificationError
 from ._spiffeid import SpiffeId
 
@@ -100,10 +100,6 @@ _ECDSA = frozenset(
         SignatureAlgorithmOID.ECDSA_WITH_SHA512,
     }
 )
-_ROLE_EKU: Final = {
-    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
-    "server": ExtendedKeyUsageOID.SERVER_AUTH,
-}
 _NS_ROLE_BITS: Final = {"client": 0x80, "server": 0x40}  # sslClient, sslServer
 BOTH_ROLES: Final[frozenset[Role]] = frozenset({"client", "server"})
 
@@ -147,9 +143,8 @@ def uri_sans(exts: Extensions) -> list[str]:
     san = exts.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
     if san is None:
         return []
-    return cast(x509.SubjectAlternativeName, san.value).get_values_for_type(
-        x509.UniformResourceIdentifier
-    )
+    names = cast(x509.SubjectAlternativeName, san.value)
+    return [n.value for n in names if isinstance(n, x509.UniformResourceIdentifier)]
 
 
 # ---------------------------------------------------------------- names, as OpenSSL compares them
@@ -158,8 +153,10 @@ def uri_sans(exts: Extensions) -> list[str]:
 #: string values trimmed, inner whitespace collapsed and ASCII lowercased.
 NameKey: TypeAlias = tuple[tuple[tuple[x509.ObjectIdentifier, str], ...], ...]
 
+#: The string types OpenSSL canonicalizes (ASN1_MASK_CANON), by tag; others compare as is.
 _CANONICAL_TYPES: Final = frozenset(
-    {
+    kind._value_
+    for kind in (
         _ASN1Type.UTF8String,
         _ASN1Type.BMPString,
         _ASN1Type.UniversalString,
@@ -167,7 +164,7 @@ _CANONICAL_TYPES: Final = frozenset(
         _ASN1Type.T61String,
         _ASN1Type.IA5String,
         _ASN1Type.VisibleString,
-    }
+    )
 )
 _SPACES: Final = re.compile(r"[ \t\n\v\f\r]+")
 _HAS_SPACE: Final = re.compile(r"^[ \t\n\v\f\r]|[ \t\n\v\f\r]$|[ \t\n\v\f\r]{2}|[\t\n\v\f\r]")
@@ -181,10 +178,10 @@ def ascii_lower(text: str) -> str:
 
 def _canonical_value(attribute: x509.NameAttribute[str | bytes]) -> str:
     value = attribute.value
-    kind = attribute._type  # cryptography exposes the string type nowhere else
+    kind: int = attribute._type._value_  # cryptography exposes the string type nowhere else
     if isinstance(value, bytes) or kind not in _CANONICAL_TYPES:
         shown = value.hex() if isinstance(value, bytes) else value
-        return f"#{kind.value}:{shown}"
+        return f"#{kind}:{shown}"
     if _HAS_SPACE.search(value) is None:
         return value.translate(_ASCII_LOWER)
     return ascii_lower(_SPACES.sub(" ", value.strip(" \t\n\v\f\r")))
@@ -512,11 +509,11 @@ def signed_by(cert: x509.Certificate, key: PublicKey | None) -> bool:
 class CertFacts:
     """Everything verification needs from one certificate, read once.
 
-    Shared by caches and by bundles, so never changed after `read_facts` made it (not
-    frozen only because a frozen dataclass costs 5 us more to build, on every
-    `verify_svid`). When ``unreadable`` is set, cryptography could not read the
-    extensions (or the key); the rest then holds defaults and the certificate is refused
-    wherever it is judged.
+    Shared by caches and by bundles, so never changed after `read_facts` made it, except
+    that ``spiffe_id`` is filled in once parsed (a fact of the certificate alone). Not
+    frozen because a frozen dataclass costs 5 us more to build, on every `verify_svid`.
+    When ``unreadable`` is set, cryptography could not read the extensions (or the key);
+    the rest then holds defaults and the certificate is refused wherever it is judged.
     """
 
     certificate: x509.Certificate
@@ -544,6 +541,7 @@ class CertFacts:
     authority_serial: int | None = None
     authority_issuer: NameKey | None = None
     signing_problem: tuple[str, str] | None = None  # (what, rule) when S-1..S-3 fail
+    spiffe_id: SpiffeId | None = None  # a leaf's, once a verification has parsed it (L-1..L-3)
 
     @property
     def self_issued(self) -> bool:
@@ -595,17 +593,18 @@ def read_facts(cert: x509.Certificate, *, index: int = 0, leaf: bool = False) ->
             clamp_time(cert.not_valid_before_utc),
             clamp_time(cert.not_valid_after_utc),
         )
+    # Below, what cannot be read is recorded, not raised (a plain ``except``: `mapped`
+    # raises, and this is the hot path of `verify_svid`).
     try:
-        with mapped(malformed("key")):
-            key = cert.public_key()
-    except VerificationError as exc:  # an unreadable key: this certificate verifies nothing
-        return CertFacts(cert, *core, None, unreadable=exc.detail)
+        key = cert.public_key()
+    except Exception as exc:  # an unreadable key: this certificate verifies nothing
+        return CertFacts(cert, *core, None, unreadable=f"unreadable key ({describe_error(exc)})")
     public = key if isinstance(key, PublicKey) else None
     try:
-        with mapped(malformed("extensions")):
-            return _read_extensions(cert, core, public)
-    except VerificationError as exc:
-        return CertFacts(cert, *core, public, unreadable=exc.detail)
+        return _read_extensions(cert, core, public)
+    except Exception as exc:
+        what = f"unreadable extensions ({describe_error(exc)})"
+        return CertFacts(cert, *core, public, unreadable=what)
 
 
 def _read_extensions(
@@ -674,7 +673,17 @@ def _read_extensions(
 def _roles(ekus: frozenset[x509.ObjectIdentifier]) -> frozenset[Role]:
     """The roles an EKU allows. anyExtendedKeyUsage alone allows neither: OpenSSL's purpose
     check for TLS refuses it (tests/test_handshake_verdicts.py shows it)."""
-    return frozenset(r for r in BOTH_ROLES if _ROLE_EKU[r] in ekus)
+    client = ExtendedKeyUsageOID.CLIENT_AUTH in ekus
+    server = ExtendedKeyUsageOID.SERVER_AUTH in ekus
+    return _ROLE_SETS[client, server]
+
+
+_ROLE_SETS: Final[dict[tuple[bool, bool], frozenset[Role]]] = {
+    (True, True): BOTH_ROLES,
+    (True, False): frozenset({"client"}),
+    (False, True): frozenset({"server"}),
+    (False, False): frozenset(),
+}
 
 
 def _signing_problem(

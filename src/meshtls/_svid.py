@@ -177,7 +177,10 @@ def leaf_is_readable(j: Judgement) -> None:
 
 
 def _spiffe_id_of(leaf: CertFacts) -> SpiffeId:
-    """L-1..L-3 on a leaf's facts."""
+    """L-1..L-3 on a leaf's facts. The id is kept in the facts once parsed: it depends on
+    the certificate alone, and a cached leaf comes back on every handshake."""
+    if leaf.spiffe_id is not None:
+        return leaf.spiffe_id
     cert, uris = leaf.certificate, leaf.uris
     if not uris:
         raise fail("no_uri_san", cert, 0, "has no URI SAN", "L-1")
@@ -191,6 +194,7 @@ def _spiffe_id_of(leaf: CertFacts) -> SpiffeId:
         ) from None
     if spiffe_id.is_root:
         raise fail("root_path_id", cert, 0, f"{spiffe_id} has no path", "L-3")
+    leaf.spiffe_id = spiffe_id
     return spiffe_id
 
 
