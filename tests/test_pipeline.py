@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtendedKeyUsageOID, ObjectIdentifier
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 import meshtls
 from meshtls import _svid
@@ -354,3 +355,52 @@ def test_the_verify_benchmark_runs_with_a_small_budget() -> None:
             value = row[key]
             assert isinstance(value, float)
             assert value > 0
+
+
+def test_a_negative_serial_in_the_handshake_is_judged_without_a_warning(world: World) -> None:
+    """Found by benchmarks/fuzz_verify.py: the handshake parsed the peer's DER and
+    cryptography warned (a warning per handshake; an error where warnings are errors,
+    as in this suite), instead of judging the certificate."""
+    issued = world.ca.issue(serial=0x42)
+    data = der(issued.leaf)
+    assert data.count(b"\x02\x01\x42") == 1
+    negative = data.replace(b"\x02\x01\x42", b"\x02\x01\xc2")  # INTEGER -62, signature now bad
+    chain = [negative, der(world.ca.certificate)]
+    assert judge(chain, world.bundles) is None  # OpenSSL's checks are not repeated here
+
+
+def test_a_name_cryptography_warns_about_is_judged_without_a_warning(world: World) -> None:
+    """Found by benchmarks/fuzz_verify.py: reading a countryName of the wrong length made
+    cryptography warn while the verifier read names (an error where warnings are errors)."""
+    inter = world.ca.intermediate()
+    issued = inter.issue()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # making it warns too
+        odd = x509.Name(
+            [
+                *inter.certificate.subject,
+                x509.NameAttribute(NameOID.COUNTRY_NAME, "EXAMPLE", _validate=False),
+            ]
+        )
+        intermediate = x509.load_der_x509_certificate(
+            der(certkit.resigned(inter.certificate, world.ca.key, subject=odd))
+        )
+        leaf = x509.load_der_x509_certificate(
+            der(certkit.resigned(issued.leaf, inter.key, issuer=odd))
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        peer = meshtls.verify_svid((leaf, intermediate), world.bundles, now=T)
+    assert peer.chain == (leaf, intermediate, world.ca.certificate)
+
+
+def test_mutation_fuzzing_of_both_entry_points_with_a_small_budget() -> None:
+    """benchmarks/fuzz_verify.py with a fixed budget: no foreign exception, no warning and
+    no forgery from `verify_svid` or `verify_handshake_chain` (it found two warnings)."""
+    from benchmarks.fuzz_verify import run
+
+    report = run(inputs=1500, seed=11)
+    assert report["findings"] == []
+    outcomes = report["outcomes"]
+    assert isinstance(outcomes, dict)
+    assert outcomes["verify_svid: refused"] > 100  # the budget reaches the verifier

@@ -111,16 +111,16 @@ def describe(cert: x509.Certificate, index: int) -> str:
     """Name a certificate in an error message. Never raises, never warns: it runs on
     certificates that just failed a check (cryptography warns about a negative serial)."""
     position = "leaf" if index == 0 else f"certificate {index}"
-    try:
-        subject = cert.subject.rfc4514_string() or "empty subject"
-    except Exception:  # a hostile subject must not hide the real defect
-        subject = "unreadable subject"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            subject = cert.subject.rfc4514_string() or "empty subject"
+        except Exception:  # a hostile subject must not hide the real defect
+            subject = "unreadable subject"
+        try:
             serial = f"{cert.serial_number:#x}"
-    except Exception:
-        serial = "unreadable"
+        except Exception:
+            serial = "unreadable"
     return f"{position} ({subject[:200]}, serial {serial})"
 
 
@@ -241,8 +241,14 @@ def _looks_like_host(text: str) -> bool:
 
 
 def names_of(facts: CertFacts) -> Names:
-    """The names `facts`'s certificate asserts; read when name constraints apply (rarely)."""
-    cert = facts.certificate
+    """The names `facts`'s certificate asserts; read when name constraints apply (rarely).
+    Never warns (see `read_facts`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _names_of(facts.certificate)
+
+
+def _names_of(cert: x509.Certificate) -> Names:
     exts = {ext.oid: ext for ext in cert.extensions}
     subject = cert.subject
     dn: list[NameKey] = [name_key(subject)] if len(subject) else []
@@ -583,7 +589,18 @@ def read_facts(cert: x509.Certificate, *, index: int = 0, leaf: bool = False) ->
     """The facts of `cert` (at chain position `index`, for messages; a `leaf` issues
     nothing, so its subject is not read). Raises `VerificationError`
     (``malformed_certificate``) only when not even its names and dates can be read; an
-    unreadable key or extension is recorded in ``unreadable`` instead."""
+    unreadable key or extension is recorded in ``unreadable`` instead.
+
+    Never warns: cryptography warns about some hostile values (a negative serial, a
+    countryName of the wrong length) as it parses them, and a peer must not be able to
+    fill our logs, or break a program that makes warnings errors.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_facts(cert, index, leaf=leaf)
+
+
+def _read_facts(cert: x509.Certificate, index: int, *, leaf: bool) -> CertFacts:
     with mapped(
         lambda what: fail("malformed_certificate", cert, index, f"unreadable ({what})", None)
     ):
