@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -404,3 +405,23 @@ def test_mutation_fuzzing_of_both_entry_points_with_a_small_budget() -> None:
     outcomes = report["outcomes"]
     assert isinstance(outcomes, dict)
     assert outcomes["verify_svid: refused"] > 100  # the budget reaches the verifier
+
+
+def test_verifying_in_two_threads_leaves_the_warning_filters_alone(world: World) -> None:
+    """The Workload API reader verifies in its own thread. `warnings.catch_warnings` is not
+    thread-safe: unguarded, two threads inside it left an "ignore" filter behind for good."""
+    bad = world.ca.issue(key_usage=None).chain  # refused: its description is read too
+    before = list(warnings.filters)
+
+    def work() -> None:
+        for _ in range(400):
+            with pytest.raises(meshtls.VerificationError):
+                meshtls.verify_svid(bad, world.bundles, now=T)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    work()
+    for thread in threads:
+        thread.join()
+    assert warnings.filters == before

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,13 +107,44 @@ BOTH_ROLES: Final[frozenset[Role]] = frozenset({"client", "server"})
 
 # ---------------------------------------------------------------- naming and failing
 
+_QUIET_LOCK: Final = threading.RLock()
+
+
+def quiet() -> _Quiet:
+    """``with quiet():`` parse hostile certificate bytes without warnings (see `_Quiet`)."""
+    return _Quiet()
+
+
+class _Quiet:
+    """Parse hostile certificate bytes without warnings: cryptography warns about some
+    values (a negative serial, a countryName of the wrong length), and a peer must not be
+    able to fill our logs or break a program that makes warnings errors.
+
+    `warnings.catch_warnings` swaps process-wide state and is not thread-safe: two threads
+    inside it at once (the Workload API reader verifies in its own thread) can leave every
+    warning ignored for good. So meshtls enters it under one re-entrant lock.
+    """
+
+    __slots__ = ("_catch",)
+
+    def __enter__(self) -> None:
+        _QUIET_LOCK.acquire()
+        self._catch = warnings.catch_warnings()
+        self._catch.__enter__()
+        warnings.simplefilter("ignore")
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._catch.__exit__(None, None, None)
+        finally:
+            _QUIET_LOCK.release()
+
 
 def describe(cert: x509.Certificate, index: int) -> str:
     """Name a certificate in an error message. Never raises, never warns: it runs on
     certificates that just failed a check (cryptography warns about a negative serial)."""
     position = "leaf" if index == 0 else f"certificate {index}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         try:
             subject = cert.subject.rfc4514_string() or "empty subject"
         except Exception:  # a hostile subject must not hide the real defect
@@ -243,8 +275,7 @@ def _looks_like_host(text: str) -> bool:
 def names_of(facts: CertFacts) -> Names:
     """The names `facts`'s certificate asserts; read when name constraints apply (rarely).
     Never warns (see `read_facts`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         return _names_of(facts.certificate)
 
 
@@ -573,8 +604,7 @@ class CertFacts:
 
 
 def _serial(facts: CertFacts) -> int | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a negative serial warns; it is still a serial
+    with quiet():  # a negative serial warns; it is still a serial
         try:
             return facts.certificate.serial_number
         except Exception:
@@ -595,8 +625,7 @@ def read_facts(cert: x509.Certificate, *, index: int = 0, leaf: bool = False) ->
     countryName of the wrong length) as it parses them, and a peer must not be able to
     fill our logs, or break a program that makes warnings errors.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet():
         return _read_facts(cert, index, leaf=leaf)
 
 

@@ -41,7 +41,6 @@ depend on time, role, bundles or policy, so every step still runs on every hands
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +49,6 @@ from typing import Final, Protocol, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from cryptography.utils import CryptographyDeprecationWarning
 
 from ._boundary import clamp_time, mapped
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
@@ -63,6 +61,7 @@ from ._certs import (
     fail,
     malformed,
     names_of,
+    quiet,
     read_facts,
     signed_by,
 )
@@ -772,11 +771,8 @@ def _cached(cache: LruCache[bytes, CertFacts], der: bytes, index: int) -> CertFa
     `VerificationError`."""
     found = cache.get(der)
     if found is None:
-        with mapped(malformed(f"certificate {index}")), warnings.catch_warnings():
-            # a peer's negative serial makes cryptography warn, once per handshake: the
-            # certificate is judged by the steps instead
-            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            cert = x509.load_der_x509_certificate(der)
+        with mapped(malformed(f"certificate {index}")), quiet():
+            cert = x509.load_der_x509_certificate(der)  # a negative serial warns
         found = read_facts(cert, index=index, leaf=index == 0)
         cache.put(der, found)
     return found
