@@ -358,6 +358,16 @@ def second_candidate(world: World) -> IssuedCertificate:
     return IssuedCertificate((issued.leaf, bad, good.certificate), issued.private_key)
 
 
+def algorithm_mismatch(world: World) -> IssuedCertificate:
+    """The TBS names ecdsa-with-SHA384, the outer field (which the signature follows)
+    ecdsa-with-SHA256: RFC 5280 4.1.1.2 says they must be the same."""
+    sha256 = bytes.fromhex("06082a8648ce3d040302")
+    sha384 = bytes.fromhex("06082a8648ce3d040303")
+    issued = world.ca.issue()
+    leaf = certkit.resign_tbs(issued.leaf, world.ca.key, lambda tbs: tbs.replace(sha256, sha384))
+    return IssuedCertificate((leaf,), issued.private_key)
+
+
 def without_intermediates(issued: IssuedCertificate) -> IssuedCertificate:
     return IssuedCertificate(issued.chain[:1], issued.private_key)
 
@@ -455,6 +465,11 @@ REJECTED: list[Rejected] = [
             w,
             x509.AuthorityKeyIdentifier(None, [x509.DirectoryName(w.ca.certificate.issuer)], 12345),
         ),
+        "untrusted_chain",
+    ),
+    (
+        "L-9 signature algorithm differs inside and outside the TBS",
+        algorithm_mismatch,
         "untrusted_chain",
     ),
     ("L-9 expired", lambda w: w.ca.issue(not_before=T - 40 * MIN, ttl=5 * MIN), "expired"),

@@ -33,6 +33,7 @@ from typing import Final, Literal, TypeAlias, cast
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
@@ -506,10 +507,39 @@ def _signature_problem(cert: x509.Certificate) -> str | None:
     return f"is signed with {oid._name}, which is too weak or unsupported"
 
 
+def _element(data: bytes, at: int) -> tuple[int, int]:
+    """(where the contents start, where the element ends) of the DER element at `at`."""
+    first = data[at + 1]
+    if first < 0x80:
+        return at + 2, at + 2 + first
+    count = first & 0x7F
+    start = at + 2 + count
+    return start, start + int.from_bytes(data[at + 2 : start], "big")
+
+
+def _signed_part(der: bytes) -> tuple[bytes, bool]:
+    """The TBS bytes of a certificate's DER, and whether its two signature algorithms agree
+    (the one signed inside the TBS and the one outside it: RFC 5280 4.1.1.2)."""
+    tbs_at, _ = _element(der, 0)
+    contents, tbs_end = _element(der, tbs_at)
+    outer = der[tbs_end : _element(der, tbs_end)[1]]
+    at = contents
+    if der[at] == 0xA0:  # [0] version
+        at = _element(der, at)[1]
+    at = _element(der, at)[1]  # serialNumber
+    inner = der[at : _element(der, at)[1]]
+    return der[tbs_at:tbs_end], inner == outer
+
+
 def signed_by(cert: x509.Certificate, key: PublicKey | None) -> bool:
-    """Whether `key` made `cert`'s signature. Never raises: anything odd is False."""
+    """Whether `key` made `cert`'s signature, with the signature algorithm named the same
+    inside and outside the signed part (OpenSSL refuses a mismatch). Never raises: anything
+    odd is False."""
     try:
-        signature, tbs = cert.signature, cert.tbs_certificate_bytes
+        tbs, agree = _signed_part(cert.public_bytes(Encoding.DER))
+        if not agree:
+            return False
+        signature = cert.signature
         if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
             wanted = (
                 SignatureAlgorithmOID.ED25519
