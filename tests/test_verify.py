@@ -368,6 +368,18 @@ def algorithm_mismatch(world: World) -> IssuedCertificate:
     return IssuedCertificate((leaf,), issued.private_key)
 
 
+def negative_serial(world: World) -> IssuedCertificate:
+    """A leaf whose serial is -62. RFC 5280 4.1.2.2: users should handle such serials
+    gracefully; OpenSSL accepts it, cryptography warns (and its verifier refused it)."""
+    issued = world.ca.issue(serial=0x42)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        leaf = certkit.resign_tbs(
+            issued.leaf, world.ca.key, lambda tbs: tbs.replace(b"\x02\x01\x42", b"\x02\x01\xc2", 1)
+        )
+    return IssuedCertificate((leaf,), issued.private_key)
+
+
 def without_intermediates(issued: IssuedCertificate) -> IssuedCertificate:
     return IssuedCertificate(issued.chain[:1], issued.private_key)
 
@@ -793,6 +805,7 @@ ACCEPTED: list[Accepted] = [
         "L-9 critical CRL distribution points (handled, as in OpenSSL)",
         lambda w: w.ca.issue(extensions=[(CRL_POINTS, True)]),
     ),
+    ("L-9 negative serial", negative_serial),
     ("L-10 federated domain", lambda w: w.other.issue("spiffe://other.org/x")),
     (
         "L-10 bundle authority is an intermediate (partial chain)",
