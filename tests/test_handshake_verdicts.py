@@ -34,6 +34,9 @@ from .test_verify import ALL_ACCEPTED, ALL_REJECTED, Case, presented
 SERVER_SIDE_OPENSSL_REASONS = {
     "L-6 no digitalSignature": "extended_key_usage",  # OpenSSL's purpose check (code 26)
     "L-10 unknown trust domain": "untrusted_chain",  # no root for it in the store (code 20)
+    # OpenSSL cannot use an intermediate whose extensions it finds invalid as an issuer:
+    # "unable to get local issuer certificate" (code 20)
+    "boundary intermediate with a negative pathLenConstraint": "untrusted_chain",
 }
 # (case id, peer role) -> what our side sees when the peer cannot even present the leaf:
 # a P-192 or DSA key cannot sign a TLS 1.3 CertificateVerify. A client then sends no

@@ -751,6 +751,21 @@ REJECTED: list[Rejected] = [
     ),
     ("boundary duplicate extension in the leaf", duplicate_in_leaf, "malformed_certificate"),
     (
+        "boundary intermediate with a negative pathLenConstraint",
+        lambda w: w.ca.intermediate(
+            is_ca=None,
+            extensions=[
+                (
+                    x509.UnrecognizedExtension(
+                        ExtensionOID.BASIC_CONSTRAINTS, bytes.fromhex("30060101ff0201ff")
+                    ),
+                    True,
+                )
+            ],
+        ).issue(),
+        "malformed_certificate",
+    ),
+    (
         "boundary duplicate extension in an intermediate",
         duplicate_in_intermediate,
         "malformed_certificate",
