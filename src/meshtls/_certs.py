@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
-from ._boundary import clamp_time, describe_error, mapped
+from ._boundary import clamp_time, describe_error
 from ._errors import Reason, SpiffeIdError, VerificationError
 from ._spiffeid import SpiffeId
 
@@ -109,6 +109,7 @@ BOTH_ROLES: Final[frozenset[Role]] = frozenset({"client", "server"})
 # ---------------------------------------------------------------- naming and failing
 
 _QUIET_LOCK: Final = threading.RLock()
+_quiet_depth = 0  # how deep the thread that holds _QUIET_LOCK is in `quiet()`
 
 
 def quiet() -> _Quiet:
@@ -123,21 +124,28 @@ class _Quiet:
 
     `warnings.catch_warnings` swaps process-wide state and is not thread-safe: two threads
     inside it at once (the Workload API reader verifies in its own thread) can leave every
-    warning ignored for good. So meshtls enters it under one re-entrant lock.
+    warning ignored for good. So meshtls enters it under one re-entrant lock, and only at
+    the outermost `quiet()` of a thread (an entry point wraps its whole work in one).
     """
 
     __slots__ = ("_catch",)
 
     def __enter__(self) -> None:
+        global _quiet_depth  # noqa: PLW0603 - guarded by _QUIET_LOCK, which this thread holds
         _QUIET_LOCK.acquire()
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
-        warnings.simplefilter("ignore")
+        _quiet_depth += 1
+        self._catch: warnings.catch_warnings[None] | None = None
+        if _quiet_depth == 1:
+            self._catch = warnings.catch_warnings(action="ignore")
+            self._catch.__enter__()
 
     def __exit__(self, *exc_info: object) -> None:
+        global _quiet_depth  # noqa: PLW0603 - as in __enter__
         try:
-            self._catch.__exit__(None, None, None)
+            if self._catch is not None:
+                self._catch.__exit__(None, None, None)
         finally:
+            _quiet_depth -= 1
             _QUIET_LOCK.release()
 
 
@@ -660,17 +668,19 @@ def read_facts(cert: x509.Certificate, *, index: int = 0, leaf: bool = False) ->
 
 
 def _read_facts(cert: x509.Certificate, index: int, *, leaf: bool) -> CertFacts:
-    with mapped(
-        lambda what: fail("malformed_certificate", cert, index, f"unreadable ({what})", None)
-    ):
+    # Plain ``except`` clauses, as `mapped` would do, without its generator: this is the
+    # hot path of `verify_svid` (which runs inside `mapped` itself).
+    try:
         core = (
             None if leaf else name_key(cert.subject),
             name_key(cert.issuer),
             clamp_time(cert.not_valid_before_utc),
             clamp_time(cert.not_valid_after_utc),
         )
-    # Below, what cannot be read is recorded, not raised (a plain ``except``: `mapped`
-    # raises, and this is the hot path of `verify_svid`).
+    except Exception as exc:
+        what = f"unreadable ({describe_error(exc)})"
+        raise fail("malformed_certificate", cert, index, what, None) from exc
+    # Below, what cannot be read is recorded, not raised.
     try:
         key = cert.public_key()
     except Exception as exc:  # an unreadable key: this certificate verifies nothing

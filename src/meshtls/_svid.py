@@ -150,6 +150,11 @@ class Judgement:
 
 
 Step = Callable[[Judgement], None]
+_WANTED: Final[dict[Role | None, frozenset[Role]]] = {
+    None: BOTH_ROLES,
+    "client": frozenset({"client"}),
+    "server": frozenset({"server"}),
+}
 
 
 # ---------------------------------------------------------------- steps on the leaf
@@ -229,7 +234,7 @@ def _role_names(roles: frozenset[Role]) -> str:
 
 def leaf_allows_the_role(j: Judgement) -> None:
     """L-8: an EKU (and a Netscape certificate type), if present, allow the peer's role."""
-    wanted = BOTH_ROLES if j.role is None else frozenset({j.role})
+    wanted = _WANTED[j.role]
     if not j.leaf.leaf_roles & wanted:
         what = "extended key usage" if not j.leaf.roles & wanted else "Netscape cert type"
         raise fail(
@@ -299,7 +304,7 @@ def signers_may_sign(j: Judgement) -> None:
 
 def signers_allow_the_role(j: Judgement) -> None:
     """Purpose: an EKU on any issuer must allow the peer's role too (as OpenSSL requires)."""
-    allowed = j.leaf.leaf_roles & (BOTH_ROLES if j.role is None else frozenset({j.role}))
+    allowed = j.leaf.leaf_roles & (_WANTED[j.role])
     for index, facts in enumerate(j.path, start=1):
         allowed &= facts.roles
         if not allowed:
@@ -498,7 +503,8 @@ def _usable_first(j: Judgement) -> list[CertFacts]:
             or now < anchor.not_before - skew
         )
 
-    return sorted(j.bundle.anchors, key=unusable)
+    anchors = j.bundle.anchors
+    return list(anchors) if len(anchors) < 2 else sorted(anchors, key=unusable)
 
 
 def _among(facts: CertFacts, others: Sequence[CertFacts]) -> bool:
@@ -722,7 +728,7 @@ def verify_svid(
     """
     policy = policy or DEFAULT_POLICY
     now = _resolve_now(now)
-    with mapped(malformed("chain")):
+    with mapped(malformed("chain")), quiet():
         _check_chain_length(len(chain))
         j = Judgement(read_facts(chain[0], leaf=True), role, bundles, policy, now)
         return _judge(j, _BuiltPaths(chain[1:]))
@@ -742,7 +748,7 @@ def check_svid_offline(
     """
     policy = policy or DEFAULT_POLICY
     now = _resolve_now(now)
-    with mapped(malformed("chain")):
+    with mapped(malformed("chain")), quiet():
         _check_chain_length(len(chain))
         j = Judgement(read_facts(chain[0], leaf=True), role, None, policy, now)
         j.path = tuple(read_facts(cert, index=i) for i, cert in enumerate(chain[1:], start=1))
@@ -754,7 +760,7 @@ def check_svid_offline(
 
 def leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
     """The SPIFFE ID of a leaf SVID (L-1..L-3). Raises `VerificationError`."""
-    with mapped(malformed("leaf")):
+    with mapped(malformed("leaf")), quiet():
         facts = read_facts(leaf, leaf=True)
         _check_extensions(facts, 0)
         return _spiffe_id_of(facts)
@@ -773,7 +779,7 @@ def _cached(cache: LruCache[bytes, CertFacts], der: bytes, index: int) -> CertFa
     if found is None:
         with mapped(malformed(f"certificate {index}")), quiet():
             cert = x509.load_der_x509_certificate(der)  # a negative serial warns
-        found = read_facts(cert, index=index, leaf=index == 0)
+            found = read_facts(cert, index=index, leaf=index == 0)
         cache.put(der, found)
     return found
 
