@@ -425,3 +425,25 @@ def test_verifying_in_two_threads_leaves_the_warning_filters_alone(world: World)
     for thread in threads:
         thread.join()
     assert warnings.filters == before
+
+
+@pytest.mark.parametrize("defect", ["curve OID one byte off", "OU as a BIT STRING"])
+def test_boundary_bundle_authority_that_cryptography_cannot_read(defect: str) -> None:
+    """From the fuzzing of bundles (issue 7): each raised UnsupportedAlgorithm or TypeError."""
+    root = CA("example.org", now=T)
+    if defect == "curve OID one byte off":
+        curve = bytes.fromhex("06082a8648ce3d030107")  # prime256v1
+
+        def edit(tbs: bytes) -> bytes:
+            return tbs.replace(curve, curve[:-1] + b"\x08", 1)
+    else:
+        ou = b"\x0c\x0bexample.org"
+
+        def edit(tbs: bytes) -> bytes:
+            return tbs.replace(ou, b"\x03\x0b\x00xample.org", 1)
+
+    bad = certkit.resign_tbs(root.certificate, root.key, edit)
+    with pytest.raises(meshtls.VerificationError, match=r"^malformed_certificate: authority"):
+        read_signer(bad, -1)
+    with pytest.raises(meshtls.BundleError, match="unreadable"):
+        meshtls.X509Bundle(meshtls.TrustDomain("example.org"), (bad,))

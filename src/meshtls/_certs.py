@@ -150,9 +150,11 @@ class _Quiet:
 
 
 def describe(cert: x509.Certificate, index: int) -> str:
-    """Name a certificate in an error message. Never raises, never warns: it runs on
-    certificates that just failed a check (cryptography warns about a negative serial)."""
-    position = "leaf" if index == 0 else f"certificate {index}"
+    """Name a certificate in an error message: `index` 0 is the leaf, a positive one its
+    place in the chain, a negative one a bundle authority. Never raises, never warns: it
+    runs on certificates that just failed a check (cryptography warns about a negative
+    serial)."""
+    position = "leaf" if index == 0 else f"certificate {index}" if index > 0 else "authority"
     with quiet():
         try:
             subject = cert.subject.rfc4514_string() or "empty subject"
@@ -793,9 +795,9 @@ def _signing_problem(
 
 
 def read_signer(cert: x509.Certificate, index: int) -> CertFacts:
-    """The facts of a bundle authority or intermediate. Raises `VerificationError`
-    (``malformed_certificate``) if any of it is unreadable, naming position `index`."""
-    facts = read_facts(cert, index=max(index, 0))
+    """The facts of a bundle authority (`index` -1) or an intermediate. Raises
+    `VerificationError` (``malformed_certificate``) if any of it is unreadable."""
+    facts = read_facts(cert, index=index)
     if facts.unreadable is not None:
-        raise fail("malformed_certificate", cert, max(index, 0), facts.unreadable, None)
+        raise fail("malformed_certificate", cert, index, facts.unreadable, None)
     return facts
