@@ -885,7 +885,9 @@ ACCEPTED: list[Accepted] = [
 ]
 
 #: Every table of cases: run through `verify_svid` here, and through a real handshake in
-#: both roles by tests/test_handshake_verdicts.py. Another table joins with one line here.
+#: both roles by tests/test_handshake_verdicts.py. Another table joins with one line here,
+#: such as ``(cases_limbo.LIMBO_REJECTED, cases_limbo.LIMBO_ACCEPTED)``: rows in the same
+#: format, whose cases return an `IssuedCertificate`, or a `Presented` for other bundles.
 TABLES: list[tuple[list[Rejected], list[Accepted]]] = [(REJECTED, ACCEPTED)]
 ALL_REJECTED: list[Rejected] = [row for rejected, _ in TABLES for row in rejected]
 ALL_ACCEPTED: list[Accepted] = [row for _, accepted in TABLES for row in accepted]
