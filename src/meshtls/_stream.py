@@ -474,6 +474,7 @@ async def _establish(
             now=ctx.clock(),
             role=ctx.role,
             sent=session.sent_chain_length(),
+            sent_chain=session.unverified_chain,
         )
         ctx.authorize(peer)
     except VerificationError as exc:

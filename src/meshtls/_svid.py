@@ -1,58 +1,88 @@
-"""X509-SVIDs: verifying a peer's chain, and holding our own chain and key.
+"""X509-SVIDs: one verification pipeline for a peer's chain, and our own chain and key.
 
-Theory of operation for `verify_svid`: the cheap, certificate-local SPIFFE rules
-run first (L-1..L-8 on the leaf, S-1..S-3 on every other certificate), then the
-trust domain is looked up, then the time rules with their skew (P-1..P-3), and
-only then RFC 5280 path validation by pyca/cryptography against the roots of the
-leaf's *own* trust domain (L-9, L-10). docs/verification-order.md has the table.
+Theory of operation
+-------------------
+A peer's chain is judged by one ordered list of steps, `STEPS`, written once and run by
+both entry points: `verify_svid` (a chain in hand) and `verify_handshake_chain` (after
+OpenSSL's TLS 1.3 handshake). Each step is a small function over a `Judgement`: the
+facts of the leaf and of the path (`CertFacts`, read once per certificate by `_certs`),
+the bundles, the policy, the clock and the peer's role. A step returns, or raises
+`VerificationError` with the reason and rule of the first thing wrong.
+docs/verification-order.md lists the steps as they run.
 
-cryptography's verifier compares validity windows with no tolerance, while P-3
-wants a skew. So we check every window ourselves against ``now`` with the skew,
-and ask cryptography to validate the path at ``now`` clamped into the windows of
-the certificates involved. A certificate inside the skew is then valid at that
-instant, and nothing outside the skew gets that far.
+Only the *path* step differs between the entry points:
 
-Relaxations of cryptography's web-PKI profile, and why (docs/decisions.md):
-- extension policies: ``permit_all`` for leaves and CAs (SPIFFE leaves have no
-  DNS subject, AKI or clientAuth requirement); the SPIFFE extension rules are
-  enforced here instead, which is stricter where it matters (key usage);
-- the client verifier is used for both roles, because SPIFFE authenticates by URI
-  SAN, not by a server name; EKU is checked here per role (L-8).
-What it keeps: signatures, the issuer/subject chaining, basic constraints, path
-length, validity, and its allowed algorithms (so Ed25519 CAs are refused).
+- `verify_svid` builds the path itself (`_PathSearch`): leaf first, then the rest of what
+  was sent as an unordered pool, up to an authority of the leaf's *own* trust domain
+  (L-10). Issuers are matched by name and key identifier as OpenSSL matches them, and
+  every signature is checked. Like OpenSSL, the search looks among the bundle's
+  authorities first ("trusted first"), and a path ends at the first authority it reaches
+  (``X509_V_FLAG_PARTIAL_CHAIN``). A path is accepted only if every step after it passes;
+  otherwise the next candidate is tried, and the first candidate's error is reported.
+- The handshake takes the chain OpenSSL verified when its root is an authority of the
+  leaf's own trust domain. When it is not, or when that chain fails a step, the handshake
+  searches what the peer sent exactly as `verify_svid` does. So whenever OpenSSL accepts
+  a chain, the handshake's verdict is `verify_svid`'s by construction.
+
+Every RFC 5280 check is an explicit step, run on both paths: basic constraints, path
+length, name constraints (DNS, IP, email, URI, DN; other types fail closed), key usage,
+purpose (EKU), validity with the policy's skew, critical extensions, key and signature
+strength. Where RFC 5280 leaves room the steps follow OpenSSL 3, so that OpenSSL, which
+checks first in the handshake, refuses nothing the steps accept.
+
+The boundary: every public entry point that reads certificate bytes runs inside
+`_boundary.mapped`, so only `VerificationError` (``malformed_certificate`` for anything
+unreadable) or our own ``ValueError`` subclasses leave it. Dates are clamped as read.
+
+The handshake path caches the facts of each leaf and signing certificate by DER, in
+bounded `LruCache`s: peers reconnect with the same SVID until it rotates. Facts never
+depend on time, role, bundles or policy, so every step still runs on every handshake.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, cast
+from datetime import UTC, datetime
+from typing import Final, Protocol, TypeVar
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from cryptography.x509 import verification
-from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
+from ._boundary import clamp_time, mapped
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
+from ._cache import LruCache
 from ._certs import (
-    Extensions,
-    Signer,
+    BOTH_ROLES,
+    CertFacts,
+    Role,
     describe,
-    extensions,
     fail,
-    read_signer,
-    uri_sans,
-    webpki_algorithm,
+    malformed,
+    names_of,
+    quiet,
+    read_facts,
+    signed_by,
 )
 from ._duration import format_duration
-from ._errors import MeshError, SpiffeIdError, VerificationError
+from ._errors import ConfigError, SpiffeIdError, VerificationError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._spiffeid import SpiffeId
 
-Role = Literal["client", "server"]
+__all__ = [
+    "MAX_CHAIN_LENGTH",
+    "STEPS",
+    "PrivateKey",
+    "Role",
+    "VerifiedPeer",
+    "X509Svid",
+    "check_svid_offline",
+    "leaf_spiffe_id",
+    "verify_handshake_chain",
+    "verify_svid",
+]
+
 PrivateKey = (
     ec.EllipticCurvePrivateKey
     | rsa.RSAPrivateKey
@@ -60,16 +90,15 @@ PrivateKey = (
     | ed448.Ed448PrivateKey
 )
 
-_CA_POLICY = verification.ExtensionPolicy.permit_all().require_present(
-    x509.BasicConstraints, verification.Criticality.AGNOSTIC, None
-)
-_EE_POLICY = verification.ExtensionPolicy.permit_all()
-_ROLE_EKU = {
-    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
-    "server": ExtendedKeyUsageOID.SERVER_AUTH,
-}
-_ANY_EKU = ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE
+#: The most certificates a peer may send (leaf included), on both paths.
 MAX_CHAIN_LENGTH: Final = 8
+#: The most signatures one path search checks, and the most partial paths it extends: a
+#: hostile pool (certificates that all issue each other) cannot make it expensive.
+MAX_SIGNATURE_CHECKS: Final = 32
+MAX_SEARCH_STEPS: Final = 64
+#: The handshake's caches of certificate facts, by DER.
+LEAF_CACHE_SIZE: Final = 1024
+SIGNER_CACHE_SIZE: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,215 +119,585 @@ class VerifiedPeer:
         return self.chain[0]
 
 
-def leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
-    """The SPIFFE ID of a leaf SVID (L-1..L-3). Raises `VerificationError`."""
-    return _leaf_spiffe_id(leaf, extensions(leaf, 0))
+@dataclass(slots=True, eq=False)
+class Judgement:
+    """One verification in progress: the facts, what we trust, the policy, time and role.
+
+    Made and owned by one call of an entry point; the steps fill in ``spiffe_id``,
+    ``bundle`` and ``path`` as they go.
+    """
+
+    leaf: CertFacts
+    role: Role | None  # the PEER's TLS role; None: either will do
+    bundles: BundleSet | None
+    policy: ValidationPolicy
+    now: datetime
+    spiffe_id: SpiffeId | None = None
+    bundle: X509Bundle | None = None
+    path: tuple[CertFacts, ...] = ()  # the issuers, nearest the leaf first; the last is trusted
+
+    def chain(self) -> tuple[CertFacts, ...]:
+        return (self.leaf, *self.path)
+
+    def verified(self) -> VerifiedPeer:
+        assert self.spiffe_id is not None
+        chain = self.chain()
+        return VerifiedPeer(
+            self.spiffe_id,
+            tuple(f.certificate for f in chain),
+            min(f.not_after for f in chain),
+        )
 
 
-def _leaf_spiffe_id(leaf: x509.Certificate, exts: Extensions) -> SpiffeId:
-    uris = uri_sans(exts)
+Step = Callable[[Judgement], None]
+_WANTED: Final[dict[Role | None, frozenset[Role]]] = {
+    None: BOTH_ROLES,
+    "client": frozenset({"client"}),
+    "server": frozenset({"server"}),
+}
+
+
+# ---------------------------------------------------------------- steps on the leaf
+
+
+def _check_extensions(facts: CertFacts, index: int) -> None:
+    cert = facts.certificate
+    if facts.unreadable is not None:
+        raise fail("malformed_certificate", cert, index, facts.unreadable, None)
+    if facts.unhandled_critical:
+        raise fail(
+            "malformed_certificate",
+            cert,
+            index,
+            f"has unhandled critical extension {', '.join(facts.unhandled_critical)}"
+            " (RFC 5280 4.2)",
+            None,
+        )
+    if facts.refused_extension is not None:
+        raise fail("malformed_certificate", cert, index, facts.refused_extension, None)
+
+
+def leaf_is_readable(j: Judgement) -> None:
+    """Its extensions parse; no critical extension is unknown; no refused extension."""
+    _check_extensions(j.leaf, 0)
+
+
+def _spiffe_id_of(leaf: CertFacts) -> SpiffeId:
+    """L-1..L-3 on a leaf's facts. The id is kept in the facts once parsed: it depends on
+    the certificate alone, and a cached leaf comes back on every handshake."""
+    if leaf.spiffe_id is not None:
+        return leaf.spiffe_id
+    cert, uris = leaf.certificate, leaf.uris
     if not uris:
-        raise fail("no_uri_san", leaf, 0, "has no URI SAN", "L-1")
+        raise fail("no_uri_san", cert, 0, "has no URI SAN", "L-1")
     if len(uris) > 1:
-        raise fail("multiple_uri_sans", leaf, 0, f"has {len(uris)} URI SANs", "L-1")
+        raise fail("multiple_uri_sans", cert, 0, f"has {len(uris)} URI SANs", "L-1")
     try:
         spiffe_id = SpiffeId.parse(uris[0])
     except SpiffeIdError as exc:
         raise fail(
-            "invalid_spiffe_id", leaf, 0, f"URI SAN {uris[0][:200]!r}: {exc}", "L-2"
+            "invalid_spiffe_id", cert, 0, f"URI SAN {uris[0][:200]!r}: {exc}", "L-2"
         ) from None
     if spiffe_id.is_root:
-        raise fail("root_path_id", leaf, 0, f"{spiffe_id} has no path", "L-3")
+        raise fail("root_path_id", cert, 0, f"{spiffe_id} has no path", "L-3")
+    leaf.spiffe_id = spiffe_id
     return spiffe_id
 
 
-@dataclass(frozen=True, slots=True)
-class _Leaf:
-    """A leaf that passed the role-independent rules L-1..L-7, and its EKU for L-8."""
-
-    certificate: x509.Certificate
-    spiffe_id: SpiffeId
-    ekus: frozenset[x509.ObjectIdentifier] | None  # None: no EKU extension
-    window: Window
+def leaf_names_one_spiffe_id(j: Judgement) -> None:
+    """L-1..L-3: exactly one URI SAN, a strict SPIFFE ID with a path."""
+    j.spiffe_id = _spiffe_id_of(j.leaf)
 
 
-def _read_leaf(leaf: x509.Certificate) -> _Leaf:
-    """L-1..L-7 on a leaf SVID. Raises `VerificationError`."""
-    exts = extensions(leaf, 0)
-    spiffe_id = _leaf_spiffe_id(leaf, exts)
-    bc = exts.get(ExtensionOID.BASIC_CONSTRAINTS)
-    if bc is not None and cast(x509.BasicConstraints, bc.value).ca:
-        raise fail("leaf_is_ca", leaf, 0, "basic constraints say cA=true", "L-4")
-    ku = exts.get(ExtensionOID.KEY_USAGE)
-    if ku is None:
-        raise fail("key_usage", leaf, 0, "has no key usage extension", "L-5")
-    if not ku.critical:
-        raise fail("key_usage", leaf, 0, "key usage extension is not critical", "L-5")
-    usage = cast(x509.KeyUsage, ku.value)
+def leaf_is_not_a_ca(j: Judgement) -> None:
+    """L-4: basic constraints, if present, say cA=false."""
+    if j.leaf.ca:
+        raise fail("leaf_is_ca", j.leaf.certificate, 0, "basic constraints say cA=true", "L-4")
+
+
+def leaf_key_usage(j: Judgement) -> None:
+    """L-5..L-7: key usage present and critical, digitalSignature, no keyCertSign/cRLSign."""
+    cert, usage = j.leaf.certificate, j.leaf.key_usage
+    if usage is None:
+        raise fail("key_usage", cert, 0, "has no key usage extension", "L-5")
+    if not j.leaf.key_usage_critical:
+        raise fail("key_usage", cert, 0, "key usage extension is not critical", "L-5")
     if not usage.digital_signature:
-        raise fail("key_usage", leaf, 0, "key usage lacks digitalSignature", "L-6")
+        raise fail("key_usage", cert, 0, "key usage lacks digitalSignature", "L-6")
     if usage.key_cert_sign or usage.crl_sign:
-        raise fail("key_usage", leaf, 0, "key usage has keyCertSign or cRLSign", "L-7")
-    eku = exts.get(ExtensionOID.EXTENDED_KEY_USAGE)
-    ekus = None if eku is None else frozenset(cast(x509.ExtendedKeyUsage, eku.value))
-    return _Leaf(leaf, spiffe_id, ekus, _window(leaf))
+        raise fail("key_usage", cert, 0, "key usage has keyCertSign or cRLSign", "L-7")
 
 
-def _check_eku(leaf: _Leaf, role: Role | None) -> None:
-    """L-8: an EKU, if present, allows the role (either role when `role` is None)."""
-    if leaf.ekus is None or _ANY_EKU in leaf.ekus:
-        return
-    wanted = [_ROLE_EKU[role]] if role is not None else list(_ROLE_EKU.values())
-    if leaf.ekus.isdisjoint(wanted):
-        names = " or ".join(f"{r}Auth" for r in ([role] if role else _ROLE_EKU))
+def _role_names(roles: frozenset[Role]) -> str:
+    return " or ".join(f"{r}Auth" for r in sorted(roles))
+
+
+def leaf_allows_the_role(j: Judgement) -> None:
+    """L-8: an EKU (and a Netscape certificate type), if present, allow the peer's role."""
+    wanted = _WANTED[j.role]
+    if not j.leaf.leaf_roles & wanted:
+        what = "extended key usage" if not j.leaf.roles & wanted else "Netscape cert type"
         raise fail(
             "extended_key_usage",
-            leaf.certificate,
+            j.leaf.certificate,
             0,
-            f"extended key usage does not allow {names}",
+            f"{what} does not allow {_role_names(wanted)}",
             "L-8",
         )
 
 
-Window = tuple[datetime, datetime]  # (not_before, not_after), read once per certificate
+def leaf_key_is_strong(j: Judgement) -> None:
+    """The leaf's key: RSA >= 2048, EC P-256/384/521, Ed25519 or Ed448."""
+    if j.leaf.key_problem is not None:
+        raise fail("untrusted_chain", j.leaf.certificate, 0, j.leaf.key_problem, "L-9")
 
 
-def _window(cert: x509.Certificate) -> Window:
-    return cert.not_valid_before_utc, cert.not_valid_after_utc
-
-
-def _check_window(
-    cert: x509.Certificate, index: int, now: datetime, skew: timedelta, window: Window | None = None
-) -> None:
-    not_before, not_after = window or _window(cert)
-    if now > not_after + skew:
-        raise fail("expired", cert, index, f"expired at {not_after:%Y-%m-%dT%H:%M:%SZ}", "L-9")
-    if now < not_before - skew:
-        raise fail(
-            "not_yet_valid", cert, index, f"not valid before {not_before:%Y-%m-%dT%H:%M:%SZ}", "L-9"
-        )
-
-
-def _check_lifetime(
-    leaf: x509.Certificate, now: datetime, policy: ValidationPolicy, window: Window | None = None
-) -> None:
-    """P-1 and P-2 on a leaf."""
-    not_before, not_after = window or _window(leaf)
-    if policy.max_ttl is not None:
-        lifetime = not_after - not_before
-        if lifetime > policy.max_ttl:
-            raise fail(
-                "ttl_exceeded",
-                leaf,
-                0,
-                f"lifetime {format_duration(lifetime)} is over"
-                f" max_ttl {format_duration(policy.max_ttl)}",
-                "P-1",
-            )
-    if policy.max_age is not None and now - not_before > policy.max_age:
-        raise fail(
-            "age_exceeded",
-            leaf,
-            0,
-            f"age {format_duration(now - not_before)} is over"
-            f" max_age {format_duration(policy.max_age)}",
-            "P-2",
-        )
-
-
-def _constraint_violation(signers: Sequence[Signer], spiffe_id: SpiffeId) -> str | None:
-    """S-4 over the ordered signers (nearest the leaf first): path length, URI name constraints."""
-    below = 0  # non-self-issued intermediates between the leaf and the signer
-    host = spiffe_id.trust_domain.name
-    for position, signer in enumerate(signers, start=1):
-        if signer.path_length is not None and below > signer.path_length:
-            return (
-                f"certificate {position} allows {signer.path_length}"
-                f" intermediates below it, has {below}"
-            )
-        if signer.uri_permitted and not any(
-            _uri_host_matches(host, c) for c in signer.uri_permitted
-        ):
-            return f"{spiffe_id} is outside permitted URI constraints {list(signer.uri_permitted)}"
-        if any(_uri_host_matches(host, c) for c in signer.uri_excluded):
-            return f"{spiffe_id} is inside excluded URI constraints {list(signer.uri_excluded)}"
-        if not signer.self_issued:
-            below += 1
-    return None
-
-
-def _uri_host_matches(host: str, constraint: str) -> bool:
-    """RFC 5280 4.2.1.10: ``.example.org`` matches subdomains; ``example.org`` only itself."""
-    if constraint.startswith("."):
-        return host.endswith(constraint)
-    return host == constraint
-
-
-def _check_signers(chain: Sequence[x509.Certificate], signers: Sequence[Signer]) -> None:
-    """S-1..S-3 on every certificate after the leaf (their facts are in `signers`)."""
-    for index, signer in enumerate(signers, start=1):
-        if signer.problem is not None:
-            raise fail("bad_signing_certificate", chain[index], index, *signer.problem)
-
-
-def _own_bundle(bundles: BundleSet, spiffe_id: SpiffeId) -> X509Bundle:
-    """The bundle of the id's own trust domain (L-10), or `unknown_trust_domain`."""
-    bundle = bundles.get(spiffe_id.trust_domain)
+def trust_domain_is_known(j: Judgement) -> None:
+    """L-10: the leaf's own trust domain has a bundle in the set."""
+    spiffe_id = j.spiffe_id
+    assert spiffe_id is not None
+    assert j.bundles is not None
+    bundle = j.bundles.get(spiffe_id.trust_domain)
     if bundle is None:
         raise VerificationError(
             "unknown_trust_domain",
             f"no bundle for {spiffe_id.trust_domain}, the trust domain of {spiffe_id}",
             rule="L-10",
         )
-    return bundle
+    j.bundle = bundle
 
 
-def _certificate_rules(
-    chain: Sequence[x509.Certificate], role: Role | None
-) -> tuple[SpiffeId, list[Signer]]:
-    """Steps 1-8 of docs/verification-order.md: L-1..L-8 on the leaf, S-1..S-3 on the rest."""
-    leaf = _read_leaf(chain[0])
-    _check_eku(leaf, role)
-    spiffe_id = leaf.spiffe_id
-    signers = [read_signer(chain[index], index) for index in range(1, len(chain))]
-    _check_signers(chain, signers)
-    return spiffe_id, signers
+def path_to_own_root(j: Judgement) -> None:
+    """L-9, L-10: a path from the leaf to an authority of its own trust domain, every
+    signature checked. Run by `_judge`, which gets the candidates from the entry point."""
+    raise AssertionError("the path step is run by _judge")  # pragma: no cover
 
 
-def _time_rules(
-    chain: Sequence[x509.Certificate],
-    now: datetime,
-    policy: ValidationPolicy,
-    windows: Sequence[Window] | None = None,
-) -> None:
-    """Steps 10-11: every validity window with the skew (L-9, P-3), then P-1 and P-2."""
-    windows = windows or [_window(cert) for cert in chain]
-    skew = policy.clock_skew
-    for index, cert in enumerate(chain):
-        _check_window(cert, index, now, skew, windows[index])
-    _check_lifetime(chain[0], now, policy, windows[0])
+# ---------------------------------------------------------------- steps on the path
 
 
-def check_svid_offline(
-    chain: Sequence[x509.Certificate],
-    *,
-    policy: ValidationPolicy | None = None,
-    now: datetime | None = None,
-    role: Role | None = None,
-) -> SpiffeId:
-    """Every rule of `verify_svid` that needs no bundle, in the same order; for `inspect`.
+def path_is_readable(j: Judgement) -> None:
+    """Every issuer on the path: readable, no unknown critical or refused extension."""
+    for index, facts in enumerate(j.path, start=1):
+        _check_extensions(facts, index)
 
-    Returns the leaf's SPIFFE ID. This does NOT establish trust: no path is validated.
+
+def anchor_is_not_the_leaf(j: Judgement) -> None:
+    """S-1: the path ends at a CA, not at a leaf that is itself in the bundle."""
+    if not j.path:
+        raise fail(
+            "bad_signing_certificate",
+            j.leaf.certificate,
+            0,
+            "is itself a bundle authority; an authority must be a CA",
+            "S-1",
+        )
+
+
+def signers_may_sign(j: Judgement) -> None:
+    """S-1..S-3 on every issuer, the bundle authority included."""
+    for index, facts in enumerate(j.path, start=1):
+        if facts.signing_problem is not None:
+            what, rule = facts.signing_problem
+            raise fail("bad_signing_certificate", facts.certificate, index, what, rule)
+
+
+def signers_allow_the_role(j: Judgement) -> None:
+    """Purpose: an EKU on any issuer must allow the peer's role too (as OpenSSL requires)."""
+    allowed = j.leaf.leaf_roles & (_WANTED[j.role])
+    for index, facts in enumerate(j.path, start=1):
+        allowed &= facts.roles
+        if not allowed:
+            raise fail(
+                "extended_key_usage",
+                facts.certificate,
+                index,
+                "extended key usage does not allow the role the leaf is used in",
+                None,
+            )
+
+
+def signer_keys_are_strong(j: Judgement) -> None:
+    """Every issuer's key: RSA >= 2048, EC P-256/384/521, Ed25519 or Ed448."""
+    for index, facts in enumerate(j.path, start=1):
+        if facts.key_problem is not None:
+            raise fail("untrusted_chain", facts.certificate, index, facts.key_problem, "L-9")
+
+
+def signatures_are_strong(j: Judgement) -> None:
+    """Every signature on the path (the authority's own excepted): SHA-2 or EdDSA."""
+    for index, facts in enumerate(j.chain()[:-1]):
+        if facts.signature_problem is not None:
+            raise fail("untrusted_chain", facts.certificate, index, facts.signature_problem, "L-9")
+
+
+def path_length_is_honoured(j: Judgement) -> None:
+    """S-4: each pathLenConstraint counts the non-self-issued intermediates below it."""
+    below = 0
+    for index, facts in enumerate(j.path, start=1):
+        if facts.path_length is not None and below > facts.path_length:
+            raise fail(
+                "bad_signing_certificate",
+                facts.certificate,
+                index,
+                f"allows {facts.path_length} intermediates below it, has {below}",
+                "S-4",
+            )
+        if not facts.self_issued:
+            below += 1
+
+
+def name_constraints_are_honoured(j: Judgement) -> None:
+    """S-4: every certificate's names (the leaf's, and each non-self-issued intermediate's)
+    are within the name constraints of every certificate above it, the authority's too."""
+    chain = j.chain()
+    if all(facts.constraints is None for facts in j.path):
+        return
+    for index in range(len(chain) - 1, -1, -1):
+        subject = chain[index]
+        if index > 0 and subject.self_issued:
+            continue
+        for above in range(len(chain) - 1, index, -1):
+            constraints = chain[above].constraints
+            if constraints is None:
+                continue
+            problem = constraints.violation(names_of(subject), leaf=index == 0)
+            if problem is not None:
+                raise fail(
+                    "bad_signing_certificate",
+                    subject.certificate,
+                    index,
+                    f"{problem}, under the name constraints of"
+                    f" {describe(chain[above].certificate, above)}",
+                    "S-4",
+                )
+
+
+def validity_with_skew(j: Judgement) -> None:
+    """L-9, P-3: every certificate of the path is within its window, give or take the skew."""
+    skew, now = j.policy.clock_skew, j.now
+    for index, facts in enumerate(j.chain()):
+        if now > facts.not_after + skew:
+            raise fail(
+                "expired",
+                facts.certificate,
+                index,
+                f"expired at {facts.not_after:%Y-%m-%dT%H:%M:%SZ}",
+                "L-9",
+            )
+        if now < facts.not_before - skew:
+            raise fail(
+                "not_yet_valid",
+                facts.certificate,
+                index,
+                f"not valid before {facts.not_before:%Y-%m-%dT%H:%M:%SZ}",
+                "L-9",
+            )
+
+
+def leaf_lifetime(j: Judgement) -> None:
+    """P-1 and P-2: the leaf's lifetime is at most max_ttl, its age at most max_age."""
+    policy, leaf = j.policy, j.leaf
+    if policy.max_ttl is not None:
+        lifetime = leaf.not_after - leaf.not_before
+        if lifetime > policy.max_ttl:
+            raise fail(
+                "ttl_exceeded",
+                leaf.certificate,
+                0,
+                f"lifetime {format_duration(lifetime)} is over"
+                f" max_ttl {format_duration(policy.max_ttl)}",
+                "P-1",
+            )
+    if policy.max_age is not None and j.now - leaf.not_before > policy.max_age:
+        raise fail(
+            "age_exceeded",
+            leaf.certificate,
+            0,
+            f"age {format_duration(j.now - leaf.not_before)} is over"
+            f" max_age {format_duration(policy.max_age)}",
+            "P-2",
+        )
+
+
+_BEFORE_PATH: Final[tuple[Step, ...]] = (
+    leaf_is_readable,
+    leaf_names_one_spiffe_id,
+    leaf_is_not_a_ca,
+    leaf_key_usage,
+    leaf_allows_the_role,
+    leaf_key_is_strong,
+    trust_domain_is_known,
+)
+_ON_PATH: Final[tuple[Step, ...]] = (
+    path_is_readable,
+    anchor_is_not_the_leaf,
+    signers_may_sign,
+    signers_allow_the_role,
+    signer_keys_are_strong,
+    signatures_are_strong,
+    path_length_is_honoured,
+    name_constraints_are_honoured,
+    validity_with_skew,
+    leaf_lifetime,
+)
+#: The pipeline, in order. `path_to_own_root` stands for the entry point's path step.
+STEPS: Final[tuple[Step, ...]] = (*_BEFORE_PATH, path_to_own_root, *_ON_PATH)
+#: What `check_svid_offline` runs (no bundle: no trust domain, no path), on the chain as sent.
+_OFFLINE: Final[tuple[Step, ...]] = (
+    leaf_is_readable,
+    leaf_names_one_spiffe_id,
+    leaf_is_not_a_ca,
+    leaf_key_usage,
+    leaf_allows_the_role,
+    leaf_key_is_strong,
+    path_is_readable,
+    signers_may_sign,
+    signer_keys_are_strong,
+    validity_with_skew,
+    leaf_lifetime,
+)
+
+
+class _PathStep(Protocol):
+    """The one step that differs between the entry points: where candidate paths come from."""
+
+    def candidates(self, j: Judgement) -> Iterator[tuple[CertFacts, ...]]: ...
+
+    def none_found(self, j: Judgement) -> VerificationError: ...
+
+
+def _judge(j: Judgement, path_step: _PathStep) -> VerifiedPeer:
+    """Run `STEPS`: the steps before the path, then the steps on each candidate path until
+    one passes. Raises the first candidate's error, or ``none_found``'s when there was none."""
+    for step in _BEFORE_PATH:
+        step(j)
+    first: VerificationError | None = None
+    for path in path_step.candidates(j):
+        j.path = path
+        try:
+            for step in _ON_PATH:
+                step(j)
+        except VerificationError as exc:
+            if first is None:
+                first = exc
+            continue
+        return j.verified()
+    raise first or path_step.none_found(j)
+
+
+# ---------------------------------------------------------------- the path search
+
+
+def _usable_first(j: Judgement) -> list[CertFacts]:
+    """The authorities of the leaf's own trust domain, those that could anchor a valid
+    path now (readable, may sign, within their window) first, in bundle order."""
+    assert j.bundle is not None
+    skew, now = j.policy.clock_skew, j.now
+
+    def unusable(anchor: CertFacts) -> bool:
+        return (
+            anchor.unreadable is not None
+            or anchor.signing_problem is not None
+            or now > anchor.not_after + skew
+            or now < anchor.not_before - skew
+        )
+
+    anchors = j.bundle.anchors
+    return list(anchors) if len(anchors) < 2 else sorted(anchors, key=unusable)
+
+
+def _among(facts: CertFacts, others: Sequence[CertFacts]) -> bool:
+    """Whether the same certificate is in `others` (equality compares DER, without hashing)."""
+    cert = facts.certificate
+    return any(cert == other.certificate for other in others)
+
+
+class _PathSearch:
+    """Candidate paths from a leaf to an authority of its own trust domain (depth first).
+
+    Owned by one verification. ``pool`` is what the peer sent after the leaf, in any
+    order. At each certificate the issuer is sought among the authorities first, then in
+    the pool, and a path ends at the first authority it reaches: OpenSSL with
+    ``X509_V_FLAG_PARTIAL_CHAIN`` stops there too. At most `MAX_SIGNATURE_CHECKS`
+    signatures are checked.
     """
-    policy = policy or DEFAULT_POLICY
-    now = _resolve_now(now)
-    _check_chain_length(chain)
-    try:
-        spiffe_id, _ = _certificate_rules(chain, role)
-        _time_rules(chain, now, policy)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _unreadable(exc) from None
-    return spiffe_id
+
+    __slots__ = (
+        "_anchors",
+        "_checked",
+        "_leaf",
+        "_pool",
+        "deepest",
+        "exhausted",
+        "steps",
+    )
+
+    def __init__(self, j: Judgement, pool: Sequence[CertFacts]) -> None:
+        self._leaf = j.leaf
+        self._anchors = _usable_first(j)
+        self._pool = [c for c in pool if not _among(c, self._anchors)]
+        self._checked: dict[tuple[int, int], bool] = {}
+        self.exhausted = False
+        self.steps = 0
+        self.deepest: tuple[CertFacts, ...] = ()  # the longest path any search reached
+
+    def paths(self) -> Iterator[tuple[CertFacts, ...]]:
+        found = False
+        for path in self._extend((), self._leaf):
+            found = True
+            yield path
+        if not found and _among(self._leaf, self._anchors):
+            yield ()  # as OpenSSL's partial chain: the leaf itself is an authority
+
+    def _issued(self, child: CertFacts, parent: CertFacts) -> bool:
+        if not parent.issued(child):
+            return False
+        key = (id(child), id(parent))
+        verdict = self._checked.get(key)
+        if verdict is None:
+            if len(self._checked) >= MAX_SIGNATURE_CHECKS:
+                self.exhausted = True
+                return False
+            verdict = signed_by(child.certificate, parent.public_key)
+            self._checked[key] = verdict
+        return verdict
+
+    def _extend(
+        self, path: tuple[CertFacts, ...], top: CertFacts
+    ) -> Iterator[tuple[CertFacts, ...]]:
+        self.steps += 1
+        if self.steps > MAX_SEARCH_STEPS:
+            self.exhausted = True
+            return
+        if len(path) > len(self.deepest):
+            self.deepest = path
+        for anchor in self._anchors:
+            if self._issued(top, anchor):
+                yield (*path, anchor)
+        if len(path) >= MAX_CHAIN_LENGTH - 1:
+            return
+        on_path = {id(c) for c in path}
+        for cert in self._pool:
+            if self.exhausted:
+                return
+            if id(cert) not in on_path and self._issued(top, cert):
+                yield from self._extend((*path, cert), cert)
+
+    def no_path(self, j: Judgement, unreadable: Sequence[VerificationError]) -> VerificationError:
+        """Why there is no candidate: an unreadable certificate sent, or no issuer."""
+        if unreadable:
+            return unreadable[0]
+        assert j.spiffe_id is not None
+        td = j.spiffe_id.trust_domain
+        chain = (self._leaf, *self.deepest)
+        top = chain[-1]
+        why = (
+            "gave up: the certificates sent offer too many candidate paths"
+            if self.exhausted
+            else f"neither a root of {td} nor a certificate sent issued"
+            f" {describe(top.certificate, len(chain) - 1)}"
+        )
+        return VerificationError(
+            "untrusted_chain",
+            f"no path from the leaf of {j.spiffe_id} to a root of {td}: {why}",
+            rule="L-10" if len(chain) > 1 or top.self_issued else "L-9",
+        )
+
+
+_Sent = TypeVar("_Sent", x509.Certificate, bytes)
+
+
+def _pool(
+    sent: Sequence[_Sent], read: Callable[[_Sent, int], CertFacts]
+) -> tuple[list[CertFacts], list[VerificationError]]:
+    """The facts of what was sent after the leaf (duplicates dropped), and the errors of
+    those that could not be read at all (they can be on no path)."""
+    facts: list[CertFacts] = []
+    unreadable: list[VerificationError] = []
+    seen: set[x509.Certificate] = set()
+    for index, item in enumerate(sent, start=1):
+        try:
+            found = read(item, index)
+        except VerificationError as exc:
+            unreadable.append(exc)
+            continue
+        if found.certificate not in seen:
+            seen.add(found.certificate)
+            facts.append(found)
+    return facts, unreadable
+
+
+class _BuiltPaths:
+    """`verify_svid`'s path step: search the pool that was sent."""
+
+    __slots__ = ("_pool", "_search", "_unreadable")
+
+    def __init__(self, sent: Sequence[x509.Certificate]) -> None:
+        self._pool, self._unreadable = _pool(sent, lambda cert, i: read_facts(cert, index=i))
+        self._search: _PathSearch | None = None
+
+    def candidates(self, j: Judgement) -> Iterator[tuple[CertFacts, ...]]:
+        self._search = _PathSearch(j, self._pool)
+        return self._search.paths()
+
+    def none_found(self, j: Judgement) -> VerificationError:
+        assert self._search is not None
+        return self._search.no_path(j, self._unreadable)
+
+
+class _HandshakePaths:
+    """The handshake's path step: OpenSSL's verified chain if it ends at an authority of
+    the leaf's own trust domain; then (if that fails) a search of what the peer sent."""
+
+    __slots__ = ("_openssl", "_root", "_search", "_sent_chain", "_unreadable")
+
+    def __init__(
+        self,
+        openssl: tuple[CertFacts, ...],
+        root: bytes,
+        sent_chain: Callable[[], Sequence[bytes]] | None,
+    ) -> None:
+        self._openssl = openssl
+        self._root = root
+        self._sent_chain = sent_chain
+        self._search: _PathSearch | None = None
+        self._unreadable: list[VerificationError] = []
+
+    def candidates(self, j: Judgement) -> Iterator[tuple[CertFacts, ...]]:
+        assert j.bundle is not None
+        if self._root in j.bundle.authority_ders:
+            yield self._openssl
+        if self._sent_chain is None:
+            return
+        presented = self._sent_chain()[1:MAX_CHAIN_LENGTH]
+        pool, self._unreadable = _pool(presented, lambda der, i: _cached(_SIGNERS, der, i))
+        self._search = _PathSearch(j, pool)
+        openssl = [c.certificate for c in self._openssl]
+        for path in self._search.paths():
+            if [c.certificate for c in path] != openssl:
+                yield path
+
+    def none_found(self, j: Judgement) -> VerificationError:
+        if self._search is not None:
+            return self._search.no_path(j, self._unreadable)
+        assert j.spiffe_id is not None
+        td = j.spiffe_id.trust_domain
+        return VerificationError(
+            "untrusted_chain",
+            f"chain of {j.spiffe_id} ends at a root that is not in the bundle of {td}",
+            rule="L-10",
+        )
+
+
+def _check_chain_length(count: int) -> None:
+    if not count:
+        raise VerificationError("malformed_certificate", "the peer sent no certificate")
+    if count > MAX_CHAIN_LENGTH:
+        raise VerificationError(
+            "malformed_certificate",
+            f"the peer sent {count} certificates, over {MAX_CHAIN_LENGTH}",
+        )
 
 
 def _resolve_now(now: datetime | None) -> datetime:
@@ -309,21 +708,7 @@ def _resolve_now(now: datetime | None) -> datetime:
     return now
 
 
-def _check_chain_length(chain: Sequence[x509.Certificate]) -> None:
-    if not chain:
-        raise VerificationError("malformed_certificate", "the peer sent no certificate")
-    if len(chain) > MAX_CHAIN_LENGTH:
-        raise VerificationError(
-            "malformed_certificate",
-            f"the peer sent {len(chain)} certificates, over {MAX_CHAIN_LENGTH}",
-        )
-
-
-def _unreadable(exc: Exception) -> Exception:
-    """Map what cryptography raises for a certificate it cannot read; ours pass through."""
-    if isinstance(exc, MeshError):
-        return exc
-    return VerificationError("malformed_certificate", f"unreadable certificate ({exc})")
+# ---------------------------------------------------------------- entry points
 
 
 def verify_svid(
@@ -334,193 +719,68 @@ def verify_svid(
     now: datetime | None = None,
     role: Role | None = None,
 ) -> VerifiedPeer:
-    """Verify a peer's X509-SVID chain (leaf first, as sent) and return the verified peer.
+    """Verify a peer's X509-SVID chain (leaf first, the rest in any order) and return the peer.
 
     `role` is the peer's TLS role, for the extended-key-usage rule (L-8); with None, an
     EKU must allow clientAuth or serverAuth. `now` defaults to the wall clock and must be
-    timezone-aware. Raises `VerificationError` whose ``reason`` is one of `REASONS`; the
-    message names the certificate and the rule. Never does I/O.
+    timezone-aware (else ``ValueError``). Raises `VerificationError` whose ``reason`` is one
+    of `REASONS`; the message names the certificate and the rule. Never does I/O.
     """
     policy = policy or DEFAULT_POLICY
     now = _resolve_now(now)
-    _check_chain_length(chain)
-    try:
-        return _verify(chain, bundles, policy, now, role)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # cryptography could not read it
-        raise _unreadable(exc) from None
+    with mapped(malformed("chain")), quiet():
+        _check_chain_length(len(chain))
+        j = Judgement(read_facts(chain[0], leaf=True), role, bundles, policy, now)
+        return _judge(j, _BuiltPaths(chain[1:]))
 
 
-def _verify(
-    chain: Sequence[x509.Certificate],
-    bundles: BundleSet,
-    policy: ValidationPolicy,
-    now: datetime,
-    role: Role | None,
-) -> VerifiedPeer:
-    leaf = chain[0]
-    spiffe_id, signers = _certificate_rules(chain, role)
-    td = spiffe_id.trust_domain
-    bundle = _own_bundle(bundles, spiffe_id)
-
-    _time_rules(chain, now, policy)
-    skew = policy.clock_skew
-
-    # Roots of the leaf's own trust domain that issued the last certificate sent (L-10).
-    last = chain[-1]
-    issuer = last.issuer
-    anchors = [a for a in bundle.anchors if a.certificate.subject == issuer]
-    if not anchors:
-        raise VerificationError(
-            "untrusted_chain",
-            f"no root in the bundle of {td} issued {describe(last, len(chain) - 1)}"
-            + (" (an intermediate may be missing)" if last.issuer != last.subject else ""),
-            rule="L-10" if last.issuer == last.subject or len(chain) > 1 else "L-9",
-        )
-    usable = [a for a in anchors if a.not_before - skew <= now <= a.not_after + skew]
-    if not usable:
-        _check_window(anchors[0].certificate, len(chain), now, skew)  # raises
-    signing = [a for a in usable if a.problem is None]
-    if not signing:
-        raise fail("bad_signing_certificate", usable[0].certificate, len(chain), *usable[0].problem)  # type: ignore[misc]
-    problems = [
-        _constraint_violation(signers if a.certificate == last else [*signers, a], spiffe_id)
-        for a in signing
-    ]
-    if None not in problems:
-        raise VerificationError("bad_signing_certificate", str(problems[0]), rule="S-4")
-    signing = [a for a, problem in zip(signing, problems, strict=True) if problem is None]
-
-    if all(
-        s.webpki_algorithm and not s.uri_permitted and not s.uri_excluded
-        for s in [*signers, *signing]
-    ) and webpki_algorithm(leaf):
-        path = _webpki_path(
-            leaf, chain, anchors=signing, bundle=bundle, now=now, spiffe_id=spiffe_id
-        )
-    else:
-        path = _ordered_path(chain, signers, signing, spiffe_id)
-    return VerifiedPeer(spiffe_id, path, min(cert.not_valid_after_utc for cert in path))
-
-
-def _webpki_path(
-    leaf: x509.Certificate,
+def check_svid_offline(
     chain: Sequence[x509.Certificate],
     *,
-    anchors: Sequence[Signer],
-    bundle: X509Bundle,
-    now: datetime,
-    spiffe_id: SpiffeId,
-) -> tuple[x509.Certificate, ...]:
-    """RFC 5280 path validation by cryptography, at `now` moved into every window involved."""
-    start = max([cert.not_valid_before_utc for cert in chain] + [a.not_before for a in anchors])
-    end = min([cert.not_valid_after_utc for cert in chain] + [a.not_after for a in anchors])
-    at = min(max(now, start), end) if start <= end else now
-    everything = len(anchors) == len(bundle.authorities)
-    store = bundle.store if everything else verification.Store([a.certificate for a in anchors])
-    assert store is not None
-    verifier = (
-        verification.PolicyBuilder()
-        .store(store)
-        .time(at)
-        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
-        .build_client_verifier()
-    )
-    try:
-        return tuple(verifier.verify(leaf, list(chain[1:])).chain)
-    except verification.VerificationError as exc:
-        text = str(exc)
-        if "constraint" in text:  # path length or name constraints, seen by cryptography
-            raise VerificationError(
-                "bad_signing_certificate", f"chain of {spiffe_id}: {text}", rule="S-4"
-            ) from None
-        raise VerificationError(
-            "untrusted_chain",
-            f"chain of {spiffe_id} does not verify against the roots of"
-            f" {spiffe_id.trust_domain}: {text}",
-            rule="L-9",
-        ) from None
+    policy: ValidationPolicy | None = None,
+    now: datetime | None = None,
+    role: Role | None = None,
+) -> SpiffeId:
+    """The steps of `verify_svid` that need no bundle, on the chain as sent; for `inspect`.
 
-
-def _ordered_path(
-    chain: Sequence[x509.Certificate],
-    signers: Sequence[Signer],
-    anchors: Sequence[Signer],
-    spiffe_id: SpiffeId,
-) -> tuple[x509.Certificate, ...]:
-    """Validation for what cryptography's web-PKI profile refuses (URI name constraints,
-    Ed25519/Ed448): the chain must be in order, leaf first, each certificate signed by the
-    next, ending at an anchor. Every other rule (S-1..S-4, windows) was checked by the caller.
+    Returns the leaf's SPIFFE ID. This does NOT establish trust: no path is validated.
+    Raises `VerificationError`.
     """
-    if any(s.other_constraints for s in [*signers, *anchors]):
-        raise VerificationError(
-            "bad_signing_certificate",
-            f"chain of {spiffe_id}: URI and other name constraints together are not supported",
-            rule="S-4",
-        )
-    for index in range(len(chain) - 1):
-        _check_issued_by(chain[index], chain[index + 1], index, spiffe_id)
-    last = chain[-1]
-    for anchor in anchors:
-        if anchor.certificate == last:
-            return tuple(chain)
-        try:
-            _check_issued_by(last, anchor.certificate, len(chain) - 1, spiffe_id)
-        except VerificationError:
-            continue
-        return (*chain, anchor.certificate)
-    raise VerificationError(
-        "untrusted_chain",
-        f"chain of {spiffe_id}: no root of {spiffe_id.trust_domain} signed it",
-        rule="L-9",
-    )
+    policy = policy or DEFAULT_POLICY
+    now = _resolve_now(now)
+    with mapped(malformed("chain")), quiet():
+        _check_chain_length(len(chain))
+        j = Judgement(read_facts(chain[0], leaf=True), role, None, policy, now)
+        j.path = tuple(read_facts(cert, index=i) for i, cert in enumerate(chain[1:], start=1))
+        for step in _OFFLINE:
+            step(j)
+        assert j.spiffe_id is not None
+        return j.spiffe_id
 
 
-def _check_issued_by(
-    child: x509.Certificate, parent: x509.Certificate, index: int, spiffe_id: SpiffeId
-) -> None:
-    try:
-        child.verify_directly_issued_by(parent)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
-        raise fail(
-            "untrusted_chain",
-            child,
-            index,
-            f"not signed by the next certificate ({str(exc) or 'bad signature'})",
-            "L-9",
-        ) from None
+def leaf_spiffe_id(leaf: x509.Certificate) -> SpiffeId:
+    """The SPIFFE ID of a leaf SVID (L-1..L-3). Raises `VerificationError`."""
+    with mapped(malformed("leaf")), quiet():
+        facts = read_facts(leaf, leaf=True)
+        _check_extensions(facts, 0)
+        return _spiffe_id_of(facts)
 
 
-# The handshake path: OpenSSL has already validated signatures and the path (without
-# time); what is left is the SPIFFE layer. Certificates other than the leaf recur on
-# every handshake, so they are parsed once, by DER, in a small bounded cache.
-_PARSED: dict[bytes, tuple[x509.Certificate, Signer]] = {}
-_PARSED_MAX: Final = 256
+# The handshake path: certificates recur on every handshake (peers reconnect with the same
+# SVID until it rotates), so their facts are read once, by DER, into bounded caches.
+_LEAVES: Final[LruCache[bytes, CertFacts]] = LruCache(LEAF_CACHE_SIZE)
+_SIGNERS: Final[LruCache[bytes, CertFacts]] = LruCache(SIGNER_CACHE_SIZE)
 
 
-_LEAVES: dict[bytes, _Leaf] = {}
-_LEAVES_MAX: Final = 1024
-
-
-def _cached_leaf(der: bytes) -> _Leaf:
-    """Parse a leaf and apply L-1..L-7, once per distinct leaf: peers reconnect with the
-    same SVID until it rotates. Only leaves that pass are kept; the cache is bounded."""
-    found = _LEAVES.get(der)
+def _cached(cache: LruCache[bytes, CertFacts], der: bytes, index: int) -> CertFacts:
+    """The facts of the certificate `der` (`index` 0: the leaf), read once. Raises
+    `VerificationError`."""
+    found = cache.get(der)
     if found is None:
-        found = _read_leaf(x509.load_der_x509_certificate(der))
-        if len(_LEAVES) >= _LEAVES_MAX:
-            _LEAVES.pop(next(iter(_LEAVES)))
-        _LEAVES[der] = found
-    return found
-
-
-def _parse_signer(der: bytes, index: int) -> tuple[x509.Certificate, Signer]:
-    found = _PARSED.get(der)
-    if found is None:
-        cert = x509.load_der_x509_certificate(der)
-        found = (cert, read_signer(cert, index))
-        if len(_PARSED) >= _PARSED_MAX:
-            _PARSED.pop(next(iter(_PARSED)))
-        _PARSED[der] = found
+        with mapped(malformed(f"certificate {index}")), quiet():
+            cert = x509.load_der_x509_certificate(der)  # a negative serial warns
+            found = read_facts(cert, index=index, leaf=index == 0)
+        cache.put(der, found)
     return found
 
 
@@ -532,14 +792,14 @@ def verify_handshake_chain(
     now: datetime,
     role: Role,
     sent: int = 0,
+    sent_chain: Callable[[], Sequence[bytes]] | None = None,
 ) -> VerifiedPeer:
-    """The SPIFFE checks on a chain OpenSSL verified in a handshake (DER, leaf first, root last).
+    """`STEPS` on a chain OpenSSL verified in a handshake (DER, leaf first, root last).
 
     `sent` is how many certificates the peer sent, held to the same limit as `verify_svid`.
-
-    Same rules and reasons as `verify_svid`, without repeating OpenSSL's signature and
-    path checks: the root must be an authority of the leaf's *own* trust domain (L-10),
-    then L-1..L-8, S-1..S-4, the windows with skew and P-1..P-2. Raises `VerificationError`.
+    `sent_chain` gives what the peer sent (DER, leaf first), read only when OpenSSL's chain
+    does not end at an authority of the leaf's own trust domain or fails a step: the path
+    is then searched as `verify_svid` searches it. Raises `VerificationError`.
     """
     if not verified:
         raise VerificationError("no_client_certificate", "the peer sent no certificate")
@@ -547,30 +807,17 @@ def verify_handshake_chain(
         raise VerificationError(
             "malformed_certificate", f"the peer sent {sent} certificates, over {MAX_CHAIN_LENGTH}"
         )
-    try:
-        leaf_facts = _cached_leaf(verified[0])
-        _check_eku(leaf_facts, role)
-        leaf, spiffe_id = leaf_facts.certificate, leaf_facts.spiffe_id
-        parsed = [_parse_signer(der, index) for index, der in enumerate(verified[1:], start=1)]
-        chain = [leaf, *(cert for cert, _ in parsed)]
-        signers = [signer for _, signer in parsed]
-        _check_signers(chain, signers)
-        td = spiffe_id.trust_domain
-        bundle = _own_bundle(bundles, spiffe_id)
-        if verified[-1] not in bundle.authority_ders:
-            raise VerificationError(
-                "untrusted_chain",
-                f"chain of {spiffe_id} ends at a root that is not in the bundle of {td}",
-                rule="L-10",
-            )
-        windows = [leaf_facts.window, *((sig.not_before, sig.not_after) for sig in signers)]
-        _time_rules(chain, now, policy, windows)
-        problem = _constraint_violation(signers, spiffe_id)
-        if problem is not None:
-            raise VerificationError("bad_signing_certificate", problem, rule="S-4")
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _unreadable(exc) from None
-    return VerifiedPeer(spiffe_id, tuple(chain), min(end for _, end in windows))
+    with mapped(malformed("chain")):
+        j = Judgement(_cached(_LEAVES, verified[0], 0), role, bundles, policy, now)
+        openssl = tuple(_cached(_SIGNERS, der, i) for i, der in enumerate(verified[1:], start=1))
+        return _judge(j, _HandshakePaths(openssl, verified[-1], sent_chain))
+
+
+# ---------------------------------------------------------------- our own SVID
+
+
+def _unreadable_svid(description: str) -> VerificationError:
+    return VerificationError("malformed_certificate", f"SVID: unreadable ({description})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -591,27 +838,33 @@ class X509Svid:
     ) -> X509Svid:
         """From PEM: the leaf then its intermediates, and the leaf's key (PKCS#8 or traditional).
 
-        Raises `VerificationError` (reason from REASONS) if the leaf is no SVID, or `BundleError` /
-        `ValueError` for unreadable PEM or a key that does not match the leaf.
+        Raises `VerificationError` if the leaf is no SVID or is unreadable, `BundleError` for
+        PEM with no certificate, `ConfigError` for a key that is unreadable or does not match.
         """
-        chain = load_pem_certificates(cert_pem, what="SVID certificate")
-        data = key_pem.encode() if isinstance(key_pem, str) else key_pem
-        try:
-            key = load_pem_private_key(data, password=password)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            raise ValueError(f"SVID key: not a readable PEM private key ({exc})") from None
-        if not isinstance(key, PrivateKey):
-            raise ValueError(f"SVID key: unsupported key type {type(key).__name__}")
-        return cls.from_parts(chain, key)
+        with mapped(_unreadable_svid):
+            chain = load_pem_certificates(cert_pem, what="SVID certificate")
+            data = key_pem.encode() if isinstance(key_pem, str) else key_pem
+            try:
+                key = load_pem_private_key(data, password=password)
+            except Exception as exc:  # cryptography raises several types for bad keys
+                raise ConfigError(f"SVID key: not a readable PEM private key ({exc})") from None
+            if not isinstance(key, PrivateKey):
+                raise ConfigError(f"SVID key: unsupported key type {type(key).__name__}")
+            return cls.from_parts(chain, key)
 
     @classmethod
     def from_parts(cls, chain: Sequence[x509.Certificate], private_key: PrivateKey) -> X509Svid:
-        """Check that the key matches the leaf and that the leaf names a SPIFFE ID (L-1..L-3)."""
-        if not chain:
-            raise ValueError("SVID chain is empty")
-        if chain[0].public_key() != private_key.public_key():
-            raise ValueError("SVID key does not match the leaf certificate's public key")
-        return cls(tuple(chain), private_key, leaf_spiffe_id(chain[0]))
+        """Check that the key matches the leaf and that the leaf names a SPIFFE ID (L-1..L-3).
+
+        Raises `VerificationError` for the leaf, `ConfigError` for an empty chain or a key
+        that does not match the leaf.
+        """
+        with mapped(_unreadable_svid):
+            if not chain:
+                raise ConfigError("SVID chain is empty")
+            if chain[0].public_key() != private_key.public_key():
+                raise ConfigError("SVID key does not match the leaf certificate's public key")
+            return cls(tuple(chain), private_key, leaf_spiffe_id(chain[0]))
 
     @property
     def leaf(self) -> x509.Certificate:
@@ -619,11 +872,12 @@ class X509Svid:
 
     @property
     def not_before(self) -> datetime:
-        return self.leaf.not_valid_before_utc
+        return clamp_time(self.leaf.not_valid_before_utc)
 
     @property
     def not_after(self) -> datetime:
-        return self.leaf.not_valid_after_utc
+        """The leaf's expiry, clamped to `_boundary.LATEST` (so it can be computed with)."""
+        return clamp_time(self.leaf.not_valid_after_utc)
 
     def check(
         self,

@@ -38,15 +38,23 @@ from ._svid import X509Svid
 X509_V_FLAG_PARTIAL_CHAIN: Final = 0x80000
 X509_V_FLAG_NO_CHECK_TIME: Final = 0x200000
 
-# OpenSSL's verify messages (X509_verify_cert_error_string) and the reason each means.
+# OpenSSL's verify messages (X509_verify_cert_error_string) and the reason each means:
+# the reason `verify_svid` gives for the same defect (tests/test_handshake_verdicts.py).
 # Matched by text: the numeric codes moved between releases (an invalid CA is 24 in
-# OpenSSL 1.1 and 79 in 3.0), the messages did not.
+# OpenSSL 1.1 and 79 in 3.0), the messages did not. The first fragment found wins.
 _VERIFY_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
+    ("unhandled critical extension", "malformed_certificate"),
+    ("invalid or inconsistent certificate extension", "malformed_certificate"),
+    ("proxy certificates not allowed", "malformed_certificate"),
+    ("rfc 3779", "malformed_certificate"),
     ("invalid ca certificate", "bad_signing_certificate"),
     ("path length constraint exceeded", "bad_signing_certificate"),
     ("subtree violation", "bad_signing_certificate"),  # permitted / excluded
     ("name constraint", "bad_signing_certificate"),  # unsupported type, syntax, min/max
+    ("name syntax", "bad_signing_certificate"),  # a name a constraint cannot be applied to
     ("certificate purpose", "extended_key_usage"),  # EKU, or key usage without digitalSignature
+    ("key too weak", "untrusted_chain"),  # EE / CA certificate key too weak
+    ("digest algorithm too weak", "untrusted_chain"),
     ("certificate has expired", "expired"),
     ("certificate is not yet valid", "not_yet_valid"),
 )

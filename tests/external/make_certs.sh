@@ -92,10 +92,11 @@ stamp() { printf -v REPLY '%(%Y%m%d%H%M%S)TZ' "$((T + $1))"; }
 
 # sign CSR OUT ISSUER NOT_BEFORE NOT_AFTER EXTFILE   (offsets from T in seconds)
 # ISSUER is a CA name under ca/, or "self": self-signed with the key next to the CSR.
+# NOT_AFTER "never" is RFC 5280's 99991231235959Z. $MD (default sha256) is the digest.
 sign() {
     local csr=$1 out=$2 issuer=$3 nb=$4 na=$5 ext=$6 start end
     stamp "$nb"; start=$REPLY
-    stamp "$na"; end=$REPLY
+    if [[ $na == never ]]; then end=99991231235959Z; else stamp "$na"; end=$REPLY; fi
     local -a who
     if [[ $issuer == self ]]; then
         who=(-selfsign -keyfile "${csr%.csr}.key")
@@ -103,12 +104,14 @@ sign() {
         who=(-cert "ca/$issuer.pem" -keyfile "ca/$issuer.key")
     fi
     ossl ca -config openssl.cnf -batch -notext -in "$csr" -out "$out" "${who[@]}" \
-        -startdate "$start" -enddate "$end" -extfile "$ext" -extensions ext
+        -startdate "$start" -enddate "$end" -extfile "$ext" -extensions ext -md "${MD:-sha256}"
 }
 
-newkey() { # newkey FILE [rsa]
+newkey() { # newkey FILE [rsa|rsa1024]
     if [[ ${2-} == rsa ]]; then
         ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1"
+    elif [[ ${2-} == rsa1024 ]]; then
+        ossl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out "$1"
     else
         ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
             -pkeyopt ec_param_enc:named_curve -out "$1"
@@ -266,6 +269,25 @@ ca int-expired "/O=example.org/CN=expired intermediate" example-root \
     $((-365 * DAY)) $((-HOUR)) <<<"$INT_EXT"
 ca int-not-yet-valid "/O=example.org/CN=not yet valid intermediate" example-root \
     $((HOUR)) $((365 * DAY)) <<<"$INT_EXT"
+ca int-unknown-critical "/O=example.org/CN=intermediate with an unknown critical extension" \
+    example-root $CNB $CNA <<EOF
+$INT_EXT
+1.3.6.1.4.1.55555.9 = critical, ASN1:NULL
+EOF
+ca int-eku-code-signing "/O=example.org/CN=intermediate with EKU codeSigning" example-root \
+    $CNB $CNA <<EOF
+$INT_EXT
+extendedKeyUsage = codeSigning
+EOF
+ca int-nc-dns-other "/O=example.org/CN=intermediate permitted DNS other.org" example-root \
+    $CNB $CNA <<EOF
+$INT_EXT
+nameConstraints = critical, permitted;DNS:other.org
+EOF
+ca no-expiry-root "/O=example.org/CN=example.org root CA without expiry" self $CNB never \
+    <<<"$ROOT_EXT"
+cp ca/example-int.pem "$OUT/bundles-alt/example.org-intermediate.pem"
+cp ca/no-expiry-root.pem "$OUT/bundles-alt/example.org-no-expiry-root.pem"
 
 # ---------------------------------------------------------------------------------------
 # Good cases
@@ -455,6 +477,45 @@ std_leaf | leaf p2_age_exceeded example-root $((-50 * MIN)) $((5 * MIN))
 std_leaf | leaf p3_expired_beyond_skew example-root $((-31 - 30 * MIN)) -31
 std_leaf | leaf p3_not_yet_valid_beyond_skew example-root 31 $((31 + 30 * MIN))
 
+# Issue 7: one verdict on both paths. RFC 5280 4.2: critical extensions not handled.
+leaf crit_unknown_in_leaf example-root $LNB $LNA <<EOF
+$(std_leaf)
+1.3.6.1.4.1.55555.9 = critical, ASN1:NULL
+EOF
+leaf crit_authority_key_identifier example-root $LNB $LNA <<'EOF'
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = URI:spiffe://example.org/workload
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = critical, keyid:always
+EOF
+std_leaf | leaf crit_unknown_in_intermediate int-unknown-critical $LNB $LNA
+# Key and signature strength, purpose on the whole path, DNS name constraints.
+std_leaf | leaf l9_rsa1024_leaf example-root $LNB $LNA rsa1024
+std_leaf | MD=sha1 leaf l9_sha1_signature example-root $LNB $LNA
+leaf l8_any_eku_only example-root $LNB $LNA <<'EOF'
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = anyExtendedKeyUsage
+subjectAltName = URI:spiffe://example.org/workload
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+EOF
+std_leaf | leaf l8_intermediate_eku_code_signing int-eku-code-signing $LNB $LNA
+std_leaf "URI:spiffe://example.org/workload, DNS:workload.example.org" |
+    leaf s4_dns_name_constraint int-nc-dns-other $LNB $LNA
+# Paths the peer may send in any order, with extras; authorities that are not self-signed
+# or never expire.
+std_leaf | leaf good_chain_out_of_order example-int2 $LNB $LNA
+present good_chain_out_of_order leaf/good_chain_out_of_order.pem ca/example-int.pem \
+    ca/example-int2.pem
+std_leaf | leaf good_chain_with_unrelated_certificate example-int $LNB $LNA
+present good_chain_with_unrelated_certificate leaf/good_chain_with_unrelated_certificate.pem \
+    ca/other-int.pem ca/example-int.pem
+std_leaf | leaf good_intermediate_is_the_authority example-int $LNB $LNA
+std_leaf | leaf good_root_without_expiry no-expiry-root $LNB $LNA
+
 # ---------------------------------------------------------------------------------------
 # --check: what does OpenSSL itself say about each chain?
 # expect_verify CASE VERDICT AT_OFFSET BUNDLE...
@@ -471,6 +532,25 @@ if ((check)); then
         local chain=$OUT/$name/chain.pem got out
         if out=$("$OPENSSL" verify "${strict[@]}" -attime $((T + at)) -CAfile "$W/check-roots.pem" \
             -untrusted "$chain" "$chain" 2>&1); then
+            got=OK
+        else
+            got='?'
+            [[ $out =~ (^|$'\n')error\ [0-9]+\ at\ ([0-9]+)\ depth\ lookup:\ ([^$'\n']*) ]] &&
+                got="${BASH_REMATCH[2]}:${BASH_REMATCH[3]}"
+        fi
+        if [[ $got == "$want" ]]; then
+            printf 'ok    %-45s %s\n' "$name" "$got"
+        else
+            printf 'FAIL  %-45s want %s, openssl says: %s\n' "$name" "$want" "${out//$'\n'/ | }"
+            fails=$((fails + 1))
+        fi
+    }
+    expect_verify_at_level_2() {
+        local name=$1 want=$2 got out
+        shift 2
+        cat "$@" >"$W/check-roots.pem"
+        if out=$("$OPENSSL" verify -auth_level 2 -attime "$T" -CAfile "$W/check-roots.pem" \
+            -untrusted "$OUT/$name/chain.pem" "$OUT/$name/chain.pem" 2>&1); then
             got=OK
         else
             got='?'
@@ -529,5 +609,17 @@ if ((check)); then
     expect_verify s4_name_constraints_exclude_example '0:excluded subtree violation' 0 $EX $OT
     expect_verify p3_expired_beyond_skew '0:certificate has expired' 0 $EX $OT
     expect_verify p3_not_yet_valid_beyond_skew '0:certificate is not yet valid' 0 $EX $OT
+    expect_verify crit_unknown_in_leaf '0:unhandled critical extension' 0 $EX $OT
+    expect_verify crit_authority_key_identifier '0:unhandled critical extension' 0 $EX $OT
+    expect_verify crit_unknown_in_intermediate '1:unhandled critical extension' 0 $EX $OT
+    # `openssl verify` runs at security level 1 unless told: -auth_level 2 is what TLS uses.
+    expect_verify_at_level_2 l9_rsa1024_leaf '0:EE certificate key too weak' $EX $OT
+    expect_verify_at_level_2 l9_sha1_signature '0:CA signature digest algorithm too weak' $EX $OT
+    expect_verify l8_any_eku_only OK 0 $EX $OT # only a purpose check refuses it (TLS has one)
+    expect_verify l8_intermediate_eku_code_signing OK 0 $EX $OT
+    expect_verify s4_dns_name_constraint '0:permitted subtree violation' 0 $EX $OT
+    expect_verify good_chain_out_of_order OK 0 $EX $OT
+    expect_verify good_chain_with_unrelated_certificate OK 0 $EX $OT
+    expect_verify good_root_without_expiry OK 0 bundles-alt/example.org-no-expiry-root.pem
     ((fails == 0)) || { echo "make_certs.sh --check: $fails mismatches" >&2; exit 1; }
 fi
