@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
 import pytest
 import trio
 import trio.testing
 
 import meshtls
 
-from .meshnet import Mesh, start_server
-
-
-@asynccontextmanager
-async def stream_pair(mesh: Mesh) -> AsyncIterator[tuple[meshtls.MeshStream, meshtls.MeshStream]]:
-    """A connected (client, server) pair of MeshStreams over loopback."""
-    server_side: trio.MemorySendChannel[meshtls.MeshStream]
-    server_side, received = trio.open_memory_channel[meshtls.MeshStream](1)
-    done = trio.Event()
-
-    async def handler(stream: meshtls.MeshStream) -> None:
-        await server_side.send(stream)
-        await done.wait()
-
-    async with trio.open_nursery() as nursery:
-        port = await start_server(nursery, handler, source=mesh.server)
-        client = await meshtls.connect(
-            "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
-        )
-        server = await received.receive()
-        try:
-            yield client, server
-        finally:
-            await client.aclose()
-            done.set()
-            nursery.cancel_scope.cancel()
+from .meshnet import Mesh, start_server, stream_pair
 
 
 async def test_check_half_closeable_stream() -> None:
@@ -175,3 +147,44 @@ async def test_observer_sees_handshakes_and_connections_on_both_sides() -> None:
         ("handshake", "server", None),
         ("closed", "server", None),
     ]
+
+
+# ---------------------------------------------------------------- half-close (issue 7, item 2)
+
+REPLY = bytes(range(256)) * 4096  # 1 MiB: many TLS records, more than one socket read
+
+
+async def test_send_eof_while_a_reply_is_arriving_loses_nothing() -> None:
+    """The client reads one chunk of a 1 MiB reply, half-closes, then reads the rest.
+
+    CPython's `unwrap()` calls `SSL_shutdown` twice; the second call reads the records
+    already fed to OpenSSL and discards application data as a fatal error. Every byte
+    of the reply must still arrive, then a clean EOF; the server sees our EOF.
+    """
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        with trio.fail_after(10):
+            await server.send_all(REPLY)
+            received = bytearray(await client.receive_some())
+            assert 0 < len(received) < len(REPLY)
+            await client.send_eof()
+            assert await server.receive_some() == b""  # our close_notify arrived
+            await server.send_eof()
+            while chunk := await client.receive_some():
+                received += chunk
+    assert bytes(received) == REPLY
+
+
+async def test_send_eof_after_a_partial_record_read_loses_nothing() -> None:
+    """Reading 100 bytes leaves the rest of a 16 KiB record inside OpenSSL, not in the
+    memory BIO: half-closing then must keep that plaintext too."""
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        with trio.fail_after(10):
+            await server.send_all(REPLY[:16384])
+            await server.send_eof()
+            received = bytearray(await client.receive_some(100))
+            await client.send_eof()
+            while chunk := await client.receive_some(7000):
+                received += chunk
+    assert bytes(received) == REPLY[:16384]

@@ -349,7 +349,11 @@ class MeshStream(trio.abc.HalfCloseableStream):
             waited = False
             if not self._eof_sent:
                 self._eof_sent = True
-                self._session.close_notify()
+                try:
+                    self._session.close_notify()
+                except ssl.SSLError as exc:
+                    self._broken = exc
+                    raise _broken_by(exc) from exc
                 waited = await self._flush()
             if not waited:
                 await trio.lowlevel.checkpoint()
@@ -365,7 +369,10 @@ class MeshStream(trio.abc.HalfCloseableStream):
         """`aclose` without its checkpoint, for a task that is about to end anyway."""
         if not self._closed:
             self._closed = True
-            if self._broken is None and not self._eof_sent:
+            # Not while a send is under way: a close_notify in the middle of a record
+            # would corrupt it, and after a cut-off send the peer must see an error.
+            busy = self._sending or self._send_lock.locked()
+            if self._broken is None and not self._eof_sent and not busy:
                 try:
                     self._session.close_notify()
                     out = self._session.outgoing()
