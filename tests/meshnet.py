@@ -51,6 +51,7 @@ async def start_server(
     observer: Observer | None = None,
     handshake_timeout: float = 10.0,
     max_handshakes: int = 256,
+    max_connections: int = 1024,
 ) -> int:
     """Start `meshtls.serve` on 127.0.0.1:0 and return its port."""
     serve = functools.partial(
@@ -64,6 +65,7 @@ async def start_server(
         observer=observer,
         handshake_timeout=handshake_timeout,
         max_handshakes=max_handshakes,
+        max_connections=max_connections,
     )
     listeners: list[trio.SocketListener] = await nursery.start(serve)
     port: int = listeners[0].socket.getsockname()[1]

@@ -188,3 +188,82 @@ async def test_send_eof_after_a_partial_record_read_loses_nothing() -> None:
             while chunk := await client.receive_some(7000):
                 received += chunk
     assert bytes(received) == REPLY[:16384]
+
+
+async def test_a_handler_that_fails_resets_its_peer() -> None:
+    """A handler that raises part-way must not look like one that finished: its peer
+    reads what was sent, then an error, never a clean EOF."""
+    mesh = Mesh()
+
+    async def failing(stream: meshtls.MeshStream) -> None:
+        await stream.send_all(b"half of an answer")
+        raise RuntimeError("the handler has a bug")
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, failing, source=mesh.server)
+        with trio.fail_after(10):
+            stream = await meshtls.connect(
+                "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+            )
+            async with stream:
+                received = b""
+                with pytest.raises(trio.BrokenResourceError):  # noqa: PT012 - read until it breaks
+                    while chunk := await stream.receive_some():
+                        received += chunk
+        nursery.cancel_scope.cancel()
+    assert received == b"half of an answer"
+
+
+async def test_serve_caps_established_connections() -> None:
+    """`max_connections=1`: while one verified connection is open, the next verified peer
+    is reset at once (an error, never EOF) and its handler never runs; once the first
+    closes, a newcomer is served again."""
+    mesh = Mesh()
+    served: list[meshtls.MeshStream] = []
+    release = trio.Event()
+    arrived: trio.MemorySendChannel[None]
+    arrived, arrivals = trio.open_memory_channel[None](10)
+
+    async def holding(stream: meshtls.MeshStream) -> None:
+        served.append(stream)
+        await arrived.send(None)
+        await release.wait()
+        await stream.send_all(b"bye")
+
+    async def dial() -> meshtls.MeshStream:
+        return await meshtls.connect(
+            "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+        )
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, holding, source=mesh.server, max_connections=1)
+        with trio.fail_after(10):
+            first = await dial()
+            await arrivals.receive()
+            second = await dial()  # TLS 1.3: the client finishes before the server judges
+            async with second:
+                with pytest.raises(trio.BrokenResourceError):
+                    await second.receive_some()
+            assert len(served) == 1
+            async with first:
+                release.set()
+                assert await first.receive_some() == b"bye"
+            third = await dial()
+            async with third:
+                await arrivals.receive()
+                assert await third.receive_some() == b"bye"
+        nursery.cancel_scope.cancel()
+    assert len(served) == 2
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_serve_refuses_a_bad_connection_cap(limit: int) -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        await meshtls.serve(
+            meshtls.MeshStream.aclose,
+            0,
+            host="127.0.0.1",
+            source=Mesh().server,
+            authorize=meshtls.authorize_any(),
+            max_connections=limit,
+        )

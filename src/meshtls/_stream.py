@@ -35,6 +35,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final, Literal, NoReturn, Protocol
@@ -55,6 +56,9 @@ logger = logging.getLogger("meshtls")
 RECEIVE_SIZE: Final = 65536
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 DEFAULT_MAX_HANDSHAKES: Final = 256
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+#: SO_LINGER on, 0 s: `close` sends a TCP RST and drops unsent data (an abort, not an EOF).
+LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _ACCEPT_CAPACITY_ERRORS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 )
@@ -367,23 +371,35 @@ class MeshStream(trio.abc.HalfCloseableStream):
 
     def close_now(self) -> None:
         """`aclose` without its checkpoint, for a task that is about to end anyway."""
-        if not self._closed:
-            self._closed = True
-            # Not while a send is under way: a close_notify in the middle of a record
-            # would corrupt it, and after a cut-off send the peer must see an error.
-            busy = self._sending or self._send_lock.locked()
-            if self._broken is None and not self._eof_sent and not busy:
-                try:
-                    self._session.close_notify()
-                    out = self._session.outgoing()
-                    if out:
-                        self._sock.send(out)
-                except (OSError, ssl.SSLError):
-                    pass
-            trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
-            self._sock.close()
-            if self._watch is not None:
-                self._watch[0].closed(self._watch[1])
+        self._close(graceful=True)
+
+    def abort(self) -> None:
+        """Close at once with a TCP reset and no close_notify, for work cut off part-way:
+        the peer's stream breaks (`trio.BrokenResourceError`), it never reads as EOF."""
+        self._close(graceful=False)
+
+    def _close(self, *, graceful: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Not while a send is under way: a close_notify in the middle of a record
+        # would corrupt it, and after a cut-off send the peer must see an error.
+        busy = self._sending or self._send_lock.locked()
+        if not graceful:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        elif self._broken is None and not self._eof_sent and not busy:
+            try:
+                self._session.close_notify()
+                out = self._session.outgoing()
+                if out:
+                    self._sock.send(out)
+            except (OSError, ssl.SSLError):
+                pass
+        trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
+        self._sock.close()
+        if self._watch is not None:
+            self._watch[0].closed(self._watch[1])
 
 
 def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
@@ -697,6 +713,7 @@ async def serve(
     policy: ValidationPolicy | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     clock: Clock | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
@@ -710,17 +727,24 @@ async def serve(
     At most `max_handshakes` handshakes are in progress; a connection takes a place only
     once its first bytes arrive, and at the limit the handshake stalled longest on its
     peer is evicted for the newcomer, so neither idle nor stalled peers starve real ones.
+    At most `max_connections` verified connections are open at once: a peer verified
+    while the cap is reached is reset at once (`MeshStream.abort`) and logged; it sees
+    a broken stream, and may retry.
 
     A rejected peer is closed and logged, `on_rejected` (if given) is called with the
     `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
     are checked against (default: the wall clock). The handler owns
     the stream; it is closed when the handler returns. An exception from a handler is
-    logged and does not stop the server. Runs until cancelled.
+    logged, resets the connection (`MeshStream.abort`: the peer sees an error, not an
+    EOF) and does not stop the server. Runs until cancelled.
     """
     if handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be positive")
     if max_handshakes < 1:
         raise ValueError("max_handshakes must be >= 1")
+    if max_connections < 1:
+        raise ValueError("max_connections (a connection cap) must be >= 1")
+    connections = trio.CapacityLimiter(max_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     handshakes = _Handshakes(max_handshakes)
     watch: tuple[Observer, OurRole] | None = (observer, "server") if observer else None
@@ -788,11 +812,24 @@ async def serve(
         if observer is not None:
             observer.handshake("server", seconds=trio.current_time() - started, error=None)
         try:
+            connections.acquire_nowait()
+        except trio.WouldBlock:
+            logger.warning(
+                "connection cap reached, resetting a verified peer peer=%s id=%s limit=%d",
+                address,
+                stream.peer.spiffe_id,
+                max_connections,
+            )
+            stream.abort()
+            return
+        try:
             await handler(stream)
         except Exception:
             logger.exception("handler failed peer=%s id=%s", address, stream.peer.spiffe_id)
+            stream.abort()  # the peer must not take a failed exchange for a finished one
         finally:
             stream.close_now()  # this task ends here: no checkpoint needed to close
+            connections.release()
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
