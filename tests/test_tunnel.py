@@ -10,6 +10,7 @@ import struct
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,6 +18,7 @@ import trio
 import meshtls
 from meshtls._tunnel import expose, forward
 
+from .hostile import EDI_PARTY_NAME, san_with, server_context, write_pem
 from .meshnet import Mesh
 
 CLIENT = "spiffe://example.org/client"
@@ -351,3 +353,53 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
     return port
+
+
+async def test_forward_survives_a_peer_whose_certificate_makes_the_verifier_raise(
+    tmp_path: Path,
+) -> None:
+    """The forward's peer first presents a certificate whose SAN holds an EDIPartyName
+    (cryptography raises `UnsupportedGeneralNameType`), then a good one. One plaintext
+    client must not take the forward down: the first is reset, the second is served."""
+    mesh = Mesh()
+    bad = mesh.ca.issue(uris=(), extensions=[(san_with(SERVER, EDI_PARTY_NAME), False)])
+    contexts = [
+        server_context(write_pem(tmp_path, bad, "bad")),
+        server_context(write_pem(tmp_path, mesh.ca.issue(SERVER), "good")),
+    ]
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def tls_echo(task_status: trio.TaskStatus[None]) -> None:
+        async with listeners[0] as listener:
+            task_status.started()
+            for context in contexts:
+                tls = trio.SSLStream(await listener.accept(), context, server_side=True)
+                with contextlib.suppress(trio.BrokenResourceError):
+                    async with tls:
+                        while data := await tls.receive_some():
+                            await tls.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(tls_echo)
+        forwarded = await nursery.start(
+            functools.partial(
+                forward,
+                ("127.0.0.1", 0),
+                ("127.0.0.1", first_port(listeners)),
+                expect=SERVER,
+                source=mesh.client,
+            )
+        )
+        with trio.fail_after(10):
+            for expected in ("reset", b"ping"):
+                client = await trio.open_tcp_stream("127.0.0.1", first_port(forwarded))
+                async with client:
+                    try:
+                        await client.send_all(b"ping")
+                        await client.send_eof()
+                    except trio.BrokenResourceError:
+                        received, ended = b"", "reset"
+                    else:
+                        received, ended = await read_until_end(client)
+                    assert (received or ("reset" if ended != "eof" else ended)) == expected
+        nursery.cancel_scope.cancel()

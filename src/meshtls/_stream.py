@@ -44,8 +44,9 @@ import trio
 from cryptography import x509
 
 from ._authorize import Authorizer
+from ._boundary import describe_error
 from ._bundle import BundleSet
-from ._errors import HandshakeError, MeshError, Reason, VerificationError
+from ._errors import HandshakeError, Reason, VerificationError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._sources import IdentitySource
 from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
@@ -425,7 +426,7 @@ def _claimed_id(chain: list[bytes]) -> str | None:
         return None
     try:
         return str(leaf_spiffe_id(x509.load_der_x509_certificate(chain[0])))
-    except (MeshError, ValueError):
+    except Exception:  # whatever the peer sent: this is only for the log line
         return None
 
 
@@ -443,8 +444,13 @@ def _diagnose_client_side(
             return HandshakeError(
                 precise.reason, precise.detail, peer=ctx.address, claimed_id=claimed
             )
-        except ValueError:
-            pass
+        except Exception as unreadable:  # our verifier cannot read what OpenSSL refused
+            return HandshakeError(
+                "malformed_certificate",
+                f"{exc.detail}; the chain is unreadable ({describe_error(unreadable)})",
+                peer=ctx.address,
+                claimed_id=claimed,
+            )
     return HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed)
 
 
@@ -480,16 +486,22 @@ async def _establish(
     handshake: _Handshake | None = None,
     watch: tuple[Observer, OurRole] | None = None,
 ) -> MeshStream:
-    """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure
-    (or OSError when `connecting` and the TCP connect failed)."""
+    """Handshake, verify, authorize. Closes nothing.
+
+    Raises `HandshakeError` for any failure of any type while judging the peer, or
+    OSError when `connecting` and the TCP connect failed. A verifier or authorizer that
+    raises something else has a bug: the peer is refused (fail closed) and the traceback
+    logged.
+    """
     try:
         await _handshake(sock, session, connecting=connecting, progress=handshake)
     except TlsError as exc:
         if ctx.role == "server":  # we are the client: the server's chain is readable
             raise _diagnose_client_side(session, exc, ctx) from exc
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address) from exc
-    verified = session.verified_chain()
+    verified: list[bytes] = []
     try:
+        verified = session.verified_chain()
         peer = verify_handshake_chain(
             verified,
             ctx.bundles,
@@ -498,10 +510,35 @@ async def _establish(
             role=ctx.role,
             sent=session.sent_chain_length(),
         )
-        ctx.authorize(peer)
     except VerificationError as exc:
         claimed = _claimed_id(verified)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
+    except Exception as exc:  # the verifier could not judge this chain
+        logger.error("verifier failed, refusing the peer peer=%s", ctx.address, exc_info=True)
+        raise HandshakeError(
+            "malformed_certificate",
+            f"the certificate could not be judged ({describe_error(exc)})",
+            peer=ctx.address,
+            claimed_id=_claimed_id(verified),
+        ) from exc
+    try:
+        ctx.authorize(peer)
+    except VerificationError as exc:
+        claimed = str(peer.spiffe_id)
+        raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
+    except Exception as exc:  # fail closed
+        logger.error(
+            "authorizer failed, refusing the peer peer=%s id=%s",
+            ctx.address,
+            peer.spiffe_id,
+            exc_info=True,
+        )
+        raise HandshakeError(
+            "unauthorized",
+            f"the authorizer failed ({describe_error(exc)})",
+            peer=ctx.address,
+            claimed_id=str(peer.spiffe_id),
+        ) from exc
     return MeshStream(sock, session, peer, watch)
 
 
@@ -614,6 +651,18 @@ async def connect(
         if observer is not None:
             observer.handshake("client", seconds=trio.current_time() - started, error=exc)
         raise
+    except OSError:
+        sock.close()
+        raise
+    except Exception as exc:  # a bug: still no foreign type for the caller
+        sock.close()
+        logger.exception("connect failed peer=%s", ctx.address)
+        error = HandshakeError(
+            "protocol_error", f"internal error: {describe_error(exc)}", peer=ctx.address
+        )
+        if observer is not None:
+            observer.handshake("client", seconds=trio.current_time() - started, error=error)
+        raise error from exc
     except BaseException:
         sock.close()
         raise
@@ -751,6 +800,16 @@ async def serve(
     policy = policy or DEFAULT_POLICY
     now = clock or _wall_clock
 
+    def rejected(exc: HandshakeError, seconds: float) -> None:
+        """Tell `on_rejected` and the observer; their failure is logged, never raised."""
+        try:
+            if on_rejected is not None:
+                on_rejected(exc)
+            if observer is not None:
+                observer.handshake("server", seconds=seconds, error=exc)
+        except Exception:
+            logger.exception("on_rejected or the observer failed")
+
     async def serve_one(sock: socket.socket) -> None:
         address = _address(sock)
         stream: MeshStream | None = None
@@ -797,14 +856,19 @@ async def serve(
         except HandshakeError as exc:
             sock.close()
             _log_rejection("server", exc)
-            if on_rejected is not None:
-                on_rejected(exc)
-            if observer is not None:
-                observer.handshake("server", seconds=trio.current_time() - started, error=exc)
+            rejected(exc, trio.current_time() - started)
             return
         except OSError as exc:
             sock.close()
             logger.info("connection failed before the handshake peer=%s error=%r", address, exc)
+            return
+        except Exception as exc:  # a bug while judging this peer: it ends this connection only
+            sock.close()
+            logger.exception("connection failed while judging the peer peer=%s", address)
+            error = HandshakeError(
+                "protocol_error", f"internal error: {describe_error(exc)}", peer=address
+            )
+            rejected(error, trio.current_time() - started)
             return
         except BaseException:
             sock.close()
