@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import meshtls
 from meshtls._tunnel import expose, forward
@@ -65,6 +66,7 @@ async def tunnel_pair(
     expect: str = SERVER,
     cap: int = 1024,
     peer_port: int | None = None,
+    connect_timeout: float = 10.0,
 ) -> AsyncIterator[int]:
     """An expose in front of `backend` and a forward to it (or to `peer_port`); yields the
     forward's port."""
@@ -77,6 +79,7 @@ async def tunnel_pair(
                 source=mesh.server,
                 authorize=allow or meshtls.authorize_id(CLIENT),
                 max_connections=cap,
+                connect_timeout=connect_timeout,
             ),
         )
         forward_listeners = await nursery.start(
@@ -86,6 +89,7 @@ async def tunnel_pair(
                 ("127.0.0.1", peer_port or first_port(expose_listeners)),
                 expect=expect,
                 source=mesh.client,
+                connect_timeout=connect_timeout,
             ),
         )
         yield first_port(forward_listeners)
@@ -403,3 +407,84 @@ async def test_forward_survives_a_peer_whose_certificate_makes_the_verifier_rais
                         received, ended = await read_until_end(client)
                     assert (received or ("reset" if ended != "eof" else ended)) == expected
         nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- deadlines on the dials
+
+
+@pytest.fixture
+def jumping_clock() -> trio.testing.MockClock:
+    """pytest-trio runs the test on any fixture that is a `trio.abc.Clock`."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+@contextmanager
+def black_hole() -> Iterator[int]:
+    """A loopback port whose TCP connects never complete: backlog 0, already taken once."""
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())  # the one place in the accept queue
+        yield listener.getsockname()[1]
+
+
+async def test_expose_gives_up_on_a_backend_that_never_answers(
+    jumping_clock: trio.testing.MockClock,
+) -> None:
+    """`connect_timeout` bounds expose's dial to its backend (default 10 s); the client of
+    the forward is then reset, exactly that much Trio time after it connected."""
+    mesh = Mesh()
+    with black_hole() as port:
+        async with tunnel_pair(mesh, port, connect_timeout=3.0) as entry:
+            client = await trio.open_tcp_stream("127.0.0.1", entry)
+            started = trio.current_time()
+            async with client:
+                with trio.fail_after(60):
+                    _, ended = await read_until_end(client)
+            waited = trio.current_time() - started
+    assert ended != "eof"
+    assert waited == pytest.approx(3.0, abs=0.05)
+
+
+async def test_forward_gives_up_on_a_peer_that_never_answers_its_handshake(
+    jumping_clock: trio.testing.MockClock,
+) -> None:
+    """`connect_timeout` bounds forward's dial and handshake with its peer."""
+    mesh = Mesh()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with (
+        backend(silent) as peer,
+        tunnel_pair(mesh, 9, peer_port=peer, connect_timeout=4.0) as entry,
+    ):
+        client = await trio.open_tcp_stream("127.0.0.1", entry)
+        started = trio.current_time()
+        async with client:
+            with trio.fail_after(60):
+                _, ended = await read_until_end(client)
+        waited = trio.current_time() - started
+    assert ended != "eof"
+    assert waited == pytest.approx(4.0, abs=0.05)
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0])
+async def test_bad_connect_timeouts_are_refused(seconds: float) -> None:
+    mesh = Mesh()
+    with pytest.raises(ValueError, match="connect_timeout"):
+        await expose(
+            ("127.0.0.1", 0),
+            ("127.0.0.1", 9),
+            source=mesh.server,
+            authorize=meshtls.authorize_any(),
+            connect_timeout=seconds,
+        )
+    with pytest.raises(ValueError, match="connect_timeout"):
+        await forward(
+            ("127.0.0.1", 0),
+            ("127.0.0.1", 9),
+            expect=SERVER,
+            source=mesh.client,
+            connect_timeout=seconds,
+        )

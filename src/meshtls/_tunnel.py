@@ -51,6 +51,15 @@ logger = logging.getLogger("meshtls")
 COPY_SIZE = 65536
 
 
+#: Seconds a tunnel waits for its far end: forward's dial and handshake, expose's dial.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def _check_connect_timeout(seconds: float) -> None:
+    if not seconds > 0:  # NaN too
+        raise ValueError(f"connect_timeout must be positive, not {seconds!r}")
+
+
 #: The two kinds of stream a tunnel joins.
 Tunnelled = MeshStream | trio.SocketStream
 
@@ -124,6 +133,7 @@ async def expose(
     policy: ValidationPolicy | None = None,
     max_connections: int = 1024,
     handshake_timeout: float = 10.0,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
@@ -132,20 +142,28 @@ async def expose(
     """mTLS in on `listen`, plaintext TCP out to `backend`, for peers `authorize` accepts.
 
     ``started()`` gives the listeners. At most `max_connections` tunnels are open (`serve`'s
-    cap). A backend that refuses the connection resets the peer's stream (logged).
-    `track` wraps each tunnel (the node's deadlines). Runs until cancelled.
+    cap). A backend that refuses the connection, or does not accept it within
+    `connect_timeout` seconds, resets the peer's stream (logged). `track` wraps each
+    tunnel (the node's deadlines). Runs until cancelled.
     """
+    _check_connect_timeout(connect_timeout)
     backend_host, backend_port = backend
 
     async def tunnel(stream: MeshStream) -> None:
+        upstream: trio.SocketStream | None = None
         try:
-            upstream = await trio.open_tcp_stream(backend_host, backend_port)
+            with trio.move_on_after(connect_timeout):
+                upstream = await trio.open_tcp_stream(backend_host, backend_port)
         except OSError as exc:
+            problem = repr(exc)
+        else:
+            problem = f"no connection within {connect_timeout:g}s"
+        if upstream is None:
             logger.error(
-                "expose backend unreachable backend=%s:%d error=%r",
+                "expose backend unreachable backend=%s:%d error=%s",
                 backend_host,
                 backend_port,
-                exc,
+                problem,
             )
             stream.abort()  # the peer's client must not read a clean EOF as the answer
             return
@@ -176,15 +194,19 @@ async def forward(
     source: IdentitySource,
     policy: ValidationPolicy | None = None,
     max_connections: int = 1024,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     observer: Observer | None = None,
     track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plaintext in on `listen`, mTLS out to `peer`, which must prove it is `expect`.
 
-    A peer that fails verification or is not `expect` closes the plaintext client's
-    connection (logged by `connect`). ``started()`` gives the listeners.
+    A peer that cannot be reached, fails verification, is not `expect`, or has not
+    completed its TCP connect and handshake within `connect_timeout` seconds: the
+    plaintext client is reset (logged). At most `max_connections` clients at once; one
+    more is reset at once. ``started()`` gives the listeners.
     """
+    _check_connect_timeout(connect_timeout)
     if max_connections < 1:
         raise ValueError("a connection cap must be >= 1")
     connections = trio.CapacityLimiter(max_connections)
@@ -207,17 +229,23 @@ async def forward(
             connections.release()
 
     async def forward_one(client: trio.SocketStream) -> None:
+        upstream: MeshStream | None = None
         try:
-            upstream = await connect(
-                peer_host,
-                peer_port,
-                source=source,
-                authorize=authorize,
-                policy=policy,
-                observer=observer,
-            )
+            with trio.move_on_after(connect_timeout):
+                upstream = await connect(
+                    peer_host,
+                    peer_port,
+                    source=source,
+                    authorize=authorize,
+                    policy=policy,
+                    observer=observer,
+                )
         except (HandshakeError, OSError) as exc:
-            logger.warning("forward could not reach its peer error=%r", exc)
+            problem = repr(exc)
+        else:
+            problem = f"no verified connection within {connect_timeout:g}s"
+        if upstream is None:
+            logger.warning("forward could not reach its peer error=%s", problem)
             reset(client)  # its request went nowhere: no clean EOF as the answer
             return
         with track(upstream, "client"):
