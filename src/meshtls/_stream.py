@@ -250,6 +250,28 @@ class MeshStream(trio.abc.HalfCloseableStream):
         if self._broken is not None:
             raise trio.BrokenResourceError("this MeshStream is broken") from self._broken
 
+    def _fail(self, exc: ssl.SSLError) -> trio.BrokenResourceError:
+        """The TLS session failed: break the stream, tell the peer why, return the error.
+
+        OpenSSL writes a fatal alert when it fails a session (bad_record_mac,
+        record_overflow, unexpected_message, ...; RFC 8446 says the peer MUST get it).
+        It goes out now, without waiting, unless a send is under way (then the alert
+        would land inside a record; that send flushes it).
+        """
+        self._broken = exc
+        if not (self._sending or self._send_lock.locked()):
+            self._send_pending()
+        return _broken_by(exc)
+
+    def _send_pending(self) -> None:
+        """Whatever the engine has queued, in one nonblocking send, errors ignored."""
+        try:
+            out = self._session.outgoing()
+            if out:
+                self._sock.send(out)
+        except OSError:
+            pass
+
     async def _flush(self) -> bool:
         """Send whatever the engine has queued; return whether that was a checkpoint.
 
@@ -292,8 +314,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     self._session.write(data)
                 except ssl.SSLError as exc:
-                    self._broken = exc
-                    raise _broken_by(exc) from exc
+                    raise self._fail(exc) from exc
             if not await self._flush():
                 await trio.lowlevel.checkpoint()
         finally:
@@ -324,8 +345,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     data = self._session.read(max_bytes)
                 except ssl.SSLError as exc:
-                    self._broken = exc
-                    raise _broken_by(exc) from exc
+                    raise self._fail(exc) from exc
                 if self._session.has_output() and await self._flush():  # e.g. a KeyUpdate reply
                     waited = True
                 if data is not None:
@@ -357,8 +377,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     self._session.close_notify()
                 except ssl.SSLError as exc:
-                    self._broken = exc
-                    raise _broken_by(exc) from exc
+                    raise self._fail(exc) from exc
                 waited = await self._flush()
             if not waited:
                 await trio.lowlevel.checkpoint()
@@ -389,14 +408,14 @@ class MeshStream(trio.abc.HalfCloseableStream):
         if not graceful:
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-        elif self._broken is None and not self._eof_sent and not busy:
-            try:
+        elif busy:
+            pass
+        elif self._broken is not None:
+            self._send_pending()  # the fatal alert, if it is still queued
+        elif not self._eof_sent:
+            with contextlib.suppress(ssl.SSLError):
                 self._session.close_notify()
-                out = self._session.outgoing()
-                if out:
-                    self._sock.send(out)
-            except (OSError, ssl.SSLError):
-                pass
+            self._send_pending()
         trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
         self._sock.close()
         if self._watch is not None:
