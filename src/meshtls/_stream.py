@@ -194,9 +194,12 @@ class MeshStream(trio.abc.HalfCloseableStream):
     """A TLS 1.3 stream whose peer passed SPIFFE verification and authorization.
 
     Made only by `connect` and `serve`. ``peer`` is the `VerifiedPeer`. The stream owns
-    its socket and closes it in `aclose`. `send_eof` sends TLS close_notify; the peer
-    may go on sending (TLS 1.3 half-close). A peer that closes TCP without close_notify
-    breaks the stream (`trio.BrokenResourceError`): truncation is never mistaken for EOF.
+    its socket and closes it in `aclose` (after a close_notify), or resets it in `abort`
+    (for work cut off part-way). `send_eof` sends TLS close_notify; the peer may go on
+    sending, and every byte it sends is still received (TLS 1.3 half-close). A peer
+    that closes TCP without close_notify breaks the stream (`trio.BrokenResourceError`):
+    truncation is never mistaken for EOF. A TLS failure sends OpenSSL's alert to the
+    peer and raises `trio.BrokenResourceError`, never `ssl.SSLError`.
     """
 
     __slots__ = (
@@ -255,8 +258,8 @@ class MeshStream(trio.abc.HalfCloseableStream):
 
         OpenSSL writes a fatal alert when it fails a session (bad_record_mac,
         record_overflow, unexpected_message, ...; RFC 8446 says the peer MUST get it).
-        It goes out now, without waiting, unless a send is under way (then the alert
-        would land inside a record; that send flushes it).
+        It goes out now, without waiting, unless a send is under way (the alert would
+        land inside that send's record); then closing the stream sends it.
         """
         self._broken = exc
         if not (self._sending or self._send_lock.locked()):
