@@ -13,13 +13,18 @@ import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
 
 import meshtls
-from meshtls.testing import IssuedCertificate
+from meshtls.testing import CA, IssuedCertificate
 
 from .meshnet import Mesh, start_server
 
@@ -337,3 +342,61 @@ async def tls_round_trip(port: int, context: ssl.SSLContext, probe: bytes = PROB
     finally:
         await trio.aclose_forcefully(tls)
     return echoed
+
+
+# ---------------------------------------------------------------- malformed certificates
+
+
+def der(tag: int, content: bytes) -> bytes:
+    """One DER TLV."""
+    size = len(content)
+    if size < 0x80:
+        length = bytes([size])
+    else:
+        octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+        length = bytes([0x80 | len(octets)]) + octets
+    return bytes([tag]) + length + content
+
+
+def san_with(spiffe_id: str, other_name: bytes) -> x509.UnrecognizedExtension:
+    """A SAN holding our URI and one more GeneralName, given as DER."""
+    names = der(0x86, spiffe_id.encode()) + other_name  # [6] uniformResourceIdentifier
+    return x509.UnrecognizedExtension(ExtensionOID.SUBJECT_ALTERNATIVE_NAME, der(0x30, names))
+
+
+#: [5] ediPartyName { partyName [1] DirectoryString (UTF8String "party") }
+EDI_PARTY_NAME: Final = der(0xA5, der(0xA1, der(0x0C, b"party")))
+#: [3] x400Address: an ORAddress whose built-in standard attributes are all absent
+X400_ADDRESS: Final = der(0xA3, der(0x30, b""))
+#: RFC 5280 4.1.2.5: "no well-defined expiration date"
+NO_EXPIRY: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
+UNKNOWN_CRITICAL: Final = (
+    x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.7"), b"\x05\x00"),
+    True,
+)
+#: Same length as the SAN's OID 2.5.29.17 (55 1D 11): swapped in after signing once.
+_PLACEHOLDER_OID: Final = x509.ObjectIdentifier("2.5.29.99")
+
+
+def with_duplicate_san(ca: CA, spiffe_id: str) -> IssuedCertificate:
+    """A leaf with two SAN extensions, re-signed by `ca` (an EC CA).
+
+    A certificate builder refuses duplicates, so the second SAN goes in under an OID of
+    the same length, which is then swapped for the SAN's in the to-be-signed bytes.
+    """
+    second = der(0x30, der(0x86, spiffe_id.encode()))
+    issued = ca.issue(
+        spiffe_id,
+        extensions=[(x509.UnrecognizedExtension(_PLACEHOLDER_OID, second), False)],
+    )
+    leaf = issued.chain[0]
+    placeholder = der(0x06, b"\x55\x1d\x63")
+    assert leaf.tbs_certificate_bytes.count(placeholder) == 1
+    tbs = leaf.tbs_certificate_bytes.replace(placeholder, der(0x06, b"\x55\x1d\x11"))
+    key = ca.key
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    algorithm = der(0x30, der(0x06, bytes.fromhex("2a8648ce3d040302")))  # ecdsa-with-SHA256
+    certificate = der(0x30, tbs + algorithm + der(0x03, b"\x00" + signature))
+    forged = x509.load_der_x509_certificate(certificate)
+    return IssuedCertificate(chain=(forged, *issued.chain[1:]), private_key=issued.private_key)

@@ -312,3 +312,40 @@ def tlslite_client(
         with contextlib.suppress(OSError, tlslite_api.TLSError):
             connection.close()
     return TlsliteOutcome(handshake, received, ended)
+
+
+def tlslite_server(listener: socket.socket, identity: IssuedCertificate) -> TlsliteOutcome:
+    """Blocking: accept one connection on `listener` and serve it as a tlslite-ng TLS 1.3
+    server presenting `identity` (asking no client certificate); read until it ends.
+
+    tlslite-ng parses certificates itself, so it presents what OpenSSL refuses to load
+    (a duplicate extension). Run it in a thread; every wait times out after `PEER_TIMEOUT`.
+    """
+    if TLSLITE_MISSING is not None:  # pragma: no cover - the tests skip first
+        raise RuntimeError(TLSLITE_MISSING)
+    settings = tlslite_api.HandshakeSettings()
+    settings.minVersion = (3, 4)
+    settings.maxVersion = (3, 4)
+    chain = tlslite_api.X509CertChain()
+    chain.parsePemList(identity.chain_pem.decode("ascii"))
+    key = tlslite_api.parsePEMKey(identity.key_pem.decode("ascii"), private=True)
+    listener.settimeout(PEER_TIMEOUT)
+    sock, _ = listener.accept()
+    handshake = False
+    received = b""
+    with sock:
+        sock.settimeout(PEER_TIMEOUT)
+        connection = tlslite_api.TLSConnection(sock)
+        try:
+            connection.handshakeServer(certChain=chain, privateKey=key, settings=settings)
+            handshake = True
+            while chunk := bytes(cast(bytearray, connection.read())):
+                received += chunk
+            ended = "close_notify"
+        except tlslite_api.TLSRemoteAlert as alert:
+            ended = f"alert:{alert}"
+        except (OSError, tlslite_api.TLSAbruptCloseError) as error:
+            ended = type(error).__name__
+        with contextlib.suppress(OSError, tlslite_api.TLSError):
+            connection.close()
+    return TlsliteOutcome(handshake, received, ended)

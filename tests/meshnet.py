@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -50,6 +51,7 @@ async def start_server(
     observer: Observer | None = None,
     handshake_timeout: float = 10.0,
     max_handshakes: int = 256,
+    max_connections: int = 1024,
 ) -> int:
     """Start `meshtls.serve` on 127.0.0.1:0 and return its port."""
     serve = functools.partial(
@@ -63,7 +65,33 @@ async def start_server(
         observer=observer,
         handshake_timeout=handshake_timeout,
         max_handshakes=max_handshakes,
+        max_connections=max_connections,
     )
     listeners: list[trio.SocketListener] = await nursery.start(serve)
     port: int = listeners[0].socket.getsockname()[1]
     return port
+
+
+@asynccontextmanager
+async def stream_pair(mesh: Mesh) -> AsyncIterator[tuple[meshtls.MeshStream, meshtls.MeshStream]]:
+    """A connected (client, server) pair of MeshStreams over loopback."""
+    server_side: trio.MemorySendChannel[meshtls.MeshStream]
+    server_side, received = trio.open_memory_channel[meshtls.MeshStream](1)
+    done = trio.Event()
+
+    async def handler(stream: meshtls.MeshStream) -> None:
+        await server_side.send(stream)
+        await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, handler, source=mesh.server)
+        client = await meshtls.connect(
+            "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+        )
+        server = await received.receive()
+        try:
+            yield client, server
+        finally:
+            await client.aclose()
+            done.set()
+            nursery.cancel_scope.cancel()

@@ -23,7 +23,8 @@ import socket
 import ssl
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,11 +37,15 @@ from meshtls.testing import CA, IssuedCertificate
 
 from .hostile import (
     ALERT,
+    EDI_PARTY_NAME,
     GOOD_CLIENT_ID,
     HANDSHAKE,
+    NO_EXPIRY,
     PROBE,
     SERVER_ID,
+    UNKNOWN_CRITICAL,
     WAIT,
+    X400_ADDRESS,
     EchoServer,
     Outcome,
     client_context,
@@ -50,12 +55,15 @@ from .hostile import (
     real_client_hello,
     receive_until_closed,
     records,
+    san_with,
     server_context,
     tls10_client_hello,
     tls_client,
     tls_round_trip,
+    with_duplicate_san,
     write_pem,
 )
+from .interop import TLSLITE_MISSING, TlsliteOutcome, tlslite_client, tlslite_server
 from .meshnet import Mesh
 
 
@@ -484,3 +492,184 @@ async def test_control_a_good_stdlib_client_is_echoed(tmp_path: Path) -> None:
         assert echoed == PROBE
         assert server.served == [GOOD_CLIENT_ID]
         assert server.pending_rejections() == []
+
+
+# ---------------------------------------------------------------- one peer's failure is its own
+
+
+def _far_mesh() -> tuple[Mesh, CA]:
+    """The mesh, federated with far.example, whose root has no well-defined expiry."""
+    mesh = Mesh()
+    far = CA("far.example", now=mesh.now, not_after=NO_EXPIRY)
+    mesh.bundles = mesh.ca.bundle_set(mesh.other, far)
+    mesh.server = mesh.source(SERVER_ID)
+    mesh.client = mesh.source(GOOD_CLIENT_ID, via_intermediate=True)
+    return mesh, far
+
+
+def _edi_party_name(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return mesh.ca.issue(uris=(), extensions=[(san_with(spiffe_id, EDI_PARTY_NAME), False)])
+
+
+def _x400_address(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return mesh.ca.issue(uris=(), extensions=[(san_with(spiffe_id, X400_ADDRESS), False)])
+
+
+def _duplicate_san(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return with_duplicate_san(mesh.ca, spiffe_id)
+
+
+def _leaf_without_expiry(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return mesh.ca.issue(spiffe_id, not_after=NO_EXPIRY)
+
+
+def _root_without_expiry(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return far.issue(spiffe_id.replace("example.org", "far.example"))
+
+
+def _unknown_critical_in_leaf(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return mesh.ca.issue(spiffe_id, extensions=[UNKNOWN_CRITICAL])
+
+
+def _unknown_critical_in_intermediate(mesh: Mesh, far: CA, spiffe_id: str) -> IssuedCertificate:
+    return mesh.ca.intermediate(extensions=[UNKNOWN_CRITICAL]).issue(spiffe_id)
+
+
+MALFORMED = {
+    "edi_party_name_in_san": _edi_party_name,
+    "x400_address_in_san": _x400_address,
+    "duplicate_san_extension": _duplicate_san,
+    "leaf_not_after_99991231235959Z": _leaf_without_expiry,
+    "root_not_after_99991231235959Z": _root_without_expiry,
+    "unknown_critical_extension_in_leaf": _unknown_critical_in_leaf,
+    "unknown_critical_extension_in_intermediate": _unknown_critical_in_intermediate,
+}
+#: A root with no well-defined expiry is valid (RFC 5280): its chain may be served. Every
+#: other case must be refused. Either way the peer is judged, with a reason when refused.
+MAY_BE_SERVED = {"root_not_after_99991231235959Z"}
+#: OpenSSL will not load a certificate with a duplicate extension: tlslite-ng presents it.
+VIA_TLSLITE = {"duplicate_san_extension"}
+
+
+async def _present_client_certificate(
+    case: str, mesh: Mesh, issued: IssuedCertificate, port: int, directory: Path
+) -> bytes:
+    """Handshake with `issued` as a client certificate, send PROBE; what came back."""
+    if case in VIA_TLSLITE:
+        if TLSLITE_MISSING is not None:
+            pytest.skip(TLSLITE_MISSING)
+        with trio.fail_after(2 * WAIT):
+            outcome = await trio.to_thread.run_sync(
+                lambda: tlslite_client(port, PROBE, identity=issued)
+            )
+        return outcome.received
+    tried = await tls_client(port, client_context(mesh, write_pem(directory, issued)))
+    return tried.received
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_malformed_client_certificate_ends_only_its_connection(
+    case: str, tmp_path: Path
+) -> None:
+    """Whatever the certificate makes the verifier raise, `serve` refuses that peer with
+    a reason, runs no handler for it, and serves a good client straight afterwards."""
+    mesh, far = _far_mesh()
+    issued = MALFORMED[case](mesh, far, GOOD_CLIENT_ID)
+    async with echo_server(mesh, authorize=meshtls.authorize_any()) as server:
+        received = await _present_client_certificate(case, mesh, issued, server.port, tmp_path)
+        if case in MAY_BE_SERVED and received:
+            assert received == PROBE
+            assert server.served == ["spiffe://far.example/client"]
+            server.served.clear()
+        else:
+            assert received == b""
+            rejected = await server.rejection()
+            assert rejected.reason in meshtls.REASONS
+            assert server.served == []
+            assert server.pending_rejections() == []
+        await server.assert_serves_good_client()
+
+
+@asynccontextmanager
+async def _server_presenting(
+    case: str, issued: IssuedCertificate, directory: Path
+) -> AsyncIterator[tuple[int, Callable[[], bytes]]]:
+    """A TLS 1.3 server presenting `issued` for one connection: (its port, what it got)."""
+    if case not in VIA_TLSLITE:
+        async with hostile_server(server_context(write_pem(directory, issued))) as server:
+            yield server.port, lambda: server.received
+        return
+    if TLSLITE_MISSING is not None:
+        pytest.skip(TLSLITE_MISSING)
+    outcome: list[TlsliteOutcome] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        async with trio.open_nursery() as nursery:
+
+            async def serve_one() -> None:
+                outcome.append(await trio.to_thread.run_sync(tlslite_server, listener, issued))
+
+            nursery.start_soon(serve_one)
+            yield listener.getsockname()[1], lambda: outcome[0].received if outcome else b""
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
+    case: str, tmp_path: Path
+) -> None:
+    """`connect` to a server presenting the certificate raises `HandshakeError` with a
+    reason (never a foreign exception), and sends it no application byte."""
+    mesh, far = _far_mesh()
+    issued = MALFORMED[case](mesh, far, SERVER_ID)
+    async with _server_presenting(case, issued, tmp_path) as (port, received):
+        with trio.fail_after(WAIT):
+            try:
+                stream = await meshtls.connect(
+                    "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+                )
+            except meshtls.HandshakeError as exc:
+                assert exc.reason in meshtls.REASONS
+            else:
+                assert case in MAY_BE_SERVED
+                await stream.aclose()
+    assert received() == b""
+
+
+def _buggy_authorizer(peer: meshtls.VerifiedPeer) -> None:
+    """Fails with a foreign exception for one id: a bug, not a verdict."""
+    if peer.spiffe_id.path == "/buggy":
+        raise RuntimeError("a bug in the authorizer")
+
+
+async def test_an_authorizer_that_raises_refuses_that_peer_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Fail closed: the peer is refused as `unauthorized`, the traceback is logged (it is a
+    bug), and the server goes on serving."""
+    mesh = Mesh()
+    buggy = mesh.source("spiffe://example.org/buggy")
+    async with echo_server(mesh, authorize=_buggy_authorizer) as server:
+        with trio.fail_after(WAIT):
+            stream = await meshtls.connect(
+                "127.0.0.1", server.port, source=buggy, authorize=meshtls.authorize_any()
+            )
+            async with stream:
+                with pytest.raises(meshtls.PeerRejectedError):
+                    await stream.receive_some()
+        rejected = await expect_rejection(server, "unauthorized")
+        assert "RuntimeError" in rejected.detail
+        await server.assert_serves_good_client()
+    assert any(record.exc_info and "authorizer" in record.message for record in caplog.records)
+
+
+async def test_connect_with_an_authorizer_that_raises_fails_closed() -> None:
+    def broken(peer: meshtls.VerifiedPeer) -> None:
+        raise RuntimeError("a bug in the authorizer")
+
+    mesh = Mesh()
+    async with echo_server(mesh) as server:
+        with trio.fail_after(WAIT), pytest.raises(meshtls.HandshakeError) as caught:
+            await meshtls.connect("127.0.0.1", server.port, source=mesh.client, authorize=broken)
+    assert caught.value.reason == "unauthorized"
+    assert "RuntimeError" in caught.value.detail

@@ -101,13 +101,17 @@ async def test_a_failing_handler_does_not_stop_the_node(tmp_path: Path) -> None:
             ),
             ca.bundle(),
         )
-        for expected in (b"", b"still serving"):
+        for expected in (None, b"still serving"):  # None: reset, the handler failed (issue 7)
             stream = await meshtls.connect(
                 "127.0.0.1", mesh_port(node), source=client, authorize=meshtls.authorize_any()
             )
             async with stream:
                 with trio.fail_after(5):
-                    assert await stream.receive_some() == expected
+                    if expected is None:
+                        with pytest.raises(trio.BrokenResourceError):
+                            await stream.receive_some()
+                    else:
+                        assert await stream.receive_some() == expected
         assert node.ready
     assert len(calls) == 2
 

@@ -2,41 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import ssl
 
 import pytest
 import trio
 import trio.testing
 
 import meshtls
+from meshtls._tls import TlsSession
 
-from .meshnet import Mesh, start_server
-
-
-@asynccontextmanager
-async def stream_pair(mesh: Mesh) -> AsyncIterator[tuple[meshtls.MeshStream, meshtls.MeshStream]]:
-    """A connected (client, server) pair of MeshStreams over loopback."""
-    server_side: trio.MemorySendChannel[meshtls.MeshStream]
-    server_side, received = trio.open_memory_channel[meshtls.MeshStream](1)
-    done = trio.Event()
-
-    async def handler(stream: meshtls.MeshStream) -> None:
-        await server_side.send(stream)
-        await done.wait()
-
-    async with trio.open_nursery() as nursery:
-        port = await start_server(nursery, handler, source=mesh.server)
-        client = await meshtls.connect(
-            "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
-        )
-        server = await received.receive()
-        try:
-            yield client, server
-        finally:
-            await client.aclose()
-            done.set()
-            nursery.cancel_scope.cancel()
+from .meshnet import Mesh, start_server, stream_pair
 
 
 async def test_check_half_closeable_stream() -> None:
@@ -175,3 +150,166 @@ async def test_observer_sees_handshakes_and_connections_on_both_sides() -> None:
         ("handshake", "server", None),
         ("closed", "server", None),
     ]
+
+
+# ---------------------------------------------------------------- half-close (issue 7, item 2)
+
+REPLY = bytes(range(256)) * 4096  # 1 MiB: many TLS records, more than one socket read
+
+
+async def test_send_eof_while_a_reply_is_arriving_loses_nothing() -> None:
+    """The client reads one chunk of a 1 MiB reply, half-closes, then reads the rest.
+
+    CPython's `unwrap()` calls `SSL_shutdown` twice; the second call reads the records
+    already fed to OpenSSL and discards application data as a fatal error. Every byte
+    of the reply must still arrive, then a clean EOF; the server sees our EOF.
+    """
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        with trio.fail_after(10):
+            await server.send_all(REPLY)
+            received = bytearray(await client.receive_some())
+            assert 0 < len(received) < len(REPLY)
+            await client.send_eof()
+            assert await server.receive_some() == b""  # our close_notify arrived
+            await server.send_eof()
+            while chunk := await client.receive_some():
+                received += chunk
+    assert bytes(received) == REPLY
+
+
+async def test_send_eof_after_a_partial_record_read_loses_nothing() -> None:
+    """Reading 100 bytes leaves the rest of a 16 KiB record inside OpenSSL, not in the
+    memory BIO: half-closing then must keep that plaintext too."""
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        with trio.fail_after(10):
+            await server.send_all(REPLY[:16384])
+            await server.send_eof()
+            received = bytearray(await client.receive_some(100))
+            await client.send_eof()
+            while chunk := await client.receive_some(7000):
+                received += chunk
+    assert bytes(received) == REPLY[:16384]
+
+
+async def test_a_handler_that_fails_resets_its_peer() -> None:
+    """A handler that raises part-way must not look like one that finished: its peer
+    reads what was sent, then an error, never a clean EOF."""
+    mesh = Mesh()
+
+    async def failing(stream: meshtls.MeshStream) -> None:
+        await stream.send_all(b"half of an answer")
+        raise RuntimeError("the handler has a bug")
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, failing, source=mesh.server)
+        with trio.fail_after(10):
+            stream = await meshtls.connect(
+                "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+            )
+            async with stream:
+                received = b""
+                with pytest.raises(trio.BrokenResourceError):  # noqa: PT012 - read until it breaks
+                    while chunk := await stream.receive_some():
+                        received += chunk
+        nursery.cancel_scope.cancel()
+    assert received == b"half of an answer"
+
+
+async def test_serve_caps_established_connections() -> None:
+    """`max_connections=1`: while one verified connection is open, the next verified peer
+    is reset at once (an error, never EOF) and its handler never runs; once the first
+    closes, a newcomer is served again."""
+    mesh = Mesh()
+    served: list[meshtls.MeshStream] = []
+    release = trio.Event()
+    arrived: trio.MemorySendChannel[None]
+    arrived, arrivals = trio.open_memory_channel[None](10)
+
+    async def holding(stream: meshtls.MeshStream) -> None:
+        served.append(stream)
+        await arrived.send(None)
+        await release.wait()
+        await stream.send_all(b"bye")
+
+    async def dial() -> meshtls.MeshStream:
+        return await meshtls.connect(
+            "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+        )
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, holding, source=mesh.server, max_connections=1)
+        with trio.fail_after(10):
+            first = await dial()
+            await arrivals.receive()
+            second = await dial()  # TLS 1.3: the client finishes before the server judges
+            async with second:
+                with pytest.raises(trio.BrokenResourceError):
+                    await second.receive_some()
+            assert len(served) == 1
+            async with first:
+                release.set()
+                assert await first.receive_some() == b"bye"
+            third = await dial()
+            async with third:
+                await arrivals.receive()
+                assert await third.receive_some() == b"bye"
+        nursery.cancel_scope.cancel()
+    assert len(served) == 2
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+async def test_serve_refuses_a_bad_connection_cap(limit: int) -> None:
+    with pytest.raises(ValueError, match="max_connections"):
+        await meshtls.serve(
+            meshtls.MeshStream.aclose,
+            0,
+            host="127.0.0.1",
+            source=Mesh().server,
+            authorize=meshtls.authorize_any(),
+            max_connections=limit,
+        )
+
+
+def _session_pair(mesh: Mesh) -> tuple[TlsSession, TlsSession]:
+    """A (client, server) pair of TlsSessions with the handshake done, sans I/O."""
+    client = mesh.client.contexts().session(server_side=False)
+    server = mesh.server.contexts().session(server_side=True)
+    for _ in range(4):
+        client_done = client.handshake()
+        server.feed(client.outgoing())
+        server_done = server.handshake()
+        client.feed(server.outgoing())
+        if client_done and server_done:
+            break
+    assert client.read(1) is None  # takes in what the server sent after its Finished
+    return client, server
+
+
+def test_why_close_notify_holds_records_back() -> None:
+    """The cause, pinned: CPython's `unwrap()` calls SSL_shutdown a second time, which
+    reads the records already fed to OpenSSL and fails on application data, discarding
+    a record and killing the session. If a CPython release changes this, this test says
+    so, and `TlsSession.close_notify` may become simpler."""
+    client, server = _session_pair(Mesh())
+    server.write(REPLY[:65536])
+    client.feed(server.outgoing())  # four records
+    first = client.read(65536)
+    assert first is not None
+    fed = client._incoming.pending
+    with pytest.raises(ssl.SSLError, match="APPLICATION_DATA_AFTER_CLOSE_NOTIFY"):
+        client._tls.unwrap()
+    assert fed - client._incoming.pending == 16384 + 22  # one record read, and thrown away
+
+
+def test_close_notify_keeps_every_record_readable() -> None:
+    client, server = _session_pair(Mesh())
+    server.write(REPLY[:65536])
+    client.feed(server.outgoing())
+    received = bytearray(client.read(100) or b"")  # the rest of that record stays in OpenSSL
+    client.close_notify()
+    assert client.outgoing()  # our close_notify, to send
+    while chunk := client.read(65536):
+        received += chunk
+    assert bytes(received) == REPLY[:65536]

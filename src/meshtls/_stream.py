@@ -35,6 +35,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final, Literal, NoReturn, Protocol
@@ -43,8 +44,9 @@ import trio
 from cryptography import x509
 
 from ._authorize import Authorizer
+from ._boundary import describe_error
 from ._bundle import BundleSet
-from ._errors import HandshakeError, MeshError, Reason, VerificationError
+from ._errors import HandshakeError, Reason, VerificationError
 from ._identity import IdentitySource
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
@@ -55,6 +57,9 @@ logger = logging.getLogger("meshtls")
 RECEIVE_SIZE: Final = 65536
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 DEFAULT_MAX_HANDSHAKES: Final = 256
+DEFAULT_MAX_CONNECTIONS: Final = 1024
+#: SO_LINGER on, 0 s: `close` sends a TCP RST and drops unsent data (an abort, not an EOF).
+LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _ACCEPT_CAPACITY_ERRORS: Final = frozenset(
     {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 )
@@ -189,9 +194,12 @@ class MeshStream(trio.abc.HalfCloseableStream):
     """A TLS 1.3 stream whose peer passed SPIFFE verification and authorization.
 
     Made only by `connect` and `serve`. ``peer`` is the `VerifiedPeer`. The stream owns
-    its socket and closes it in `aclose`. `send_eof` sends TLS close_notify; the peer
-    may go on sending (TLS 1.3 half-close). A peer that closes TCP without close_notify
-    breaks the stream (`trio.BrokenResourceError`): truncation is never mistaken for EOF.
+    its socket and closes it in `aclose` (after a close_notify), or resets it in `abort`
+    (for work cut off part-way). `send_eof` sends TLS close_notify; the peer may go on
+    sending, and every byte it sends is still received (TLS 1.3 half-close). A peer
+    that closes TCP without close_notify breaks the stream (`trio.BrokenResourceError`):
+    truncation is never mistaken for EOF. A TLS failure sends OpenSSL's alert to the
+    peer and raises `trio.BrokenResourceError`, never `ssl.SSLError`.
     """
 
     __slots__ = (
@@ -245,6 +253,28 @@ class MeshStream(trio.abc.HalfCloseableStream):
         if self._broken is not None:
             raise trio.BrokenResourceError("this MeshStream is broken") from self._broken
 
+    def _fail(self, exc: ssl.SSLError) -> trio.BrokenResourceError:
+        """The TLS session failed: break the stream, tell the peer why, return the error.
+
+        OpenSSL writes a fatal alert when it fails a session (bad_record_mac,
+        record_overflow, unexpected_message, ...; RFC 8446 says the peer MUST get it).
+        It goes out now, without waiting, unless a send is under way (the alert would
+        land inside that send's record); then closing the stream sends it.
+        """
+        self._broken = exc
+        if not (self._sending or self._send_lock.locked()):
+            self._send_pending()
+        return _broken_by(exc)
+
+    def _send_pending(self) -> None:
+        """Whatever the engine has queued, in one nonblocking send, errors ignored."""
+        try:
+            out = self._session.outgoing()
+            if out:
+                self._sock.send(out)
+        except OSError:
+            pass
+
     async def _flush(self) -> bool:
         """Send whatever the engine has queued; return whether that was a checkpoint.
 
@@ -287,8 +317,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     self._session.write(data)
                 except ssl.SSLError as exc:
-                    self._broken = exc
-                    raise _broken_by(exc) from exc
+                    raise self._fail(exc) from exc
             if not await self._flush():
                 await trio.lowlevel.checkpoint()
         finally:
@@ -319,8 +348,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     data = self._session.read(max_bytes)
                 except ssl.SSLError as exc:
-                    self._broken = exc
-                    raise _broken_by(exc) from exc
+                    raise self._fail(exc) from exc
                 if self._session.has_output() and await self._flush():  # e.g. a KeyUpdate reply
                     waited = True
                 if data is not None:
@@ -349,7 +377,10 @@ class MeshStream(trio.abc.HalfCloseableStream):
             waited = False
             if not self._eof_sent:
                 self._eof_sent = True
-                self._session.close_notify()
+                try:
+                    self._session.close_notify()
+                except ssl.SSLError as exc:
+                    raise self._fail(exc) from exc
                 waited = await self._flush()
             if not waited:
                 await trio.lowlevel.checkpoint()
@@ -363,20 +394,35 @@ class MeshStream(trio.abc.HalfCloseableStream):
 
     def close_now(self) -> None:
         """`aclose` without its checkpoint, for a task that is about to end anyway."""
-        if not self._closed:
-            self._closed = True
-            if self._broken is None and not self._eof_sent:
-                try:
-                    self._session.close_notify()
-                    out = self._session.outgoing()
-                    if out:
-                        self._sock.send(out)
-                except (OSError, ssl.SSLError):
-                    pass
-            trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
-            self._sock.close()
-            if self._watch is not None:
-                self._watch[0].closed(self._watch[1])
+        self._close(graceful=True)
+
+    def abort(self) -> None:
+        """Close at once with a TCP reset and no close_notify, for work cut off part-way:
+        the peer's stream breaks (`trio.BrokenResourceError`), it never reads as EOF."""
+        self._close(graceful=False)
+
+    def _close(self, *, graceful: bool) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        # Not while a send is under way: a close_notify in the middle of a record
+        # would corrupt it, and after a cut-off send the peer must see an error.
+        busy = self._sending or self._send_lock.locked()
+        if not graceful:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+        elif busy:
+            pass
+        elif self._broken is not None:
+            self._send_pending()  # the fatal alert, if it is still queued
+        elif not self._eof_sent:
+            with contextlib.suppress(ssl.SSLError):
+                self._session.close_notify()
+            self._send_pending()
+        trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
+        self._sock.close()
+        if self._watch is not None:
+            self._watch[0].closed(self._watch[1])
 
 
 def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
@@ -402,7 +448,7 @@ def _claimed_id(chain: list[bytes]) -> str | None:
         return None
     try:
         return str(leaf_spiffe_id(x509.load_der_x509_certificate(chain[0])))
-    except (MeshError, ValueError):
+    except Exception:  # whatever the peer sent: this is only for the log line
         return None
 
 
@@ -420,8 +466,13 @@ def _diagnose_client_side(
             return HandshakeError(
                 precise.reason, precise.detail, peer=ctx.address, claimed_id=claimed
             )
-        except ValueError:
-            pass
+        except Exception as unreadable:  # our verifier cannot read what OpenSSL refused
+            return HandshakeError(
+                "malformed_certificate",
+                f"{exc.detail}; the chain is unreadable ({describe_error(unreadable)})",
+                peer=ctx.address,
+                claimed_id=claimed,
+            )
     return HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed)
 
 
@@ -457,16 +508,22 @@ async def _establish(
     handshake: _Handshake | None = None,
     watch: tuple[Observer, OurRole] | None = None,
 ) -> MeshStream:
-    """Handshake, verify, authorize. Closes nothing; raises HandshakeError on any failure
-    (or OSError when `connecting` and the TCP connect failed)."""
+    """Handshake, verify, authorize. Closes nothing.
+
+    Raises `HandshakeError` for any failure of any type while judging the peer, or
+    OSError when `connecting` and the TCP connect failed. A verifier or authorizer that
+    raises something else has a bug: the peer is refused (fail closed) and the traceback
+    logged.
+    """
     try:
         await _handshake(sock, session, connecting=connecting, progress=handshake)
     except TlsError as exc:
         if ctx.role == "server":  # we are the client: the server's chain is readable
             raise _diagnose_client_side(session, exc, ctx) from exc
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address) from exc
-    verified = session.verified_chain()
+    verified: list[bytes] = []
     try:
+        verified = session.verified_chain()
         peer = verify_handshake_chain(
             verified,
             ctx.bundles,
@@ -476,10 +533,35 @@ async def _establish(
             sent=session.sent_chain_length(),
             sent_chain=session.unverified_chain,
         )
-        ctx.authorize(peer)
     except VerificationError as exc:
         claimed = _claimed_id(verified)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
+    except Exception as exc:  # the verifier could not judge this chain
+        logger.error("verifier failed, refusing the peer peer=%s", ctx.address, exc_info=True)
+        raise HandshakeError(
+            "malformed_certificate",
+            f"the certificate could not be judged ({describe_error(exc)})",
+            peer=ctx.address,
+            claimed_id=_claimed_id(verified),
+        ) from exc
+    try:
+        ctx.authorize(peer)
+    except VerificationError as exc:
+        claimed = str(peer.spiffe_id)
+        raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
+    except Exception as exc:  # fail closed
+        logger.error(
+            "authorizer failed, refusing the peer peer=%s id=%s",
+            ctx.address,
+            peer.spiffe_id,
+            exc_info=True,
+        )
+        raise HandshakeError(
+            "unauthorized",
+            f"the authorizer failed ({describe_error(exc)})",
+            peer=ctx.address,
+            claimed_id=str(peer.spiffe_id),
+        ) from exc
     return MeshStream(sock, session, peer, watch)
 
 
@@ -592,6 +674,18 @@ async def connect(
         if observer is not None:
             observer.handshake("client", seconds=trio.current_time() - started, error=exc)
         raise
+    except OSError:
+        sock.close()
+        raise
+    except Exception as exc:  # a bug: still no foreign type for the caller
+        sock.close()
+        logger.exception("connect failed peer=%s", ctx.address)
+        error = HandshakeError(
+            "protocol_error", f"internal error: {describe_error(exc)}", peer=ctx.address
+        )
+        if observer is not None:
+            observer.handshake("client", seconds=trio.current_time() - started, error=error)
+        raise error from exc
     except BaseException:
         sock.close()
         raise
@@ -691,6 +785,7 @@ async def serve(
     policy: ValidationPolicy | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     clock: Clock | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
@@ -704,22 +799,39 @@ async def serve(
     At most `max_handshakes` handshakes are in progress; a connection takes a place only
     once its first bytes arrive, and at the limit the handshake stalled longest on its
     peer is evicted for the newcomer, so neither idle nor stalled peers starve real ones.
+    At most `max_connections` verified connections are open at once: a peer verified
+    while the cap is reached is reset at once (`MeshStream.abort`) and logged; it sees
+    a broken stream, and may retry.
 
     A rejected peer is closed and logged, `on_rejected` (if given) is called with the
     `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
     are checked against (default: the wall clock). The handler owns
     the stream; it is closed when the handler returns. An exception from a handler is
-    logged and does not stop the server. Runs until cancelled.
+    logged, resets the connection (`MeshStream.abort`: the peer sees an error, not an
+    EOF) and does not stop the server. Runs until cancelled.
     """
     if handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be positive")
     if max_handshakes < 1:
         raise ValueError("max_handshakes must be >= 1")
+    if max_connections < 1:
+        raise ValueError("max_connections (a connection cap) must be >= 1")
+    connections = trio.CapacityLimiter(max_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     handshakes = _Handshakes(max_handshakes)
     watch: tuple[Observer, OurRole] | None = (observer, "server") if observer else None
     policy = policy or DEFAULT_POLICY
     now = clock or _wall_clock
+
+    def rejected(exc: HandshakeError, seconds: float) -> None:
+        """Tell `on_rejected` and the observer; their failure is logged, never raised."""
+        try:
+            if on_rejected is not None:
+                on_rejected(exc)
+            if observer is not None:
+                observer.handshake("server", seconds=seconds, error=exc)
+        except Exception:
+            logger.exception("on_rejected or the observer failed")
 
     async def serve_one(sock: socket.socket) -> None:
         address = _address(sock)
@@ -767,14 +879,19 @@ async def serve(
         except HandshakeError as exc:
             sock.close()
             _log_rejection("server", exc)
-            if on_rejected is not None:
-                on_rejected(exc)
-            if observer is not None:
-                observer.handshake("server", seconds=trio.current_time() - started, error=exc)
+            rejected(exc, trio.current_time() - started)
             return
         except OSError as exc:
             sock.close()
             logger.info("connection failed before the handshake peer=%s error=%r", address, exc)
+            return
+        except Exception as exc:  # a bug while judging this peer: it ends this connection only
+            sock.close()
+            logger.exception("connection failed while judging the peer peer=%s", address)
+            error = HandshakeError(
+                "protocol_error", f"internal error: {describe_error(exc)}", peer=address
+            )
+            rejected(error, trio.current_time() - started)
             return
         except BaseException:
             sock.close()
@@ -782,11 +899,24 @@ async def serve(
         if observer is not None:
             observer.handshake("server", seconds=trio.current_time() - started, error=None)
         try:
+            connections.acquire_nowait()
+        except trio.WouldBlock:
+            logger.warning(
+                "connection cap reached, resetting a verified peer peer=%s id=%s limit=%d",
+                address,
+                stream.peer.spiffe_id,
+                max_connections,
+            )
+            stream.abort()
+            return
+        try:
             await handler(stream)
         except Exception:
             logger.exception("handler failed peer=%s id=%s", address, stream.peer.spiffe_id)
+            stream.abort()  # the peer must not take a failed exchange for a finished one
         finally:
             stream.close_now()  # this task ends here: no checkpoint needed to close
+            connections.release()
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:

@@ -191,14 +191,30 @@ class TlsSession:
 
     Owned by exactly one stream. Methods raise `TlsError` for handshake failures and
     `ssl.SSLError` afterwards (the stream maps those to trio's errors).
+
+    Half-close, theory of operation. CPython has no call that sends close_notify and
+    nothing else: `SSLObject.unwrap()` calls OpenSSL's ``SSL_shutdown`` a second time
+    as soon as the first has queued our close_notify (``Modules/_ssl.c``,
+    ``shutdown_seen_zero``). That second call tries to read the peer's close_notify
+    (``ssl3_shutdown``), and OpenSSL's record layer (``ssl3_read_bytes`` in
+    ``ssl/record/rec_layer_s3.c``) treats an application-data record found then as
+    fatal, ``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``: it discards the record and the
+    session is dead. A record counts whether it is still in the incoming BIO or is the
+    rest of one that `read` took only part of. So `close_notify` leaves that second
+    call nothing to read: it takes the plaintext OpenSSL holds into ``_plain`` (served
+    first by `read`), holds the unread bytes back out of the BIO, and puts them back
+    after. For the same reason the transport's EOF is kept here (``_eof``) and given
+    to OpenSSL only once it has read everything before it.
     """
 
-    __slots__ = ("_incoming", "_outgoing", "_tls")
+    __slots__ = ("_eof", "_incoming", "_outgoing", "_plain", "_tls")
 
     def __init__(self, context: ssl.SSLContext, *, server_side: bool) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
+        self._plain = bytearray()  # application data taken out of OpenSSL by close_notify
+        self._eof = False  # the transport ended; told to OpenSSL once it needs more
 
     def handshake(self) -> bool:
         """Advance the handshake with what has been fed. True once it is complete.
@@ -218,7 +234,8 @@ class TlsSession:
         self._incoming.write(data)
 
     def feed_eof(self) -> None:
-        self._incoming.write_eof()
+        """The transport ended. Nothing may be fed after this."""
+        self._eof = True
 
     def has_output(self) -> bool:
         return self._outgoing.pending > 0
@@ -228,21 +245,44 @@ class TlsSession:
         return self._outgoing.read() if self._outgoing.pending else b""
 
     def read(self, max_bytes: int) -> bytes | None:
-        """Application data; None when more input is needed; b"" after the peer's close_notify."""
-        try:
-            return self._tls.read(max_bytes)
-        except ssl.SSLWantReadError:
-            return None
-        except ssl.SSLZeroReturnError:
-            return b""
+        """Application data; None when more input is needed; b"" after the peer's close_notify.
+
+        After `feed_eof`, never None: the rest of the data, then b"" or an `ssl.SSLError`
+        (``SSLEOFError`` when the transport ended without close_notify: truncation).
+        """
+        if self._plain:
+            data = bytes(self._plain[:max_bytes])
+            del self._plain[:max_bytes]
+            return data
+        while True:
+            try:
+                return self._tls.read(max_bytes)
+            except ssl.SSLWantReadError:
+                if not self._eof:
+                    return None
+                if self._incoming.eof:  # OpenSSL saw the end and still wants more
+                    raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "the transport ended") from None
+                self._incoming.write_eof()  # OpenSSL has read all there was: now the end
+            except ssl.SSLZeroReturnError:
+                return b""
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._tls.write(data)
 
     def close_notify(self) -> None:
-        """Queue our close_notify. We may still read: TLS 1.3 allows half-close."""
-        with contextlib.suppress(ssl.SSLWantReadError):
-            self._tls.unwrap()
+        """Queue our close_notify. Reading goes on, losing nothing: TLS 1.3 half-close.
+
+        Raises `ssl.SSLError` only if the session had already failed.
+        """
+        held = self._incoming.read() if self._incoming.pending else b""
+        try:
+            while waiting := self._tls.pending():  # the rest of a record read in part
+                self._plain += self._tls.read(waiting)
+            with contextlib.suppress(ssl.SSLWantReadError):  # the second SSL_shutdown
+                self._tls.unwrap()
+        finally:
+            if held:
+                self._incoming.write(held)
 
     def verified_chain(self) -> list[bytes]:
         return _compat.verified_chain(self._tls)

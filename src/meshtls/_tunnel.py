@@ -5,17 +5,25 @@ task. A copy moves one chunk at a time, so a slow reader slows the writer at the
 other end (backpressure: no unbounded buffer anywhere). When one side ends its
 direction, the copy half-closes the other side's matching direction and the opposite
 direction keeps flowing, so request/response protocols that half-close work. When
-both directions are done, or either breaks, both streams are closed.
+both directions are done, both streams are closed.
+
+No byte is lost quietly. A tunnel that cannot finish (either side breaks, a copy
+fails in any way, the tunnel is cancelled, or its far end cannot be reached) resets
+both sides instead of closing them: the plaintext socket gets a TCP RST, the mTLS
+stream is closed without close_notify (`MeshStream.abort`), so whoever is at either
+end sees an error, never a clean EOF after a short transfer.
 
 Each listener has its own cap on concurrent connections; a connection over the cap is
-closed at once and logged (the node counts it). The mTLS side is a `MeshStream`, so
+reset at once and logged (the node counts it). The mTLS side is a `MeshStream`, so
 its peer has passed verification and the listener's own authorizer before one byte is
 copied.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import NoReturn
@@ -23,11 +31,12 @@ from typing import NoReturn
 import trio
 
 from ._authorize import Authorizer, authorize_id
+from ._boundary import describe_error
 from ._errors import HandshakeError
+from ._identity import IdentitySource
 from ._policy import ValidationPolicy
-from ._sources import IdentitySource
 from ._spiffeid import SpiffeId
-from ._stream import MeshStream, Observer, OurRole, connect, serve
+from ._stream import LINGER_RESET, MeshStream, Observer, OurRole, connect, serve
 
 Track = Callable[[MeshStream, OurRole], AbstractContextManager[None]]
 
@@ -42,52 +51,77 @@ logger = logging.getLogger("meshtls")
 COPY_SIZE = 65536
 
 
-async def _copy(source: trio.abc.ReceiveStream, sink: trio.abc.SendStream) -> None:
-    """Copy until `source` ends, then half-close `sink` (or close it if it cannot)."""
+#: Seconds a tunnel waits for its far end: forward's dial and handshake, expose's dial.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def _check_connect_timeout(seconds: float) -> None:
+    if not seconds > 0:  # NaN too
+        raise ValueError(f"connect_timeout must be positive, not {seconds!r}")
+
+
+#: The two kinds of stream a tunnel joins.
+Tunnelled = MeshStream | trio.SocketStream
+
+
+async def _copy(source: Tunnelled, sink: Tunnelled) -> None:
+    """Copy until `source` ends, then half-close `sink`."""
     while True:
         data = await source.receive_some(COPY_SIZE)
         if not data:
             break
         await sink.send_all(data)
-    if isinstance(sink, trio.abc.HalfCloseableStream):
-        await sink.send_eof()
-    else:
-        await sink.aclose()
+    await sink.send_eof()
 
 
-async def join(left: trio.abc.HalfCloseableStream, right: trio.abc.HalfCloseableStream) -> None:
+def reset(stream: Tunnelled) -> None:
+    """Close `stream` at once so that its peer sees an error, never a clean end.
+
+    A plaintext socket is closed with SO_LINGER 0 (a TCP RST); a `MeshStream` is aborted
+    (no close_notify, then an RST). Never blocks, so it also works in a cancelled task.
+    """
+    if isinstance(stream, MeshStream):
+        stream.abort()
+        return
+    with contextlib.suppress(OSError):
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+    stream.socket.close()
+
+
+async def join(left: Tunnelled, right: Tunnelled) -> None:
     """Copy both ways until both directions end; then close both. Owns both streams.
 
-    A broken or closed stream on either side ends the tunnel (both are closed).
+    If either copy fails in any way, or the join is cancelled, both streams are reset
+    (`reset`) instead: a transfer cut off part-way must never look finished at either
+    end. Copy failures are logged, not raised; cancellation propagates.
     """
-    async with left, right:
+    failure: Exception | None = None
+
+    async def copy(source: Tunnelled, sink: Tunnelled, scope: trio.CancelScope) -> None:
+        nonlocal failure
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_copy, left, right)
-                nursery.start_soon(_copy, right, left)
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as group:
-            logger.info("tunnel ended early error=%r", group.exceptions[0])
+            await _copy(source, sink)
+        except Exception as exc:  # whatever broke, the tunnel is cut: reset both below
+            failure = failure or exc
+            scope.cancel()
 
-
-class _Cap:
-    """A cap on concurrent connections that refuses, rather than queues, when full."""
-
-    __slots__ = ("_active", "limit")
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("a connection cap must be >= 1")
-        self.limit = limit
-        self._active = 0
-
-    def try_take(self) -> bool:
-        if self._active >= self.limit:
-            return False
-        self._active += 1
-        return True
-
-    def give_back(self) -> None:
-        self._active -= 1
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(copy, left, right, nursery.cancel_scope)
+            nursery.start_soon(copy, right, left, nursery.cancel_scope)
+    except BaseException:
+        reset(left)
+        reset(right)
+        raise
+    if failure is not None:
+        logger.info("tunnel cut off, both sides reset error=%s", describe_error(failure))
+        reset(left)
+        reset(right)
+        return
+    try:
+        await left.aclose()
+    finally:
+        await right.aclose()
 
 
 async def expose(
@@ -99,6 +133,7 @@ async def expose(
     policy: ValidationPolicy | None = None,
     max_connections: int = 1024,
     handshake_timeout: float = 10.0,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
@@ -106,36 +141,34 @@ async def expose(
 ) -> NoReturn:
     """mTLS in on `listen`, plaintext TCP out to `backend`, for peers `authorize` accepts.
 
-    ``started()`` gives the listeners. A backend that refuses the connection closes the
-    peer's stream (logged). `track` wraps each tunnel (the node's deadlines). Runs until
-    cancelled.
+    ``started()`` gives the listeners. At most `max_connections` tunnels are open (`serve`'s
+    cap). A backend that refuses the connection, or does not accept it within
+    `connect_timeout` seconds, resets the peer's stream (logged). `track` wraps each
+    tunnel (the node's deadlines). Runs until cancelled.
     """
-    cap = _Cap(max_connections)
+    _check_connect_timeout(connect_timeout)
     backend_host, backend_port = backend
 
     async def tunnel(stream: MeshStream) -> None:
-        if not cap.try_take():
-            logger.warning(
-                "expose at its connection cap, closing peer=%s limit=%d",
-                stream.peer.spiffe_id,
-                cap.limit,
-            )
-            return
+        upstream: trio.SocketStream | None = None
         try:
-            try:
+            with trio.move_on_after(connect_timeout):
                 upstream = await trio.open_tcp_stream(backend_host, backend_port)
-            except OSError as exc:
-                logger.error(
-                    "expose backend unreachable backend=%s:%d error=%r",
-                    backend_host,
-                    backend_port,
-                    exc,
-                )
-                return
-            with track(stream, "server"):
-                await join(stream, upstream)  # closing twice is fine: serve closes it too
-        finally:
-            cap.give_back()
+        except OSError as exc:
+            problem = repr(exc)
+        else:
+            problem = f"no connection within {connect_timeout:g}s"
+        if upstream is None:
+            logger.error(
+                "expose backend unreachable backend=%s:%d error=%s",
+                backend_host,
+                backend_port,
+                problem,
+            )
+            stream.abort()  # the peer's client must not read a clean EOF as the answer
+            return
+        with track(stream, "server"):
+            await join(stream, upstream)
 
     host, port = listen
     await serve(
@@ -146,6 +179,7 @@ async def expose(
         authorize=authorize,
         policy=policy,
         handshake_timeout=handshake_timeout,
+        max_connections=max_connections,
         on_rejected=on_rejected,
         observer=observer,
         task_status=task_status,
@@ -160,26 +194,44 @@ async def forward(
     source: IdentitySource,
     policy: ValidationPolicy | None = None,
     max_connections: int = 1024,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     observer: Observer | None = None,
     track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plaintext in on `listen`, mTLS out to `peer`, which must prove it is `expect`.
 
-    A peer that fails verification or is not `expect` closes the plaintext client's
-    connection (logged by `connect`). ``started()`` gives the listeners.
+    A peer that cannot be reached, fails verification, is not `expect`, or has not
+    completed its TCP connect and handshake within `connect_timeout` seconds: the
+    plaintext client is reset (logged). At most `max_connections` clients at once; one
+    more is reset at once. ``started()`` gives the listeners.
     """
-    cap = _Cap(max_connections)
+    _check_connect_timeout(connect_timeout)
+    if max_connections < 1:
+        raise ValueError("a connection cap must be >= 1")
+    connections = trio.CapacityLimiter(max_connections)
     authorize = authorize_id(expect)
     peer_host, peer_port = peer
 
     async def tunnel(client: trio.SocketStream) -> None:
-        if not cap.try_take():
-            logger.warning("forward at its connection cap, closing limit=%d", cap.limit)
-            await client.aclose()
+        try:
+            connections.acquire_nowait()
+        except trio.WouldBlock:
+            logger.warning("forward at its connection cap, resetting limit=%d", max_connections)
+            reset(client)
             return
         try:
-            try:
+            await forward_one(client)
+        except Exception:  # one client's failure is that client's alone
+            logger.exception("forward failed, resetting the client")
+            reset(client)
+        finally:
+            connections.release()
+
+    async def forward_one(client: trio.SocketStream) -> None:
+        upstream: MeshStream | None = None
+        try:
+            with trio.move_on_after(connect_timeout):
                 upstream = await connect(
                     peer_host,
                     peer_port,
@@ -188,14 +240,16 @@ async def forward(
                     policy=policy,
                     observer=observer,
                 )
-            except (HandshakeError, OSError) as exc:
-                logger.warning("forward could not reach its peer error=%r", exc)
-                await client.aclose()
-                return
-            with track(upstream, "client"):
-                await join(client, upstream)
-        finally:
-            cap.give_back()
+        except (HandshakeError, OSError) as exc:
+            problem = repr(exc)
+        else:
+            problem = f"no verified connection within {connect_timeout:g}s"
+        if upstream is None:
+            logger.warning("forward could not reach its peer error=%s", problem)
+            reset(client)  # its request went nowhere: no clean EOF as the answer
+            return
+        with track(upstream, "client"):
+            await join(client, upstream)
 
     host, port = listen
     await trio.serve_tcp(tunnel, port, host=host, task_status=task_status)
