@@ -360,9 +360,17 @@ _ADDRESS_HINT: Final = (
 )
 
 
+_MAX_MESSAGE: Final = 600
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """`text` as it is, or cut to about `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _shown(text: str, limit: int = 60) -> str:
     """`text` quoted and escaped for a message, cut to about `limit` characters."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+    return repr(_cut(text, limit))
 
 
 def _address_error(text: str, *, listen: bool) -> tuple[Address | None, str]:
@@ -486,7 +494,7 @@ def _describe(value: object) -> str:
 def _unknown_key(key: str, known: Sequence[str], table: str) -> str:
     homes = [_label(name) for name, keys in _TABLES.items() if key in keys and name != table]
     if homes:
-        return f"unknown key here; {key!r} belongs in {' or '.join(homes)}"
+        return f"unknown key here; {_shown(key)} belongs in {' or '.join(homes)}"
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key; {hint}known keys: {', '.join(known)}"
@@ -514,6 +522,8 @@ class _Reader:
         """One line: the file, where in it, what is wrong. Any lone surrogate is escaped, so
         that the line can always be printed."""
         message = f"{self.source}: {where}: {what}".replace("\r", "\\r").replace("\n", "\\n")
+        if len(message) > _MAX_MESSAGE:  # a hostile key or value: keep the line readable
+            message = message[: _MAX_MESSAGE - 3] + "..."
         return ConfigError(message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
     def table(self, name: str, label: str, value: object, known: Sequence[str] | None) -> _Table:
@@ -541,7 +551,7 @@ class _Table:
                     raise self.error(key, _unknown_key(key, known, name))
 
     def error(self, key: str, what: str) -> ConfigError:
-        return self.reader.error(f"{self.label} {key}", what)
+        return self.reader.error(f"{self.label} {_cut(key)}", what)
 
     def note(self, key: str, what: str) -> None:
         self.reader.notes.append(f"{self.reader.source}: {self.label} {key}: {what}")
@@ -587,7 +597,7 @@ class _Table:
         except ConfigError as exc:
             raise self.error(key, str(exc)) from None
         if value == timedelta(0) and not zero_ok:
-            raise self.error(key, f"must be longer than 0s, not {text!r}")
+            raise self.error(key, f"must be longer than 0s, not {_shown(text)}")
         return value
 
     def duration(self, key: str, default: timedelta, *, zero_ok: bool = False) -> timedelta:
@@ -619,7 +629,9 @@ class _Table:
         try:
             path = Path(text).expanduser()
         except RuntimeError:
-            raise self.error(key, f"cannot expand '~' in {text!r}: no home directory") from None
+            raise self.error(
+                key, f"cannot expand '~' in {_shown(text)}: no home directory"
+            ) from None
         return self.reader.base_dir / path
 
     def _mode(self, key: str, path: Path) -> int | None:
@@ -655,7 +667,7 @@ class _Table:
         if text.startswith(SCHEME_PREFIX):
             name = text.removeprefix(SCHEME_PREFIX).partition("/")[0]
             raise self.error(
-                key, f"{text!r} is a SPIFFE ID; write the trust domain alone: {name!r}"
+                key, f"{_shown(text)} is a SPIFFE ID; write the trust domain alone: {_shown(name)}"
             )
         try:
             return TrustDomain(text)
@@ -667,9 +679,9 @@ class _Table:
                 except SpiffeIdError:
                     pass
                 else:
-                    self.note(key, f"trust domain {text!r} read as {str(td)!r} (ID-5)")
+                    self.note(key, f"trust domain {_shown(text)} read as {str(td)!r} (ID-5)")
                     return td
-            raise self.error(key, f"bad trust domain {text!r}: {exc}") from None
+            raise self.error(key, f"bad trust domain {_shown(text)}: {exc}") from None
 
     def _spiffe_id(self, key: str, text: str, *, root_ok: bool = False) -> SpiffeId:
         try:
@@ -678,7 +690,8 @@ class _Table:
             sid = self._normalised(key, text, exc)
         if sid.is_root and not root_ok:
             raise self.error(
-                key, f"{text!r} has no path: no workload may hold a trust domain's root id (L-3)"
+                key,
+                f"{_shown(text)} has no path: no workload may hold a trust domain's root id (L-3)",
             )
         return sid
 
@@ -695,11 +708,11 @@ class _Table:
                 else:
                     self.note(
                         key,
-                        f"{text!r} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
+                        f"{_shown(text)} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
                         " paths are case-sensitive and kept",
                     )
                     return sid
-        raise self.error(key, f"bad SPIFFE ID {text!r}: {error}")
+        raise self.error(key, f"bad SPIFFE ID {_shown(text)}: {error}")
 
     def spiffe_id(self, key: str, *, root_ok: bool = False) -> SpiffeId | None:
         text = self.string(key, 'a SPIFFE ID string such as "spiffe://example.org/node"')
@@ -756,7 +769,7 @@ def _revocation(table: _Table) -> RevocationSettings:
         close = difflib.get_close_matches(text or "", REVOCATION_MODES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise table.error(
-            "mode", f"{text!r} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
+            "mode", f"{_shown(text or '')} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
         )
     settings = RevocationSettings(
         mode=mode,
@@ -1029,7 +1042,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         raise reader.error(where, f"bad TOML: {what or describe_error(exc)}") from None
     for key, value in document.items():
         if key not in _TABLES:
-            where = f"[{key}]" if isinstance(value, dict) else key
+            where = f"[{_cut(key)}]" if isinstance(value, dict) else _cut(key)
             raise reader.error(where, _unknown_table(key))
         if key in _ARRAYS and isinstance(value, dict):
             raise reader.error(f"[{key}]", f"expected [[{key}]] (an array of tables), not [{key}]")
@@ -1081,7 +1094,7 @@ def _toml_line(trace: TracebackType | None, text: str) -> str:
 def _unknown_table(key: str) -> str:
     homes = [_label(name) for name, keys in _TABLES.items() if key in keys]
     if homes:
-        return f"unknown table; {key!r} is a key of {' or '.join(homes)}"
+        return f"unknown table; {_shown(key)} is a key of {' or '.join(homes)}"
     close = difflib.get_close_matches(key, list(_TABLES), n=1)
     hint = f"did you mean {_label(close[0])}? " if close else ""
     return f"unknown table; {hint}known tables: {', '.join(map(_label, _TABLES))}"
