@@ -108,17 +108,21 @@ def outcome(call: Callable[[], object], allowed: tuple[type[Exception], ...]) ->
 # ---------------------------------------------------------------- mutations
 
 
+_BYTE_EDITS: Final = st.sampled_from(("set", "set", "flip", "insert", "delete", "copy", "cut"))
+_BYTES: Final = st.sampled_from(INTERESTING + INTERESTING_HIGH) | st.integers(0, 255)
+_TEXT_EDITS: Final = st.sampled_from(("insert", "replace", "delete", "repeat"))
+_CHARS: Final = st.characters(codec=None) | st.sampled_from(list("[]{}\"'=\\\n#.:0-"))
+
+
 @st.composite
 def mutated(draw: st.DrawFn, base: bytes) -> bytes:
     """`base` with one to six edits: set, flip, insert, delete, copy a slice, truncate."""
     data = bytearray(base)
     for _ in range(draw(st.integers(1, 6))):
         where = draw(st.integers(0, max(0, len(data) - 1)))
-        edit = draw(st.sampled_from(("set", "set", "flip", "insert", "delete", "copy", "cut")))
+        edit = draw(_BYTE_EDITS)
         if edit == "set" and data:
-            data[where] = draw(
-                st.sampled_from(INTERESTING + INTERESTING_HIGH) | st.integers(0, 255)
-            )
+            data[where] = draw(_BYTES)
         elif edit == "flip" and data:
             data[where] ^= 1 << draw(st.integers(0, 7))
         elif edit == "insert":
@@ -139,8 +143,8 @@ def mutated_text(draw: st.DrawFn, base: str) -> str:
     chars = list(base)
     for _ in range(draw(st.integers(1, 4))):
         where = draw(st.integers(0, len(chars)))
-        edit = draw(st.sampled_from(("insert", "replace", "delete", "repeat")))
-        char = draw(st.characters(codec=None) | st.sampled_from(list("[]{}\"'=\\\n#.:0-")))
+        edit = draw(_TEXT_EDITS)
+        char = draw(_CHARS)
         if edit == "insert":
             chars.insert(where, char)
         elif edit == "replace" and where < len(chars):
@@ -1038,12 +1042,14 @@ def run(
     seed_value: int | None = None,
     collect: bool = True,
     make: Callable[[Callable[[str], None], bool], Callable[[], None]] | None = None,
+    progress: Callable[[Report], None] | None = None,
 ) -> Report:
     """Run target `name` for `examples` inputs (`make` replaces its strategy and check).
 
     With `collect` False, the first escape raises, shrunk by Hypothesis. `seed_value` None
     means derandomized, in one run: the same inputs every time (what CI runs). A seeded
-    run is cut into chunks of `CHUNK` inputs, seeded `seed_value`, `seed_value` + 1, ...
+    run is cut into chunks of `CHUNK` inputs, seeded `seed_value`, `seed_value` + 1, ...;
+    `progress` is called with the report so far after each.
     """
     report = Report(name)
     bound = make or TARGETS[name].make
@@ -1063,7 +1069,9 @@ def run(
         if seed_value is not None:
             test = seed(seed_value + index)(test)
         test()
-    report.seconds = time.perf_counter() - start
+        report.seconds = time.perf_counter() - start
+        if progress is not None:
+            progress(report)
     return report
 
 
@@ -1097,30 +1105,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         parser.error(f"unknown target {unknown[0]!r}; known: {', '.join(TARGETS)}")
-    reports = []
+    reports: list[Report] = []
+
+    def save(report: Report) -> None:
+        """After each chunk: one progress line, and the JSON so far (a long run may be cut)."""
+        print(f"  ... {report.target}: {report.inputs} inputs, {report.seconds:.0f} s", flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps([_as_json(r) for r in [*reports, report]], indent=1))
+
     for name in names:
-        report = run(name, args.examples, seed_value=args.seed)
+        report = run(name, args.examples, seed_value=args.seed, progress=save)
         _print(report)
         reports.append(report)
-    if args.json is not None:
-        args.json.write_text(
-            json.dumps(
-                [
-                    {
-                        "target": r.target,
-                        "inputs": r.inputs,
-                        "seconds": round(r.seconds, 2),
-                        "outcomes": dict(r.outcomes),
-                        "escapes": {
-                            w: {"count": c, "sample": s} for w, (c, s) in r.escapes.items()
-                        },
-                    }
-                    for r in reports
-                ],
-                indent=1,
-            )
-        )
     return 1 if any(r.escapes for r in reports) else 0
+
+
+def _as_json(report: Report) -> dict[str, object]:
+    return {
+        "target": report.target,
+        "inputs": report.inputs,
+        "seconds": round(report.seconds, 2),
+        "outcomes": dict(report.outcomes),
+        "escapes": {w: {"count": c, "sample": s} for w, (c, s) in report.escapes.items()},
+    }
 
 
 if __name__ == "__main__":
