@@ -62,7 +62,7 @@ from meshtls._config import parse_config
 from meshtls._duration import parse_duration, parse_optional_duration
 from meshtls._metrics import NodeMetrics, _serve_one
 from meshtls._workload import read_message, split_der
-from meshtls.testing import CA, IssuedCertificate, KeyUsageName
+from meshtls.testing import CA, SVID_EKU, IssuedCertificate, KeyUsageName
 
 T = datetime(2030, 1, 1, tzinfo=UTC)
 X = TypeVar("X")
@@ -797,9 +797,14 @@ _EKUS: Final = st.none() | st.lists(
 )
 
 
+#: What a re-signed leaf may get wrong; each draw picks a few, the rest stay good.
+_DEFECTS: Final = ("dates", "uris", "critical", "edi", "key_usage", "is_ca", "eku", "key_type")
+
+
 @st.composite
 def signed_leaves(draw: st.DrawFn, known: bool) -> tuple[list[x509.Certificate], bool]:
-    """A leaf re-signed by a trusted CA with drawn fields: every rule is in play, no forgery.
+    """A leaf re-signed by a trusted CA: a good SVID with zero to three drawn defects, so
+    every rule is reached and good leaves are accepted. No forgery: the CA signs it.
 
     With `known` False, nothing that still escapes verify_svid on this branch is drawn: no
     dates at `datetime`'s edges, no SAN with an EDIPartyName (tests/test_fuzz.py keeps
@@ -807,26 +812,33 @@ def signed_leaves(draw: st.DrawFn, known: bool) -> tuple[list[x509.Certificate],
     """
     found = material()
     issuer = draw(st.sampled_from((found.ca, found.intermediate, found.ed)))
-    not_before, not_after = draw(_DATES[known]), draw(_DATES[known])
-    uris = draw(_LEAF_URIS)
+    defects = draw(
+        st.sets(st.sampled_from(_DEFECTS[:3] + _DEFECTS[4:] if not known else _DEFECTS), max_size=3)
+    )
+    not_before, not_after = T - timedelta(minutes=5), T + timedelta(minutes=20)
+    if "dates" in defects:
+        not_before, not_after = draw(_DATES[known]), draw(_DATES[known])
+    uris = [f"spiffe://{issuer.trust_domain}/w"]
+    if "uris" in defects:
+        uris = draw(_LEAF_URIS)
     extensions: list[tuple[x509.ExtensionType, bool]] = []
-    if draw(st.integers(0, 5)) == 0:
+    if "critical" in defects:
         extensions.append((x509.UnrecognizedExtension(_CRITICAL_UNKNOWN, b"\x05\x00"), True))
-    if known and draw(st.integers(0, 15)) == 0:
-        extensions.append((_san("spiffe://example.org/w", _EDI_PARTY), False))
+    if "edi" in defects:
+        extensions.append((_san(uris[0] if uris else "spiffe://example.org/w", _EDI_PARTY), False))
         uris = []
-    key_usage = draw(_KEY_USAGES)
-    eku = draw(_EKUS)
     try:
         issued = issuer.issue(
             not_before=not_before,
             not_after=not_after,
             uris=uris,
-            is_ca=draw(st.sampled_from((False, False, None, True))),
-            key_usage=key_usage,
-            key_usage_critical=draw(st.booleans()),
-            eku=eku,
-            key_type=draw(st.sampled_from(("ec-p256", "ec-p256", "ed25519"))),
+            is_ca=draw(st.sampled_from((None, True))) if "is_ca" in defects else False,
+            key_usage=draw(_KEY_USAGES) if "key_usage" in defects else {"digital_signature"},
+            key_usage_critical="key_usage" not in defects or draw(st.booleans()),
+            eku=draw(_EKUS) if "eku" in defects else SVID_EKU,
+            key_type=draw(st.sampled_from(("ed25519", "ec-p384")))
+            if "key_type" in defects
+            else "ec-p256",
             extensions=extensions,
         )
     except ValueError:
@@ -955,10 +967,20 @@ def signature(exc: BaseException, value: object) -> str:
     if ours or frames:
         frame = (ours or frames)[-1]
         where = f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
-    sample = repr(value)
-    sample = sample if len(sample) < 300 else sample[:300] + "..."
+    sample = _sample(value)
+    sample = sample if len(sample) < 6000 else sample[:6000] + "..."
     message = str(exc).splitlines()[0][:160] if str(exc) else ""
     return f"{type(exc).__name__} at {where}: {message}\t{sample}"
+
+
+def _sample(value: object) -> str:
+    """An input as text to reproduce it: certificates as base64 DER, the rest as repr."""
+    if isinstance(value, tuple) and value and isinstance(value[0], list):
+        certs = [c for c in value[0] if isinstance(c, x509.Certificate)]
+        return "chain (base64 DER, leaf first): " + " ".join(
+            base64.b64encode(der(cert)).decode() for cert in certs
+        )
+    return repr(value)
 
 
 TARGETS: Final = {
@@ -1084,7 +1106,8 @@ def _print(report: Report) -> None:
     for result, count in report.outcomes.most_common():
         print(f"    {count:8d}  {result}")
     for where, (count, sample) in sorted(report.escapes.items()):
-        print(f"  ESCAPE x{count}: {where}\n      e.g. {sample}")
+        shown = sample if len(sample) < 300 else sample[:300] + "..."
+        print(f"  ESCAPE x{count}: {where}\n      e.g. {shown}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
