@@ -193,6 +193,13 @@ BUNDLE_ROWS = {
         BundleError,
         r"keys\[0\]\.x5c\[0\] is not a DER certificate",
     ),
+    "a spiffe_sequence holding a long array (found by the spiffe-bundle target)": Row(
+        lambda: X509Bundle.from_spiffe_bundle(
+            "example.org", '{"keys": [], "spiffe_sequence": ["' + "M" * 5000 + '"]}'
+        ),
+        BundleError,
+        r"spiffe_sequence \"\['M+\.\.\.\" is not a count$",
+    ),
     "a PEM mapping keyed by a bad trust domain": Row(
         lambda: BundleSet.from_pem({"Example.org": b""}),
         BundleError,

@@ -206,7 +206,9 @@ def _sequence(td: TrustDomain, value: _Json) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BundleError(f"SPIFFE bundle for {td}: spiffe_sequence {value!r} is not a count")
+        raise BundleError(
+            f"SPIFFE bundle for {td}: spiffe_sequence {_shown(repr(value))} is not a count"
+        )
     return value
 
 
