@@ -959,8 +959,8 @@ def _bind(
 
 
 def signature(exc: BaseException, value: object) -> str:
-    """An escape's identity: its type and the innermost meshtls frame (else the innermost),
-    then a sample of the input, after a tab."""
+    """An escape's identity, its type and the innermost meshtls frame (else the innermost),
+    then after a tab its message and a sample of the input: one finding, many inputs."""
     frames = traceback.extract_tb(exc.__traceback__)
     ours = [f for f in frames if "/meshtls/" in f.filename and "/benchmarks/" not in f.filename]
     where = "?"
@@ -969,8 +969,8 @@ def signature(exc: BaseException, value: object) -> str:
         where = f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
     sample = _sample(value)
     sample = sample if len(sample) < 6000 else sample[:6000] + "..."
-    message = str(exc).splitlines()[0][:160] if str(exc) else ""
-    return f"{type(exc).__name__} at {where}: {message}\t{sample}"
+    message = str(exc).splitlines()[0][:300] if str(exc) else ""
+    return f"{type(exc).__name__} at {where}\t{message} <- {sample}"
 
 
 def _sample(value: object) -> str:
