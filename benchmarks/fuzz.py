@@ -20,10 +20,12 @@ stops at the first escape. A long run goes on past escapes and reports each dist
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import functools
 import json
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -537,6 +539,7 @@ def configs(draw: st.DrawFn) -> str:
 def config_dir() -> Path:
     """A directory with the files that configs name, so checks get past 'no such file'."""
     directory = Path(tempfile.mkdtemp(prefix="meshtls-fuzz-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     for name in ("c.pem", "k.pem", "b.pem"):
         (directory / name).write_text("not read at load\n")
     (directory / "ca").mkdir()
