@@ -145,3 +145,24 @@ def test_bundles_are_per_trust_domain_never_merged(ca: CA, other_ca: CA) -> None
     assert bundles[EXAMPLE].authorities == (ca.certificate,)
     assert bundles[TrustDomain("other.org")].authorities == (other_ca.certificate,)
     assert "2 roots" not in repr(bundles)
+
+
+def test_B_5_refresh_hint_is_finite_and_at_most_a_year() -> None:
+    """NaN and Infinity are not JSON; a hint over a year is refused, not clamped."""
+    year = 365 * 86400
+    assert X509Bundle.from_spiffe_bundle(
+        "example.org", document(spiffe_refresh_hint=year)
+    ).refresh_interval == timedelta(days=365)
+    for hint in (str(year + 1), "1e+300", "NaN", "Infinity", "-Infinity"):
+        with pytest.raises(BundleError) as info:
+            X509Bundle.from_spiffe_bundle(
+                "example.org", f'{{"keys": [], "spiffe_refresh_hint": {hint}}}'
+            )
+        assert type(info.value) is BundleError
+        assert hint.lstrip("-") in str(info.value)
+
+
+def test_B_2_kty_or_use_that_is_not_a_string_is_a_corrupt_bundle(ca: CA) -> None:
+    for member in ("kty", "use"):
+        with pytest.raises(BundleError, match=rf"keys\[0\]\.{member} is not a string"):
+            X509Bundle.from_spiffe_bundle("example.org", document(x509_key(ca, **{member: ["EC"]})))

@@ -846,3 +846,30 @@ def test_node_config_by_hand() -> None:
     )
     assert config.authorize.is_own_trust_domain
     assert config.node.listen == ("127.0.0.1", 8443)
+
+
+def test_local_ca_ttl_is_at_most_the_ca_lifetime(tmp_path: Path) -> None:
+    """A leaf is cut to its CA's lifetime anyway; a larger ttl overflowed at start (issue 7)."""
+    sid = SpiffeId.parse("spiffe://example.org/node")
+    year = LocalCAIdentity(directory=tmp_path, spiffe_id=sid, ttl=timedelta(days=365))
+    assert year.ttl == timedelta(days=365)
+    with pytest.raises(ConfigError, match="366d is over 365d, the local CA's own lifetime"):
+        LocalCAIdentity(directory=tmp_path, spiffe_id=sid, ttl=timedelta(days=366))
+    text = '[identity]\nlocal_ca = "ca"\nspiffe_id = "spiffe://example.org/a"\nttl = "{}"\n'
+    off = '[policy]\nmax_ttl = "off"\n'
+    config = parse_config(text.format("365d") + off, base_dir=tmp_path)
+    assert isinstance(config.identity, LocalCAIdentity)
+    with pytest.raises(ConfigError, match=r"^<string>: \[identity\] ttl: 400d is over 365d"):
+        parse_config(text.format("400d") + off, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("key", ["cert", "bundle"])
+def test_unusable_path_is_one_line_naming_the_key(tmp_path: Path, key: str) -> None:
+    paths = {"cert": "c.pem", "key": "k.pem", "bundle": "b.pem"}
+    for name in paths.values():
+        (tmp_path / name).write_text("x")
+    for bad, what in (("a\u0000b", "has a NUL character"), ("d" * 300, "File name too long")):
+        lines = [f'{name} = "{bad if name == key else value}"' for name, value in paths.items()]
+        text = "[identity]\n" + "\n".join(lines).replace("\u0000", "\\u0000") + "\n"
+        with pytest.raises(ConfigError, match=rf"^<string>: \[identity\] {key}: .*{what}"):
+            parse_config(text, base_dir=tmp_path)

@@ -6,6 +6,13 @@ roots alone, so a federated CA can never vouch for another domain's ids (L-10).
 
 Loading checks rules B-1..B-6. Applying an update checks B-4 (no rollback of
 ``spiffe_sequence``). Every value here is immutable; an update makes a new set.
+
+Bundles come from files, bundle endpoints and the Workload API, so every public loader
+is a boundary (`_boundary.mapped`): whatever the input, it returns a value or raises
+`BundleError` with one line. Roots are read in full when a bundle is built, so a root
+that cryptography parses lazily cannot fail later, during a handshake. JSON is read
+strictly: no duplicate keys (B-6), no ``NaN``/``Infinity`` (they are not JSON, though
+Python's `json` accepts them), and a refresh hint must be a sane number of seconds (B-5).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -22,27 +30,44 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import verification
 
+from ._boundary import describe_error, mapped
 from ._certs import Signer, read_signer
-from ._errors import BundleError, VerificationError
+from ._errors import BundleError, MeshError, SpiffeIdError
 from ._spiffeid import TrustDomain
 
 DEFAULT_REFRESH_HINT: Final = timedelta(minutes=5)
+#: The longest refresh hint accepted (B-5). A longer one is refused, not clamped: a
+#: publisher that asks to be fetched again in a century is broken, and saying so beats
+#: quietly fetching on our own schedule.
+MAX_REFRESH_HINT: Final = timedelta(days=365)
 _KNOWN_KTY: Final = frozenset({"EC", "RSA", "OKP"})
 
 _Json: TypeAlias = "bool | int | float | str | list[_Json] | dict[str, _Json] | None"
 
 
-def _as_trust_domain(value: TrustDomain | str) -> TrustDomain:
-    return value if isinstance(value, TrustDomain) else TrustDomain.parse(value)
+def _shown(text: str, limit: int = 60) -> str:
+    """`text` quoted and escaped for a message, cut to about `limit` characters."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return repr(cut)
+
+
+def _as_trust_domain(value: TrustDomain | str, *, where: str = "") -> TrustDomain:
+    """`value` as a trust domain (a name or ``spiffe://name``); raises `BundleError`."""
+    if isinstance(value, TrustDomain):
+        return value
+    try:
+        return TrustDomain.parse(value)
+    except SpiffeIdError as exc:
+        raise BundleError(f"{where}trust domain {_shown(value)}: {exc}") from exc
 
 
 def load_pem_certificates(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
-    """Every certificate in `pem`. Raises `BundleError` naming `what` if there are none."""
-    data = pem.encode() if isinstance(pem, str) else pem
-    try:
+    """Every certificate in `pem`. Raises `BundleError` naming `what` if there are none,
+    or if `pem` cannot be read at all (a str that is not text, a certificate whose
+    outer structure is broken). Certificates are parsed lazily: the caller reads them."""
+    with mapped(lambda problem: BundleError(f"{what}: no readable PEM certificate ({problem})")):
+        data = pem.encode() if isinstance(pem, str) else pem
         return tuple(x509.load_pem_x509_certificates(data))
-    except ValueError as exc:
-        raise BundleError(f"{what}: no readable PEM certificate ({exc})") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,32 +86,41 @@ class X509Bundle:
     _ders: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        """Read every root once: verification then costs no per-root parsing."""
+        """Read every root once, in full: verification then costs no per-root parsing, and
+        a root that cryptography cannot read fails here, as a `BundleError`, not later."""
         anchors = []
+        ders = set()
         for index, root in enumerate(self.authorities):
             try:
-                anchors.append(read_signer(root, -1))
-            except (VerificationError, ValueError) as exc:
+                with mapped(BundleError):
+                    anchors.append(read_signer(root, -1))
+                    ders.add(root.public_bytes(serialization.Encoding.DER))
+            except MeshError as exc:
                 raise BundleError(
                     f"bundle for {self.trust_domain}: authority {index} is unreadable ({exc})"
-                ) from None
+                ) from exc
         object.__setattr__(self, "_anchors", tuple(anchors))
-        ders = frozenset(root.public_bytes(serialization.Encoding.DER) for root in self.authorities)
-        object.__setattr__(self, "_ders", ders)
+        object.__setattr__(self, "_ders", frozenset(ders))
         if self.authorities:
-            object.__setattr__(self, "_store", verification.Store(list(self.authorities)))
+            with mapped(lambda problem: BundleError(f"bundle for {self.trust_domain}: {problem}")):
+                store = verification.Store(list(self.authorities))
+            object.__setattr__(self, "_store", store)
 
     @classmethod
     def from_pem(cls, trust_domain: TrustDomain | str, pem: bytes | str) -> X509Bundle:
-        """Roots from PEM text. Raises `BundleError` if it holds no certificate."""
+        """Roots from PEM text. Raises `BundleError` if it holds no certificate, or any
+        that cannot be read in full."""
         td = _as_trust_domain(trust_domain)
-        return cls(td, load_pem_certificates(pem, what=f"bundle for {td}"))
+        with mapped(lambda problem: BundleError(f"bundle for {td}: unreadable ({problem})")):
+            return cls(td, load_pem_certificates(pem, what=f"bundle for {td}"))
 
     @classmethod
     def from_spiffe_bundle(cls, trust_domain: TrustDomain | str, text: str | bytes) -> X509Bundle:
         """Parse a SPIFFE bundle (a JWKS document). Raises `BundleError` naming the rule."""
         td = _as_trust_domain(trust_domain)
-        return cls._from_jwks(td, _loads_strict(text, what=f"SPIFFE bundle for {td}"))
+        what = f"SPIFFE bundle for {td}"
+        with mapped(lambda problem: BundleError(f"{what}: unreadable ({problem})")):
+            return cls._from_jwks(td, _loads_strict(text, what=what))
 
     @classmethod
     def _from_jwks(cls, td: TrustDomain, document: _Json) -> X509Bundle:
@@ -99,6 +133,11 @@ class X509Bundle:
         for index, key in enumerate(keys):
             if not isinstance(key, dict):
                 raise BundleError(f"SPIFFE bundle for {td}: keys[{index}] is not an object")
+            for member in ("use", "kty"):  # RFC 7517: strings; anything else is corrupt
+                if member in key and not isinstance(key[member], str):
+                    raise BundleError(
+                        f"SPIFFE bundle for {td}: keys[{index}].{member} is not a string"
+                    )
             # B-2: an unknown kty or use, or a JWT authority, is skipped on its own.
             if key.get("use") != "x509-svid" or key.get("kty") not in _KNOWN_KTY:
                 continue
@@ -154,8 +193,9 @@ def _authority_from_x5c(td: TrustDomain, index: int, x5c: _Json) -> x509.Certifi
     if not isinstance(x5c, list) or not x5c or not isinstance(x5c[0], str):
         raise BundleError(f"SPIFFE bundle for {td}: keys[{index}].x5c is not a list of base64 DER")
     try:
-        return x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
-    except (ValueError, binascii.Error) as exc:
+        with mapped(BundleError):
+            return x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True))
+    except (MeshError, binascii.Error) as exc:
         raise BundleError(
             f"SPIFFE bundle for {td}: keys[{index}].x5c[0] is not a DER certificate ({exc})",
             rule="B-3",
@@ -166,19 +206,41 @@ def _sequence(td: TrustDomain, value: _Json) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BundleError(f"SPIFFE bundle for {td}: spiffe_sequence {value!r} is not a count")
+        raise BundleError(
+            f"SPIFFE bundle for {td}: spiffe_sequence {_shown(repr(value))} is not a count"
+        )
     return value
 
 
 def _refresh_hint(td: TrustDomain, value: _Json) -> timedelta | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_refresh_hint {value!r} is not a number of seconds",
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {_shown(repr(value))} is not a"
+            " number of seconds",
+            rule="B-5",
+        )
+    if value > MAX_REFRESH_HINT.total_seconds():
+        raise BundleError(
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {_shown(repr(value))[1:-1]} is over"
+            f" {MAX_REFRESH_HINT.days} days",
             rule="B-5",
         )
     return timedelta(seconds=value)
+
+
+class _RefusedJsonError(Exception):
+    """Raised by the `json.loads` hooks; `_loads_strict` turns it into a `BundleError`."""
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.rule = message, rule
 
 
 def _reject_duplicates(pairs: list[tuple[str, _Json]]) -> dict[str, _Json]:
@@ -186,18 +248,28 @@ def _reject_duplicates(pairs: list[tuple[str, _Json]]) -> dict[str, _Json]:
     result: dict[str, _Json] = {}
     for key, value in pairs:
         if key in result:
-            raise BundleError(f"duplicate key {key!r} in JSON", rule="B-6")
+            raise _RefusedJsonError(f"duplicate key {_shown(key)} in JSON", rule="B-6")
         result[key] = value
     return result
 
 
+def _reject_constant(name: str) -> None:
+    """`json.loads` hook: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259)."""
+    raise _RefusedJsonError(f"{name} is not a JSON number")
+
+
 def _loads_strict(text: str | bytes, *, what: str) -> _Json:
     try:
-        return cast(_Json, json.loads(text, object_pairs_hook=_reject_duplicates))
-    except BundleError as exc:
-        raise BundleError(f"{what}: {exc}", rule=exc.rule) from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{what} is not valid JSON ({exc})") from exc
+        return cast(
+            _Json,
+            json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant),
+        )
+    except _RefusedJsonError as exc:
+        if exc.rule is None:
+            raise BundleError(f"{what} is not valid JSON ({exc.message})") from None
+        raise BundleError(f"{what}: {exc.message}", rule=exc.rule) from None
+    except (ValueError, RecursionError) as exc:
+        raise BundleError(f"{what} is not valid JSON ({describe_error(exc)})") from exc
 
 
 class BundleSet(Mapping[TrustDomain, X509Bundle]):
@@ -220,20 +292,26 @@ class BundleSet(Mapping[TrustDomain, X509Bundle]):
     def from_pem(
         cls, pems: Mapping[str, bytes | str] | Mapping[TrustDomain, bytes | str]
     ) -> BundleSet:
-        """``{"example.org": pem_bytes, ...}``: the roots of each trust domain, as PEM."""
-        return cls._build(
-            X509Bundle.from_pem(_as_trust_domain(td), pem) for td, pem in pems.items()
-        )
+        """``{"example.org": pem_bytes, ...}``: the roots of each trust domain, as PEM.
+
+        Raises `BundleError`, naming the trust domain, for any that cannot be read."""
+        with mapped(lambda problem: BundleError(f"PEM bundles: unreadable ({problem})")):
+            return cls._build(
+                X509Bundle.from_pem(_as_trust_domain(td), pem) for td, pem in pems.items()
+            )
 
     @classmethod
     def from_spiffe_bundles(
         cls, documents: Mapping[str, str | bytes] | Mapping[TrustDomain, str | bytes]
     ) -> BundleSet:
-        """``{"example.org": jwks_json_text, ...}``: one SPIFFE bundle document per trust domain."""
-        return cls._build(
-            X509Bundle.from_spiffe_bundle(_as_trust_domain(td), text)
-            for td, text in documents.items()
-        )
+        """``{"example.org": jwks_json_text, ...}``: one SPIFFE bundle document per trust domain.
+
+        Raises `BundleError`, naming the trust domain, for any that cannot be read."""
+        with mapped(lambda problem: BundleError(f"SPIFFE bundles: unreadable ({problem})")):
+            return cls._build(
+                X509Bundle.from_spiffe_bundle(_as_trust_domain(td), text)
+                for td, text in documents.items()
+            )
 
     @classmethod
     def from_federated_json(cls, text: str | bytes) -> BundleSet:
@@ -242,12 +320,15 @@ class BundleSet(Mapping[TrustDomain, X509Bundle]):
         A trust domain named twice is an error, even though plain `json.loads` keeps the last
         one silently (B-6).
         """
-        document = _loads_strict(text, what="federated bundle map")
-        if not isinstance(document, dict):
-            raise BundleError("federated bundle map is not a JSON object")
-        return cls._build(
-            X509Bundle._from_jwks(_as_trust_domain(key), value) for key, value in document.items()
-        )
+        what = "federated bundle map"
+        with mapped(lambda problem: BundleError(f"{what}: unreadable ({problem})")):
+            document = _loads_strict(text, what=what)
+            if not isinstance(document, dict):
+                raise BundleError(f"{what} is not a JSON object")
+            return cls._build(
+                X509Bundle._from_jwks(_as_trust_domain(key, where=f"{what}: "), value)
+                for key, value in document.items()
+            )
 
     @classmethod
     def _build(cls, bundles: Iterator[X509Bundle] | list[X509Bundle]) -> BundleSet:

@@ -33,12 +33,13 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Final, TypeVar
 
 from ._authorize import (
@@ -48,6 +49,8 @@ from ._authorize import (
     authorize_one_of,
     authorize_path_prefix,
 )
+from ._boundary import describe_error, mapped
+from ._ca import DEFAULT_CA_TTL
 from ._duration import format_duration, parse_duration
 from ._errors import ConfigError, SpiffeIdError
 from ._policy import REVOCATION_MODES, RevocationMode, ValidationPolicy
@@ -61,6 +64,9 @@ DEFAULT_SPIFFE_ID: Final = SpiffeId(DEFAULT_TRUST_DOMAIN, "/node")
 DEFAULT_LISTEN: Final[Address] = ("127.0.0.1", 8443)
 DEFAULT_METRICS: Final[Address] = ("127.0.0.1", 9464)
 DEFAULT_LOCAL_CA_TTL: Final = timedelta(minutes=10)
+#: The longest ``ttl`` a local CA may be asked for: its own lifetime, past which a leaf
+#: would be cut anyway (and ``now + ttl`` could overflow a datetime).
+MAX_LOCAL_CA_TTL: Final = DEFAULT_CA_TTL
 DEFAULT_HANDSHAKE_TIMEOUT: Final = timedelta(seconds=10)
 DEFAULT_MAX_HANDSHAKES: Final = 256
 DEFAULT_SHUTDOWN_TIMEOUT: Final = timedelta(seconds=10)
@@ -127,8 +133,17 @@ class LocalCAIdentity:
 
     def __post_init__(self) -> None:
         _longer_than_zero("local_ca", "ttl", self.ttl)
+        if self.ttl > MAX_LOCAL_CA_TTL:
+            raise ConfigError(f"local_ca ttl {_over_ca_lifetime(self.ttl)}")
         if self.spiffe_id.is_root:
             raise ConfigError(f"local_ca spiffe_id {self.spiffe_id} has no path (L-3)")
+
+
+def _over_ca_lifetime(ttl: timedelta) -> str:
+    return (
+        f"{format_duration(ttl)} is over {format_duration(MAX_LOCAL_CA_TTL)}, the local CA's"
+        " own lifetime: no leaf can outlive its CA"
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,38 +360,56 @@ _ADDRESS_HINT: Final = (
 )
 
 
+_MAX_MESSAGE: Final = 600
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    """`text` as it is, or cut to about `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """`text` quoted and escaped for a message, cut to about `limit` characters."""
+    return repr(_cut(text, limit))
+
+
 def _address_error(text: str, *, listen: bool) -> tuple[Address | None, str]:
     """Parse ``host:port`` or ``[v6]:port``; return the address, or None and what is wrong."""
+    shown = _shown(text)
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
         if not close:
-            return None, f"{text!r} has no closing ']': {_ADDRESS_HINT}"
+            return None, f"{shown} has no closing ']': {_ADDRESS_HINT}"
         if not rest.startswith(":"):
-            return None, f"{text!r} has no ':PORT' after ']': {_ADDRESS_HINT}"
+            return None, f"{shown} has no ':PORT' after ']': {_ADDRESS_HINT}"
         port = rest[1:]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            return None, f"{host!r} in brackets is not an IPv6 address: {_ADDRESS_HINT}"
+            return None, f"{_shown(host)} in brackets is not an IPv6 address: {_ADDRESS_HINT}"
     else:
         host, colon, port = text.rpartition(":")
         if not colon:
-            return None, f"{text!r} has no port: {_ADDRESS_HINT}"
+            return None, f"{shown} has no port: {_ADDRESS_HINT}"
         if ":" in host:
-            return None, f"{text!r}: an IPv6 address goes in brackets, such as [::1]:8443"
+            return None, f"{shown}: an IPv6 address goes in brackets, such as [::1]:8443"
         if not host:
             every = " (to listen on every interface, write 0.0.0.0:PORT or [::]:PORT)"
-            return None, f"{text!r} has no host: {_ADDRESS_HINT}{every if listen else ''}"
+            return None, f"{shown} has no host: {_ADDRESS_HINT}{every if listen else ''}"
         if re.fullmatch(r"[0-9.]+", host):
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
-                return None, f"{host!r} is not an IPv4 address: {_ADDRESS_HINT}"
+                return None, f"{_shown(host)} is not an IPv4 address: {_ADDRESS_HINT}"
         elif len(host) > 253 or not _HOST_NAME_RE.fullmatch(host) or ".." in host:
-            return None, f"{host!r} is not a host name or IP address: {_ADDRESS_HINT}"
+            return None, f"{_shown(host)} is not a host name or IP address: {_ADDRESS_HINT}"
     lowest = 0 if listen else 1
-    if not (port.isascii() and port.isdigit()) or not lowest <= int(port) <= 65535:
-        return None, f"{text!r} has a bad port {port!r}: use {lowest} to 65535"
+    if (
+        not (port.isascii() and port.isdigit())
+        or len(port) > 5  # before int(), which refuses over 4,300 digits with a ValueError
+        or not lowest <= int(port) <= 65535
+    ):
+        return None, f"{shown} has a bad port {_shown(port)}: use {lowest} to 65535"
     return (host, int(port)), ""
 
 
@@ -461,7 +494,7 @@ def _describe(value: object) -> str:
 def _unknown_key(key: str, known: Sequence[str], table: str) -> str:
     homes = [_label(name) for name, keys in _TABLES.items() if key in keys and name != table]
     if homes:
-        return f"unknown key here; {key!r} belongs in {' or '.join(homes)}"
+        return f"unknown key here; {_shown(key)} belongs in {' or '.join(homes)}"
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key; {hint}known keys: {', '.join(known)}"
@@ -486,8 +519,12 @@ class _Reader:
         self.notes: list[str] = []
 
     def error(self, where: str, what: str) -> ConfigError:
-        message = f"{self.source}: {where}: {what}"
-        return ConfigError(message.replace("\r", "\\r").replace("\n", "\\n"))
+        """One line: the file, where in it, what is wrong. Any lone surrogate is escaped, so
+        that the line can always be printed."""
+        message = f"{self.source}: {where}: {what}".replace("\r", "\\r").replace("\n", "\\n")
+        if len(message) > _MAX_MESSAGE:  # a hostile key or value: keep the line readable
+            message = message[: _MAX_MESSAGE - 3] + "..."
+        return ConfigError(message.encode("utf-8", "backslashreplace").decode("utf-8"))
 
     def table(self, name: str, label: str, value: object, known: Sequence[str] | None) -> _Table:
         data = _mapping(value)
@@ -514,7 +551,7 @@ class _Table:
                     raise self.error(key, _unknown_key(key, known, name))
 
     def error(self, key: str, what: str) -> ConfigError:
-        return self.reader.error(f"{self.label} {key}", what)
+        return self.reader.error(f"{self.label} {_cut(key)}", what)
 
     def note(self, key: str, what: str) -> None:
         self.reader.notes.append(f"{self.reader.source}: {self.label} {key}: {what}")
@@ -560,7 +597,7 @@ class _Table:
         except ConfigError as exc:
             raise self.error(key, str(exc)) from None
         if value == timedelta(0) and not zero_ok:
-            raise self.error(key, f"must be longer than 0s, not {text!r}")
+            raise self.error(key, f"must be longer than 0s, not {_shown(text)}")
         return value
 
     def duration(self, key: str, default: timedelta, *, zero_ok: bool = False) -> timedelta:
@@ -587,26 +624,42 @@ class _Table:
         text = text if text is not None else self.string(key, "a path string")
         if text is None:
             return None
+        if "\0" in text:
+            raise self.error(key, f"{_shown(text)} has a NUL character; no path can")
         try:
             path = Path(text).expanduser()
         except RuntimeError:
-            raise self.error(key, f"cannot expand '~' in {text!r}: no home directory") from None
+            raise self.error(
+                key, f"cannot expand '~' in {_shown(text)}: no home directory"
+            ) from None
         return self.reader.base_dir / path
+
+    def _mode(self, key: str, path: Path) -> int | None:
+        """The file type bits of `path`, None if it does not exist; `ConfigError` if it
+        cannot be looked at (a name too long, no permission)."""
+        try:
+            return path.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise self.error(key, f"cannot use {_shown(str(path))}: {exc.strerror}") from None
 
     def file(self, key: str, missing: str, text: str | None = None) -> Path:
         """A path that must name an existing file."""
         path = self.required(key, self.path(key, text), missing)
-        if path.is_dir():
-            raise self.error(key, f"{str(path)!r} is a directory; expected a file")
-        if not path.exists():
-            raise self.error(key, f"no such file: {str(path)!r}")
+        mode = self._mode(key, path)
+        if mode is None:
+            raise self.error(key, f"no such file: {_shown(str(path), 200)}")
+        if stat.S_ISDIR(mode):
+            raise self.error(key, f"{_shown(str(path), 200)} is a directory; expected a file")
         return path
 
     def directory(self, key: str, missing: str) -> Path:
         """A path that may not exist yet, but if it does, is a directory."""
         path = self.required(key, self.path(key), missing)
-        if path.exists() and not path.is_dir():
-            raise self.error(key, f"{str(path)!r} is a file; expected a directory")
+        mode = self._mode(key, path)
+        if mode is not None and not stat.S_ISDIR(mode):
+            raise self.error(key, f"{_shown(str(path), 200)} is a file; expected a directory")
         return path
 
     def trust_domain(self, key: str, text: str) -> TrustDomain:
@@ -614,7 +667,7 @@ class _Table:
         if text.startswith(SCHEME_PREFIX):
             name = text.removeprefix(SCHEME_PREFIX).partition("/")[0]
             raise self.error(
-                key, f"{text!r} is a SPIFFE ID; write the trust domain alone: {name!r}"
+                key, f"{_shown(text)} is a SPIFFE ID; write the trust domain alone: {_shown(name)}"
             )
         try:
             return TrustDomain(text)
@@ -626,9 +679,9 @@ class _Table:
                 except SpiffeIdError:
                     pass
                 else:
-                    self.note(key, f"trust domain {text!r} read as {str(td)!r} (ID-5)")
+                    self.note(key, f"trust domain {_shown(text)} read as {str(td)!r} (ID-5)")
                     return td
-            raise self.error(key, f"bad trust domain {text!r}: {exc}") from None
+            raise self.error(key, f"bad trust domain {_shown(text)}: {exc}") from None
 
     def _spiffe_id(self, key: str, text: str, *, root_ok: bool = False) -> SpiffeId:
         try:
@@ -637,7 +690,8 @@ class _Table:
             sid = self._normalised(key, text, exc)
         if sid.is_root and not root_ok:
             raise self.error(
-                key, f"{text!r} has no path: no workload may hold a trust domain's root id (L-3)"
+                key,
+                f"{_shown(text)} has no path: no workload may hold a trust domain's root id (L-3)",
             )
         return sid
 
@@ -654,11 +708,11 @@ class _Table:
                 else:
                     self.note(
                         key,
-                        f"{text!r} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
+                        f"{_shown(text)} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
                         " paths are case-sensitive and kept",
                     )
                     return sid
-        raise self.error(key, f"bad SPIFFE ID {text!r}: {error}")
+        raise self.error(key, f"bad SPIFFE ID {_shown(text)}: {error}")
 
     def spiffe_id(self, key: str, *, root_ok: bool = False) -> SpiffeId | None:
         text = self.string(key, 'a SPIFFE ID string such as "spiffe://example.org/node"')
@@ -715,7 +769,7 @@ def _revocation(table: _Table) -> RevocationSettings:
         close = difflib.get_close_matches(text or "", REVOCATION_MODES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise table.error(
-            "mode", f"{text!r} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
+            "mode", f"{_shown(text or '')} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
         )
     settings = RevocationSettings(
         mode=mode,
@@ -830,6 +884,8 @@ def _local_ca_identity(table: _Table, policy: ValidationPolicy) -> LocalCAIdenti
             f"{format_duration(ttl)} is over [policy] max_ttl {format_duration(policy.max_ttl)}:"
             " our own SVID must pass our own policy",
         )
+    if ttl > MAX_LOCAL_CA_TTL:
+        raise table.error("ttl", _over_ca_lifetime(ttl))
     return LocalCAIdentity(directory=directory, spiffe_id=spiffe_id, ttl=ttl)
 
 
@@ -968,13 +1024,25 @@ def parse_config(text: str, *, base_dir: Path, source: str = "<string>") -> Node
     `load_config`).
     """
     reader = _Reader(source, base_dir.absolute())
+    with mapped(lambda problem: reader.error("config", f"unreadable ({problem})")):
+        return _parse(reader, text)
+
+
+def _parse(reader: _Reader, text: str) -> NodeConfig:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise reader.error(*_toml_error(str(exc), text)) from None
+    except RecursionError as exc:  # tomllib recurses once per nesting level
+        where = _toml_line(exc.__traceback__, text)
+        raise reader.error(where, "bad TOML: nested too deeply") from None
+    except ValueError as exc:  # int() past Python's 4,300-digit limit, inside tomllib
+        where = _toml_line(exc.__traceback__, text)
+        what = "digits" in str(exc) and "a number of more than 4300 digits"
+        raise reader.error(where, f"bad TOML: {what or describe_error(exc)}") from None
     for key, value in document.items():
         if key not in _TABLES:
-            where = f"[{key}]" if isinstance(value, dict) else key
+            where = f"[{_cut(key)}]" if isinstance(value, dict) else _cut(key)
             raise reader.error(where, _unknown_table(key))
         if key in _ARRAYS and isinstance(value, dict):
             raise reader.error(f"[{key}]", f"expected [[{key}]] (an array of tables), not [{key}]")
@@ -1011,10 +1079,22 @@ def parse_config(text: str, *, base_dir: Path, source: str = "<string>") -> Node
     )
 
 
+def _toml_line(trace: TracebackType | None, text: str) -> str:
+    """``line N`` of the outermost value tomllib was reading when it failed, from its
+    frames' ``pos`` (an index into `text`); ``bad TOML`` if none is found."""
+    while trace is not None:
+        frame = trace.tb_frame
+        position = frame.f_locals.get("pos")
+        if frame.f_globals.get("__name__", "").startswith("tomllib") and isinstance(position, int):
+            return f"line {text.count(chr(10), 0, position) + 1}"
+        trace = trace.tb_next
+    return "TOML"
+
+
 def _unknown_table(key: str) -> str:
     homes = [_label(name) for name, keys in _TABLES.items() if key in keys]
     if homes:
-        return f"unknown table; {key!r} is a key of {' or '.join(homes)}"
+        return f"unknown table; {_shown(key)} is a key of {' or '.join(homes)}"
     close = difflib.get_close_matches(key, list(_TABLES), n=1)
     hint = f"did you mean {_label(close[0])}? " if close else ""
     return f"unknown table; {hint}known tables: {', '.join(map(_label, _TABLES))}"

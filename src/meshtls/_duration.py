@@ -11,7 +11,14 @@ from typing import Final
 
 from ._errors import ConfigError
 
-_DURATION_RE: Final = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+# [0-9], never \d: \d also matches other scripts' digits (Arabic-Indic "12s" would pass).
+_DURATION_RE: Final = re.compile(
+    r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?(?:([0-9]+)ms)?"
+)
+#: More digits than any duration that fits a `timedelta` needs (999999999 days in ms is 17);
+#: checked before `int()`, which refuses over 4,300 digits with a ValueError of its own.
+_MAX_DIGITS: Final = 18
+_SHOWN: Final = 20
 _DURATION_UNITS: Final = ("days", "hours", "minutes", "seconds", "milliseconds")
 _DURATION_HINT: Final = (
     "use whole numbers with the units d, h, m, s or ms, largest first,"
@@ -22,23 +29,23 @@ _DURATION_HINT: Final = (
 def parse_duration(text: str, *, setting: str | None = None) -> timedelta:
     """Parse a duration such as ``30s``, ``10m``, ``1h``, ``2h30m``, ``365d`` or ``500ms``.
 
-    Pure; checks syntax only (``0s`` is fine; ranges are the caller's). Raises `ConfigError`
-    naming `setting`, when given, and the bad value.
+    Pure; checks syntax only (``0s`` is fine; ranges are the caller's). Digits are ASCII
+    only. Raises `ConfigError` naming `setting`, when given, and the bad value (cut short).
     """
+    where = f"{setting}: " if setting else ""
+    shown = repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
     match = _DURATION_RE.fullmatch(text) if text else None
     if match is None:
-        where = f"{setting}: " if setting else ""
-        raise ConfigError(f"{where}bad duration {text!r}: {_DURATION_HINT}")
-    parts = {
-        unit: int(value)
-        for unit, value in zip(_DURATION_UNITS, match.groups(), strict=True)
-        if value
-    }
+        raise ConfigError(f"{where}bad duration {shown}: {_DURATION_HINT}")
+    values = [(unit, value) for unit, value in zip(_DURATION_UNITS, match.groups(), strict=True)]
+    if any(value and len(value) > _MAX_DIGITS for _, value in values):
+        raise ConfigError(
+            f"{where}bad duration {shown}: a number has more than {_MAX_DIGITS} digits"
+        )
     try:
-        return timedelta(**parts)
+        return timedelta(**{unit: int(value) for unit, value in values if value})
     except OverflowError:
-        where = f"{setting}: " if setting else ""
-        raise ConfigError(f"{where}duration {text!r} is too large") from None
+        raise ConfigError(f"{where}duration {shown} is too large") from None
 
 
 def parse_optional_duration(text: str, *, setting: str | None = None) -> timedelta | None:
