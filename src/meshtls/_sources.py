@@ -295,6 +295,8 @@ class FileSource(_Published):
         problems: list[_FileProblemError] = []
         try:
             svid = self._read_svid()
+            if svid.chain == current.svid.chain:  # the same certificates, so the same key
+                svid = current.svid
         except _FileProblemError as exc:
             problems.append(exc)
             svid = current.svid
