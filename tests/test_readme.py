@@ -101,7 +101,31 @@ def test_readme_node_config_parses(tmp_path: Path) -> None:
     (tmp_path / "svid.pem").write_bytes(issued.chain_pem)
     (tmp_path / "svid.key").write_bytes(issued.key_pem)
     (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
+    (tmp_path / "partner-bundle.pem").write_bytes(CA("partner.org", now=ca.now).bundle_pem)
     config = parse_config(toml, base_dir=tmp_path, source="README.md")
     assert isinstance(config.identity, FileIdentity)
+    assert set(config.identity.federated) == {"partner.org"}
     assert [e.backend for e in config.expose] == [("127.0.0.1", 9000)]
     assert str(config.forward[0].expect) == "spiffe://example.org/server"
+    assert config.node.max_connections == 1024
+
+
+def test_readme_config_names_every_key() -> None:
+    """The README documents every config key: each key the loader knows appears in its own
+    table's section of the example (a key of another identity form may be in a comment)."""
+    from meshtls._config import _TABLES
+
+    (toml,) = re.findall(r"```toml\n(.*?)```", README.read_text(), re.S)
+    sections: dict[str, str] = {}
+    for header, body in re.findall(
+        r"^\[\[?([\w.]+)\]\]?[^\n]*\n(.*?)(?=^\[|\Z)", toml, re.M | re.S
+    ):
+        sections[header] = sections.get(header, "") + body
+    missing = [
+        f"[{table}] {key}"
+        for table, keys in _TABLES.items()
+        for key in keys
+        if not re.search(rf"(^|\s){re.escape(key)} = ", sections.get(table, ""), re.M)
+        and not (key == "federated" and "identity.federated" in sections)
+    ]
+    assert not missing, f"README.md's config example lacks {missing}"

@@ -71,6 +71,7 @@ DEFAULT_HANDSHAKE_TIMEOUT: Final = timedelta(seconds=10)
 DEFAULT_MAX_HANDSHAKES: Final = 256
 DEFAULT_SHUTDOWN_TIMEOUT: Final = timedelta(seconds=10)
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+DEFAULT_CONNECT_TIMEOUT: Final = timedelta(seconds=10)
 MAX_CLOCK_SKEW: Final = timedelta(hours=1)
 
 
@@ -167,18 +168,22 @@ class NodeSettings:
 
     ``metrics`` is None when ``metrics = "off"``. Port 0 in a listen address asks the
     kernel for a free port. ``shutdown_timeout`` may be 0s (close at once).
+    ``max_connections`` caps the mesh listener's verified connections (a peer verified at
+    the cap is reset at once); ``max_handshakes`` caps its handshakes in progress.
     """
 
     listen: Address = DEFAULT_LISTEN
     metrics: Address | None = DEFAULT_METRICS
     handshake_timeout: timedelta = DEFAULT_HANDSHAKE_TIMEOUT
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT
     state_dir: Path = field(default_factory=default_state_dir)
 
     def __post_init__(self) -> None:
         _longer_than_zero("node", "handshake_timeout", self.handshake_timeout)
         _at_least("node", "max_handshakes", self.max_handshakes, 1)
+        _at_least("node", "max_connections", self.max_connections, 1)
         _longer_than_zero("node", "shutdown_timeout", self.shutdown_timeout, zero_ok=True)
 
 
@@ -271,16 +276,19 @@ class PeerSettings:
 class ExposeSettings:
     """``[[expose]]``: mTLS in on ``listen``, plaintext out to ``backend``.
 
-    ``allow`` None means: whoever ``[authorize]`` allows.
+    ``allow`` None means: whoever ``[authorize]`` allows. ``connect_timeout`` bounds the
+    TCP connect to ``backend``.
     """
 
     listen: Address
     backend: Address
     allow: tuple[SpiffeId, ...] | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    connect_timeout: timedelta = DEFAULT_CONNECT_TIMEOUT
 
     def __post_init__(self) -> None:
         _at_least("expose", "max_connections", self.max_connections, 1)
+        _longer_than_zero("expose", "connect_timeout", self.connect_timeout)
         if self.allow is not None and not self.allow:
             raise ConfigError("expose allow must list at least one SPIFFE ID, or be None")
 
@@ -291,15 +299,20 @@ class ExposeSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardSettings:
-    """``[[forward]]``: plaintext in on ``listen``, mTLS out to ``peer``, who must be ``expect``."""
+    """``[[forward]]``: plaintext in on ``listen``, mTLS out to ``peer``, who must be ``expect``.
+
+    ``connect_timeout`` bounds the TCP connect to ``peer`` and the handshake with it.
+    """
 
     listen: Address
     peer: Address
     expect: SpiffeId
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    connect_timeout: timedelta = DEFAULT_CONNECT_TIMEOUT
 
     def __post_init__(self) -> None:
         _at_least("forward", "max_connections", self.max_connections, 1)
+        _longer_than_zero("forward", "connect_timeout", self.connect_timeout)
 
     def authorizer(self) -> Authorizer:
         """Accept exactly ``expect``."""
@@ -455,6 +468,7 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "metrics",
         "handshake_timeout",
         "max_handshakes",
+        "max_connections",
         "shutdown_timeout",
         "state_dir",
     ),
@@ -462,8 +476,8 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
     "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
-    "expose": ("listen", "backend", "allow", "max_connections"),
-    "forward": ("listen", "peer", "expect", "max_connections"),
+    "expose": ("listen", "backend", "allow", "max_connections", "connect_timeout"),
+    "forward": ("listen", "peer", "expect", "max_connections", "connect_timeout"),
 }
 _ARRAYS: Final = frozenset({"peers", "expose", "forward"})
 
@@ -900,6 +914,7 @@ def _node(table: _Table) -> NodeSettings:
         metrics=metrics,
         handshake_timeout=table.duration("handshake_timeout", DEFAULT_HANDSHAKE_TIMEOUT),
         max_handshakes=table.integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
+        max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         shutdown_timeout=table.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, zero_ok=True),
         state_dir=table.directory("state_dir", "")
         if table.has("state_dir")
@@ -961,6 +976,7 @@ def _expose(table: _Table) -> ExposeSettings:
         ),
         allow=table.spiffe_ids("allow"),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
+        connect_timeout=table.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
     )
 
 
@@ -976,6 +992,7 @@ def _forward(table: _Table) -> ForwardSettings:
             "expect", table.spiffe_id("expect"), "the SPIFFE ID the peer must present"
         ),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
+        connect_timeout=table.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
     )
 
 

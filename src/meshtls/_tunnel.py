@@ -36,7 +36,7 @@ from ._errors import HandshakeError
 from ._identity import IdentitySource
 from ._policy import ValidationPolicy
 from ._spiffeid import SpiffeId
-from ._stream import LINGER_RESET, MeshStream, Observer, OurRole, connect, serve
+from ._stream import LINGER_RESET, Clock, MeshStream, Observer, OurRole, connect, serve
 
 Track = Callable[[MeshStream, OurRole], AbstractContextManager[None]]
 
@@ -134,6 +134,7 @@ async def expose(
     max_connections: int = 1024,
     handshake_timeout: float = 10.0,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    clock: Clock | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
@@ -144,7 +145,8 @@ async def expose(
     ``started()`` gives the listeners. At most `max_connections` tunnels are open (`serve`'s
     cap). A backend that refuses the connection, or does not accept it within
     `connect_timeout` seconds, resets the peer's stream (logged). `track` wraps each
-    tunnel (the node's deadlines). Runs until cancelled.
+    tunnel (the node's deadlines); `clock` gives the time certificates are judged at
+    (default: the wall clock). Runs until cancelled.
     """
     _check_connect_timeout(connect_timeout)
     backend_host, backend_port = backend
@@ -180,6 +182,7 @@ async def expose(
         policy=policy,
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
+        clock=clock,
         on_rejected=on_rejected,
         observer=observer,
         task_status=task_status,
@@ -195,6 +198,7 @@ async def forward(
     policy: ValidationPolicy | None = None,
     max_connections: int = 1024,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    clock: Clock | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
@@ -204,7 +208,8 @@ async def forward(
     A peer that cannot be reached, fails verification, is not `expect`, or has not
     completed its TCP connect and handshake within `connect_timeout` seconds: the
     plaintext client is reset (logged). At most `max_connections` clients at once; one
-    more is reset at once. ``started()`` gives the listeners.
+    more is reset at once. `clock` gives the time certificates are judged at (default:
+    the wall clock). ``started()`` gives the listeners.
     """
     _check_connect_timeout(connect_timeout)
     if max_connections < 1:
@@ -238,6 +243,7 @@ async def forward(
                     source=source,
                     authorize=authorize,
                     policy=policy,
+                    clock=clock,
                     observer=observer,
                 )
         except (HandshakeError, OSError) as exc:
