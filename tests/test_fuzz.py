@@ -152,7 +152,7 @@ ID_ROWS = {
     "a scheme-less id of 300 characters": Row(
         lambda: TrustDomain.parse("SPIFFE://" + "a" * 300),
         SpiffeIdError,
-        r"^trust domain 'SPIFFE://a{71}\.\.\.' has a port \(ID-4\)$",
+        r"^'SPIFFE://a{71}\.\.\.' does not start with 'spiffe://' \(ID-1\)$",
     ),
 }
 

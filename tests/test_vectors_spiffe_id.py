@@ -169,25 +169,25 @@ TRUST_DOMAIN_CHARACTER: dict[str, frozenset[str]] = {
 TOO_LONG = "ID-14"
 
 #: Trust-domain vectors where meshtls names another rule than the vector, outside the table:
-#: each is a defect, reported, and marked strict-xfail on the rule assertion, so that the
-#: fix shows up here (then remove the entry). An ID whose scheme is wrong or upper-case
-#: (ID-1), given to TrustDomain.parse, reads as "has a port" (ID-4).
-MISDIAGNOSED_TRUST_DOMAINS: dict[str, str] = dict.fromkeys(
-    (
-        "spiffe:/trustdomain/path",
-        "SpIfFe://ExAmPlE.OrG/foo",
-        "http://domain.test",
-        "://domain.test",
-        "spiffe:/example.org",
-        "http://example.org",
-        "SpIfFe://Example.Org/Service",
-        "other://domain.test",
-        "SPIFFE://Example.Org/workload",
-        "SpIfFe://ExAmPlE.oRg",
-        "SPIFFE://Example$.Org/path",
-        "SPIFFE://example.org",
-    ),
-    "TrustDomain.parse names a wrong scheme (ID-1) 'has a port' (ID-4)",
+#: each would be a defect, marked strict-xfail on the rule assertion so that its fix shows up
+#: here (then remove the entry). None is known now.
+MISDIAGNOSED_TRUST_DOMAINS: dict[str, str] = {}
+
+#: Inputs with a wrong or upper-case scheme, given to TrustDomain.parse: they once read as
+#: "has a port" (ID-4); they must name the scheme (ID-1).
+WRONG_SCHEME_INPUTS: tuple[str, ...] = (
+    "spiffe:/trustdomain/path",
+    "SpIfFe://ExAmPlE.OrG/foo",
+    "http://domain.test",
+    "://domain.test",
+    "spiffe:/example.org",
+    "http://example.org",
+    "SpIfFe://Example.Org/Service",
+    "other://domain.test",
+    "SPIFFE://Example.Org/workload",
+    "SpIfFe://ExAmPlE.oRg",
+    "SPIFFE://Example$.Org/path",
+    "SPIFFE://example.org",
 )
 
 
@@ -388,9 +388,12 @@ def test_the_table_widens_only_where_the_input_breaks_several_rules() -> None:
     )
 
 
-def test_the_misdiagnosed_vectors_are_invalid_scheme_vectors() -> None:
+@pytest.mark.parametrize("text", WRONG_SCHEME_INPUTS)
+def test_ID_1_a_wrong_scheme_given_as_a_trust_domain_names_the_scheme(text: str) -> None:
     by_input = {vector_input(v): v for v in TRUST_DOMAIN_VECTORS}
-    for text in MISDIAGNOSED_TRUST_DOMAINS:
-        vector = by_input[text]
-        assert not vector["valid"]
-        assert expected_rules(vector) == (frozenset({"ID-1"}), "rule")
+    vector = by_input[text]  # each is one of the vectors, which call it ID-1
+    assert not vector["valid"]
+    assert expected_rules(vector) == (frozenset({"ID-1"}), "rule")
+    with pytest.raises(meshtls.SpiffeIdError) as info:
+        meshtls.TrustDomain.parse(text)
+    assert info.value.rule == "ID-1"

@@ -124,9 +124,10 @@ class TrustDomain:
     def parse(cls, text: str) -> TrustDomain:
         """Parse a bare name (``example.org``) or a SPIFFE ID, whose trust domain is taken.
 
-        Raises `SpiffeIdError` naming the broken rule.
+        Raises `SpiffeIdError` naming the broken rule. Anything with a scheme (``:/``) is
+        read as an id, so a wrong scheme is reported as one (ID-1), not as a port (ID-4).
         """
-        if text.startswith(SCHEME_PREFIX):
+        if text.startswith(SCHEME_PREFIX) or ":/" in text:
             return SpiffeId.parse(text).trust_domain
         return cls(text)
 
