@@ -20,6 +20,8 @@ import meshtls
 from meshtls._cli import main
 from meshtls.testing import CA
 
+from .hostile import EDI_PARTY_NAME, X400_ADDRESS, san_with
+from .interop import openssl_s_server
 from .meshnet import Mesh, start_server
 
 WAIT = 5.0  # seconds: the bound on every wait for the server side
@@ -158,3 +160,26 @@ async def test_check_bad_files_are_usage_errors(
     )
     assert code == 2
     assert err.startswith("meshtls: error: nope.pem")
+
+
+@pytest.mark.openssl
+@pytest.mark.parametrize("other_name", ["EDIPartyName", "x400Address"])
+async def test_check_of_a_server_whose_certificate_cannot_be_read_is_one_line(
+    mesh: Mesh, tmp_path: Path, capsys: pytest.CaptureFixture[str], other_name: str
+) -> None:
+    """A server (`openssl s_server`, which loads it) presents a trusted certificate whose SAN
+    holds a name cryptography cannot read: `meshtls check` says why, on one line, exit 1.
+    It used to print cryptography's UnsupportedGeneralNameType as a traceback."""
+    server_id = "spiffe://example.org/server"
+    name = EDI_PARTY_NAME if other_name == "EDIPartyName" else X400_ADDRESS
+    issued = mesh.ca.issue(server_id, uris=(), extensions=[(san_with(server_id, name), False)])
+    (tmp_path / "server.pem").write_bytes(issued.chain_pem)
+    (tmp_path / "server.key").write_bytes(issued.key_pem)
+    identity = write_identity(tmp_path, "client", mesh.ca, CLIENT_ID)
+    args = ("-tls1_3", "-cert", str(tmp_path / "server.pem"), "-key", str(tmp_path / "server.key"))
+    async with openssl_s_server("-rev", "-naccept", "1", *args) as server:
+        code, out, err = await run_check(capsys, f"127.0.0.1:{server.port}", *identity)
+    assert code == 1, (out, err)
+    assert "verdict: rejected reason=malformed_certificate" in out
+    assert "Traceback" not in out + err
+    assert err == ""

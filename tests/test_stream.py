@@ -67,10 +67,12 @@ async def test_a_handshake_that_is_not_waiting_is_never_evicted() -> None:
     busy = places.new(trio.CancelScope(), "10.0.0.1")
     await places.acquire(busy)  # waiting_since stays None: it is doing work
     newcomer = places.new(trio.CancelScope(), "10.0.0.2")
-    with trio.move_on_after(0.05):
-        await places.acquire(newcomer)
-    assert not busy.evicted
-    assert not busy.scope.cancel_called
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(places.acquire, newcomer)
+        await trio.testing.wait_all_tasks_blocked()  # the newcomer is parked, nobody evicted
+        assert not busy.evicted
+        assert not busy.scope.cancel_called
+        nursery.cancel_scope.cancel()
 
 
 async def test_both_ends_set_tcp_nodelay() -> None:
