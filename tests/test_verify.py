@@ -30,44 +30,12 @@ from meshtls._ca import CertificateSpec, build_certificate
 from meshtls._svid import Role
 from meshtls.testing import CA, AnyPrivateKey, IssuedCertificate, KeyType, generate_key
 
-from . import certkit
+from . import cases_limbo, certkit
 from .conftest import T, World, assert_verifies
+from .table import Accepted, Case, Presented, Rejected, once, presented
 
 MIN = timedelta(minutes=1)
 NO_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # RFC 5280 4.1.2.5
-
-
-@dataclass(frozen=True)
-class Presented:
-    """What a peer presents, and the bundles the verifier holds when not the world's."""
-
-    issued: IssuedCertificate
-    bundles: meshtls.BundleSet | None = None
-
-
-Case = Callable[[World], IssuedCertificate | Presented]
-Rejected = tuple[str, Case, str]
-Accepted = tuple[str, Case]
-
-
-def presented(world: World, case: Case) -> tuple[IssuedCertificate, meshtls.BundleSet]:
-    """Run a table case: the certificates to present and the bundles to verify against."""
-    made = case(world)
-    if isinstance(made, Presented):
-        return made.issued, made.bundles if made.bundles is not None else world.bundles
-    return made, world.bundles
-
-
-def once(case: Case) -> Case:
-    """A case made once per world: for keys that are slow to generate (RSA, DSA)."""
-    made: dict[int, IssuedCertificate | Presented] = {}
-
-    def cached(world: World) -> IssuedCertificate | Presented:
-        if id(world) not in made:
-            made[id(world)] = case(world)
-        return made[id(world)]
-
-    return cached
 
 
 def trusting(world: World, td: str, *authorities: x509.Certificate) -> meshtls.BundleSet:
@@ -369,8 +337,8 @@ def algorithm_mismatch(world: World) -> IssuedCertificate:
 
 
 def negative_serial(world: World) -> IssuedCertificate:
-    """A leaf whose serial is -62. RFC 5280 4.1.2.2: users should handle such serials
-    gracefully; OpenSSL accepts it, cryptography warns (and its verifier refused it)."""
+    """A leaf whose serial is -62, which RFC 5280 4.1.2.2 forbids. OpenSSL accepts it;
+    cryptography warns while parsing it and will refuse it (docs/decisions.md)."""
     issued = world.ca.issue(serial=0x42)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -582,8 +550,13 @@ REJECTED: list[Rejected] = [
         "bad_signing_certificate",
     ),
     (
-        "S-4 DNS .example.org does not permit example.org itself",
+        "S-4 DNS .example.org (a leading period) fails closed on example.org",
         lambda w: constrained(w, nc([x509.DNSName(".example.org")]), x509.DNSName("example.org")),
+        "bad_signing_certificate",
+    ),
+    (
+        "S-4 DNS .example.org (a leading period) fails closed on a.example.org",
+        lambda w: constrained(w, nc([x509.DNSName(".example.org")]), x509.DNSName("a.example.org")),
         "bad_signing_certificate",
     ),
     (
@@ -750,6 +723,7 @@ REJECTED: list[Rejected] = [
         "malformed_certificate",
     ),
     ("boundary duplicate extension in the leaf", duplicate_in_leaf, "malformed_certificate"),
+    ("4.1.2.2 negative serial", negative_serial, "malformed_certificate"),
     (
         "boundary intermediate with a negative pathLenConstraint",
         lambda w: w.ca.intermediate(
@@ -820,7 +794,6 @@ ACCEPTED: list[Accepted] = [
         "L-9 critical CRL distribution points (handled, as in OpenSSL)",
         lambda w: w.ca.issue(extensions=[(CRL_POINTS, True)]),
     ),
-    ("L-9 negative serial", negative_serial),
     ("L-10 federated domain", lambda w: w.other.issue("spiffe://other.org/x")),
     (
         "L-10 bundle authority is an intermediate (partial chain)",
@@ -861,6 +834,10 @@ ACCEPTED: list[Accepted] = [
         lambda w: constrained(w, nc([x509.DNSName("other.org")])),
     ),
     (
+        "S-4 DNS .example.org (a leading period), leaf without DNS names",
+        lambda w: constrained(w, nc(excluded=[x509.DNSName(".example.org")])),
+    ),
+    (
         "S-4 DN permitted O=MESHTLS matches O=meshtls",
         lambda w: constrained(w, nc([org("MESHTLS")])),
     ),
@@ -885,10 +862,12 @@ ACCEPTED: list[Accepted] = [
 ]
 
 #: Every table of cases: run through `verify_svid` here, and through a real handshake in
-#: both roles by tests/test_handshake_verdicts.py. Another table joins with one line here,
-#: such as ``(cases_limbo.LIMBO_REJECTED, cases_limbo.LIMBO_ACCEPTED)``: rows in the same
-#: format, whose cases return an `IssuedCertificate`, or a `Presented` for other bundles.
-TABLES: list[tuple[list[Rejected], list[Accepted]]] = [(REJECTED, ACCEPTED)]
+#: both roles by tests/test_handshake_verdicts.py. Another table joins with one line here:
+#: rows in the format of tests/table.py. x509-limbo's cases are tests/cases_limbo.py.
+TABLES: list[tuple[list[Rejected], list[Accepted]]] = [
+    (REJECTED, ACCEPTED),
+    (cases_limbo.LIMBO_REJECTED, cases_limbo.LIMBO_ACCEPTED),
+]
 ALL_REJECTED: list[Rejected] = [row for rejected, _ in TABLES for row in rejected]
 ALL_ACCEPTED: list[Accepted] = [row for _, accepted in TABLES for row in accepted]
 
@@ -1111,7 +1090,7 @@ def test_L_10_own_root_sent_by_a_forger_does_not_help(world: World) -> None:
 def test_negative_serial_gives_a_verification_error_not_a_warning(world: World) -> None:
     """Found by the DER-mutation property: describing such a certificate used to warn, and a
     warning is an error under `filterwarnings = error` (and in strict applications)."""
-    issued = world.ca.issue(serial=0x42, key_usage=None)  # also defective: so it is described
+    issued = world.ca.issue(serial=0x42)
     der = issued.leaf.public_bytes(Encoding.DER)
     assert der.count(b"\x02\x01\x42") == 1
     negative = der.replace(b"\x02\x01\x42", b"\x02\x01\xc2")  # INTEGER -62
@@ -1120,5 +1099,6 @@ def test_negative_serial_gives_a_verification_error_not_a_warning(world: World) 
         cert = x509.load_der_x509_certificate(negative)
     with pytest.raises(VerificationError) as info:
         verify_svid([cert], world.bundles, now=T)
-    assert info.value.reason == "key_usage"
+    assert info.value.reason == "malformed_certificate"
     assert "serial -0x3e" in str(info.value)
+    assert "is not positive (RFC 5280 4.1.2.2)" in str(info.value)

@@ -87,6 +87,7 @@ REFUSED_EXTENSIONS: Final[dict[x509.ObjectIdentifier, str]] = {
 
 _EC_CURVES: Final = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 _MIN_RSA_BITS: Final = 2048
+_MAX_SERIAL_BITS: Final = 160  # 20 octets of value (RFC 5280 4.1.2.2)
 _STRONG_HASHES: Final = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 _RSA_PKCS1 = frozenset(
     {
@@ -404,13 +405,18 @@ def _matches(kind: NameKind, name: object, base: object) -> bool | str:
     return subject[: len(prefix)] == prefix
 
 
-def _dns_matches(name: str, base: str) -> bool:
-    """``example.org`` matches itself and its subdomains; ``.example.org`` subdomains only."""
+def _dns_matches(name: str, base: str) -> bool | str:
+    """``example.org`` matches itself and its subdomains. A leading period has no meaning
+    for a dNSName constraint (RFC 5280 4.2.1.10 gives it to URI and email constraints only):
+    such a constraint cannot be read as written, and fails closed (OpenSSL and Go read it as
+    "subdomains only"; x509-limbo and webpki refuse it)."""
+    if base.startswith("."):
+        return f"DNS name constraint {base[:200]!r} has a leading period (not in RFC 5280)"
     if not base:
         return True
     if len(name) < len(base):
         return False
-    if len(name) > len(base) and not base.startswith(".") and name[-len(base) - 1] != ".":
+    if len(name) > len(base) and name[-len(base) - 1] != ".":
         return False
     return ascii_lower(name[-len(base) :]) == ascii_lower(base)
 
@@ -604,6 +610,7 @@ class CertFacts:
     signature_problem: str | None = None
     unhandled_critical: tuple[str, ...] = ()
     refused_extension: str | None = None
+    serial_problem: str | None = None  # not positive, or over 20 octets (RFC 5280 4.1.2.2)
     ca: bool | None = None  # basic constraints cA; None when there is no such extension
     path_length: int | None = None
     key_usage: x509.KeyUsage | None = None
@@ -617,7 +624,7 @@ class CertFacts:
     authority_key_id: bytes | None = None
     authority_serial: int | None = None
     authority_issuer: NameKey | None = None
-    signing_problem: tuple[str, str] | None = None  # (what, rule) when S-1..S-3 fail
+    signing_problem: tuple[str, str | None] | None = None  # (what, rule) when it may not sign
     spiffe_id: SpiffeId | None = None  # a leaf's, once a verification has parsed it (L-1..L-3)
 
     @property
@@ -754,7 +761,8 @@ def _read_extensions(
         authority_key_id=None if aki is None else aki.key_identifier,
         authority_serial=None if aki is None else aki.authority_cert_serial_number,
         authority_issuer=authority_issuer,
-        signing_problem=_signing_problem(ca, key_usage, uris),
+        serial_problem=_serial_problem(cert),
+        signing_problem=_signing_problem(ca, key_usage, uris, empty_subject=core[0] == ()),
     )
 
 
@@ -774,14 +782,33 @@ _ROLE_SETS: Final[dict[tuple[bool, bool], frozenset[Role]]] = {
 }
 
 
+def _serial_problem(cert: x509.Certificate) -> str | None:
+    """Why a serial number is refused, or None. RFC 5280 4.1.2.2: a positive integer of at
+    most 20 octets. cryptography deprecates parsing non-positive serials (a later release
+    will refuse them), so accepting them would make a verdict depend on its version."""
+    serial = cert.serial_number
+    if serial <= 0:
+        return f"serial number {serial:#x} is not positive (RFC 5280 4.1.2.2)"
+    if serial.bit_length() > _MAX_SERIAL_BITS:
+        return "serial number is longer than 20 octets (RFC 5280 4.1.2.2)"
+    return None
+
+
 def _signing_problem(
-    ca: bool | None, key_usage: x509.KeyUsage | None, uris: tuple[str, ...]
-) -> tuple[str, str] | None:
-    """S-1..S-3 for a certificate that signs others: (what is wrong, rule), or None."""
+    ca: bool | None,
+    key_usage: x509.KeyUsage | None,
+    uris: tuple[str, ...],
+    *,
+    empty_subject: bool,
+) -> tuple[str, str | None] | None:
+    """S-1..S-3 for a certificate that signs others, and a CA's non-empty subject
+    (RFC 5280 4.1.2.6): (what is wrong, rule), or None."""
     if not ca:
         return ("is not a CA (basic constraints)", "S-1")
     if key_usage is None or not key_usage.key_cert_sign:
         return ("key usage lacks keyCertSign", "S-2")
+    if empty_subject:
+        return ("is a CA with an empty subject (RFC 5280 4.1.2.6)", None)
     for uri in uris:
         if not uri.startswith("spiffe:"):
             continue

@@ -175,10 +175,13 @@ def _check_extensions(facts: CertFacts, index: int) -> None:
         )
     if facts.refused_extension is not None:
         raise fail("malformed_certificate", cert, index, facts.refused_extension, None)
+    if facts.serial_problem is not None:
+        raise fail("malformed_certificate", cert, index, facts.serial_problem, None)
 
 
 def leaf_is_readable(j: Judgement) -> None:
-    """Its extensions parse; no critical extension is unknown; no refused extension."""
+    """Its extensions parse; no critical extension is unknown; no refused extension; a
+    positive serial of at most 20 octets (RFC 5280 4.1.2.2)."""
     _check_extensions(j.leaf, 0)
 
 
@@ -277,7 +280,7 @@ def path_to_own_root(j: Judgement) -> None:
 
 
 def path_is_readable(j: Judgement) -> None:
-    """Every issuer on the path: readable, no unknown critical or refused extension."""
+    """Every issuer on the path: readable, as `leaf_is_readable` asks of the leaf."""
     for index, facts in enumerate(j.path, start=1):
         _check_extensions(facts, index)
 
@@ -295,7 +298,8 @@ def anchor_is_not_the_leaf(j: Judgement) -> None:
 
 
 def signers_may_sign(j: Judgement) -> None:
-    """S-1..S-3 on every issuer, the bundle authority included."""
+    """S-1..S-3 on every issuer, the bundle authority included; and a CA's subject is not
+    empty (RFC 5280 4.1.2.6)."""
     for index, facts in enumerate(j.path, start=1):
         if facts.signing_problem is not None:
             what, rule = facts.signing_problem
