@@ -24,7 +24,7 @@ import ssl
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import trio.testing
 import meshtls
 from meshtls.testing import CA, IssuedCertificate
 
+from . import certkit
 from .hostile import (
     ALERT,
     EDI_PARTY_NAME,
@@ -673,3 +674,64 @@ async def test_connect_with_an_authorizer_that_raises_fails_closed() -> None:
             await meshtls.connect("127.0.0.1", server.port, source=mesh.client, authorize=broken)
     assert caught.value.reason == "unauthorized"
     assert "RuntimeError" in caught.value.detail
+
+
+# ---------------------------------------------------------------- a peer's DER never warns
+
+
+def _negative_serial(ca: CA, spiffe_id: str) -> IssuedCertificate:
+    """A leaf of `ca` whose serial is -62: RFC 5280 4.1.2.2 forbids it, OpenSSL accepts
+    it, and cryptography warns while parsing it."""
+    issued = ca.issue(spiffe_id, serial=0x42)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # re-reading it warns
+        leaf = certkit.resign_tbs(
+            issued.leaf, ca.key, lambda tbs: tbs.replace(b"\x02\x01\x42", b"\x02\x01\xc2", 1)
+        )
+    return IssuedCertificate((leaf, *issued.chain[1:]), issued.private_key)
+
+
+@contextmanager
+def no_cryptography_warning() -> Iterator[None]:
+    """Every warning is recorded (not raised, as this suite does): none may come from
+    reading a peer's certificate."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted_ca", "untrusted_ca"])
+async def test_a_server_whose_leaf_has_a_negative_serial_is_refused_without_a_warning(
+    trusted: bool, tmp_path: Path
+) -> None:
+    """The client reads the server's DER twice outside the verifier, for the log line's
+    claimed id and (when OpenSSL refused the chain) to name the precise reason: neither
+    may warn, so a hostile server cannot fill the client's log, or turn the verdict into
+    "unreadable" where warnings are errors."""
+    mesh = Mesh()
+    ca = mesh.ca if trusted else CA("example.org", now=mesh.now)  # a stranger's root
+    context = server_context(write_pem(tmp_path, _negative_serial(ca, SERVER_ID)))
+    with no_cryptography_warning():
+        async with hostile_server(context) as server:
+            with trio.fail_after(WAIT), pytest.raises(meshtls.HandshakeError) as caught:
+                await meshtls.connect(
+                    "127.0.0.1", server.port, source=mesh.client, authorize=meshtls.authorize_any()
+                )
+    assert caught.value.reason == "malformed_certificate", caught.value
+    assert "is not positive (RFC 5280 4.1.2.2)" in caught.value.detail
+    assert server.received == b""
+
+
+async def test_a_client_whose_leaf_has_a_negative_serial_is_refused_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    mesh = Mesh()
+    certificate = write_pem(tmp_path, _negative_serial(mesh.ca, GOOD_CLIENT_ID))
+    with no_cryptography_warning():
+        async with echo_server(mesh) as server:
+            outcome = await tls_client(server.port, client_context(mesh, certificate))
+            assert_nothing_delivered(outcome)
+            rejected = await expect_rejection(server, "malformed_certificate")
+            assert "is not positive (RFC 5280 4.1.2.2)" in rejected.detail
+            await server.assert_serves_good_client()
