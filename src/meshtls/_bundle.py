@@ -28,7 +28,6 @@ from typing import Final, TypeAlias, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509 import verification
 
 from ._boundary import describe_error, mapped
 from ._certs import Signer, read_signer
@@ -81,7 +80,6 @@ class X509Bundle:
     authorities: tuple[x509.Certificate, ...]
     sequence: int | None = None
     refresh_hint: timedelta | None = None
-    _store: verification.Store | None = field(default=None, init=False, repr=False, compare=False)
     _anchors: tuple[Signer, ...] = field(default=(), init=False, repr=False, compare=False)
     _ders: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
@@ -101,10 +99,6 @@ class X509Bundle:
                 ) from exc
         object.__setattr__(self, "_anchors", tuple(anchors))
         object.__setattr__(self, "_ders", frozenset(ders))
-        if self.authorities:
-            with mapped(lambda problem: BundleError(f"bundle for {self.trust_domain}: {problem}")):
-                store = verification.Store(list(self.authorities))
-            object.__setattr__(self, "_store", store)
 
     @classmethod
     def from_pem(cls, trust_domain: TrustDomain | str, pem: bytes | str) -> X509Bundle:
@@ -182,11 +176,6 @@ class X509Bundle:
     def pem(self) -> bytes:
         """All authorities as PEM, for a TLS library's trust store."""
         return b"".join(a.public_bytes(serialization.Encoding.PEM) for a in self.authorities)
-
-    @property
-    def store(self) -> verification.Store | None:
-        """The path-validation store of these roots, built once; None when there are none."""
-        return self._store
 
 
 def _authority_from_x5c(td: TrustDomain, index: int, x5c: _Json) -> x509.Certificate:
