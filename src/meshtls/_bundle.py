@@ -29,7 +29,7 @@ from typing import Final, TypeAlias, cast
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ._boundary import describe_error, mapped
+from ._boundary import describe_error, mapped, shown
 from ._certs import Signer, read_signer
 from ._errors import BundleError, MeshError, SpiffeIdError
 from ._spiffeid import TrustDomain
@@ -44,12 +44,6 @@ _KNOWN_KTY: Final = frozenset({"EC", "RSA", "OKP"})
 _Json: TypeAlias = "bool | int | float | str | list[_Json] | dict[str, _Json] | None"
 
 
-def _shown(text: str, limit: int = 60) -> str:
-    """`text` quoted and escaped for a message, cut to about `limit` characters."""
-    cut = text if len(text) <= limit else text[:limit] + "..."
-    return repr(cut)
-
-
 def _as_trust_domain(value: TrustDomain | str, *, where: str = "") -> TrustDomain:
     """`value` as a trust domain (a name or ``spiffe://name``); raises `BundleError`."""
     if isinstance(value, TrustDomain):
@@ -57,7 +51,7 @@ def _as_trust_domain(value: TrustDomain | str, *, where: str = "") -> TrustDomai
     try:
         return TrustDomain.parse(value)
     except SpiffeIdError as exc:
-        raise BundleError(f"{where}trust domain {_shown(value)}: {exc}") from exc
+        raise BundleError(f"{where}trust domain {shown(value)}: {exc}") from exc
 
 
 def load_pem_certificates(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
@@ -196,7 +190,7 @@ def _sequence(td: TrustDomain, value: _Json) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_sequence {_shown(repr(value))} is not a count"
+            f"SPIFFE bundle for {td}: spiffe_sequence {shown(repr(value))} is not a count"
         )
     return value
 
@@ -211,13 +205,13 @@ def _refresh_hint(td: TrustDomain, value: _Json) -> timedelta | None:
         or value < 0
     ):
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_refresh_hint {_shown(repr(value))} is not a"
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {shown(repr(value))} is not a"
             " number of seconds",
             rule="B-5",
         )
     if value > MAX_REFRESH_HINT.total_seconds():
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_refresh_hint {_shown(repr(value))[1:-1]} is over"
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {shown(repr(value))[1:-1]} is over"
             f" {MAX_REFRESH_HINT.days} days",
             rule="B-5",
         )
@@ -237,7 +231,7 @@ def _reject_duplicates(pairs: list[tuple[str, _Json]]) -> dict[str, _Json]:
     result: dict[str, _Json] = {}
     for key, value in pairs:
         if key in result:
-            raise _RefusedJsonError(f"duplicate key {_shown(key)} in JSON", rule="B-6")
+            raise _RefusedJsonError(f"duplicate key {shown(key)} in JSON", rule="B-6")
         result[key] = value
     return result
 
