@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ._boundary import describe_error, mapped, shown
-from ._certs import Signer, read_signer
+from ._certs import CertFacts, read_signer
 from ._errors import BundleError, MeshError, SpiffeIdError
 from ._spiffeid import TrustDomain
 
@@ -74,7 +74,7 @@ class X509Bundle:
     authorities: tuple[x509.Certificate, ...]
     sequence: int | None = None
     refresh_hint: timedelta | None = None
-    _anchors: tuple[Signer, ...] = field(default=(), init=False, repr=False, compare=False)
+    _anchors: tuple[CertFacts, ...] = field(default=(), init=False, repr=False, compare=False)
     _ders: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -157,7 +157,7 @@ class X509Bundle:
             )
 
     @property
-    def anchors(self) -> tuple[Signer, ...]:
+    def anchors(self) -> tuple[CertFacts, ...]:
         """The authorities with their signing facts (S-1..S-4), in bundle order."""
         return self._anchors
 
