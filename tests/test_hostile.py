@@ -545,9 +545,23 @@ MALFORMED = {
     "unknown_critical_extension_in_leaf": _unknown_critical_in_leaf,
     "unknown_critical_extension_in_intermediate": _unknown_critical_in_intermediate,
 }
-#: A root with no well-defined expiry is valid (RFC 5280): its chain may be served. Every
-#: other case must be refused. Either way the peer is judged, with a reason when refused.
-MAY_BE_SERVED = {"root_not_after_99991231235959Z"}
+#: Each case's verdict, judged by a server and by a client: the reason, or None when it is
+#: served. A root with no well-defined expiry is valid (RFC 5280), so its chain is served.
+#: A server cannot read a duplicate SAN that OpenSSL refused first: it has OpenSSL's verify
+#: message only (docs/decisions.md, "Verdicts that must still differ").
+VERDICTS: dict[str, tuple[str | None, str | None]] = {
+    "edi_party_name_in_san": ("malformed_certificate", "malformed_certificate"),
+    "x400_address_in_san": ("malformed_certificate", "malformed_certificate"),
+    "duplicate_san_extension": ("untrusted_chain", "malformed_certificate"),
+    "leaf_not_after_99991231235959Z": ("ttl_exceeded", "ttl_exceeded"),
+    "root_not_after_99991231235959Z": (None, None),
+    "unknown_critical_extension_in_leaf": ("malformed_certificate", "malformed_certificate"),
+    "unknown_critical_extension_in_intermediate": (
+        "malformed_certificate",
+        "malformed_certificate",
+    ),
+}
+MAY_BE_SERVED = {case for case, (server, client) in VERDICTS.items() if server is None}
 #: OpenSSL will not load a certificate with a duplicate extension: tlslite-ng presents it.
 VIA_TLSLITE = {"duplicate_san_extension"}
 
@@ -573,12 +587,13 @@ async def test_a_malformed_client_certificate_ends_only_its_connection(
     case: str, tmp_path: Path
 ) -> None:
     """Whatever the certificate makes the verifier raise, `serve` refuses that peer with
-    a reason, runs no handler for it, and serves a good client straight afterwards."""
+    its reason (`VERDICTS`), runs no handler for it, and serves a good client straight
+    afterwards."""
     mesh, far = _far_mesh()
     issued = MALFORMED[case](mesh, far, GOOD_CLIENT_ID)
     async with echo_server(mesh, authorize=meshtls.authorize_any()) as server:
         received = await _present_client_certificate(case, mesh, issued, server.port, tmp_path)
-        if case in MAY_BE_SERVED and received:
+        if case in MAY_BE_SERVED:
             assert received == PROBE
             assert server.served == ["spiffe://far.example/client"]
             server.served.clear()
@@ -586,6 +601,7 @@ async def test_a_malformed_client_certificate_ends_only_its_connection(
             assert received == b""
             rejected = await server.rejection()
             assert rejected.reason in meshtls.REASONS
+            assert rejected.reason == VERDICTS[case][0], rejected
             assert server.served == []
             assert server.pending_rejections() == []
         await server.assert_serves_good_client()
@@ -619,8 +635,8 @@ async def _server_presenting(
 async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
     case: str, tmp_path: Path
 ) -> None:
-    """`connect` to a server presenting the certificate raises `HandshakeError` with a
-    reason (never a foreign exception), and sends it no application byte."""
+    """`connect` to a server presenting the certificate raises `HandshakeError` with its
+    reason (`VERDICTS`; never a foreign exception), and sends it no application byte."""
     mesh, far = _far_mesh()
     issued = MALFORMED[case](mesh, far, SERVER_ID)
     async with _server_presenting(case, issued, tmp_path) as (port, received):
@@ -631,6 +647,7 @@ async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
                 )
             except meshtls.HandshakeError as exc:
                 assert exc.reason in meshtls.REASONS
+                assert exc.reason == VERDICTS[case][1], exc
             else:
                 assert case in MAY_BE_SERVED
                 await stream.aclose()
