@@ -40,6 +40,8 @@ CLIENT_ID = "spiffe://example.org/soak-client"
 SERVER_ID = "spiffe://example.org/soak-server"
 HEADER = 16 + 8 + 1  # nonce, upload length, 1 if the client half-closes
 CHUNK = 65536
+#: Seconds the backends get, once every client is done, to finish checking what they got.
+BACKEND_GRACE = 10.0
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Report:
     client_bytes_in: int = 0
     backend_bytes_in: int = 0
     backend_bytes_out: int = 0
+    backends_finished: int = 0
     quiet_losses: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
@@ -113,8 +116,11 @@ def _error(report: Report, where: str, exc: BaseException) -> None:
     report.errors[f"{where}: {type(exc).__name__}"] += 1
 
 
-async def backend(report: Report, download: int, stream: trio.SocketStream) -> None:
-    """Talk at once; listen at the same time; check the upload and, if promised, its EOF."""
+async def backend(
+    report: Report, download: int, finished: Callable[[], None], stream: trio.SocketStream
+) -> None:
+    """Talk at once; listen at the same time; check the upload and, if promised, its EOF.
+    Calls `finished` once it has judged this connection (not when it is cancelled)."""
     reply = expected(os.urandom(16), download)
 
     def sent(count: int) -> None:
@@ -144,6 +150,8 @@ async def backend(report: Report, download: int, stream: trio.SocketStream) -> N
             nursery.start_soon(listen)
     except Exception as exc:
         _error(report, "backend", exc)
+    report.backends_finished += 1
+    finished()
 
 
 async def client(report: Report, port: int, upload: int, download: int, half_close: bool) -> None:
@@ -194,11 +202,20 @@ async def soak(clients: int, *, upload: int, download: int) -> Report:
     client half-closes. Returns the report; raises only if the tunnel cannot start."""
     server, client_source = _identities()
     report = Report(clients=clients, half_closing=clients // 2)
+    all_finished = trio.Event()
+
+    def finished() -> None:
+        if report.backends_finished == clients:
+            all_finished.set()
+
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
         backend_listeners = await nursery.start(
             functools.partial(
-                trio.serve_tcp, functools.partial(backend, report, download), 0, host="127.0.0.1"
+                trio.serve_tcp,
+                functools.partial(backend, report, download, finished),
+                0,
+                host="127.0.0.1",
             )
         )
         exposed = await nursery.start(
@@ -225,7 +242,12 @@ async def soak(clients: int, *, upload: int, download: int) -> Report:
         async with trio.open_nursery() as crowd:
             for index in range(clients):
                 crowd.start_soon(client, report, port, upload, download, index % 2 == 0)
-        # every backend handler has finished once its client has its EOF
+        # A client is done once it has the reply's EOF, which can come before its backend
+        # has read the whole upload: the backends' checks must finish, not be cancelled.
+        with trio.move_on_after(BACKEND_GRACE):
+            await all_finished.wait()
+        if report.backends_finished < clients:
+            report.errors["backend: unfinished"] += clients - report.backends_finished
         nursery.cancel_scope.cancel()
     report.seconds = time.perf_counter() - started
     return report

@@ -24,7 +24,7 @@ import ssl
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import trio.testing
 import meshtls
 from meshtls.testing import CA, IssuedCertificate
 
+from . import certkit
 from .hostile import (
     ALERT,
     EDI_PARTY_NAME,
@@ -544,9 +545,23 @@ MALFORMED = {
     "unknown_critical_extension_in_leaf": _unknown_critical_in_leaf,
     "unknown_critical_extension_in_intermediate": _unknown_critical_in_intermediate,
 }
-#: A root with no well-defined expiry is valid (RFC 5280): its chain may be served. Every
-#: other case must be refused. Either way the peer is judged, with a reason when refused.
-MAY_BE_SERVED = {"root_not_after_99991231235959Z"}
+#: Each case's verdict, judged by a server and by a client: the reason, or None when it is
+#: served. A root with no well-defined expiry is valid (RFC 5280), so its chain is served.
+#: A server cannot read a duplicate SAN that OpenSSL refused first: it has OpenSSL's verify
+#: message only (docs/decisions.md, "Verdicts that must still differ").
+VERDICTS: dict[str, tuple[str | None, str | None]] = {
+    "edi_party_name_in_san": ("malformed_certificate", "malformed_certificate"),
+    "x400_address_in_san": ("malformed_certificate", "malformed_certificate"),
+    "duplicate_san_extension": ("untrusted_chain", "malformed_certificate"),
+    "leaf_not_after_99991231235959Z": ("ttl_exceeded", "ttl_exceeded"),
+    "root_not_after_99991231235959Z": (None, None),
+    "unknown_critical_extension_in_leaf": ("malformed_certificate", "malformed_certificate"),
+    "unknown_critical_extension_in_intermediate": (
+        "malformed_certificate",
+        "malformed_certificate",
+    ),
+}
+MAY_BE_SERVED = {case for case, (server, client) in VERDICTS.items() if server is None}
 #: OpenSSL will not load a certificate with a duplicate extension: tlslite-ng presents it.
 VIA_TLSLITE = {"duplicate_san_extension"}
 
@@ -572,12 +587,13 @@ async def test_a_malformed_client_certificate_ends_only_its_connection(
     case: str, tmp_path: Path
 ) -> None:
     """Whatever the certificate makes the verifier raise, `serve` refuses that peer with
-    a reason, runs no handler for it, and serves a good client straight afterwards."""
+    its reason (`VERDICTS`), runs no handler for it, and serves a good client straight
+    afterwards."""
     mesh, far = _far_mesh()
     issued = MALFORMED[case](mesh, far, GOOD_CLIENT_ID)
     async with echo_server(mesh, authorize=meshtls.authorize_any()) as server:
         received = await _present_client_certificate(case, mesh, issued, server.port, tmp_path)
-        if case in MAY_BE_SERVED and received:
+        if case in MAY_BE_SERVED:
             assert received == PROBE
             assert server.served == ["spiffe://far.example/client"]
             server.served.clear()
@@ -585,6 +601,7 @@ async def test_a_malformed_client_certificate_ends_only_its_connection(
             assert received == b""
             rejected = await server.rejection()
             assert rejected.reason in meshtls.REASONS
+            assert rejected.reason == VERDICTS[case][0], rejected
             assert server.served == []
             assert server.pending_rejections() == []
         await server.assert_serves_good_client()
@@ -618,8 +635,8 @@ async def _server_presenting(
 async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
     case: str, tmp_path: Path
 ) -> None:
-    """`connect` to a server presenting the certificate raises `HandshakeError` with a
-    reason (never a foreign exception), and sends it no application byte."""
+    """`connect` to a server presenting the certificate raises `HandshakeError` with its
+    reason (`VERDICTS`; never a foreign exception), and sends it no application byte."""
     mesh, far = _far_mesh()
     issued = MALFORMED[case](mesh, far, SERVER_ID)
     async with _server_presenting(case, issued, tmp_path) as (port, received):
@@ -630,6 +647,7 @@ async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
                 )
             except meshtls.HandshakeError as exc:
                 assert exc.reason in meshtls.REASONS
+                assert exc.reason == VERDICTS[case][1], exc
             else:
                 assert case in MAY_BE_SERVED
                 await stream.aclose()
@@ -673,3 +691,64 @@ async def test_connect_with_an_authorizer_that_raises_fails_closed() -> None:
             await meshtls.connect("127.0.0.1", server.port, source=mesh.client, authorize=broken)
     assert caught.value.reason == "unauthorized"
     assert "RuntimeError" in caught.value.detail
+
+
+# ---------------------------------------------------------------- a peer's DER never warns
+
+
+def _negative_serial(ca: CA, spiffe_id: str) -> IssuedCertificate:
+    """A leaf of `ca` whose serial is -62: RFC 5280 4.1.2.2 forbids it, OpenSSL accepts
+    it, and cryptography warns while parsing it."""
+    issued = ca.issue(spiffe_id, serial=0x42)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # re-reading it warns
+        leaf = certkit.resign_tbs(
+            issued.leaf, ca.key, lambda tbs: tbs.replace(b"\x02\x01\x42", b"\x02\x01\xc2", 1)
+        )
+    return IssuedCertificate((leaf, *issued.chain[1:]), issued.private_key)
+
+
+@contextmanager
+def no_cryptography_warning() -> Iterator[None]:
+    """Every warning is recorded (not raised, as this suite does): none may come from
+    reading a peer's certificate."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted_ca", "untrusted_ca"])
+async def test_a_server_whose_leaf_has_a_negative_serial_is_refused_without_a_warning(
+    trusted: bool, tmp_path: Path
+) -> None:
+    """The client reads the server's DER twice outside the verifier, for the log line's
+    claimed id and (when OpenSSL refused the chain) to name the precise reason: neither
+    may warn, so a hostile server cannot fill the client's log, or turn the verdict into
+    "unreadable" where warnings are errors."""
+    mesh = Mesh()
+    ca = mesh.ca if trusted else CA("example.org", now=mesh.now)  # a stranger's root
+    context = server_context(write_pem(tmp_path, _negative_serial(ca, SERVER_ID)))
+    with no_cryptography_warning():
+        async with hostile_server(context) as server:
+            with trio.fail_after(WAIT), pytest.raises(meshtls.HandshakeError) as caught:
+                await meshtls.connect(
+                    "127.0.0.1", server.port, source=mesh.client, authorize=meshtls.authorize_any()
+                )
+    assert caught.value.reason == "malformed_certificate", caught.value
+    assert "is not positive (RFC 5280 4.1.2.2)" in caught.value.detail
+    assert server.received == b""
+
+
+async def test_a_client_whose_leaf_has_a_negative_serial_is_refused_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    mesh = Mesh()
+    certificate = write_pem(tmp_path, _negative_serial(mesh.ca, GOOD_CLIENT_ID))
+    with no_cryptography_warning():
+        async with echo_server(mesh) as server:
+            outcome = await tls_client(server.port, client_context(mesh, certificate))
+            assert_nothing_delivered(outcome)
+            rejected = await expect_rejection(server, "malformed_certificate")
+            assert "is not positive (RFC 5280 4.1.2.2)" in rejected.detail
+            await server.assert_serves_good_client()

@@ -1,10 +1,10 @@
 """A hostile identity source never kills the node (issue 7, item 1 "found by fuzzing").
 
 A running node watches its identity files; each test rewrites them with one input that
-today's parsers choke on (tests/hostile_identity.py). Whatever the parsers raise, or even
-if a later parser accepts the input, the node must keep running: it keeps its identity
-(counting and logging the refusal once) or swaps in a valid one, goes on serving, and
-goes on watching its files (a good identity written afterwards is picked up).
+today's parsers choke on (tests/hostile_identity.py). Whatever the parsers raise, the node
+must keep running: it keeps its identity (counting and logging the refusal once), or swaps
+in the one input that is valid after all (`VALID`), goes on serving, and goes on watching
+its files (a good identity written afterwards is picked up).
 
 Polling is Trio time: the MockClock jumps through the 0.5 s polls.
 """
@@ -103,6 +103,15 @@ async def assert_serves(node: meshtls.Node, files: Files) -> None:
             assert await stream.receive_some() == b"ping"
 
 
+#: The one input that is a valid identity after all (RFC 5280's "no well-defined expiry" on
+#: a root): it is swapped in. Every other input must be refused.
+VALID = frozenset({"our SVID from a root with notAfter 9999"})
+
+
+def test_every_valid_case_is_in_the_corpus() -> None:
+    assert set(CORPUS) >= VALID
+
+
 @pytest.mark.parametrize("case", list(CORPUS))
 async def test_a_hostile_identity_file_never_kills_the_node(
     files: Files, case: str, clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
@@ -116,13 +125,15 @@ async def test_a_hostile_identity_file_never_kills_the_node(
                 await node.changed()  # a refusal, or a swap
             await trio.sleep(5)  # ten more polls: nothing more happens
         assert node.ready
-        if node.contexts() is before:  # refused: counted and logged once, not per poll
+        assert (node.contexts() is not before) == (case in VALID)
+        if case not in VALID:  # refused: counted and logged once, not per poll
             assert failures(node) == 1
             assert rotations(node) == 0
             refusals = [r for r in caplog.records if "rejected" in r.getMessage()]
             assert len(refusals) == 1, [r.getMessage() for r in refusals]
             assert "\n" not in refusals[0].getMessage()
-        else:  # a later parser may take it as a valid identity: then it is swapped in
+        else:  # a valid identity: swapped in
+            assert failures(node) == 0
             assert rotations(node) == 1
         await assert_serves(node, files)
 

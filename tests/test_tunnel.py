@@ -230,6 +230,7 @@ async def test_soak_20_clients_half_of_them_half_closing_lose_nothing() -> None:
         report = await soak(20, upload=256 * 1024, download=1024 * 1024)
     assert report.ok, "\n".join(report.lines())
     assert report.client_bytes_in == report.backend_bytes_out == 20 * 1024 * 1024
+    assert report.backend_bytes_in == report.client_bytes_out  # every upload was checked
 
 
 async def read_until_end(stream: trio.abc.ReceiveStream) -> tuple[bytes, str]:

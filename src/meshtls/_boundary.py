@@ -47,6 +47,12 @@ def clamp_time(moment: datetime) -> datetime:
     return moment
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """`text` quoted and escaped (``repr``) for a message, cut to about `limit` characters:
+    hostile values reach messages, and a message must stay one short line."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def describe_error(exc: BaseException) -> str:
     """One printable line for a foreign exception: its type and a bounded, escaped message.
 

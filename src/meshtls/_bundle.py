@@ -28,10 +28,9 @@ from typing import Final, TypeAlias, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509 import verification
 
-from ._boundary import describe_error, mapped
-from ._certs import Signer, read_signer
+from ._boundary import describe_error, mapped, shown
+from ._certs import CertFacts, read_signer
 from ._errors import BundleError, MeshError, SpiffeIdError
 from ._spiffeid import TrustDomain
 
@@ -45,12 +44,6 @@ _KNOWN_KTY: Final = frozenset({"EC", "RSA", "OKP"})
 _Json: TypeAlias = "bool | int | float | str | list[_Json] | dict[str, _Json] | None"
 
 
-def _shown(text: str, limit: int = 60) -> str:
-    """`text` quoted and escaped for a message, cut to about `limit` characters."""
-    cut = text if len(text) <= limit else text[:limit] + "..."
-    return repr(cut)
-
-
 def _as_trust_domain(value: TrustDomain | str, *, where: str = "") -> TrustDomain:
     """`value` as a trust domain (a name or ``spiffe://name``); raises `BundleError`."""
     if isinstance(value, TrustDomain):
@@ -58,7 +51,7 @@ def _as_trust_domain(value: TrustDomain | str, *, where: str = "") -> TrustDomai
     try:
         return TrustDomain.parse(value)
     except SpiffeIdError as exc:
-        raise BundleError(f"{where}trust domain {_shown(value)}: {exc}") from exc
+        raise BundleError(f"{where}trust domain {shown(value)}: {exc}") from exc
 
 
 def load_pem_certificates(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
@@ -81,8 +74,7 @@ class X509Bundle:
     authorities: tuple[x509.Certificate, ...]
     sequence: int | None = None
     refresh_hint: timedelta | None = None
-    _store: verification.Store | None = field(default=None, init=False, repr=False, compare=False)
-    _anchors: tuple[Signer, ...] = field(default=(), init=False, repr=False, compare=False)
+    _anchors: tuple[CertFacts, ...] = field(default=(), init=False, repr=False, compare=False)
     _ders: frozenset[bytes] = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -101,10 +93,6 @@ class X509Bundle:
                 ) from exc
         object.__setattr__(self, "_anchors", tuple(anchors))
         object.__setattr__(self, "_ders", frozenset(ders))
-        if self.authorities:
-            with mapped(lambda problem: BundleError(f"bundle for {self.trust_domain}: {problem}")):
-                store = verification.Store(list(self.authorities))
-            object.__setattr__(self, "_store", store)
 
     @classmethod
     def from_pem(cls, trust_domain: TrustDomain | str, pem: bytes | str) -> X509Bundle:
@@ -169,7 +157,7 @@ class X509Bundle:
             )
 
     @property
-    def anchors(self) -> tuple[Signer, ...]:
+    def anchors(self) -> tuple[CertFacts, ...]:
         """The authorities with their signing facts (S-1..S-4), in bundle order."""
         return self._anchors
 
@@ -182,11 +170,6 @@ class X509Bundle:
     def pem(self) -> bytes:
         """All authorities as PEM, for a TLS library's trust store."""
         return b"".join(a.public_bytes(serialization.Encoding.PEM) for a in self.authorities)
-
-    @property
-    def store(self) -> verification.Store | None:
-        """The path-validation store of these roots, built once; None when there are none."""
-        return self._store
 
 
 def _authority_from_x5c(td: TrustDomain, index: int, x5c: _Json) -> x509.Certificate:
@@ -207,7 +190,7 @@ def _sequence(td: TrustDomain, value: _Json) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_sequence {_shown(repr(value))} is not a count"
+            f"SPIFFE bundle for {td}: spiffe_sequence {shown(repr(value))} is not a count"
         )
     return value
 
@@ -222,13 +205,13 @@ def _refresh_hint(td: TrustDomain, value: _Json) -> timedelta | None:
         or value < 0
     ):
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_refresh_hint {_shown(repr(value))} is not a"
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {shown(repr(value))} is not a"
             " number of seconds",
             rule="B-5",
         )
     if value > MAX_REFRESH_HINT.total_seconds():
         raise BundleError(
-            f"SPIFFE bundle for {td}: spiffe_refresh_hint {_shown(repr(value))[1:-1]} is over"
+            f"SPIFFE bundle for {td}: spiffe_refresh_hint {shown(repr(value))[1:-1]} is over"
             f" {MAX_REFRESH_HINT.days} days",
             rule="B-5",
         )
@@ -248,7 +231,7 @@ def _reject_duplicates(pairs: list[tuple[str, _Json]]) -> dict[str, _Json]:
     result: dict[str, _Json] = {}
     for key, value in pairs:
         if key in result:
-            raise _RefusedJsonError(f"duplicate key {_shown(key)} in JSON", rule="B-6")
+            raise _RefusedJsonError(f"duplicate key {shown(key)} in JSON", rule="B-6")
         result[key] = value
     return result
 

@@ -658,10 +658,6 @@ def _serial(facts: CertFacts) -> int | None:
             return None
 
 
-#: Kept for `_bundle`, which reads its roots as signers.
-Signer: TypeAlias = CertFacts
-
-
 def read_facts(cert: x509.Certificate, *, index: int = 0, leaf: bool = False) -> CertFacts:
     """The facts of `cert` (at chain position `index`, for messages; a `leaf` issues
     nothing, so its subject is not read). Raises `VerificationError`

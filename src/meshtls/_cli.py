@@ -28,7 +28,6 @@ from cryptography.exceptions import InvalidSignature
 
 from . import __version__, _logs
 from ._authorize import authorize_any, authorize_id
-from ._boundary import mapped
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
 from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA
 from ._check import check_peer
@@ -103,14 +102,8 @@ def _when(value: datetime) -> str:
 
 
 def _read_certificates(path: Path) -> tuple[x509.Certificate, ...]:
-    """Every certificate in the PEM file at `path`; `MeshError` or `OSError` if unreadable."""
-    data = path.read_bytes()
-    with mapped(lambda text: ConfigError(f"{path}: no readable PEM certificate ({text})")):
-        return load_pem_certificates(data, what=str(path))
-
-
-def _malformed(description: str) -> VerificationError:
-    return VerificationError("malformed_certificate", description)
+    """Every certificate in the PEM file at `path`; `BundleError` or `OSError` if unreadable."""
+    return load_pem_certificates(path.read_bytes(), what=str(path))
 
 
 # ---------------------------------------------------------------- meshtls ca
@@ -341,13 +334,6 @@ def _bundle_set(
     return BundleSet(bundles)
 
 
-def _check_leaf_only(
-    chain: Sequence[x509.Certificate], policy: ValidationPolicy, now: datetime
-) -> None:
-    """The checks of `verify_svid` that need no bundle. Raises `VerificationError`."""
-    check_svid_offline(chain, policy=policy, now=now)
-
-
 def _cmd_inspect(args: argparse.Namespace) -> int:
     chain = _read_certificates(args.cert)
     own, named = _read_bundle_args(args.bundle)
@@ -359,8 +345,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     leaf = chain[0]
     note = ""
     try:
-        with mapped(_malformed):  # cryptography reads extensions lazily, and may raise here
-            spiffe_id = leaf_spiffe_id(leaf)
+        spiffe_id = leaf_spiffe_id(leaf)  # maps whatever it cannot read to VerificationError
     except VerificationError:
         spiffe_id = None
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
@@ -374,12 +359,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     print(f"time_left: {format_duration(time_left)}{expired}")
     print(f"chain: {len(chain)}")
     try:
-        with mapped(_malformed):
-            if spiffe_id is None or (own is None and not named):
-                _check_leaf_only(chain, policy, now)
-                note = " (chain not verified: no --bundle)"
-            else:
-                verify_svid(chain, _bundle_set(own, named, spiffe_id), policy=policy, now=now)
+        if spiffe_id is None or (own is None and not named):
+            check_svid_offline(chain, policy=policy, now=now)
+            note = " (chain not verified: no --bundle)"
+        else:
+            verify_svid(chain, _bundle_set(own, named, spiffe_id), policy=policy, now=now)
     except VerificationError as exc:
         print(f"verdict: rejected reason={exc.reason}")
         print(f"detail: {_one_line(str(exc).removeprefix(f'{exc.reason}: '))}")

@@ -49,7 +49,7 @@ from ._authorize import (
     authorize_one_of,
     authorize_path_prefix,
 )
-from ._boundary import describe_error, mapped
+from ._boundary import describe_error, mapped, shown
 from ._ca import DEFAULT_CA_TTL
 from ._duration import format_duration, parse_duration
 from ._errors import ConfigError, SpiffeIdError
@@ -381,48 +381,43 @@ def _cut(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _shown(text: str, limit: int = 60) -> str:
-    """`text` quoted and escaped for a message, cut to about `limit` characters."""
-    return repr(_cut(text, limit))
-
-
 def _address_error(text: str, *, listen: bool) -> tuple[Address | None, str]:
     """Parse ``host:port`` or ``[v6]:port``; return the address, or None and what is wrong."""
-    shown = _shown(text)
+    quoted = shown(text)
     if text.startswith("["):
         host, close, rest = text[1:].partition("]")
         if not close:
-            return None, f"{shown} has no closing ']': {_ADDRESS_HINT}"
+            return None, f"{quoted} has no closing ']': {_ADDRESS_HINT}"
         if not rest.startswith(":"):
-            return None, f"{shown} has no ':PORT' after ']': {_ADDRESS_HINT}"
+            return None, f"{quoted} has no ':PORT' after ']': {_ADDRESS_HINT}"
         port = rest[1:]
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            return None, f"{_shown(host)} in brackets is not an IPv6 address: {_ADDRESS_HINT}"
+            return None, f"{shown(host)} in brackets is not an IPv6 address: {_ADDRESS_HINT}"
     else:
         host, colon, port = text.rpartition(":")
         if not colon:
-            return None, f"{shown} has no port: {_ADDRESS_HINT}"
+            return None, f"{quoted} has no port: {_ADDRESS_HINT}"
         if ":" in host:
-            return None, f"{shown}: an IPv6 address goes in brackets, such as [::1]:8443"
+            return None, f"{quoted}: an IPv6 address goes in brackets, such as [::1]:8443"
         if not host:
             every = " (to listen on every interface, write 0.0.0.0:PORT or [::]:PORT)"
-            return None, f"{shown} has no host: {_ADDRESS_HINT}{every if listen else ''}"
+            return None, f"{quoted} has no host: {_ADDRESS_HINT}{every if listen else ''}"
         if re.fullmatch(r"[0-9.]+", host):
             try:
                 ipaddress.IPv4Address(host)
             except ValueError:
-                return None, f"{_shown(host)} is not an IPv4 address: {_ADDRESS_HINT}"
+                return None, f"{shown(host)} is not an IPv4 address: {_ADDRESS_HINT}"
         elif len(host) > 253 or not _HOST_NAME_RE.fullmatch(host) or ".." in host:
-            return None, f"{_shown(host)} is not a host name or IP address: {_ADDRESS_HINT}"
+            return None, f"{shown(host)} is not a host name or IP address: {_ADDRESS_HINT}"
     lowest = 0 if listen else 1
     if (
         not (port.isascii() and port.isdigit())
         or len(port) > 5  # before int(), which refuses over 4,300 digits with a ValueError
         or not lowest <= int(port) <= 65535
     ):
-        return None, f"{shown} has a bad port {_shown(port)}: use {lowest} to 65535"
+        return None, f"{quoted} has a bad port {shown(port)}: use {lowest} to 65535"
     return (host, int(port)), ""
 
 
@@ -508,7 +503,7 @@ def _describe(value: object) -> str:
 def _unknown_key(key: str, known: Sequence[str], table: str) -> str:
     homes = [_label(name) for name, keys in _TABLES.items() if key in keys and name != table]
     if homes:
-        return f"unknown key here; {_shown(key)} belongs in {' or '.join(homes)}"
+        return f"unknown key here; {shown(key)} belongs in {' or '.join(homes)}"
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key; {hint}known keys: {', '.join(known)}"
@@ -611,7 +606,7 @@ class _Table:
         except ConfigError as exc:
             raise self.error(key, str(exc)) from None
         if value == timedelta(0) and not zero_ok:
-            raise self.error(key, f"must be longer than 0s, not {_shown(text)}")
+            raise self.error(key, f"must be longer than 0s, not {shown(text)}")
         return value
 
     def duration(self, key: str, default: timedelta, *, zero_ok: bool = False) -> timedelta:
@@ -639,12 +634,12 @@ class _Table:
         if text is None:
             return None
         if "\0" in text:
-            raise self.error(key, f"{_shown(text)} has a NUL character; no path can")
+            raise self.error(key, f"{shown(text)} has a NUL character; no path can")
         try:
             path = Path(text).expanduser()
         except RuntimeError:
             raise self.error(
-                key, f"cannot expand '~' in {_shown(text)}: no home directory"
+                key, f"cannot expand '~' in {shown(text)}: no home directory"
             ) from None
         return self.reader.base_dir / path
 
@@ -656,16 +651,16 @@ class _Table:
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as exc:
-            raise self.error(key, f"cannot use {_shown(str(path))}: {exc.strerror}") from None
+            raise self.error(key, f"cannot use {shown(str(path))}: {exc.strerror}") from None
 
     def file(self, key: str, missing: str, text: str | None = None) -> Path:
         """A path that must name an existing file."""
         path = self.required(key, self.path(key, text), missing)
         mode = self._mode(key, path)
         if mode is None:
-            raise self.error(key, f"no such file: {_shown(str(path), 200)}")
+            raise self.error(key, f"no such file: {shown(str(path), 200)}")
         if stat.S_ISDIR(mode):
-            raise self.error(key, f"{_shown(str(path), 200)} is a directory; expected a file")
+            raise self.error(key, f"{shown(str(path), 200)} is a directory; expected a file")
         return path
 
     def directory(self, key: str, missing: str) -> Path:
@@ -673,7 +668,7 @@ class _Table:
         path = self.required(key, self.path(key), missing)
         mode = self._mode(key, path)
         if mode is not None and not stat.S_ISDIR(mode):
-            raise self.error(key, f"{_shown(str(path), 200)} is a file; expected a directory")
+            raise self.error(key, f"{shown(str(path), 200)} is a file; expected a directory")
         return path
 
     def trust_domain(self, key: str, text: str) -> TrustDomain:
@@ -681,7 +676,7 @@ class _Table:
         if text.startswith(SCHEME_PREFIX):
             name = text.removeprefix(SCHEME_PREFIX).partition("/")[0]
             raise self.error(
-                key, f"{_shown(text)} is a SPIFFE ID; write the trust domain alone: {_shown(name)}"
+                key, f"{shown(text)} is a SPIFFE ID; write the trust domain alone: {shown(name)}"
             )
         try:
             return TrustDomain(text)
@@ -693,9 +688,9 @@ class _Table:
                 except SpiffeIdError:
                     pass
                 else:
-                    self.note(key, f"trust domain {_shown(text)} read as {str(td)!r} (ID-5)")
+                    self.note(key, f"trust domain {shown(text)} read as {str(td)!r} (ID-5)")
                     return td
-            raise self.error(key, f"bad trust domain {_shown(text)}: {exc}") from None
+            raise self.error(key, f"bad trust domain {shown(text)}: {exc}") from None
 
     def _spiffe_id(self, key: str, text: str, *, root_ok: bool = False) -> SpiffeId:
         try:
@@ -705,7 +700,7 @@ class _Table:
         if sid.is_root and not root_ok:
             raise self.error(
                 key,
-                f"{_shown(text)} has no path: no workload may hold a trust domain's root id (L-3)",
+                f"{shown(text)} has no path: no workload may hold a trust domain's root id (L-3)",
             )
         return sid
 
@@ -722,11 +717,11 @@ class _Table:
                 else:
                     self.note(
                         key,
-                        f"{_shown(text)} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
+                        f"{shown(text)} read as {str(sid)!r}: trust domains are lowercase (ID-5);"
                         " paths are case-sensitive and kept",
                     )
                     return sid
-        raise self.error(key, f"bad SPIFFE ID {_shown(text)}: {error}")
+        raise self.error(key, f"bad SPIFFE ID {shown(text)}: {error}")
 
     def spiffe_id(self, key: str, *, root_ok: bool = False) -> SpiffeId | None:
         text = self.string(key, 'a SPIFFE ID string such as "spiffe://example.org/node"')
@@ -783,7 +778,7 @@ def _revocation(table: _Table) -> RevocationSettings:
         close = difflib.get_close_matches(text or "", REVOCATION_MODES, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         raise table.error(
-            "mode", f"{_shown(text or '')} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
+            "mode", f"{shown(text or '')} is not a revocation mode; {hint}use one of {_MODES_TEXT}"
         )
     settings = RevocationSettings(
         mode=mode,
@@ -1111,7 +1106,7 @@ def _toml_line(trace: TracebackType | None, text: str) -> str:
 def _unknown_table(key: str) -> str:
     homes = [_label(name) for name, keys in _TABLES.items() if key in keys]
     if homes:
-        return f"unknown table; {_shown(key)} is a key of {' or '.join(homes)}"
+        return f"unknown table; {shown(key)} is a key of {' or '.join(homes)}"
     close = difflib.get_close_matches(key, list(_TABLES), n=1)
     hint = f"did you mean {_label(close[0])}? " if close else ""
     return f"unknown table; {hint}known tables: {', '.join(map(_label, _TABLES))}"

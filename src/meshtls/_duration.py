@@ -9,6 +9,7 @@ import re
 from datetime import timedelta
 from typing import Final
 
+from ._boundary import shown
 from ._errors import ConfigError
 
 # [0-9], never \d: \d also matches other scripts' digits (Arabic-Indic "12s" would pass).
@@ -33,19 +34,19 @@ def parse_duration(text: str, *, setting: str | None = None) -> timedelta:
     only. Raises `ConfigError` naming `setting`, when given, and the bad value (cut short).
     """
     where = f"{setting}: " if setting else ""
-    shown = repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+    quoted = shown(text, _SHOWN)
     match = _DURATION_RE.fullmatch(text) if text else None
     if match is None:
-        raise ConfigError(f"{where}bad duration {shown}: {_DURATION_HINT}")
+        raise ConfigError(f"{where}bad duration {quoted}: {_DURATION_HINT}")
     values = [(unit, value) for unit, value in zip(_DURATION_UNITS, match.groups(), strict=True)]
     if any(value and len(value) > _MAX_DIGITS for _, value in values):
         raise ConfigError(
-            f"{where}bad duration {shown}: a number has more than {_MAX_DIGITS} digits"
+            f"{where}bad duration {quoted}: a number has more than {_MAX_DIGITS} digits"
         )
     try:
         return timedelta(**{unit: int(value) for unit, value in values if value})
     except OverflowError:
-        raise ConfigError(f"{where}duration {shown} is too large") from None
+        raise ConfigError(f"{where}duration {quoted} is too large") from None
 
 
 def parse_optional_duration(text: str, *, setting: str | None = None) -> timedelta | None:

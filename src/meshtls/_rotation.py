@@ -44,7 +44,7 @@ from typing import Final, NoReturn
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ._boundary import clamp_time, mapped
+from ._boundary import mapped
 from ._bundle import BundleSet
 from ._errors import MeshError, Reason, VerificationError
 from ._identity import Identity, NoIdentityError
@@ -218,13 +218,13 @@ class Rotation:
     def _swap(self, new: Identity) -> None:
         previous, self._active = self._active, new
         svid = new.svid
-        self._metrics.set_certificate(clamp_time(svid.not_before), clamp_time(svid.not_after))
+        self._metrics.set_certificate(svid.not_before, svid.not_after)
         if previous is not None:
             self._metrics.rotated()
             logger.info(
                 "identity rotated id=%s not_after=%s svid=%s trust_domains=%s",
                 svid.spiffe_id,
-                clamp_time(svid.not_after).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                svid.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "kept" if svid is previous.svid else "new",
                 ",".join(str(td) for td in new.bundles),
             )
@@ -239,9 +239,10 @@ class Rotation:
     # ------------------------------------------------------------ live connections
 
     def deadline(self, stream: MeshStream) -> datetime:
-        """When `stream` will be closed: a drain margin before the first expiry involved."""
+        """When `stream` will be closed: a drain margin before the first expiry involved.
+        Both dates are clamped already (`VerifiedPeer.not_after`, `X509Svid.not_after`)."""
         ours = self.identity().svid.not_after
-        return clamp_time(min(stream.peer.not_after, ours)) - DRAIN_MARGIN
+        return min(stream.peer.not_after, ours) - DRAIN_MARGIN
 
     @contextmanager
     def track(self, stream: MeshStream, role: OurRole) -> Iterator[None]:

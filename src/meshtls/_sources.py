@@ -44,7 +44,6 @@ from ._tls import TlsContexts
 __all__ = [
     "FileSource",
     "IdentityCell",
-    "IdentitySource",
     "InvalidCallback",
     "LiveSource",
     "LocalCASource",

@@ -16,6 +16,7 @@ import functools
 import re
 from typing import Final
 
+from ._boundary import shown
 from ._errors import SpiffeIdError
 
 SCHEME_PREFIX: Final = "spiffe://"
@@ -30,10 +31,7 @@ _ID_RE: Final = re.compile(r"spiffe://([a-z0-9._-]+)((?:/[a-zA-Z0-9._-]+)*)")
 _TD_RE: Final = re.compile(r"[a-z0-9._-]+")
 
 
-def _shown(text: str, limit: int = 80) -> str:
-    """`text` quoted and escaped for a message, cut to about `limit` characters: ids come
-    from peers, and an error message must stay one short line."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
+_SHOWN: Final = 80  # characters of an id in a message: ids come from peers
 
 
 def _trust_domain_error(name: str) -> SpiffeIdError:
@@ -41,17 +39,17 @@ def _trust_domain_error(name: str) -> SpiffeIdError:
     if not name:
         return SpiffeIdError("trust domain is empty", rule="ID-2")
     if "@" in name:
-        return SpiffeIdError(f"trust domain {_shown(name)} has userinfo", rule="ID-4")
+        return SpiffeIdError(f"trust domain {shown(name, _SHOWN)} has userinfo", rule="ID-4")
     if ":" in name:
-        return SpiffeIdError(f"trust domain {_shown(name)} has a port", rule="ID-4")
+        return SpiffeIdError(f"trust domain {shown(name, _SHOWN)} has a port", rule="ID-4")
     if "%" in name:
-        return SpiffeIdError(f"trust domain {_shown(name)} is percent-encoded", rule="ID-7")
+        return SpiffeIdError(f"trust domain {shown(name, _SHOWN)} is percent-encoded", rule="ID-7")
     if any("A" <= ch <= "Z" for ch in name):
-        return SpiffeIdError(f"trust domain {_shown(name)} is not lowercase", rule="ID-5")
+        return SpiffeIdError(f"trust domain {shown(name, _SHOWN)} is not lowercase", rule="ID-5")
     bad = next((ch for ch in name if ch not in _TD_CHARS), None)
     if bad is not None:
         return SpiffeIdError(
-            f"trust domain {_shown(name)} has the character {bad!r}; allowed: a-z 0-9 . - _",
+            f"trust domain {shown(name, _SHOWN)} has the character {bad!r}; allowed: a-z 0-9 . - _",
             rule="ID-6",
         )
     return SpiffeIdError(
@@ -69,21 +67,23 @@ def _path_error(path: str) -> SpiffeIdError | None:
     if not path:
         return None
     if not path.startswith("/"):
-        return SpiffeIdError(f"path {_shown(path)} does not start with '/'", rule="ID-13")
+        return SpiffeIdError(f"path {shown(path, _SHOWN)} does not start with '/'", rule="ID-13")
     segments = path[1:].split("/")
     for index, segment in enumerate(segments):
         if not segment:
             if index == len(segments) - 1:
-                return SpiffeIdError(f"path {_shown(path)} has a trailing '/'", rule="ID-12")
-            return SpiffeIdError(f"path {_shown(path)} has an empty segment", rule="ID-10")
+                return SpiffeIdError(f"path {shown(path, _SHOWN)} has a trailing '/'", rule="ID-12")
+            return SpiffeIdError(f"path {shown(path, _SHOWN)} has an empty segment", rule="ID-10")
         if segment in (".", ".."):
-            return SpiffeIdError(f"path {_shown(path)} has a {segment!r} segment", rule="ID-11")
+            return SpiffeIdError(
+                f"path {shown(path, _SHOWN)} has a {segment!r} segment", rule="ID-11"
+            )
         if "%" in segment:
-            return SpiffeIdError(f"path {_shown(path)} is percent-encoded", rule="ID-9")
+            return SpiffeIdError(f"path {shown(path, _SHOWN)} is percent-encoded", rule="ID-9")
         bad = next((ch for ch in segment if ch not in _PATH_CHARS), None)
         if bad is not None:
             return SpiffeIdError(
-                f"path {_shown(path)} has the character {bad!r}; allowed: a-z A-Z 0-9 . - _",
+                f"path {shown(path, _SHOWN)} has the character {bad!r}; allowed: a-z A-Z 0-9 . - _",
                 rule="ID-13",
             )
     return None
@@ -94,10 +94,10 @@ def _id_error(text: str) -> SpiffeIdError:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         return SpiffeIdError(f"SPIFFE ID is over {MAX_ID_BYTES} bytes", rule="ID-14")
     if not text.startswith(SCHEME_PREFIX):
-        return SpiffeIdError(f"{_shown(text)} does not start with 'spiffe://'", rule="ID-1")
+        return SpiffeIdError(f"{shown(text, _SHOWN)} does not start with 'spiffe://'", rule="ID-1")
     rest = text[len(SCHEME_PREFIX) :]
     if "?" in rest or "#" in rest:
-        return SpiffeIdError(f"{_shown(text)} has a query or fragment", rule="ID-3")
+        return SpiffeIdError(f"{shown(text, _SHOWN)} has a query or fragment", rule="ID-3")
     name, slash, path = rest.partition("/")
     try:
         _check_trust_domain_name(name)
@@ -105,7 +105,7 @@ def _id_error(text: str) -> SpiffeIdError:
         return exc
     error = _path_error(slash + path)
     if error is None:  # pragma: no cover - the fast path accepts whatever gets here
-        return SpiffeIdError(f"{_shown(text)} is not a SPIFFE ID", rule="ID-13")
+        return SpiffeIdError(f"{shown(text, _SHOWN)} is not a SPIFFE ID", rule="ID-13")
     return error
 
 

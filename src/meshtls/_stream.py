@@ -46,6 +46,7 @@ from cryptography import x509
 from ._authorize import Authorizer
 from ._boundary import describe_error
 from ._bundle import BundleSet
+from ._certs import quiet
 from ._errors import HandshakeError, Reason, VerificationError
 from ._identity import IdentitySource
 from ._policy import DEFAULT_POLICY, ValidationPolicy
@@ -447,7 +448,8 @@ def _claimed_id(chain: list[bytes]) -> str | None:
     if not chain:
         return None
     try:
-        return str(leaf_spiffe_id(x509.load_der_x509_certificate(chain[0])))
+        with quiet():  # a peer's DER must not make cryptography warn (a negative serial)
+            return str(leaf_spiffe_id(x509.load_der_x509_certificate(chain[0])))
     except Exception:  # whatever the peer sent: this is only for the log line
         return None
 
@@ -460,7 +462,8 @@ def _diagnose_client_side(
     claimed = _claimed_id(chain)
     if chain and exc.verify_code is not None:
         try:
-            certs = [x509.load_der_x509_certificate(der) for der in chain]
+            with quiet():
+                certs = [x509.load_der_x509_certificate(der) for der in chain]
             verify_svid(certs, ctx.bundles, policy=ctx.policy, now=ctx.clock(), role="server")
         except VerificationError as precise:
             return HandshakeError(

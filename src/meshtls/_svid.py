@@ -424,15 +424,16 @@ def leaf_lifetime(j: Judgement) -> None:
         )
 
 
-_BEFORE_PATH: Final[tuple[Step, ...]] = (
+#: Steps 1-6: the leaf's own rules, which need no bundle.
+_ON_LEAF: Final[tuple[Step, ...]] = (
     leaf_is_readable,
     leaf_names_one_spiffe_id,
     leaf_is_not_a_ca,
     leaf_key_usage,
     leaf_allows_the_role,
     leaf_key_is_strong,
-    trust_domain_is_known,
 )
+_BEFORE_PATH: Final[tuple[Step, ...]] = (*_ON_LEAF, trust_domain_is_known)
 _ON_PATH: Final[tuple[Step, ...]] = (
     path_is_readable,
     anchor_is_not_the_leaf,
@@ -449,12 +450,7 @@ _ON_PATH: Final[tuple[Step, ...]] = (
 STEPS: Final[tuple[Step, ...]] = (*_BEFORE_PATH, path_to_own_root, *_ON_PATH)
 #: What `check_svid_offline` runs (no bundle: no trust domain, no path), on the chain as sent.
 _OFFLINE: Final[tuple[Step, ...]] = (
-    leaf_is_readable,
-    leaf_names_one_spiffe_id,
-    leaf_is_not_a_ca,
-    leaf_key_usage,
-    leaf_allows_the_role,
-    leaf_key_is_strong,
+    *_ON_LEAF,
     path_is_readable,
     signers_may_sign,
     signer_keys_are_strong,

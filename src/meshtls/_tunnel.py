@@ -14,7 +14,7 @@ stream is closed without close_notify (`MeshStream.abort`), so whoever is at eit
 end sees an error, never a clean EOF after a short transfer.
 
 Each listener has its own cap on concurrent connections; a connection over the cap is
-reset at once and logged (the node counts it). The mTLS side is a `MeshStream`, so
+reset at once and logged. The mTLS side is a `MeshStream`, so
 its peer has passed verification and the listener's own authorizer before one byte is
 copied.
 """
@@ -36,7 +36,17 @@ from ._errors import HandshakeError
 from ._identity import IdentitySource
 from ._policy import ValidationPolicy
 from ._spiffeid import SpiffeId
-from ._stream import LINGER_RESET, Clock, MeshStream, Observer, OurRole, connect, serve
+from ._stream import (
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    LINGER_RESET,
+    Clock,
+    MeshStream,
+    Observer,
+    OurRole,
+    connect,
+    serve,
+)
 
 Track = Callable[[MeshStream, OurRole], AbstractContextManager[None]]
 
@@ -131,8 +141,8 @@ async def expose(
     source: IdentitySource,
     authorize: Authorizer,
     policy: ValidationPolicy | None = None,
-    max_connections: int = 1024,
-    handshake_timeout: float = 10.0,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     clock: Clock | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
@@ -196,7 +206,7 @@ async def forward(
     expect: SpiffeId | str,
     source: IdentitySource,
     policy: ValidationPolicy | None = None,
-    max_connections: int = 1024,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     clock: Clock | None = None,
     observer: Observer | None = None,
