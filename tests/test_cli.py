@@ -273,6 +273,7 @@ def test_issue_long_ttl_warns(ca_dir: Path, capsys: pytest.CaptureFixture[str]) 
         (["inspect", "{ca}/bundle.pem", "--max-ttl", "soon"], "'soon'"),
         (["inspect", "{ca}/bundle.pem", "--at", "tomorrow"], "'tomorrow'"),
         (["ca", "revoke", "nothing-here"], "neither a serial"),
+        (["node", "--config", "{ca}/node.toml", "--state-dir", "{ca}"], "give one or the other"),
     ],
 )
 def test_usage_and_config_errors(

@@ -173,7 +173,7 @@ def test_api_md_example_identity_files_make_a_file_source(conf_dir: Path) -> Non
 def test_minimal_config_takes_the_defaults(conf_dir: Path) -> None:
     config = parse(FILES, conf_dir)
     assert config.source is None
-    assert config.node == dataclasses.replace(NodeSettings(), state_dir=config.node.state_dir)
+    assert config.node == NodeSettings()
     assert config.node.listen == ("127.0.0.1", 8443)
     assert config.node.metrics == ("127.0.0.1", 9464)
     assert config.node.max_handshakes == 256
@@ -190,7 +190,7 @@ def test_every_setting_beyond_api_md(conf_dir: Path) -> None:
         FILES
         + '[identity.federated]\n"other.org" = "certs/../bundle.pem"\n'
         + '[node]\nlisten = "[::1]:0"\nmetrics = "off"\nmax_handshakes = 16\n'
-        + 'shutdown_timeout = "0s"\nhandshake_timeout = "2s500ms"\nstate_dir = "state"\n'
+        + 'shutdown_timeout = "0s"\nhandshake_timeout = "2s500ms"\n'
         + '[policy]\nmax_ttl = "off"\nmax_age = "1d"\nclock_skew = "0s"\n'
         + '[revocation]\nmode = "hard-fail"\n'
         + EXPOSE
@@ -207,7 +207,6 @@ def test_every_setting_beyond_api_md(conf_dir: Path) -> None:
         handshake_timeout=timedelta(seconds=2.5),
         max_handshakes=16,
         shutdown_timeout=timedelta(0),
-        state_dir=conf_dir / "state",
     )
     assert config.policy == meshtls.ValidationPolicy(
         max_ttl=None, max_age=timedelta(days=1), clock_skew=timedelta(0), revocation="hard-fail"
@@ -320,12 +319,11 @@ def test_default_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert default_state_dir() == tmp_path / ".local" / "state" / "meshtls"
 
 
-def test_state_dir_defaults_from_the_environment(
-    conf_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
-    monkeypatch.setenv("XDG_STATE_HOME", str(conf_dir / "xdg"))
-    assert parse(FILES, conf_dir).node.state_dir == conf_dir / "xdg" / "meshtls"
+def test_state_dir_is_not_a_config_key(conf_dir: Path) -> None:
+    """Nothing would read it: a config's local CA lives where [identity] local_ca says, and
+    `meshtls node --state-dir` is for the embedded default only."""
+    with pytest.raises(ConfigError, match=r"\[node\] state_dir: unknown key"):
+        parse(FILES + '[node]\nstate_dir = "state"\n', conf_dir)
 
 
 # ---------------------------------------------------------------- the default
@@ -340,7 +338,6 @@ def test_default_config(tmp_path: Path) -> None:
     )
     assert config.node.listen == ("127.0.0.1", 8443)
     assert config.node.metrics == ("127.0.0.1", 9464)
-    assert config.node.state_dir == tmp_path / "state"
     assert config.authorize == AuthorizeSettings(member_of=TrustDomain("meshtls.local"))
     assert config.policy == meshtls.ValidationPolicy()
     assert config.policy.max_ttl is not None
@@ -396,7 +393,7 @@ def test_bad_duration_is_one_line_naming_table_and_key(conf_dir: Path) -> None:
 def test_unknown_key_suggests_the_closest(conf_dir: Path) -> None:
     assert config_error(FILES + '[node]\nlistn = "127.0.0.1:1"\n', conf_dir) == (
         "node.toml: [node] listn: unknown key; did you mean 'listen'? known keys: listen,"
-        " metrics, handshake_timeout, max_handshakes, max_connections, shutdown_timeout, state_dir"
+        " metrics, handshake_timeout, max_handshakes, max_connections, shutdown_timeout"
     )
 
 
@@ -549,7 +546,6 @@ def _cases() -> list[tuple[str, str, list[str]]]:
             '[identity.federated]\n"other.org" = "bundle.pem"\n"Other.org" = "bundle.pem"\n',
             ["'Other.org'", "listed twice"],
         ),
-        ("state_dir a file", '[node]\nstate_dir = "svid.pem"\n', ["state_dir", "a directory"]),
     ]
     top_level = [  # before [identity], or TOML would put them in it
         ("key at the top", 'listen = "127.0.0.1:1"\n', ["listen", "is a key of [node]"]),

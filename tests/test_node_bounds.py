@@ -58,7 +58,6 @@ def config(files: Files, *, max_connections: int = 1024) -> NodeConfig:
         node=NodeSettings(
             listen=("127.0.0.1", 0),
             metrics=None,
-            state_dir=files.directory,
             max_connections=max_connections,
         ),
     )

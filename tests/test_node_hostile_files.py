@@ -54,7 +54,7 @@ def config(files: Files) -> NodeConfig:
             bundle=files.bundle,
             federated=MappingProxyType({"other.org": files.federated}),
         ),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=files.directory),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
     )
 
 

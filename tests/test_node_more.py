@@ -32,7 +32,7 @@ def local(tmp_path: Path, name: str) -> NodeConfig:
         identity=LocalCAIdentity(
             directory=tmp_path / "ca", spiffe_id=SpiffeId.parse(f"spiffe://meshtls.local/{name}")
         ),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=("127.0.0.1", 0), state_dir=tmp_path),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=("127.0.0.1", 0)),
     )
 
 
@@ -72,7 +72,7 @@ async def test_no_first_svid_within_the_bounded_wait_is_a_node_error(
 ) -> None:
     config = NodeConfig(
         identity=WorkloadApiIdentity(address=f"unix://{tmp_path}/nobody-listens.sock"),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
     )
     start = trio.current_time()
     with pytest.raises(NodeError) as info:
@@ -124,7 +124,7 @@ def _files(tmp_path: Path, contents: dict[str, bytes]) -> NodeConfig:
         identity=FileIdentity(
             cert=tmp_path / "cert", key=tmp_path / "key", bundle=tmp_path / "bundle"
         ),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
     )
 
 
@@ -133,7 +133,7 @@ def _ca_at(tmp_path: Path, directory: Path, ttl: timedelta = timedelta(minutes=1
         identity=LocalCAIdentity(
             directory=directory, spiffe_id=SpiffeId.parse("spiffe://meshtls.local/n"), ttl=ttl
         ),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
         policy=ValidationPolicy(max_ttl=None),
     )
 
@@ -148,7 +148,7 @@ START_FAILURES: dict[str, Callable[[Path], NodeConfig]] = {
     "a 300-byte path component": lambda p: _ca_at(p, p / ("a" * 300)),
     "a NUL byte in the cert path": lambda p: NodeConfig(
         identity=FileIdentity(cert=p / "c\0ert", key=p / "key", bundle=p / "bundle"),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=p),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
     ),
     "our leaf with a duplicate extension": lambda p: _hostile_leaf(p, duplicate_extension_leaf),
     "our leaf valid until 9999": lambda p: _hostile_leaf(p, no_expiry_leaf),

@@ -36,7 +36,7 @@ def cert_time() -> datetime:
 def config(tmp_path: Path, ttl: timedelta = timedelta(hours=1)) -> NodeConfig:
     return NodeConfig(
         identity=LocalCAIdentity(directory=tmp_path / "ca", spiffe_id=NODE_ID, ttl=ttl),
-        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None, state_dir=tmp_path),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
     )
 
 

@@ -461,6 +461,11 @@ def _add_node(commands: _Subcommands) -> None:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    if args.config is not None and args.state_dir is not None:
+        raise ConfigError(
+            "--state-dir is where the embedded default keeps its CA; with --config,"
+            " [identity] local_ca names the CA directory: give one or the other"
+        )
     if args.config is not None:
         config = load_config(args.config)
     else:

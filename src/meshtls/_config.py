@@ -178,7 +178,6 @@ class NodeSettings:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT
-    state_dir: Path = field(default_factory=default_state_dir)
 
     def __post_init__(self) -> None:
         _longer_than_zero("node", "handshake_timeout", self.handshake_timeout)
@@ -360,7 +359,7 @@ def default_config(state_dir: Path) -> NodeConfig:
         identity=LocalCAIdentity(
             directory=state_dir / "ca", spiffe_id=DEFAULT_SPIFFE_ID, ttl=DEFAULT_LOCAL_CA_TTL
         ),
-        node=NodeSettings(state_dir=state_dir),
+        node=NodeSettings(),
         authorize=AuthorizeSettings(member_of=DEFAULT_TRUST_DOMAIN),
     )
 
@@ -465,7 +464,6 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "max_handshakes",
         "max_connections",
         "shutdown_timeout",
-        "state_dir",
     ),
     "policy": ("max_ttl", "max_age", "clock_skew"),
     "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
@@ -911,9 +909,6 @@ def _node(table: _Table) -> NodeSettings:
         max_handshakes=table.integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         shutdown_timeout=table.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, zero_ok=True),
-        state_dir=table.directory("state_dir", "")
-        if table.has("state_dir")
-        else default_state_dir(),
     )
 
 
