@@ -310,7 +310,7 @@ def as_listed(row: Row) -> bool:
 
 def main() -> None:
     """Print the table as markdown, with the counts (``python -m tests.test_handshake_verdicts``;
-    ``--differ`` prints only the rows where a handshake verdict is not verify_svid's)."""
+    ``--differ`` prints only the rows where the handshake's answer is not verify_svid's)."""
     ca, other = CA("example.org", now=T), CA("other.org", now=T)
     ed = CA("ed.example", now=T, key_type="ed25519")
     rows = verdict_table(World(ca, other, ed, ca.bundle_set(other, ed)))
@@ -320,10 +320,12 @@ def main() -> None:
     for case_id, *cells in differ if "--differ" in sys.argv[1:] else rows:
         print(f"| `{case_id}` | " + " | ".join(cells) + " |")
     wrong = [row[0] for row in rows if not as_listed(row)]
+    verdicts = [row for row in differ if len({cell == "accept" for cell in row[2:]}) > 1]
     print(
         f"\n{len(rows)} cases ({len(ALL_REJECTED)} refused, {len(ALL_ACCEPTED)} accepted), each"
-        f" in both roles. The handshake's verdict differs from verify_svid's in {len(differ)},"
-        " every one listed (SERVER_SIDE_OPENSSL_REASONS, CANNOT_PRESENT) and a refusal."
+        f" in both roles. Verdicts (accept or refuse) that differ between verify_svid and the"
+        f" handshake: {len(verdicts)}. Reasons that differ: {len(differ) - len(verdicts)}, every"
+        " one listed (SERVER_SIDE_OPENSSL_REASONS, CANNOT_PRESENT)."
         if not wrong
         else f"\nNOT as expected, or differing where nothing is listed: {', '.join(wrong)}"
     )
