@@ -14,6 +14,7 @@ import pytest
 import trio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
@@ -447,3 +448,33 @@ def test_boundary_bundle_authority_that_cryptography_cannot_read(defect: str) ->
         read_signer(bad, -1)
     with pytest.raises(meshtls.BundleError, match="unreadable"):
         meshtls.X509Bundle(meshtls.TrustDomain("example.org"), (bad,))
+
+
+@pytest.mark.parametrize("control", ["\r", "\n", "\x1b[31m", "\u2028", "\x00"])
+def test_a_hostile_subject_stays_one_printable_line_in_messages(world: World, control: str) -> None:
+    """Found by benchmarks/fuzz_verify.py once it judged with fuzz.check_verify: a subject
+    with a carriage return (O=me\\rhtls) reached the error message as it was. A message
+    names a peer's certificate, and is printed and logged: it must be one printable line."""
+    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, f"me{control}shtls")])
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(world.other.name)  # issued by a CA that is not its trust domain's
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(T)
+        .not_valid_after(T + timedelta(minutes=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org/w")]),
+            critical=False,
+        )
+        .add_extension(x509.KeyUsage(True, *[False] * 8), critical=True)
+        .sign(world.other.key, hashes.SHA256())
+    )
+    with pytest.raises(meshtls.VerificationError) as info:
+        meshtls.verify_svid([leaf], world.bundles, now=T)
+    message = str(info.value)
+    assert message.isprintable(), message
+    assert message.isascii(), message
+    assert "O=me\\" in message  # escaped, still recognisable

@@ -53,6 +53,15 @@ def shown(text: str, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def printable(text: str, limit: int = _MAX_TEXT) -> str:
+    """`text` as printable ASCII on one line, cut to `limit` characters: anything else
+    (control characters, line breaks, non-ASCII, lone surrogates) is backslash-escaped.
+    For hostile text shown unquoted in a message, such as a certificate's subject."""
+    text = text.encode("ascii", "backslashreplace").decode("ascii")
+    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def describe_error(exc: BaseException) -> str:
     """One printable line for a foreign exception: its type and a bounded, escaped message.
 
@@ -60,13 +69,9 @@ def describe_error(exc: BaseException) -> str:
     line must never fail to encode, so everything outside printable ASCII is escaped.
     """
     try:
-        text = str(exc)
+        text = printable(str(exc))
     except Exception:  # a hostile __str__ must not escape the boundary either
         text = "unprintable"
-    text = text.encode("ascii", "backslashreplace").decode("ascii")
-    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
-    if len(text) > _MAX_TEXT:
-        text = text[:_MAX_TEXT] + "..."
     name = type(exc).__name__
     return f"{name}: {text}" if text else name
 

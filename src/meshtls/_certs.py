@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID, SignatureAlgorithmOID
 
-from ._boundary import clamp_time, describe_error
+from ._boundary import clamp_time, describe_error, printable
 from ._errors import Reason, SpiffeIdError, VerificationError
 from ._spiffeid import SpiffeId
 
@@ -158,14 +158,14 @@ def describe(cert: x509.Certificate, index: int) -> str:
     position = "leaf" if index == 0 else f"certificate {index}" if index > 0 else "authority"
     with quiet():
         try:
-            subject = cert.subject.rfc4514_string() or "empty subject"
+            subject = printable(cert.subject.rfc4514_string(), 200) or "empty subject"
         except Exception:  # a hostile subject must not hide the real defect
             subject = "unreadable subject"
         try:
             serial = f"{cert.serial_number:#x}"
         except Exception:
             serial = "unreadable"
-    return f"{position} ({subject[:200]}, serial {serial})"
+    return f"{position} ({subject}, serial {serial})"
 
 
 def fail(
