@@ -63,6 +63,7 @@ from meshtls import (
 from meshtls._config import parse_config
 from meshtls._duration import parse_duration, parse_optional_duration
 from meshtls._metrics import NodeMetrics, _serve_one
+from meshtls._svid import verify_handshake_chain
 from meshtls._workload import read_message, split_der
 from meshtls.testing import CA, SVID_EKU, IssuedCertificate, KeyUsageName
 
@@ -182,6 +183,7 @@ class Material:
     intermediate: CA
     bundles: BundleSet
     leaves: tuple[IssuedCertificate, ...]
+    elsewhere: CA  # a root no bundle holds: where "handshake search" says OpenSSL's chain ends
 
     @property
     def roots(self) -> tuple[bytes, ...]:
@@ -203,7 +205,8 @@ def material() -> Material:
         other.issue("spiffe://other.org/x", dns_names=["x.other.org"]),
     )
     bundles = ca.bundle_set(other, ed, rsa)
-    return Material(ca, other, ed, rsa, intermediate, bundles, leaves)
+    elsewhere = CA("elsewhere.example", now=T)
+    return Material(ca, other, ed, rsa, intermediate, bundles, leaves, elsewhere)
 
 
 # ---------------------------------------------------------------- SPIFFE IDs
@@ -869,9 +872,17 @@ def mutated_chains(draw: st.DrawFn) -> tuple[list[x509.Certificate], bool]:
 
 
 def _check_accepted(
-    peer: meshtls.VerifiedPeer, chain: Sequence[x509.Certificate], *, resigned: bool
+    peer: meshtls.VerifiedPeer,
+    chain: Sequence[x509.Certificate],
+    *,
+    resigned: bool,
+    signatures: bool = True,
 ) -> None:
-    """What must hold of any chain verify_svid accepts, checked without meshtls's code."""
+    """What must hold of any chain an entry point accepts, checked without meshtls's code.
+
+    With `signatures` False (the handshake's entry for a chain OpenSSL has verified, where
+    OpenSSL checks the signatures, not meshtls), edited signed content is no finding.
+    """
     found = material()
     originals = {c.tbs_certificate_bytes for i in found.leaves for c in i.chain}
     originals |= {c.tbs_certificate_bytes for b in found.bundles.values() for c in b.authorities}
@@ -899,6 +910,8 @@ def _check_accepted(
             raise EscapeError(f"accepted a certificate outside its validity: {cert.subject}")
     if leaf.not_valid_after_utc - leaf.not_valid_before_utc > timedelta(hours=1):
         raise EscapeError("accepted a leaf over the 1 h max TTL (P-1)")
+    if not signatures:
+        return
     for cert in peer.chain[1:]:
         if cert.tbs_certificate_bytes not in originals:
             raise EscapeError(f"a signing certificate no CA issued: {cert.subject}")
@@ -911,18 +924,63 @@ def verify_inputs() -> st.SearchStrategy[tuple[list[x509.Certificate], bool]]:
     return st.one_of(mutated_chains(), signed_leaves())
 
 
-def check_verify(drawn: tuple[list[x509.Certificate], bool]) -> str:
-    chain, resigned = drawn
+_POLICY: Final = meshtls.ValidationPolicy()
+#: The three ways a chain reaches the verifier: `verify_svid`; the handshake with a chain
+#: OpenSSL verified (it checked the signatures, so meshtls does not); and the handshake when
+#: OpenSSL's chain ends at another domain's root, so meshtls searches what the peer sent.
+VERIFY_ENTRIES: Final = ("verify_svid", "handshake verified", "handshake search")
+
+
+def _enter(entry: str, chain: Sequence[x509.Certificate]) -> meshtls.VerifiedPeer:
     found = material()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            peer = meshtls.verify_svid(chain, found.bundles, now=T)
-    except VerificationError as exc:
-        one_line(exc)
-        return exc.reason
-    _check_accepted(peer, chain, resigned=resigned)
-    return "accepted"
+    if entry == "verify_svid":
+        return meshtls.verify_svid(chain, found.bundles, now=T)
+    ders = [der(cert) for cert in chain]
+    if entry == "handshake verified":
+        roots = [ca.certificate for ca in (found.ca, found.other, found.ed, found.rsa)]
+        issuer: x509.Name | None = None  # the harness's guess at the root, read quietly: a
+        with warnings.catch_warnings():  # hostile name may warn or not read at all, and
+            warnings.simplefilter("ignore")  # the harness must not be what warns or fails
+            try:
+                issuer = chain[-1].issuer
+            except Exception:  # then any root will do
+                issuer = None
+        root = next((r for r in roots if r.subject == issuer), found.ca.certificate)
+        openssl = [*ders, der(root)]
+    else:
+        openssl = [ders[0], der(found.elsewhere.certificate)]
+    return verify_handshake_chain(
+        openssl, found.bundles, policy=_POLICY, now=T, role="client", sent_chain=lambda: ders
+    )
+
+
+def check_verify(drawn: tuple[list[x509.Certificate], bool]) -> str:
+    """Every way into the verifier, on one chain: only `VerificationError` may leave, with a
+    one-line message; nothing may warn (a peer must not fill logs, or break a program that
+    makes warnings errors); and whatever is accepted must pass `_check_accepted`.
+
+    Returns the verdict of `verify_svid` (a reason, or "accepted")."""
+    chain, resigned = drawn
+    verdicts: list[str] = []
+    for entry in VERIFY_ENTRIES:
+        peer: meshtls.VerifiedPeer | None = None
+        with warnings.catch_warnings(record=True) as warned:
+            warnings.simplefilter("always")
+            try:
+                peer = _enter(entry, chain)
+            except VerificationError as exc:
+                one_line(exc)
+                verdicts.append(exc.reason)
+        if warned:
+            raise EscapeError(f"{entry} warned: {warned[0].category.__name__}: {warned[0].message}")
+        if peer is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the oracle reads hostile certificates too
+                _check_accepted(
+                    peer, chain, resigned=resigned, signatures=entry != "handshake verified"
+                )
+            verdicts.append("accepted")
+    return verdicts[0]
 
 
 # ---------------------------------------------------------------- the harness
@@ -1024,7 +1082,7 @@ TARGETS: Final = {
         ),
         Target(
             "verify-svid",
-            "verify_svid on mutated and re-signed chains",
+            "verify_svid and the handshake's two entries, on mutated and re-signed chains",
             _bind(verify_inputs(), check_verify),
         ),
     )

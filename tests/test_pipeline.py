@@ -398,14 +398,16 @@ def test_a_name_cryptography_warns_about_is_judged_without_a_warning(world: Worl
 
 def test_mutation_fuzzing_of_both_entry_points_with_a_small_budget() -> None:
     """benchmarks/fuzz_verify.py with a fixed budget: no foreign exception, no warning and
-    no forgery from `verify_svid` or `verify_handshake_chain` (it found two warnings)."""
+    no forgery from `verify_svid` or `verify_handshake_chain` (it found two warnings; with
+    the verifier's warning guard removed by hand, this budget finds a negative serial)."""
     from benchmarks.fuzz_verify import run
 
     report = run(inputs=1500, seed=11)
     assert report["findings"] == []
     outcomes = report["outcomes"]
     assert isinstance(outcomes, dict)
-    assert outcomes["verify_svid: refused"] > 100  # the budget reaches the verifier
+    judged = sum(n for outcome, n in outcomes.items() if outcome != "not parsed by cryptography")
+    assert judged > 200  # the budget reaches the verifier
 
 
 def test_verifying_in_two_threads_leaves_the_warning_filters_alone(world: World) -> None:
