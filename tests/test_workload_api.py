@@ -272,32 +272,28 @@ INVALID: dict[str, tuple[Callable[[Certs], workload_pb2.X509SVIDResponse], str]]
         "malformed_certificate",
     ),
     "version 34 in a root": (
-        lambda c: workload_pb2.X509SVIDResponse(
-            svids=[
-                workload_pb2.X509SVID(
-                    spiffe_id=WEB,
-                    x509_svid=der(c.web2.chain),
-                    x509_svid_key=_key_of(c.web2),
-                    bundle=_der_of_pem(version_34(c.ca)),
-                )
-            ],
-        ),
+        lambda c: _with_root(c, version_34(c.ca)),
         "malformed_certificate",
     ),
     "EC curve one byte off in a root": (
-        lambda c: workload_pb2.X509SVIDResponse(
-            svids=[
-                workload_pb2.X509SVID(
-                    spiffe_id=WEB,
-                    x509_svid=der(c.web2.chain),
-                    x509_svid_key=_key_of(c.web2),
-                    bundle=_der_of_pem(curve_one_byte_off(c.ca)),
-                )
-            ],
-        ),
+        lambda c: _with_root(c, curve_one_byte_off(c.ca)),
         "malformed_certificate",
     ),
 }
+
+
+def _with_root(c: Certs, root_pem: bytes) -> workload_pb2.X509SVIDResponse:
+    """A good SVID, with `root_pem` as its trust domain's bundle."""
+    return workload_pb2.X509SVIDResponse(
+        svids=[
+            workload_pb2.X509SVID(
+                spiffe_id=WEB,
+                x509_svid=der(c.web2.chain),
+                x509_svid_key=_key_of(c.web2),
+                bundle=_der_of_pem(root_pem),
+            )
+        ],
+    )
 
 
 def _der_of_pem(pem: bytes) -> bytes:
