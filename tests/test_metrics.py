@@ -15,6 +15,7 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshtls import REASONS
@@ -430,6 +431,26 @@ def test_nothing_lands_in_the_global_registry() -> None:
 
     NodeMetrics(CollectorRegistry(), clock=FakeClock())
     assert REGISTRY.get_sample_value("meshtls_certificate_rotations_total") is None
+
+
+async def test_the_prefix_renames_every_family_and_promtool_still_passes() -> None:
+    """``prefix="mtls"`` gives the seed system's names; nothing keeps ``meshtls_``."""
+    registry = CollectorRegistry()
+    metrics = NodeMetrics(registry, clock=FakeClock(T), prefix="mtls")
+    exercise(metrics)
+    text = generate_latest(registry).decode()
+    await promtool(text)
+    types = types_of(text)
+    for name, kind in REQUIRED.items():
+        assert types.get("mtls_" + name.removeprefix("meshtls_")) == kind, name
+    assert not any(line.startswith("meshtls_") for line in series(text))
+    assert value(text, "mtls_certificate_rotations_total") == 1
+
+
+@pytest.mark.parametrize("prefix", ["", "9lives", "my-mesh", "mesh tls"])
+def test_a_prefix_that_is_not_a_metric_name_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="prefix"):
+        NodeMetrics(CollectorRegistry(), clock=FakeClock(), prefix=prefix)
 
 
 # ------------------------------------------------------------------ health and errors

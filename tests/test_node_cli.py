@@ -7,9 +7,7 @@ and reaped on the way out.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -29,6 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import meshtls
 from meshtls._ca import LocalCA
 from meshtls.testing import CA
+
+from .logfmt import PARSE
 
 NODE_ID: Final = "spiffe://meshtls.local/node"
 CLIENT_ID: Final = "spiffe://meshtls.local/client"
@@ -122,37 +122,18 @@ async def node_process(cwd: Path, *args: str) -> AsyncIterator[tuple[trio.Proces
             await process.stderr.aclose()
 
 
-def text_message(line: str) -> str:
-    """A ``--log-format text`` line's message, after checking its ``ts= level=`` prefix."""
-    match = re.fullmatch(
-        r"ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z level=(debug|info|warning|error) (.+)", line
-    )
-    assert match, f"not a key=value log line: {line!r}"
-    return match.group(2)
+MESSAGE: Final = PARSE
 
 
-def json_message(line: str) -> str:
-    """A ``--log-format json`` line's message, after checking it is JSON with ts/level/msg."""
-    entry = json.loads(line)
-    assert isinstance(entry, dict), line
-    assert isinstance(entry["ts"], str), line
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", entry["ts"]), line
-    assert entry["level"] in {"debug", "info", "warning", "error"}, line
-    message = entry["msg"]
-    assert isinstance(message, str), line
-    return message
-
-
-MESSAGE: Final[dict[str, Callable[[str], str]]] = {"text": text_message, "json": json_message}
-
-
-def bound_ports(ready: str) -> dict[str, int]:
-    """``listen=mesh=127.0.0.1:P,metrics=127.0.0.1:Q`` of a ``node ready`` message."""
-    match = re.search(r"\blisten=(\S+)", ready)
-    assert match, ready
+def bound_ports(ready: dict[str, object]) -> dict[str, int]:
+    """The listeners of a ``node ready`` event: ``mesh=127.0.0.1:P,metrics=127.0.0.1:Q``."""
+    listen = ready["listen"]
+    if isinstance(listen, dict):
+        items = [(str(k), str(v)) for k, v in listen.items()]
+    else:
+        items = [(n, a) for n, _, a in (i.partition("=") for i in str(listen).split(","))]
     ports: dict[str, int] = {}
-    for item in match.group(1).split(","):
-        name, _, address = item.partition("=")
+    for name, address in items:
         host, _, port = address.rpartition(":")
         assert host == "127.0.0.1", ready
         ports[name] = int(port)
@@ -251,8 +232,8 @@ async def test_node_runs_serves_and_drains_on_a_signal(tmp_path: Path, case: str
     args = ("--config", str(config), "--log-format", stop.log_format)
     async with node_process(tmp_path, *args) as (process, lines):
         with trio.fail_after(WAIT):
-            ready = await lines.until(lambda line: message(line).startswith("node ready "))
-        assert f"id={NODE_ID} " in message(ready)
+            ready = await lines.until(lambda line: message(line)["msg"] == "node ready")
+        assert message(ready)["id"] == NODE_ID
         ports = bound_ports(message(ready))
         assert set(ports) == {"mesh", "metrics"}
         assert 0 not in ports.values()
@@ -264,10 +245,11 @@ async def test_node_runs_serves_and_drains_on_a_signal(tmp_path: Path, case: str
             signalled = trio.current_time()
             process.send_signal(stop.signum)
             with trio.fail_after(WAIT):
-                shutting = await lines.until(lambda line: message(line).startswith("shutting "))
-            assert message(shutting).startswith(
-                f"shutting down signal={stop.signum.name} drain={stop.shutdown_timeout:g}s live=1"
-            ), shutting
+                shutting = await lines.until(lambda line: message(line)["msg"] == "shutting down")
+            fields = message(shutting)
+            assert fields["signal"] == stop.signum.name, shutting
+            assert fields["drain"] == f"{stop.shutdown_timeout:g}s", shutting
+            assert fields["live"] in (1, "1"), shutting
             if stop.client_leaves:
                 await stream.send_eof()  # the node's handler reads to the end and returns
             with trio.fail_after(stop.shutdown_timeout + SLACK):

@@ -477,11 +477,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with open_node(config) as node:
                 async for signum in signals:
-                    logging.getLogger("meshtls").info(
-                        "shutting down signal=%s drain=%gs live=%d",
-                        signal.Signals(signum).name,
-                        shutdown,
-                        node.live_connections,
+                    _logs.event(
+                        logging.getLogger("meshtls"),
+                        logging.INFO,
+                        "shutting down",
+                        signal=signal.Signals(signum).name,
+                        drain=f"{shutdown:g}s",
+                        live=node.live_connections,
                     )
                     with trio.move_on_after(shutdown):
                         await node.drain()

@@ -27,6 +27,7 @@ connection is logged and never stops the server.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("meshtls")
+
+#: The default first word of every metric name; ``[metrics] prefix`` changes it.
+DEFAULT_PREFIX: Final = "meshtls"
+_PREFIX_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 #: Our side of a connection: "server" for accepted connections, "client" for dialed ones.
 MetricRole = Literal["client", "server"]
@@ -107,8 +112,6 @@ def _lookup(table: Mapping[_K, _V], key: _K, what: str) -> _V:
 class _CertificateGauges:
     """Collector for the expiry and age gauges of our SVID, computed at scrape time."""
 
-    EXPIRY: Final = "meshtls_certificate_expiry_seconds"
-    AGE: Final = "meshtls_certificate_age_seconds"
     EXPIRY_HELP: Final = (
         "Seconds until this node's current SVID expires (not_after - now); negative once"
         " expired, absent until the first SVID is loaded."
@@ -118,14 +121,16 @@ class _CertificateGauges:
         " absent until the first SVID is loaded."
     )
 
-    def __init__(self, clock: Callable[[], datetime]) -> None:
+    def __init__(self, clock: Callable[[], datetime], prefix: str) -> None:
         self._clock = clock
+        self.expiry_name = f"{prefix}_certificate_expiry_seconds"
+        self.age_name = f"{prefix}_certificate_age_seconds"
         self.validity: tuple[datetime, datetime] | None = None
 
     def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         return (
-            GaugeMetricFamily(self.EXPIRY, self.EXPIRY_HELP),
-            GaugeMetricFamily(self.AGE, self.AGE_HELP),
+            GaugeMetricFamily(self.expiry_name, self.EXPIRY_HELP),
+            GaugeMetricFamily(self.age_name, self.AGE_HELP),
         )
 
     def describe(self) -> Iterable[Metric]:
@@ -146,24 +151,37 @@ class _CertificateGauges:
 class NodeMetrics:
     """Every metric of one node, created on `registry` (never the global registry).
 
-    `clock` returns the current time as an aware `datetime`; the certificate gauges
-    read it at each scrape. Each method records one event; a label value outside its
-    fixed set raises `ValueError`. Creating two `NodeMetrics` on one registry raises
-    prometheus_client's `ValueError` for the duplicated names.
+    Every name starts with `prefix` and an underscore (``meshtls_...`` by default;
+    ``mtls`` gives the names of the system meshtls replaces). `clock` returns the
+    current time as an aware `datetime`; the certificate gauges read it at each scrape.
+    Each method records one event; a label value outside its fixed set raises
+    `ValueError`. Creating two `NodeMetrics` on one registry raises prometheus_client's
+    `ValueError` for the duplicated names.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], datetime],
+        prefix: str = DEFAULT_PREFIX,
+    ) -> None:
+        if not _PREFIX_RE.fullmatch(prefix):
+            raise ValueError(
+                f"metric prefix {prefix!r} is not a Prometheus name ([a-zA-Z_][a-zA-Z0-9_]*)"
+            )
         self.registry = registry
-        self._certificate = _CertificateGauges(clock)
+        self.prefix = prefix
+        self._certificate = _CertificateGauges(clock, prefix)
         registry.register(self._certificate)
 
         self._rotations = Counter(
-            "meshtls_certificate_rotations_total",
+            f"{prefix}_certificate_rotations_total",
             "Identity updates (a new SVID or trust bundle) swapped into this node's TLS contexts.",
             registry=registry,
         )
         certificate_failures = Counter(
-            "meshtls_certificate_validation_failures_total",
+            f"{prefix}_certificate_validation_failures_total",
             "Certificates that failed validation, by reason: our own SVID updates that were"
             " refused, and peers' certificates rejected in a handshake.",
             ["reason"],
@@ -173,14 +191,14 @@ class NodeMetrics:
             reason: certificate_failures.labels(reason) for reason in sorted(CERTIFICATE_REASONS)
         }
         peer_failures = Counter(
-            "meshtls_peer_verification_failures_total",
+            f"{prefix}_peer_verification_failures_total",
             "Peers rejected (their connection closed before any application byte), by reason.",
             ["reason"],
             registry=registry,
         )
         self._peer_failures = {reason: peer_failures.labels(reason) for reason in sorted(REASONS)}
         handshakes = Counter(
-            "meshtls_handshakes_total",
+            f"{prefix}_handshakes_total",
             "TLS handshakes finished, by our role (server: accepted, client: dialed) and"
             " result (ok: the peer was verified and authorized; failed: it was not).",
             ["role", "result"],
@@ -192,7 +210,7 @@ class NodeMetrics:
             for result in _HANDSHAKE_RESULTS
         }
         durations = Histogram(
-            "meshtls_handshake_duration_seconds",
+            f"{prefix}_handshake_duration_seconds",
             "Duration of successful handshakes, from the first byte to a verified and"
             " authorized peer, by our role. Failed handshakes are counted, not timed.",
             ["role"],
@@ -201,14 +219,14 @@ class NodeMetrics:
         )
         self._durations = {role: durations.labels(role) for role in _ROLES}
         connections = Gauge(
-            "meshtls_connections_active",
+            f"{prefix}_connections_active",
             "Verified connections open now, by our role (server: accepted, client: dialed).",
             ["role"],
             registry=registry,
         )
         self._connections = {role: connections.labels(role) for role in _ROLES}
         checks = Counter(
-            "meshtls_revocation_checks_total",
+            f"{prefix}_revocation_checks_total",
             "Revocation lookups, by where the verdict came from (ocsp, crl, cache) and"
             " verdict (good, revoked, unknown).",
             ["source", "result"],
@@ -220,7 +238,7 @@ class NodeMetrics:
             for result in _REVOCATION_RESULTS
         }
         fetches = Counter(
-            "meshtls_revocation_fetch_total",
+            f"{prefix}_revocation_fetch_total",
             "Fetches of revocation data, by kind (ocsp, crl) and result (ok: fetched and"
             " verified; error: not fetched; invalid: fetched but unusable).",
             ["kind", "result"],

@@ -40,6 +40,7 @@ from ._config import (
 )
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity
+from ._logs import event
 from ._metrics import NodeMetrics, serve_http
 from ._rotation import DRAIN_MARGIN, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
@@ -156,7 +157,7 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery, handler: Handler) -> None:
         for note in self.config.notes:
-            logger.info("config note=%r", note)
+            event(logger, logging.INFO, "config note", note=note)
         source = self._build_source()
         try:
             with trio.fail_after(STARTUP_TIMEOUT):
@@ -242,10 +243,12 @@ class Node:
                     ),
                 )
         self._ready = True
-        logger.info(
-            "node ready id=%s listen=%s",
-            first.svid.spiffe_id,
-            ",".join(f"{name}={_bound(ls)}" for name, ls in self.listeners.items()),
+        event(
+            logger,
+            logging.INFO,
+            "node ready",
+            id=first.svid.spiffe_id,
+            listen={name: _bound(ls) for name, ls in self.listeners.items()},
         )
 
     async def drain(self) -> None:
