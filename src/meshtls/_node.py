@@ -176,7 +176,7 @@ class Node:
         default_authorize = self.config.authorize.authorizer(first.svid.spiffe_id.trust_domain)
 
         async def mesh_handler(stream: MeshStream) -> None:
-            with rotation.track(stream, "server"):
+            with rotation.track(stream, "server", listener="mesh"):
                 await handler(stream)
 
         with _binding("mesh", settings.listen):
@@ -197,8 +197,9 @@ class Node:
                 ),
             )
         for item in self.config.expose:
-            with _binding(f"expose:{_text(item.listen)}", item.listen):
-                self.listeners[f"expose:{_text(item.listen)}"] = await nursery.start(
+            name = f"expose:{_text(item.listen)}"
+            with _binding(name, item.listen):
+                self.listeners[name] = await nursery.start(
                     functools.partial(
                         expose,
                         item.listen,
@@ -211,12 +212,13 @@ class Node:
                         connect_timeout=item.connect_timeout.total_seconds(),
                         clock=self._clock,
                         observer=self,
-                        track=rotation.track,
+                        track=functools.partial(rotation.track, listener=name),
                     ),
                 )
         for fwd in self.config.forward:
-            with _binding(f"forward:{_text(fwd.listen)}", fwd.listen):
-                self.listeners[f"forward:{_text(fwd.listen)}"] = await nursery.start(
+            name = f"forward:{_text(fwd.listen)}"
+            with _binding(name, fwd.listen):
+                self.listeners[name] = await nursery.start(
                     functools.partial(
                         forward,
                         fwd.listen,
@@ -228,7 +230,7 @@ class Node:
                         connect_timeout=fwd.connect_timeout.total_seconds(),
                         clock=self._clock,
                         observer=self,
-                        track=rotation.track,
+                        track=functools.partial(rotation.track, listener=name),
                     ),
                 )
         if settings.metrics is not None:

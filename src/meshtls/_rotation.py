@@ -66,12 +66,17 @@ def _malformed(description: str) -> VerificationError:
 
 
 class _Live:
-    __slots__ = ("role", "scope", "stream")
+    """One tracked connection: its stream, its cancel scope, our role, its listener's name."""
 
-    def __init__(self, stream: MeshStream, scope: trio.CancelScope, role: OurRole) -> None:
+    __slots__ = ("listener", "role", "scope", "stream")
+
+    def __init__(
+        self, stream: MeshStream, scope: trio.CancelScope, role: OurRole, listener: str
+    ) -> None:
         self.stream = stream
         self.scope = scope
         self.role = role
+        self.listener = listener
 
 
 class Rotation:
@@ -245,16 +250,17 @@ class Rotation:
         return min(stream.peer.not_after, ours) - DRAIN_MARGIN
 
     @contextmanager
-    def track(self, stream: MeshStream, role: OurRole) -> Iterator[None]:
+    def track(self, stream: MeshStream, role: OurRole, *, listener: str = "") -> Iterator[None]:
         """Run a verified connection under its deadline and the node's trust checks.
 
-        The deadline is announced on the stream as ``stream.closes_at`` first, so the
+        `listener` names the node's listener or tunnel the connection belongs to
+        (``"mesh"``, ``"expose:127.0.0.1:8600"``), for `live_by_listener`. The deadline is announced on the stream as ``stream.closes_at`` first, so the
         handler can finish what it is sending before then: no cut by surprise.
         """
         stream.closes_at = self.deadline(stream)
         seconds = (stream.closes_at - self._clock()).total_seconds()
         with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
-            entry = _Live(stream, scope, role)
+            entry = _Live(stream, scope, role, listener)
             self._live.add(entry)
             try:
                 yield
@@ -285,6 +291,13 @@ class Rotation:
     @property
     def live_connections(self) -> int:
         return len(self._live)
+
+    def live_by_listener(self) -> dict[str, int]:
+        """How many tracked connections each listener has now (listeners with none left out)."""
+        counts: dict[str, int] = {}
+        for entry in self._live:
+            counts[entry.listener] = counts.get(entry.listener, 0) + 1
+        return counts
 
     async def drained(self) -> None:
         """Wait until no tracked connection is left."""
