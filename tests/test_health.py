@@ -34,7 +34,7 @@ from meshtls._config import (
     parse_config,
 )
 from meshtls._logs import FIELDS
-from meshtls._node import Node, NodeError, open_node
+from meshtls._node import Node, NodeError, _bound, open_node
 from meshtls._status import NodeState, Readiness, lifetime_marks, readiness, status
 from meshtls.testing import CA
 
@@ -482,3 +482,12 @@ def test_status_has_no_secret_and_round_trips_as_json(identity: meshtls.Identity
 
 def test_the_warning_mark_is_80_percent_into_the_lifetime(identity: meshtls.Identity) -> None:
     assert lifetime_marks(identity.svid) == (T0 + timedelta(minutes=8), T0 + timedelta(minutes=10))
+
+
+async def test_a_closed_listener_is_shown_as_closed() -> None:
+    """A drain that stops accepting closes listeners; /status must still answer then."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    assert _bound(listeners) == f"127.0.0.1:{port}"
+    await listeners[0].aclose()
+    assert _bound(listeners) == "closed"

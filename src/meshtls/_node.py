@@ -214,6 +214,7 @@ class Node:
         for note in self.config.notes:
             event(logger, logging.INFO, "config note", note=note)
         settings = self.config.node
+        self._waiting_for = _source_text(self.config)
         if settings.metrics is not None:  # first: probes get answers while we wait
             with _binding("metrics", settings.metrics):
                 self.listeners["metrics"] = await nursery.start(
@@ -232,7 +233,6 @@ class Node:
                 "health endpoint serving",
                 address=_bound(self.listeners["metrics"]),
             )
-        self._waiting_for = _source_text(self.config)
         source = self._build_source()
         timeout = settings.startup_timeout.total_seconds()
         try:
@@ -408,7 +408,11 @@ def _text(address: tuple[str, int]) -> str:
 
 
 def _bound(listeners: list[trio.SocketListener]) -> str:
-    name = listeners[0].socket.getsockname()
+    """The first socket's bound address; ``"closed"`` once it is closed (e.g. on drain)."""
+    try:
+        name = listeners[0].socket.getsockname()
+    except OSError:
+        return "closed"
     return _text((str(name[0]), int(name[1])))
 
 
