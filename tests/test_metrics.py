@@ -26,7 +26,7 @@ from meshtls._metrics import (
     NodeMetrics,
     serve_http,
 )
-from meshtls._status import Readiness
+from meshtls._status import Json, Readiness
 
 from .conftest import T
 
@@ -670,3 +670,28 @@ async def test_idle_connections_do_not_starve_a_probe(endpoint: Endpoint) -> Non
     finally:
         for stream in idle:
             await stream.aclose()
+
+
+async def test_status_is_404_without_a_report_and_500_when_the_report_fails(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
+    port = await start(nursery, metrics, lambda: False)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{port}/status")).status_code == 404
+        bare = await client.get(f"http://127.0.0.1:{port}/readyz?format=json")
+        assert (bare.status_code, bare.json()) == (503, {"ready": False, "reason": "told so"})
+
+    def broken() -> dict[str, Json]:
+        raise RuntimeError("status report broke")
+
+    serve = functools.partial(
+        serve_http, metrics.registry, "127.0.0.1", 0, ready=lambda: Readiness(True), status=broken
+    )
+    listeners: list[trio.SocketListener] = await nursery.start(serve)
+    other = listeners[0].socket.getsockname()[1]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{other}/status")).status_code == 500
+        assert (await client.get(f"http://127.0.0.1:{other}/readyz")).status_code == 200
+    assert "status report broke" in caplog.text
+    nursery.cancel_scope.cancel()

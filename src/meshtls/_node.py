@@ -358,8 +358,10 @@ class Node:
                     seconds_left=seconds_left(svid, now),
                 )
             due = [mark for mark, done in ((warn_at, warned), (expire_at, expired)) if not done]
-            wait = min([(min(due) - now).total_seconds(), _WATCH_INTERVAL]) if due else None
-            with trio.move_on_after(_WATCH_INTERVAL if wait is None else wait):
+            wait = _WATCH_INTERVAL
+            if due:  # each mark left is still ahead of `now`; max() guards rounding only
+                wait = max(0.0, min((min(due) - now).total_seconds(), _WATCH_INTERVAL))
+            with trio.move_on_after(wait):
                 await self.rotation.changed()
             new = self.rotation.identity()
             if new is not current:
