@@ -62,7 +62,8 @@ from meshtls import (
 )
 from meshtls._config import parse_config
 from meshtls._duration import parse_duration, parse_optional_duration
-from meshtls._metrics import NodeMetrics, _serve_one
+from meshtls._metrics import NodeMetrics, _Answers, _serve_one
+from meshtls._status import Readiness
 from meshtls._svid import verify_handshake_chain
 from meshtls._workload import read_message, split_der
 from meshtls.testing import CA, SVID_EKU, IssuedCertificate, KeyUsageName
@@ -733,7 +734,8 @@ async def _exchange(data: bytes) -> bytes:
     async def serve() -> None:
         async with server:
             stream = cast(trio.SocketStream, server)  # only the Stream methods are used
-            await _serve_one(stream, metrics_registry(), lambda: True)
+            answers = _Answers(metrics_registry(), lambda: Readiness(True), None)
+            await _serve_one(stream, answers, 30.0, lambda: None)
 
     answer = b""
     with trio.move_on_after(30):  # Trio time: autojumped

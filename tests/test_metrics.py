@@ -14,8 +14,8 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshtls import REASONS
@@ -26,6 +26,7 @@ from meshtls._metrics import (
     NodeMetrics,
     serve_http,
 )
+from meshtls._status import Json, Readiness
 
 from .conftest import T
 
@@ -76,7 +77,7 @@ class Endpoint:
     async def scrape(self) -> str:
         response = await self.request("GET", "/metrics")
         assert response.status_code == 200
-        assert response.headers["content-type"] == CONTENT_TYPE_LATEST
+        assert response.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
         return response.text
 
     async def raw(self, data: bytes, *, eof: bool = False) -> bytes:
@@ -104,16 +105,19 @@ async def start(
     ready: Callable[[], bool],
     *,
     connection_timeout: float = 10.0,
+    request_timeout: float = 2.0,
     max_connections: int = 64,
 ) -> int:
-    """Start `serve_http` on 127.0.0.1 port 0 in `nursery`; the bound port."""
+    """Start `serve_http` on 127.0.0.1 port 0 in `nursery`; the bound port. `ready`
+    gives readiness as a bool (the reason when not ready is "told so")."""
     serve = functools.partial(
         serve_http,
         metrics.registry,
         "127.0.0.1",
         0,
-        ready=ready,
+        ready=lambda: Readiness(True) if ready() else Readiness(False, "told so"),
         connection_timeout=connection_timeout,
+        request_timeout=request_timeout,
         max_connections=max_connections,
     )
     listeners: list[trio.SocketListener] = await nursery.start(serve)
@@ -460,7 +464,7 @@ async def test_healthz_and_readyz(endpoint: Endpoint) -> None:
     health = await endpoint.request("GET", "/healthz")
     assert (health.status_code, health.text) == (200, "ok\n")
     not_ready = await endpoint.request("GET", "/readyz")
-    assert not_ready.status_code == 503
+    assert (not_ready.status_code, not_ready.text) == (503, "not ready: told so\n")
     endpoint.is_ready[0] = True
     ready = await endpoint.request("GET", "/readyz")
     assert (ready.status_code, ready.text) == (200, "ready\n")
@@ -476,7 +480,7 @@ async def test_head_answers_like_get_without_a_body(endpoint: Endpoint) -> None:
     assert head.headers["content-length"] == get.headers["content-length"] == "3"
     metrics = await endpoint.request("HEAD", "/metrics?x=1")
     assert metrics.status_code == 200
-    assert metrics.headers["content-type"] == CONTENT_TYPE_LATEST
+    assert metrics.headers["content-type"] == CONTENT_TYPE_PLAIN_0_0_4
 
 
 async def test_unknown_paths_404_and_other_methods_405(endpoint: Endpoint) -> None:
@@ -563,6 +567,8 @@ async def test_bad_arguments_are_refused(nursery: trio.Nursery) -> None:
     metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
     with pytest.raises(ValueError, match="connection_timeout"):
         await start(nursery, metrics, lambda: True, connection_timeout=0)
+    with pytest.raises(ValueError, match="request_timeout"):
+        await start(nursery, metrics, lambda: True, request_timeout=0)
     with pytest.raises(ValueError, match="max_connections"):
         await start(nursery, metrics, lambda: True, max_connections=0)
 
@@ -570,23 +576,23 @@ async def test_bad_arguments_are_refused(nursery: trio.Nursery) -> None:
 # ------------------------------------------------------------------ deadlines, on Trio's clock
 
 
-async def test_a_silent_client_is_closed_at_the_deadline(
+async def test_a_silent_client_is_closed_at_the_request_deadline(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
-    port = await start(nursery, metrics, lambda: True, connection_timeout=10.0)
+    port = await start(nursery, metrics, lambda: True, request_timeout=2.0)
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         opened = trio.current_time()
         assert await read_to_eof(stream) == b""
-        assert trio.current_time() - opened == 10.0
+        assert trio.current_time() - opened == 2.0
     nursery.cancel_scope.cancel()
 
 
-async def test_a_slowloris_is_closed_at_the_deadline(
+async def test_a_slowloris_is_closed_at_the_request_deadline(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
-    port = await start(nursery, metrics, lambda: True, connection_timeout=10.0)
+    port = await start(nursery, metrics, lambda: True, request_timeout=2.0)
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         opened = trio.current_time()
 
@@ -599,25 +605,93 @@ async def test_a_slowloris_is_closed_at_the_deadline(
         async with trio.open_nursery() as inner:
             inner.start_soon(drip)
             assert await read_to_eof(stream) == b""
-            assert trio.current_time() - opened == 10.0
+            assert trio.current_time() - opened == 2.0
     nursery.cancel_scope.cancel()
 
 
-async def test_connections_over_the_cap_are_closed_at_once(
+PROBE = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+async def test_at_the_cap_the_oldest_idle_connection_makes_room(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
+    port = await start(nursery, metrics, lambda: True, max_connections=2)
+    async with (
+        await trio.open_tcp_stream("127.0.0.1", port) as oldest,
+        await trio.open_tcp_stream("127.0.0.1", port) as younger,
+    ):
+        await younger.send_all(b"GET /healthz HTTP/1.1\r\n")  # half a head: still waiting
+        await trio.testing.wait_all_tasks_blocked()  # both accepted, both hold a place
+        async with await trio.open_tcp_stream("127.0.0.1", port) as probe:
+            opened = trio.current_time()
+            await probe.send_all(PROBE)
+            assert (await read_to_eof(probe)).startswith(b"HTTP/1.1 200 OK\r\n")
+            assert trio.current_time() - opened < 1.5  # answered, then a lingering close
+        assert await read_to_eof(oldest) == b""  # evicted without an answer
+        # The younger one kept its place and is answered when its head completes.
+        await younger.send_all(b"Host: x\r\n\r\n")
+        assert (await read_to_eof(younger)).startswith(b"HTTP/1.1 200 OK\r\n")
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_that_sent_its_request_is_never_evicted(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
     port = await start(nursery, metrics, lambda: True, max_connections=1)
-    async with await trio.open_tcp_stream("127.0.0.1", port) as holder:
-        # Every task is blocked: the server has accepted the holder, which holds the place.
+    async with await trio.open_tcp_stream("127.0.0.1", port) as answered:
+        await answered.send_all(PROBE)  # answered, then lingers (reading) for up to 1 s
         await trio.testing.wait_all_tasks_blocked()
         async with await trio.open_tcp_stream("127.0.0.1", port) as refused:
             opened = trio.current_time()
-            await refused.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert await read_to_eof(refused) == b""
+            await refused.send_all(PROBE)
+            assert await read_to_eof(refused) == b""  # no idle place to take: closed at once
             assert trio.current_time() == opened
-        await holder.send_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await read_to_eof(holder)).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert (await read_to_eof(answered)).startswith(b"HTTP/1.1 200 OK\r\n")
     async with httpx.AsyncClient() as client:  # the place is free again
         assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ probes under load
+
+
+async def test_idle_connections_do_not_starve_a_probe(endpoint: Endpoint) -> None:
+    """100 connections that never send a request (more than the 64 places): /healthz still
+    gets its answer at once, because the oldest idle connection makes room for it."""
+    idle = [await trio.open_tcp_stream("127.0.0.1", endpoint.port) for _ in range(100)]
+    try:
+        await trio.sleep(0.1)  # let the server accept them all
+        for _ in range(3):
+            with trio.fail_after(2):
+                probe = await endpoint.request("GET", "/healthz")
+            assert (probe.status_code, probe.text) == (200, "ok\n")
+    finally:
+        for stream in idle:
+            await stream.aclose()
+
+
+async def test_status_is_404_without_a_report_and_500_when_the_report_fails(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
+    port = await start(nursery, metrics, lambda: False)
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{port}/status")).status_code == 404
+        bare = await client.get(f"http://127.0.0.1:{port}/readyz?format=json")
+        assert (bare.status_code, bare.json()) == (503, {"ready": False, "reason": "told so"})
+
+    def broken() -> dict[str, Json]:
+        raise RuntimeError("status report broke")
+
+    serve = functools.partial(
+        serve_http, metrics.registry, "127.0.0.1", 0, ready=lambda: Readiness(True), status=broken
+    )
+    listeners: list[trio.SocketListener] = await nursery.start(serve)
+    other = listeners[0].socket.getsockname()[1]
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://127.0.0.1:{other}/status")).status_code == 500
+        assert (await client.get(f"http://127.0.0.1:{other}/readyz")).status_code == 200
+    assert "status report broke" in caplog.text
     nursery.cancel_scope.cancel()

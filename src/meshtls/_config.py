@@ -70,6 +70,11 @@ MAX_LOCAL_CA_TTL: Final = DEFAULT_CA_TTL
 DEFAULT_HANDSHAKE_TIMEOUT: Final = timedelta(seconds=10)
 DEFAULT_MAX_HANDSHAKES: Final = 256
 DEFAULT_SHUTDOWN_TIMEOUT: Final = timedelta(seconds=10)
+#: How long a node waits for its first identity before it gives up (``[node] startup_timeout``).
+DEFAULT_STARTUP_TIMEOUT: Final = timedelta(seconds=30)
+#: The first word of every metric name (``[metrics] prefix``).
+DEFAULT_METRICS_PREFIX: Final = "meshtls"
+_METRICS_PREFIX_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 DEFAULT_CONNECT_TIMEOUT: Final = timedelta(seconds=10)
 MAX_CLOCK_SKEW: Final = timedelta(hours=1)
@@ -170,6 +175,8 @@ class NodeSettings:
     kernel for a free port. ``shutdown_timeout`` may be 0s (close at once).
     ``max_connections`` caps the mesh listener's verified connections (a peer verified at
     the cap is reset at once); ``max_handshakes`` caps its handshakes in progress.
+    ``startup_timeout`` bounds the wait for the first identity (the health endpoint
+    answers meanwhile, ``/readyz`` 503).
     """
 
     listen: Address = DEFAULT_LISTEN
@@ -178,12 +185,29 @@ class NodeSettings:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT
+    startup_timeout: timedelta = DEFAULT_STARTUP_TIMEOUT
 
     def __post_init__(self) -> None:
         _longer_than_zero("node", "handshake_timeout", self.handshake_timeout)
         _at_least("node", "max_handshakes", self.max_handshakes, 1)
         _at_least("node", "max_connections", self.max_connections, 1)
         _longer_than_zero("node", "shutdown_timeout", self.shutdown_timeout, zero_ok=True)
+        _longer_than_zero("node", "startup_timeout", self.startup_timeout)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSettings:
+    """``[metrics]``: ``prefix`` is the first word of every meshtls metric name
+    (``"mtls"`` gives the names of the system meshtls replaces)."""
+
+    prefix: str = DEFAULT_METRICS_PREFIX
+
+    def __post_init__(self) -> None:
+        if not _METRICS_PREFIX_RE.fullmatch(self.prefix):
+            raise ConfigError(
+                f"metrics prefix {self.prefix!r} is not a Prometheus name"
+                " (a letter or _, then letters, digits or _)"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -336,6 +360,7 @@ class NodeConfig:
     peers: tuple[PeerSettings, ...] = ()
     expose: tuple[ExposeSettings, ...] = ()
     forward: tuple[ForwardSettings, ...] = ()
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -464,7 +489,9 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "max_handshakes",
         "max_connections",
         "shutdown_timeout",
+        "startup_timeout",
     ),
+    "metrics": ("prefix",),
     "policy": ("max_ttl", "max_age", "clock_skew"),
     "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
     "authorize": ("member_of", "ids", "path_prefix"),
@@ -909,7 +936,22 @@ def _node(table: _Table) -> NodeSettings:
         max_handshakes=table.integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         shutdown_timeout=table.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, zero_ok=True),
+        startup_timeout=table.duration("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
     )
+
+
+def _metrics(table: _Table) -> MetricsSettings:
+    expected = 'a metric name prefix such as "mtls"'
+    prefix = table.string("prefix", expected)
+    if prefix is None:
+        return MetricsSettings()
+    if not _METRICS_PREFIX_RE.fullmatch(prefix):
+        raise table.error(
+            "prefix",
+            f"{shown(prefix)} is not a Prometheus name: start with a letter or _, then use"
+            f" letters, digits or _ ({expected})",
+        )
+    return MetricsSettings(prefix=prefix)
 
 
 def _authorize(table: _Table) -> AuthorizeSettings:
@@ -1063,6 +1105,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         raise reader.error("[identity]", f"missing: {_FORMS_HINT}")
     identity = _identity(table("identity"), policy)
     node = _node(table("node"))
+    metrics = _metrics(table("metrics"))
     authorize = _authorize(table("authorize")) if "authorize" in document else AuthorizeSettings()
     peers = _array(reader, document, "peers", _peer)
     seen_ids: set[SpiffeId] = set()
@@ -1082,6 +1125,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         peers=tuple(peer for _, peer in peers),
         expose=tuple(item for _, item in expose),
         forward=tuple(item for _, item in forward),
+        metrics=metrics,
         notes=tuple(reader.notes),
     )
 

@@ -22,10 +22,17 @@ one request per connection, then close. Every connection runs under one deadline
 (reading, answering and closing), the request head is bounded, and the number of
 connections at once is capped; hostile input gets a 4xx and a close, a fault in one
 connection is logged and never stops the server.
+
+Probes must be answered under load, because a liveness probe that goes unanswered gets
+the process killed. So idle connections cannot hold the places: a connection has
+`request_timeout` (2 s) for its request head, and when every place is taken, the oldest
+connection still waiting for its head is closed to admit the new one (`_Places`). Only
+connections that sent a whole request are never evicted, and they finish quickly.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,19 +40,29 @@ from contextlib import contextmanager
 from datetime import datetime
 from http import HTTPStatus
 from typing import Final, Literal, NoReturn, TypeVar, get_args
+from urllib.parse import parse_qs
 
 import h11
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from ._errors import REASONS, Reason
+from ._status import Json, Readiness
 
 __all__ = [
     "CERTIFICATE_REASONS",
     "HANDSHAKE_BUCKETS",
     "NodeMetrics",
+    "add_process_collectors",
     "serve_http",
 ]
 
@@ -329,11 +346,25 @@ class NodeMetrics:
         _lookup(self._fetches, (kind, result), "revocation fetch kind/result").inc()
 
 
+def add_process_collectors(registry: CollectorRegistry) -> None:
+    """Register prometheus_client's process and platform collectors on `registry`.
+
+    Their names are the standard ones (``process_cpu_seconds_total``, ``python_info``),
+    without the node's prefix, so that stock dashboards find them. Registering them
+    twice on one registry raises prometheus_client's `ValueError`.
+    """
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+
+
 # ---------------------------------------------------------------------- HTTP endpoint
 
 #: Every connection is answered and closed within this many seconds, or dropped.
 DEFAULT_CONNECTION_TIMEOUT: Final = 10.0
-#: Connections served at once; more are closed at once without an answer.
+#: A connection whose request head has not fully arrived within this many seconds is closed.
+DEFAULT_REQUEST_TIMEOUT: Final = 2.0
+#: Connections served at once; past it, the oldest one still waiting for its request is
+#: closed to make room, or, when every one has sent its request, the new one is.
 DEFAULT_MAX_CONNECTIONS: Final = 64
 #: The largest request head (request line and headers) accepted; larger gets a 431.
 MAX_REQUEST_HEAD: Final = 8192
@@ -341,8 +372,45 @@ _RECEIVE_SIZE: Final = 4096
 #: After answering, how long unread input is drained so closing does not reset the answer.
 _LINGER: Final = 1.0
 _TEXT: Final = "text/plain; charset=utf-8"
+_JSON: Final = "application/json"
 _ALLOWED: Final = "GET, HEAD"
-_PATHS: Final = frozenset({b"/metrics", b"/healthz", b"/readyz"})
+_PATHS: Final = frozenset({b"/metrics", b"/healthz", b"/readyz", b"/status"})
+
+#: What the endpoint answers about the node: readiness, and the ``/status`` document.
+ReadyCheck = Callable[[], Readiness]
+StatusReport = Callable[[], Mapping[str, Json]]
+
+
+class _Places:
+    """The endpoint's `limit` places, in arrival order; who waits for a request head.
+
+    `admit` gives a new connection a place, closing (cancelling) the oldest connection that
+    is still waiting for its request head when every place is taken; with none to close,
+    the new connection is refused. A connection that has its request (`busy`) is never
+    evicted. `leave` frees the place; evicted connections have lost theirs already.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._taken: dict[object, trio.CancelScope | None] = {}  # insertion order = age
+
+    def admit(self, token: object, scope: trio.CancelScope) -> bool:
+        if len(self._taken) >= self._limit:
+            oldest = next((t for t, waiting in self._taken.items() if waiting is not None), None)
+            if oldest is None:
+                return False
+            evicted = self._taken.pop(oldest)
+            assert evicted is not None
+            evicted.cancel()
+        self._taken[token] = scope
+        return True
+
+    def busy(self, token: object) -> None:
+        if token in self._taken:
+            self._taken[token] = None
+
+    def leave(self, token: object) -> None:
+        self._taken.pop(token, None)
 
 
 async def serve_http(
@@ -350,67 +418,91 @@ async def serve_http(
     host: str | None,
     port: int,
     *,
-    ready: Callable[[], bool],
+    ready: ReadyCheck,
+    status: StatusReport | None = None,
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` over HTTP/1.1 on `host`:`port`.
+    """Serve ``/metrics``, ``/healthz``, ``/readyz`` and ``/status`` over HTTP/1.1 on `host`:`port`.
 
     Use with ``await nursery.start(serve_http, registry, host, port, ready=...)``:
     ``started()`` gives the bound `trio.SocketListener`s (port 0 picks a free port).
 
-    - ``GET /metrics``: `registry` in the Prometheus text format.
+    - ``GET /metrics``: `registry` in the Prometheus text format, or in OpenMetrics when
+      the ``Accept`` header asks for it.
     - ``GET /healthz``: 200 while the server runs.
-    - ``GET /readyz``: 200 when ``ready()`` is true, else 503.
+    - ``GET /readyz``: 200 when ``ready()`` says so, else 503 with the reason in the
+      body; as JSON (the ``status()`` document) with ``Accept: application/json`` or
+      ``?format=json``.
+    - ``GET /status``: the ``status()`` document as JSON, always 200 (404 without `status`).
 
     HEAD works like GET; other methods get 405, other paths 404. Each connection
-    carries one request and is closed after the answer; it must be done within
-    `connection_timeout` seconds or it is dropped. At most `max_connections` are
-    served at once. Runs until cancelled.
+    carries one request and is closed after the answer; its request head must arrive
+    within `request_timeout` seconds and the whole exchange end within
+    `connection_timeout`, or it is dropped. At most `max_connections` are served at
+    once (see `_Places`). `ready` and `status` are called at each request; an exception
+    from either is a 500, logged. Runs until cancelled.
     """
     if connection_timeout <= 0:
         raise ValueError("connection_timeout must be positive")
+    if request_timeout <= 0:
+        raise ValueError("request_timeout must be positive")
     if max_connections < 1:
         raise ValueError("max_connections must be >= 1")
-    active = 0
+    places = _Places(max_connections)
+    answers = _Answers(registry, ready, status)
 
     async def handler(stream: trio.SocketStream) -> None:
-        nonlocal active
         async with stream:
-            if active >= max_connections:
-                return  # closed unanswered: a flood cannot queue up work
-            active += 1
-            try:
-                with trio.move_on_after(connection_timeout):
-                    await _serve_one(stream, registry, ready)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass  # the client went away
-            except Exception:
-                logger.exception("metrics endpoint: request failed")
-            finally:
-                active -= 1
+            token = object()
+            with trio.CancelScope() as evicted:
+                if not places.admit(token, evicted):
+                    return  # every place is answering a request: closed unanswered
+                try:
+                    with trio.move_on_after(connection_timeout):
+                        await _serve_one(
+                            stream, answers, request_timeout, lambda: places.busy(token)
+                        )
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the client went away
+                except Exception:
+                    logger.exception("metrics endpoint: request failed")
+                finally:
+                    places.leave(token)
 
     await trio.serve_tcp(handler, port, host=host, task_status=task_status)
     raise AssertionError("unreachable: serve_tcp runs until cancelled")  # pragma: no cover
 
 
 async def _serve_one(
-    stream: trio.SocketStream, registry: CollectorRegistry, ready: Callable[[], bool]
+    stream: trio.SocketStream,
+    answers: _Answers,
+    request_timeout: float,
+    on_request: Callable[[], None],
 ) -> None:
-    """Read one request from `stream`, send the answer and half-close; the caller closes."""
+    """Read one request from `stream`, send the answer and half-close; the caller closes.
+
+    Calls `on_request` once a whole request head has arrived (or a bad one: it is
+    answered too). A head that is not complete within `request_timeout` is not answered.
+    """
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+    request: h11.Request | None = None
     try:
-        request = await _receive_request(stream, conn)
+        with trio.move_on_after(request_timeout):
+            request = await _receive_request(stream, conn)
     except h11.RemoteProtocolError as exc:
+        on_request()
         status = exc.error_status_hint
         await _send(stream, conn, status, _TEXT, f"{HTTPStatus(status).phrase}\n".encode())
         return
     if request is None:
-        return  # closed before a complete request: nothing to answer
+        return  # closed, or too slow, before a complete request: nothing to answer
+    on_request()
     try:
-        status, content_type, body, headers = _answer(request, registry, ready)
-    except Exception:  # a broken collector or ready(): answer 500, keep serving
+        status, content_type, body, headers = answers.answer(request)
+    except Exception:  # a broken collector, ready() or status(): answer 500, keep serving
         logger.exception("metrics endpoint: %s failed", request.target.decode("ascii", "replace"))
         status, content_type, body, headers = 500, _TEXT, b"internal error\n", []
     await _send(
@@ -440,22 +532,64 @@ async def _receive_request(stream: trio.SocketStream, conn: h11.Connection) -> h
             return None
 
 
-def _answer(
-    request: h11.Request, registry: CollectorRegistry, ready: Callable[[], bool]
-) -> tuple[int, str, bytes, list[tuple[str, str]]]:
-    """Status, content type, body and extra headers for `request`; pure, no I/O."""
-    path = request.target.partition(b"?")[0]
-    if path not in _PATHS:
-        return 404, _TEXT, b"not found\n", []
-    if request.method not in (b"GET", b"HEAD"):
-        return 405, _TEXT, b"method not allowed\n", [("Allow", _ALLOWED)]
-    if path == b"/metrics":
-        return 200, CONTENT_TYPE_LATEST, generate_latest(registry), []
-    if path == b"/healthz":
-        return 200, _TEXT, b"ok\n", []
-    if ready():
-        return 200, _TEXT, b"ready\n", []
-    return 503, _TEXT, b"not ready\n", []
+Answer = tuple[int, str, bytes, list[tuple[str, str]]]
+
+
+class _Answers:
+    """What each request gets: status, content type, body and extra headers; no I/O."""
+
+    def __init__(
+        self, registry: CollectorRegistry, ready: ReadyCheck, status: StatusReport | None
+    ) -> None:
+        self._registry = registry
+        self._ready = ready
+        self._status = status
+
+    def answer(self, request: h11.Request) -> Answer:
+        path, _, query = request.target.partition(b"?")
+        if path not in _PATHS or (path == b"/status" and self._status is None):
+            return 404, _TEXT, b"not found\n", []
+        if request.method not in (b"GET", b"HEAD"):
+            return 405, _TEXT, b"method not allowed\n", [("Allow", _ALLOWED)]
+        accept = _header(request, b"accept")
+        if path == b"/metrics":
+            encoder, content_type = choose_encoder(accept)
+            return 200, content_type, encoder(self._registry), []
+        if path == b"/healthz":
+            return 200, _TEXT, b"ok\n", []
+        if path == b"/status":
+            return 200, _JSON, _json(self._document()), []
+        if _wants_json(accept, query):
+            document = self._document()
+            code = 200 if document.get("ready") is True else 503  # agrees with the body
+            return code, _JSON, _json(document), []
+        verdict = self._ready()
+        if verdict.ready:
+            return 200, _TEXT, b"ready\n", []
+        return 503, _TEXT, f"not ready: {verdict.reason or 'unknown'}\n".encode(), []
+
+    def _document(self) -> Mapping[str, Json]:
+        """The status document; without `status`, readiness alone."""
+        if self._status is not None:
+            return self._status()
+        verdict = self._ready()
+        return {"ready": verdict.ready, "reason": verdict.reason}
+
+
+def _json(document: Mapping[str, Json]) -> bytes:
+    return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def _header(request: h11.Request, name: bytes) -> str:
+    """The request's `name` header values joined by commas ("" when absent)."""
+    values = [value for key, value in request.headers if key == name]
+    return b", ".join(values).decode("latin-1")
+
+
+def _wants_json(accept: str, query: bytes) -> bool:
+    """``?format=json``, or an ``Accept`` header that names ``application/json``."""
+    formats = parse_qs(query.decode("latin-1")).get("format", [])
+    return "json" in formats or "application/json" in accept.lower()
 
 
 async def _send(

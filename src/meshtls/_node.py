@@ -1,10 +1,15 @@
 """The node: one nursery that supervises a mesh node's long-running tasks.
 
-Theory of operation. `open_node` starts, in this order: the identity source (a live
-source's `run` task, with a bounded wait for the first identity), the rotation task
-(`meshtls._rotation`), the mesh listener, every ``[[expose]]`` and ``[[forward]]``
-listener, and the metrics endpoint; the node is *ready* (``/readyz`` 200) once all of them
-are up. The dialer pool and the revocation prefetcher will join the same nursery.
+Theory of operation. `open_node` starts, in this order: the health and metrics endpoint
+(so that probes are answered from the first instant: ``/healthz`` 200, ``/readyz`` 503
+"waiting for the first identity from ..."), the identity source (a live source's `run`
+task, with a wait bounded by ``[node] startup_timeout``), the rotation task
+(`meshtls._rotation`) and the identity watch (`Node._watch_identity`: the last rotation
+for ``/status``, a warning at 80 % of our SVID's lifetime, an error at its expiry), the
+mesh listener, and every ``[[expose]]`` and ``[[forward]]`` listener. The node is *ready*
+(``/readyz`` 200) once all of them are up, and for as long as our SVID has not expired
+(`meshtls._status.readiness`). The dialer pool and the revocation prefetcher will join the
+same nursery.
 
 The node only supervises. What identity its listeners use is the rotation's business:
 the listeners take the `Rotation` as their `IdentitySource`, the source reports what it
@@ -27,6 +32,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
+from typing import NoReturn
 
 import trio
 from prometheus_client import CollectorRegistry
@@ -39,11 +45,22 @@ from ._config import (
     WorkloadApiIdentity,
 )
 from ._errors import HandshakeError, MeshError, VerificationError
-from ._identity import Identity
+from ._identity import Identity, NoIdentityError
 from ._logs import event
-from ._metrics import NodeMetrics, serve_http
+from ._metrics import NodeMetrics, add_process_collectors, serve_http
 from ._rotation import DRAIN_MARGIN, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
+from ._status import (
+    Json,
+    LastRotation,
+    NodeState,
+    Phase,
+    Readiness,
+    lifetime_marks,
+    readiness,
+    seconds_left,
+    status,
+)
 from ._stream import MeshStream, OurRole, serve
 from ._tls import TlsContexts
 from ._tunnel import expose, forward
@@ -54,7 +71,9 @@ logger = logging.getLogger("meshtls")
 
 Clock = Callable[[], datetime]
 Handler = Callable[[MeshStream], Awaitable[object]]
-STARTUP_TIMEOUT = 30.0
+#: The longest the identity watch sleeps between looks at the clock: a wall clock that
+#: jumps (suspend, NTP step) is noticed within this many seconds.
+_WATCH_INTERVAL = 60.0
 
 
 class NodeError(MeshError):
@@ -87,10 +106,14 @@ class Node:
         self._rng = rng
         self.registry = registry if registry is not None else CollectorRegistry()
         self._clock = clock or (lambda: datetime.now(UTC))
-        self.metrics = NodeMetrics(self.registry, clock=self._clock)
+        self.metrics = NodeMetrics(self.registry, clock=self._clock, prefix=config.metrics.prefix)
+        add_process_collectors(self.registry)
         self.rotation = Rotation(policy=config.policy, metrics=self.metrics, clock=self._clock)
         self.listeners: dict[str, list[trio.SocketListener]] = {}
-        self._ready = False
+        self._ready = False  # started and not draining (`drain` clears it)
+        self._started = False
+        self._waiting_for: str | None = None
+        self._last_rotation: LastRotation | None = None
 
     # ------------------------------------------------------------ what embedders read
 
@@ -104,7 +127,39 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        return self._ready
+        """Whether the node should get traffic now (``/readyz`` 200); see `readiness`."""
+        return self.readiness().ready
+
+    def readiness(self) -> Readiness:
+        """Ready while started, not draining, and holding an SVID that has not expired."""
+        return readiness(self.state())
+
+    def status(self) -> dict[str, Json]:
+        """The ``/status`` document: who we are, what we trust, what runs (no secrets)."""
+        return status(self.state())
+
+    def state(self) -> NodeState:
+        """A snapshot of what health depends on, at the node clock's now."""
+        phase: Phase = "running" if self._ready else "draining" if self._started else "starting"
+        try:
+            identity = self.rotation.identity()
+        except NoIdentityError:
+            identity = None
+        live = self.rotation.live_by_listener()
+        return NodeState(
+            now=self._clock(),
+            phase=phase,
+            waiting_for=self._waiting_for,
+            identity=identity,
+            listeners={name: _bound(ls) for name, ls in self.listeners.items()},
+            connections={name: live.get(name, 0) for name in self.listeners if name != "metrics"},
+            rotations=int(self.registry.get_sample_value(self._rotations_name) or 0),
+            last_rotation=self._last_rotation,
+        )
+
+    @property
+    def _rotations_name(self) -> str:
+        return f"{self.metrics.prefix}_certificate_rotations_total"
 
     def now(self) -> datetime:
         return self._clock()
@@ -158,20 +213,43 @@ class Node:
     async def _start(self, nursery: trio.Nursery, handler: Handler) -> None:
         for note in self.config.notes:
             event(logger, logging.INFO, "config note", note=note)
+        settings = self.config.node
+        self._waiting_for = _source_text(self.config)
+        if settings.metrics is not None:  # first: probes get answers while we wait
+            with _binding("metrics", settings.metrics):
+                self.listeners["metrics"] = await nursery.start(
+                    functools.partial(
+                        serve_http,
+                        self.registry,
+                        settings.metrics[0],
+                        settings.metrics[1],
+                        ready=self.readiness,
+                        status=self.status,
+                    ),
+                )
+            event(  # debug: "node ready" names it; a failed start stays one line
+                logger,
+                logging.DEBUG,
+                "health endpoint serving",
+                address=_bound(self.listeners["metrics"]),
+            )
         source = self._build_source()
+        timeout = settings.startup_timeout.total_seconds()
         try:
-            with trio.fail_after(STARTUP_TIMEOUT):
+            with trio.fail_after(timeout):
                 await nursery.start(source.run)
         except trio.TooSlowError:
-            raise NodeError(f"no identity from {source!r} within {STARTUP_TIMEOUT:g}s") from None
+            raise NodeError(
+                f"no identity from {self._waiting_for} within {timeout:g}s ([node] startup_timeout)"
+            ) from None
         generation, first = source.cell.generation, source.identity()
         try:
             self.rotation.begin(first)
         except VerificationError as exc:
             raise NodeError(f"our SVID {first.svid.spiffe_id} is refused: {exc}") from None
         nursery.start_soon(self.rotation.follow, source.cell, generation)
+        nursery.start_soon(self._watch_identity, first)
 
-        settings = self.config.node
         rotation = self.rotation
         default_authorize = self.config.authorize.authorizer(first.svid.spiffe_id.trust_domain)
 
@@ -233,18 +311,7 @@ class Node:
                         track=functools.partial(rotation.track, listener=name),
                     ),
                 )
-        if settings.metrics is not None:
-            with _binding("metrics", settings.metrics):
-                self.listeners["metrics"] = await nursery.start(
-                    functools.partial(
-                        serve_http,
-                        self.registry,
-                        settings.metrics[0],
-                        settings.metrics[1],
-                        ready=lambda: self._ready,
-                    ),
-                )
-        self._ready = True
+        self._started = self._ready = True
         event(
             logger,
             logging.INFO,
@@ -252,6 +319,59 @@ class Node:
             id=first.svid.spiffe_id,
             listen={name: _bound(ls) for name, ls in self.listeners.items()},
         )
+
+    async def _watch_identity(self, first: Identity) -> NoReturn:
+        """Note each rotation (for ``/status``), and log once per SVID, on the node's clock:
+        a warning when it passes 80 % of its lifetime, an error when it expires.
+
+        Sleeps on Trio's clock until the next mark (at most `_WATCH_INTERVAL`), or until
+        the rotation swaps something in; a new SVID starts its marks afresh.
+        """
+        current = first
+        warned = expired = False
+        while True:
+            svid = current.svid
+            warn_at, expire_at = lifetime_marks(svid)
+            now = self._clock()
+            serial = format(svid.leaf.serial_number, "x")
+            not_after = svid.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
+            if not expired and now >= expire_at:
+                warned = expired = True
+                event(
+                    logger,
+                    logging.ERROR,
+                    "our SVID has expired: peers will refuse this node",
+                    id=svid.spiffe_id,
+                    serial=serial,
+                    not_after=not_after,
+                    seconds_ago=-seconds_left(svid, now),
+                )
+            elif not warned and now >= warn_at:
+                warned = True
+                event(
+                    logger,
+                    logging.WARNING,
+                    "our SVID is past 80% of its lifetime and has not been renewed",
+                    id=svid.spiffe_id,
+                    serial=serial,
+                    not_after=not_after,
+                    seconds_left=seconds_left(svid, now),
+                )
+            due = [mark for mark, done in ((warn_at, warned), (expire_at, expired)) if not done]
+            wait = _WATCH_INTERVAL
+            if due:  # each mark left is still ahead of `now`; max() guards rounding only
+                wait = max(0.0, min((min(due) - now).total_seconds(), _WATCH_INTERVAL))
+            with trio.move_on_after(wait):
+                await self.rotation.changed()
+            new = self.rotation.identity()
+            if new is not current:
+                svid_changed = new.svid.chain != svid.chain
+                self._last_rotation = LastRotation(
+                    self._clock(), svid_changed, new.bundles is not current.bundles
+                )
+                if svid_changed:
+                    warned = expired = False
+                current = new
 
     async def drain(self) -> None:
         """Stop being ready, and wait until every live connection has finished.
@@ -273,13 +393,28 @@ def _binding(name: str, address: tuple[str, int]) -> Iterator[None]:
         ) from exc
 
 
+def _source_text(config: NodeConfig) -> str:
+    """Where the first identity comes from, for a person: "the Workload API at ..."."""
+    identity = config.identity
+    if isinstance(identity, FileIdentity):
+        return f"the files {identity.cert}, {identity.key} and {identity.bundle}"
+    if isinstance(identity, LocalCAIdentity):
+        return f"the local CA in {identity.directory}"
+    address = identity.address or "$SPIFFE_ENDPOINT_SOCKET"
+    return f"the Workload API at {address}"
+
+
 def _text(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _bound(listeners: list[trio.SocketListener]) -> str:
-    name = listeners[0].socket.getsockname()
+    """The first socket's bound address; ``"closed"`` once it is closed (e.g. on drain)."""
+    try:
+        name = listeners[0].socket.getsockname()
+    except OSError:
+        return "closed"
     return _text((str(name[0]), int(name[1])))
 
 
