@@ -1169,3 +1169,24 @@ def test_flag_mistakes_are_one_line_naming_the_flag(
         with_flag_tunnels(base, flags)
     assert "\n" not in str(info.value)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--allow", "spiffe://example.org/a"], "--allow spiffe://example.org/a: comes first"),
+        (["--expose", "127.0.0.1:1=10.9.8.7:80"], "add --unsafe-target after it"),
+        (["--forward", "127.0.0.1:1=h:1"], "needs --expect"),
+    ],
+)
+def test_meshtls_node_tunnel_flag_mistakes_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from meshtls._cli import main
+
+    assert main(["node", "--state-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("meshtls: error: ")
+    assert message in err
+    assert not list(tmp_path.iterdir())  # refused before anything was made
