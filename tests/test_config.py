@@ -6,6 +6,8 @@ import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 import meshtls
@@ -1190,3 +1192,27 @@ def test_meshtls_node_tunnel_flag_mistakes_exit_2_with_one_line(
     assert err.startswith("meshtls: error: ")
     assert message in err
     assert not list(tmp_path.iterdir())  # refused before anything was made
+
+
+@hypothesis.settings(max_examples=300, derandomize=True, deadline=None)
+@hypothesis.given(
+    st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            "".join,
+            st.lists(
+                st.sampled_from(["spiffe://", "example.org", "/", "*", "ns", "prod", ".", "A"]),
+                max_size=8,
+            ),
+        ),
+    )
+)
+def test_any_pattern_text_parses_round_trip_or_is_one_clear_error(text: str) -> None:
+    try:
+        pattern = IdPattern.parse(text)
+    except (ConfigError, meshtls.SpiffeIdError) as exc:
+        assert "\n" not in str(exc)
+        return
+    assert IdPattern.parse(str(pattern)) == pattern
+    assert str(pattern) == text  # strict parsing: only canonical text is accepted
+    pattern.authorizer()
