@@ -95,12 +95,12 @@ def test_the_two_node_walkthrough_runs_as_written(tmp_path: Path) -> None:
         start_new_session=True,
     )
     try:
-        out, err = process.communicate(timeout=60)
+        out, err = process.communicate(timeout=120)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         out, err = process.communicate()
         pytest.fail(f"the walkthrough hung:\n{out.decode()}\n{err.decode()}")
-    assert process.returncode == 0, err.decode()
+    assert process.returncode == 0, f"{out.decode()}\n{err.decode()}"
     curl = next(line for line in script.splitlines() if line.startswith("curl "))
     expected = curl.rpartition("#")[2].strip()
     assert out.decode().splitlines()[-1] == expected, err.decode()

@@ -25,6 +25,11 @@ Choices a reader of a config file should know:
 - A trust domain written with uppercase letters is lowercased (ID-5 allows config input to
   be normalised) and a line saying so is kept in `NodeConfig.notes` for the node to log.
   Paths are case-sensitive (ID-15) and are never changed.
+- Tunnels are safe by default: a ``[[forward]]`` listens and an ``[[expose]]`` sends
+  plaintext on loopback only (a loopback IP or ``localhost``; any other name counts as off
+  loopback) unless ``unsafe_listen`` / ``unsafe_target`` says otherwise. ``allow`` and
+  ``expect`` take `IdPattern` strings. `with_flag_tunnels` adds ``meshtls node``'s tunnel
+  flags under the same rules.
 """
 
 from __future__ import annotations
