@@ -447,8 +447,8 @@ _SCHEMA: Final = {
     "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
-    "expose": ("listen", "backend", "allow", "max_connections"),
-    "forward": ("listen", "peer", "expect", "max_connections"),
+    "expose": ("listen", "backend", "allow", "max_connections", "unsafe_target", "proxy_protocol"),
+    "forward": ("listen", "peer", "expect", "max_connections", "unsafe_listen"),
 }
 _STRINGS: Final = (
     "c.pem",
@@ -474,6 +474,8 @@ _STRINGS: Final = (
     "spiffe://example.org/a",
     "spiffe://Example.org/a",
     "spiffe://example.org",
+    "spiffe://example.org/a/*",
+    "spiffe://example.org/*",
     "999999999d",
     "1h",
 )

@@ -233,7 +233,7 @@ async def soak(clients: int, *, upload: int, download: int) -> Report:
                 forward,
                 ("127.0.0.1", 0),
                 ("127.0.0.1", exposed[0].socket.getsockname()[1]),
-                expect=SERVER_ID,
+                authorize=meshtls.authorize_id(SERVER_ID),
                 source=client_source,
                 max_connections=clients,
             )

@@ -6,10 +6,13 @@ import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 import meshtls
 from meshtls import ConfigError, SpiffeId, TrustDomain
+from meshtls._authorize import IdPattern, authorize_patterns
 from meshtls._config import (
     AuthorizeSettings,
     ExposeSettings,
@@ -26,6 +29,7 @@ from meshtls._config import (
     format_address,
     load_config,
     parse_config,
+    with_flag_tunnels,
 )
 from meshtls.testing import CA
 
@@ -471,7 +475,14 @@ def _cases() -> list[tuple[str, str, list[str]]]:
             ["[[peers]] #1 id", "bad SPIFFE ID", "ID-10"],
         ),
         ("not a SPIFFE id", PEER.replace("spiffe://", "https://"), ["id", "ID-1"]),
-        ("root id", FORWARD.replace("example.org/server", "example.org"), ["expect", "L-3"]),
+        (
+            "expect a trust domain with a wildcard",
+            FORWARD.replace("example.org/server", "example.org/*"),
+            [
+                "[[forward]] #1 expect",
+                "for any member of a trust domain write 'spiffe://example.org'",
+            ],
+        ),
         ("duplicate peer", PEER + PEER, ["[[peers]] #2 id", "already listed"]),
         ("peer without address", PEER.replace("address", "#"), ["address", "missing"]),
         ("forward without expect", FORWARD.replace("expect", "#"), ["expect", "missing"]),
@@ -479,7 +490,7 @@ def _cases() -> list[tuple[str, str, list[str]]]:
         (
             "allow not a list",
             EXPOSE + 'allow = "spiffe://example.org/client"\n',
-            ["[[expose]] #1 allow", "an array of SPIFFE ID strings"],
+            ["[[expose]] #1 allow", "an array of SPIFFE ID pattern strings"],
         ),
         ("allow of numbers", EXPOSE + "allow = [1]\n", ["allow", "item 1", "the integer 1"]),
         ("allow empty", EXPOSE + "allow = []\n", ["allow", "empty"]),
@@ -682,7 +693,7 @@ def test_port_zero_listeners_may_share_a_host(conf_dir: Path) -> None:
 
 def test_different_hosts_on_one_port_do_not_clash(conf_dir: Path) -> None:
     text = FILES + EXPOSE + FORWARD.replace("127.0.0.1:7000", "127.0.0.2:8600")
-    text += FORWARD.replace("127.0.0.1:7000", "[::]:8600")
+    text += FORWARD.replace("127.0.0.1:7000", "[::]:8600") + "unsafe_listen = true\n"
     config = parse(text, conf_dir)
     assert [f.listen for f in config.forward] == [("127.0.0.2", 8600), ("::", 8600)]
 
@@ -870,3 +881,339 @@ def test_unusable_path_is_one_line_naming_the_key(tmp_path: Path, key: str) -> N
         text = "[identity]\n" + "\n".join(lines).replace("\u0000", "\\u0000") + "\n"
         with pytest.raises(ConfigError, match=rf"^<string>: \[identity\] {key}: .*{what}"):
             parse_config(text, base_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- safe listening (issue 8)
+
+EVERY_IPV4 = "0.0.0.0"  # noqa: S104 - refused or checked, never bound
+
+
+@pytest.mark.parametrize(
+    ("listen", "refused"),
+    [
+        ("0.0.0.0:7000", True),
+        ("[::]:7000", True),
+        ("10.1.2.3:7000", True),
+        ("node-a.internal:7000", True),  # a name other than localhost is not known to be loopback
+        ("127.0.0.1:7000", False),
+        ("127.9.9.9:7000", False),
+        ("[::1]:7000", False),
+        ("localhost:7000", False),
+        ("LocalHost:7000", False),
+    ],
+)
+def test_a_forward_off_loopback_needs_unsafe_listen(
+    conf_dir: Path, listen: str, refused: bool
+) -> None:
+    text = FILES + FORWARD.replace("127.0.0.1:7000", listen)
+    if refused:
+        message = config_error(text, conf_dir)
+        assert message.startswith(f"node.toml: [[forward]] #1 listen: {listen} ")
+        assert "unsafe_listen = true" in message
+        assert "host name, not known to be loopback" in message or "not a loopback" in message
+        config = parse(text + "unsafe_listen = true\n", conf_dir)
+        assert config.forward[0].unsafe_listen
+    else:
+        assert parse(text, conf_dir).forward[0].unsafe_listen is False
+
+
+@pytest.mark.parametrize(
+    ("backend", "refused"),
+    [
+        ("10.0.0.5:9000", True),
+        ("0.0.0.0:9000", True),
+        ("backend.internal:9000", True),
+        ("[2001:db8::1]:9000", True),
+        ("127.0.0.1:9000", False),
+        ("[::1]:9000", False),
+        ("localhost:9000", False),
+    ],
+)
+def test_an_expose_to_a_backend_off_loopback_needs_unsafe_target(
+    conf_dir: Path, backend: str, refused: bool
+) -> None:
+    text = FILES + EXPOSE.replace("127.0.0.1:9000", backend)
+    if refused:
+        message = config_error(text, conf_dir)
+        assert message.startswith(f"node.toml: [[expose]] #1 backend: {backend} ")
+        assert "unsafe_target = true" in message
+        assert parse(text + "unsafe_target = true\n", conf_dir).expose[0].unsafe_target
+    else:
+        assert parse(text, conf_dir).expose[0].backend[0] in {"127.0.0.1", "::1", "localhost"}
+
+
+def test_an_expose_may_listen_anywhere_its_peers_are_verified(conf_dir: Path) -> None:
+    config = parse(FILES + EXPOSE.replace("127.0.0.1:8600", "[::]:8600"), conf_dir)
+    assert config.expose[0].listen == ("::", 8600)
+
+
+def test_settings_built_by_hand_keep_the_safe_listening_rules() -> None:
+    with pytest.raises(ConfigError, match=r"forward listen 0\.0\.0\.0:7000 is not a loopback"):
+        ForwardSettings(listen=(EVERY_IPV4, 7000), peer=("h", 1), expect=NODE)
+    with pytest.raises(ConfigError, match=r"expose backend 10\.0\.0\.1:80 is not a loopback"):
+        ExposeSettings(listen=("h", 1), backend=("10.0.0.1", 80))
+    assert ExposeSettings(
+        listen=("h", 1), backend=("10.0.0.1", 80), unsafe_target=True
+    ).unsafe_target
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (FORWARD + "unsafe_listen = 1\n", "unsafe_listen: expected true or false, not the integer"),
+        (EXPOSE + 'proxy_protocol = "yes"\n', "proxy_protocol: expected true or false"),
+        (EXPOSE + "unsafe_listen = true\n", "unsafe_listen belongs in [[forward]]"),
+        (FORWARD + "unsafe_target = true\n", "unsafe_target belongs in [[expose]]"),
+        (FORWARD + "proxy_protocol = true\n", "proxy_protocol belongs in [[expose]]"),
+    ],
+)
+def test_tunnel_switches_are_booleans_in_their_own_table(
+    conf_dir: Path, text: str, needle: str
+) -> None:
+    assert needle in config_error(FILES + text, conf_dir).replace("'", "")
+
+
+# ---------------------------------------------------------------- allow and expect patterns
+
+
+def peer_of(spiffe_id: str) -> meshtls.VerifiedPeer:
+    ca = CA("example.org", now=T)
+    other = CA("other.org", now=T)
+    issuer = ca if spiffe_id.startswith("spiffe://example.org") else other
+    return meshtls.verify_svid(
+        issuer.issue(spiffe_id).chain, ca.bundle_set(other), now=T + timedelta(minutes=1)
+    )
+
+
+def accepts(authorize: meshtls.Authorizer, spiffe_id: str) -> bool:
+    try:
+        authorize(peer_of(spiffe_id))
+    except meshtls.UnauthorizedPeerError:
+        return False
+    return True
+
+
+def test_allow_takes_ids_path_prefixes_and_trust_domains(conf_dir: Path) -> None:
+    allow = (
+        'allow = ["spiffe://example.org/client", "spiffe://example.org/ns/prod/*",'
+        ' "spiffe://other.org"]\n'
+    )
+    config = parse(FILES + EXPOSE + allow, conf_dir)
+    (item,) = config.expose
+    assert item.allow is not None
+    assert [str(p) for p in item.allow] == [
+        "spiffe://example.org/client",
+        "spiffe://example.org/ns/prod/*",
+        "spiffe://other.org",
+    ]
+    authorize = item.authorizer(meshtls.authorize_any())
+    for spiffe_id, expected in [
+        ("spiffe://example.org/client", True),
+        ("spiffe://example.org/ns/prod", True),  # the prefix itself, as [authorize] path_prefix
+        ("spiffe://example.org/ns/prod/web", True),
+        ("spiffe://example.org/ns/production", False),  # whole segments only
+        ("spiffe://example.org/client/x", False),  # an exact id is exact
+        ("spiffe://other.org/anything", True),
+        ("spiffe://example.org/ns", False),
+    ]:
+        assert accepts(authorize, spiffe_id) is expected, spiffe_id
+
+
+def test_expect_takes_a_pattern(conf_dir: Path) -> None:
+    text = FILES + FORWARD.replace("example.org/server", "example.org/ns/prod/*")
+    (item,) = parse(text, conf_dir).forward
+    assert str(item.expect) == "spiffe://example.org/ns/prod/*"
+    assert accepts(item.authorizer(), "spiffe://example.org/ns/prod/db")
+    assert not accepts(item.authorizer(), "spiffe://example.org/ns/dev/db")
+    member = parse(FILES + FORWARD.replace("example.org/server", "example.org"), conf_dir)
+    assert accepts(member.forward[0].authorizer(), "spiffe://example.org/any/thing")
+    assert not accepts(member.forward[0].authorizer(), "spiffe://other.org/x")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "needle"),
+    [
+        ("spiffe://example.org/*", "write 'spiffe://example.org', without '/*'"),
+        ("spiffe://example.org/ns/prod*", "'*' goes only at the very end"),
+        ("spiffe://example.org/ns/*/web", "'*' goes only at the very end"),
+        ("spiffe://example.org/ns/**", "'*' goes only at the very end"),
+        ("spiffe://*.example.org/web", "'*' goes only at the very end"),
+        ("example.org", "for any member of a trust domain write spiffe://example.org"),
+        ("/ns/prod/*", "is not a SPIFFE ID pattern"),
+        ("spiffe://example.org/ns/", "ID-12"),
+        ("spiffe://example.org//*", "ID-12"),
+    ],
+)
+def test_ambiguous_patterns_are_refused(conf_dir: Path, pattern: str, needle: str) -> None:
+    message = config_error(FILES + EXPOSE + f'allow = ["{pattern}"]\n', conf_dir)
+    assert message.startswith("node.toml: [[expose]] #1 allow: ")
+    assert needle in message
+    with pytest.raises((ConfigError, meshtls.SpiffeIdError)):
+        IdPattern.parse(pattern)
+
+
+def test_a_pattern_trust_domain_is_lowercased_and_noted(conf_dir: Path) -> None:
+    config = parse(FILES + EXPOSE + 'allow = ["spiffe://Example.ORG/ns/*"]\n', conf_dir)
+    assert config.expose[0].allow is not None
+    assert [str(p) for p in config.expose[0].allow] == ["spiffe://example.org/ns/*"]
+    assert any("ID-5" in note for note in config.notes)
+
+
+def test_plain_ids_still_refuse_as_before() -> None:
+    authorize = authorize_patterns(IdPattern.parse("spiffe://example.org/a"), NODE)
+    assert repr(authorize) == repr(meshtls.authorize_one_of("spiffe://example.org/a", NODE))
+    assert ExposeSettings(
+        listen=("h", 1), backend=("127.0.0.1", 2), allow=(NODE,)
+    ) == ExposeSettings(listen=("h", 1), backend=("127.0.0.1", 2), allow=(IdPattern.of(NODE),))
+
+
+# ---------------------------------------------------------------- tunnels from flags
+
+
+def test_flags_add_tunnels_in_order_each_modifier_to_the_one_before(conf_dir: Path) -> None:
+    base = parse(FILES + EXPOSE, conf_dir)
+    config = with_flag_tunnels(
+        base,
+        [
+            ("--expose", "0.0.0.0:8601=127.0.0.1:9001"),
+            ("--allow", "spiffe://example.org/ns/prod/*"),
+            ("--allow", "spiffe://example.org/client"),
+            ("--proxy-protocol", None),
+            ("--forward", "127.0.0.1:7001=node-b:8600"),
+            ("--expect", "spiffe://example.org/server"),
+            ("--expose", "[::]:8602=10.0.0.9:80"),
+            ("--unsafe-target", None),
+            ("--forward", "0.0.0.0:7002=node-c:8600"),
+            ("--unsafe-listen", None),
+            ("--expect", "spiffe://example.org"),
+        ],
+    )
+    assert [e.listen for e in config.expose] == [
+        ("127.0.0.1", 8600),  # the config's own come first
+        (EVERY_IPV4, 8601),
+        ("::", 8602),
+    ]
+    first, second = config.expose[1:]
+    assert first.allow is not None
+    assert [str(p) for p in first.allow] == [
+        "spiffe://example.org/ns/prod/*",
+        "spiffe://example.org/client",
+    ]
+    assert (first.proxy_protocol, first.unsafe_target) == (True, False)
+    assert (second.allow, second.unsafe_target, second.proxy_protocol) == (None, True, False)
+    assert [(f.peer, str(f.expect), f.unsafe_listen) for f in config.forward] == [
+        (("node-b", 8600), "spiffe://example.org/server", False),
+        (("node-c", 8600), "spiffe://example.org", True),
+    ]
+    assert with_flag_tunnels(base, []) is base
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            [("--allow", "spiffe://example.org/a")],
+            "--allow spiffe://example.org/a: comes first, but it belongs to the --expose just"
+            " before it; write it after its --expose",
+        ),
+        (
+            [("--forward", "127.0.0.1:7001=h:1"), ("--allow", "spiffe://example.org/a")],
+            "--allow spiffe://example.org/a: follows --forward 127.0.0.1:7001=h:1, but it belongs"
+            " to the --expose just before it; write it after its --expose",
+        ),
+        (
+            [("--expose", "127.0.0.1:1=127.0.0.1:2"), ("--unsafe-listen", None)],
+            "--unsafe-listen: follows --expose 127.0.0.1:1=127.0.0.1:2, but it belongs to the"
+            " --forward just before it; write it after its --forward",
+        ),
+        (
+            [("--forward", "127.0.0.1:7001=h:1")],
+            "--forward 127.0.0.1:7001=h:1: needs --expect ID|PATTERN after it",
+        ),
+        (
+            [
+                ("--forward", "127.0.0.1:7001=h:1"),
+                ("--expect", "spiffe://example.org/a"),
+                ("--expect", "spiffe://example.org/b"),
+            ],
+            "--expect spiffe://example.org/b: --forward 127.0.0.1:7001=h:1 already has --expect",
+        ),
+        (
+            [("--forward", "0.0.0.0:7001=h:1"), ("--expect", "spiffe://example.org/a")],
+            "--forward 0.0.0.0:7001=h:1: listen 0.0.0.0:7001 is not a loopback address",
+        ),
+        (
+            [("--expose", "127.0.0.1:1=db:5432")],
+            "or add --unsafe-target after it if that is what you mean",
+        ),
+        ([("--expose", "127.0.0.1:8600")], "expected LISTEN=BACKEND"),
+        ([("--forward", "127.0.0.1:1=h")], "bad PEER 'h' has no port"),
+        ([("--expose", ":1=127.0.0.1:2")], "bad LISTEN ':1' has no host"),
+        (
+            [("--expose", "127.0.0.1:1=127.0.0.1:2"), ("--allow", "spiffe://example.org/*")],
+            "--allow 'spiffe://example.org/*': for any member",
+        ),
+        (
+            [("--expose", "127.0.0.1:8600=127.0.0.1:2")],
+            "--expose 127.0.0.1:8600=127.0.0.1:2: 127.0.0.1:8600 clashes with [[expose]] #1"
+            " listen 127.0.0.1:8600",
+        ),
+        (
+            [("--expose", "127.0.0.1:8443=127.0.0.1:2")],
+            "clashes with [node] listen 127.0.0.1:8443",
+        ),
+    ],
+)
+def test_flag_mistakes_are_one_line_naming_the_flag(
+    conf_dir: Path, flags: list[tuple[str, str | None]], message: str
+) -> None:
+    base = parse(FILES + EXPOSE, conf_dir)
+    with pytest.raises(ConfigError) as info:
+        with_flag_tunnels(base, flags)
+    assert "\n" not in str(info.value)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--allow", "spiffe://example.org/a"], "--allow spiffe://example.org/a: comes first"),
+        (["--expose", "127.0.0.1:1=10.9.8.7:80"], "add --unsafe-target after it"),
+        (["--forward", "127.0.0.1:1=h:1"], "needs --expect"),
+    ],
+)
+def test_meshtls_node_tunnel_flag_mistakes_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from meshtls._cli import main
+
+    assert main(["node", "--state-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("meshtls: error: ")
+    assert message in err
+    assert not list(tmp_path.iterdir())  # refused before anything was made
+
+
+@hypothesis.settings(max_examples=300, derandomize=True, deadline=None)
+@hypothesis.given(
+    st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            "".join,
+            st.lists(
+                st.sampled_from(["spiffe://", "example.org", "/", "*", "ns", "prod", ".", "A"]),
+                max_size=8,
+            ),
+        ),
+    )
+)
+def test_any_pattern_text_parses_round_trip_or_is_one_clear_error(text: str) -> None:
+    try:
+        pattern = IdPattern.parse(text)
+    except (ConfigError, meshtls.SpiffeIdError) as exc:
+        assert "\n" not in str(exc)
+        return
+    assert IdPattern.parse(str(pattern)) == pattern
+    assert str(pattern) == text  # strict parsing: only canonical text is accepted
+    pattern.authorizer()

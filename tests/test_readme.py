@@ -106,7 +106,7 @@ def test_readme_node_config_parses(tmp_path: Path) -> None:
     assert isinstance(config.identity, FileIdentity)
     assert set(config.identity.federated) == {"partner.org"}
     assert [e.backend for e in config.expose] == [("127.0.0.1", 9000)]
-    assert str(config.forward[0].expect) == "spiffe://example.org/server"
+    assert str(config.forward[0].expect) == "spiffe://example.org/node/a"
     assert config.node.max_connections == 1024
 
 

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 import meshtls
+from meshtls._authorize import IdPattern, authorize_patterns
 from meshtls._tunnel import expose, forward
 
 from .hostile import EDI_PARTY_NAME, san_with, server_context, write_pem
@@ -87,7 +88,7 @@ async def tunnel_pair(
                 forward,
                 ("127.0.0.1", 0),
                 ("127.0.0.1", peer_port or first_port(expose_listeners)),
-                expect=expect,
+                authorize=meshtls.authorize_id(expect),
                 source=mesh.client,
                 connect_timeout=connect_timeout,
             ),
@@ -309,7 +310,7 @@ async def test_a_tunnel_cancelled_mid_transfer_resets_the_client() -> None:
                 forward,
                 ("127.0.0.1", 0),
                 ("127.0.0.1", first_port(exposed)),
-                expect=SERVER,
+                authorize=meshtls.authorize_id(SERVER),
                 source=mesh.client,
             )
         )
@@ -391,7 +392,7 @@ async def test_forward_survives_a_peer_whose_certificate_makes_the_verifier_rais
                 forward,
                 ("127.0.0.1", 0),
                 ("127.0.0.1", first_port(listeners)),
-                expect=SERVER,
+                authorize=meshtls.authorize_id(SERVER),
                 source=mesh.client,
             )
         )
@@ -485,7 +486,54 @@ async def test_bad_connect_timeouts_are_refused(seconds: float) -> None:
         await forward(
             ("127.0.0.1", 0),
             ("127.0.0.1", 9),
-            expect=SERVER,
+            authorize=meshtls.authorize_id(SERVER),
             source=mesh.client,
             connect_timeout=seconds,
         )
+
+
+@pytest.mark.parametrize(
+    ("allow", "expect", "passes"),
+    [
+        ("spiffe://example.org", "spiffe://example.org", True),  # membership both ways
+        ("spiffe://example.org/client/*", "spiffe://example.org/server/*", True),  # the id itself
+        ("spiffe://example.org/ns/*", "spiffe://example.org/server", False),  # client not under
+        ("spiffe://other.org", "spiffe://example.org/server", False),
+        ("spiffe://example.org/client", "spiffe://example.org/serv/*", False),  # not /server
+    ],
+)
+async def test_allow_and_expect_patterns_through_a_tunnel(
+    allow: str, expect: str, passes: bool
+) -> None:
+    mesh = Mesh()
+    allowed = authorize_patterns(IdPattern.parse(allow))
+    async with counting_backend() as backend, trio.open_nursery() as nursery:
+        exposed = await nursery.start(
+            functools.partial(
+                expose,
+                ("127.0.0.1", 0),
+                ("127.0.0.1", backend),
+                source=mesh.server,
+                authorize=allowed,
+            )
+        )
+        forwarded = await nursery.start(
+            functools.partial(
+                forward,
+                ("127.0.0.1", 0),
+                ("127.0.0.1", first_port(exposed)),
+                authorize=authorize_patterns(IdPattern.parse(expect)),
+                source=mesh.client,
+            )
+        )
+        with trio.fail_after(10):
+            client = await trio.open_tcp_stream("127.0.0.1", first_port(forwarded))
+            async with client:
+                try:  # a refusal may reset the client before it has sent or half-closed
+                    await client.send_all(b"abc")
+                    await client.send_eof()
+                    answer = await read_all(client)
+                except trio.BrokenResourceError:
+                    answer = b""
+        nursery.cancel_scope.cancel()
+    assert answer == (b"3:abc" if passes else b"")

@@ -4,6 +4,18 @@ An authorizer is a plain callable that takes a `VerifiedPeer` and returns None, 
 raises `UnauthorizedPeerError` (reason ``unauthorized``) naming the peer. Every place
 that accepts a peer requires one, so "anyone verified" must be written out as
 `authorize_any()`. Each is a frozen value with a readable repr for logs and config.
+
+`IdPattern` is the one text syntax for a set of ids, used by ``allow``/``expect`` in the
+config and ``--allow``/``--expect`` on the command line; each form is one of the
+authorizers below:
+
+- ``spiffe://td/path``: exactly that id (`authorize_id`);
+- ``spiffe://td/ns/prod/*``: ``/ns/prod`` and every id below it, whole segments only
+  (`authorize_path_prefix`; ``/ns/production`` does not match);
+- ``spiffe://td``: any member of ``td`` (`authorize_member_of`).
+
+Anything else with a ``*`` (``spiffe://td/*``, ``/ns/prod*``, ``/ns/*/web``), and a bare
+``td`` without the scheme, is refused: each could be read two ways.
 """
 
 from __future__ import annotations
@@ -11,8 +23,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._boundary import shown
 from ._errors import ConfigError, SpiffeIdError, UnauthorizedPeerError
-from ._spiffeid import SpiffeId, TrustDomain, _path_error
+from ._spiffeid import SCHEME_PREFIX, SpiffeId, TrustDomain, _path_error
 from ._svid import VerifiedPeer
 
 Authorizer = Callable[[VerifiedPeer], None]
@@ -149,6 +162,98 @@ def authorize_path_prefix(trust_domain: TrustDomain | str, prefix: str) -> Autho
             rule=error.rule if error else "ID-12",
         )
     return _PathPrefix(_as_td(trust_domain), prefix)
+
+
+WILDCARD = "/*"
+
+
+def split_pattern(text: str) -> tuple[str, bool]:
+    """`text` as (the SPIFFE ID it is built on, whether it ends in ``/*``).
+
+    Raises `ConfigError` for the forms that could be read two ways (see the module).
+    The caller parses the id, so that config input can be normalised as config does.
+    """
+    if not text.startswith(SCHEME_PREFIX):
+        hint = (
+            f"; for any member of a trust domain write {SCHEME_PREFIX}{text}"
+            if "/" not in text and ":" not in text and text
+            else ""
+        )
+        raise ConfigError(
+            f"{shown(text)} is not a SPIFFE ID pattern: write spiffe://td/path (one id),"
+            f" spiffe://td/path/* (that path and below) or spiffe://td (any member){hint}"
+        )
+    subtree = text.endswith(WILDCARD)
+    base = text.removesuffix(WILDCARD) if subtree else text
+    if "*" in base:
+        raise ConfigError(
+            f"{shown(text)}: '*' goes only at the very end, as a whole segment after '/'"
+            " (spiffe://td/ns/prod/*); partial segments and inner wildcards are not patterns"
+        )
+    if subtree and "/" not in base.removeprefix(SCHEME_PREFIX):
+        raise ConfigError(
+            f"{shown(text)}: for any member of a trust domain write {shown(base)}, without '/*'"
+        )
+    return base, subtree
+
+
+@dataclass(frozen=True, slots=True)
+class IdPattern:
+    """One ``allow``/``expect`` entry: an exact id, a path and everything below it, or a
+    whole trust domain (the forms are in the module docstring). ``str()`` gives it back
+    as written canonically; `authorizer` gives the authorizer it stands for."""
+
+    trust_domain: TrustDomain
+    path: str = ""  # "" with subtree False: any member of trust_domain
+    subtree: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> IdPattern:
+        """Parse the pattern syntax strictly (`ConfigError`, or `SpiffeIdError` for the id)."""
+        base, subtree = split_pattern(text)
+        return cls.of(SpiffeId.parse(base), subtree=subtree)
+
+    @classmethod
+    def of(cls, spiffe_id: SpiffeId, *, subtree: bool = False) -> IdPattern:
+        """The pattern for `spiffe_id` (a root id: the whole trust domain), or its subtree."""
+        if subtree and spiffe_id.is_root:
+            raise ConfigError(f"write {spiffe_id} for any member, without '/*'")
+        return cls(spiffe_id.trust_domain, spiffe_id.path, subtree)
+
+    @property
+    def is_member_of(self) -> bool:
+        return not self.path
+
+    def authorizer(self) -> Authorizer:
+        if self.is_member_of:
+            return authorize_member_of(self.trust_domain)
+        if self.subtree:
+            return authorize_path_prefix(self.trust_domain, self.path)
+        return authorize_id(SpiffeId(self.trust_domain, self.path))
+
+    def __str__(self) -> str:
+        return f"{SCHEME_PREFIX}{self.trust_domain}{self.path}{WILDCARD if self.subtree else ''}"
+
+
+def authorize_patterns(*patterns: IdPattern | SpiffeId) -> Authorizer:
+    """Accept a peer that any of `patterns` matches (a `SpiffeId` is its exact pattern).
+
+    Exact ids are gathered into one `authorize_one_of`, so a list of plain ids refuses
+    with the same message as before patterns existed. At least one (`ConfigError`).
+    """
+    if not patterns:
+        raise ConfigError("authorize_patterns() needs at least one pattern")
+    exact: list[SpiffeId] = []
+    others: list[Authorizer] = []
+    for pattern in patterns:
+        if isinstance(pattern, SpiffeId):
+            exact.append(pattern)
+        elif not pattern.is_member_of and not pattern.subtree:
+            exact.append(SpiffeId(pattern.trust_domain, pattern.path))
+        else:
+            others.append(pattern.authorizer())
+    authorizers = ([authorize_one_of(*exact)] if exact else []) + others
+    return authorizers[0] if len(authorizers) == 1 else any_of(*authorizers)
 
 
 def any_of(*authorizers: Authorizer) -> Authorizer:

@@ -31,7 +31,7 @@ from ._authorize import authorize_any, authorize_id
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
 from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA
 from ._check import check_peer
-from ._config import default_config, default_state_dir, load_config
+from ._config import default_config, default_state_dir, load_config, with_flag_tunnels
 from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import ConfigError, MeshError, SpiffeIdError, VerificationError
 from ._node import NodeError, open_node
@@ -457,7 +457,56 @@ def _add_node(commands: _Subcommands) -> None:
     )
     node.add_argument("--log-format", choices=["text", "json"], default="text")
     node.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    _add_tunnel_flags(node)
     node.set_defaults(run=_cmd_node)
+
+
+class _InOrder(argparse.Action):
+    """Appends (flag, value) to ``tunnels``, so that flags keep the order they were given in."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[object] | None,
+        option_string: str | None = None,
+    ) -> None:
+        assert option_string is not None
+        value = values if isinstance(values, str) else None
+        namespace.tunnels = [*namespace.tunnels, (option_string, value)]
+
+
+def _add_tunnel_flags(node: argparse.ArgumentParser) -> None:
+    """``--expose``/``--forward`` and the flags that attach to the tunnel before them; the
+    node adds them to its config with `with_flag_tunnels`, which says what goes where."""
+    tunnels = node.add_argument_group(
+        "tunnels from flags (added to --config's; each flag below an --expose or --forward"
+        " belongs to the one just before it)"
+    )
+    node.set_defaults(tunnels=[])
+    flags: tuple[tuple[str, str | None, str], ...] = (
+        ("--expose", "LISTEN=BACKEND", "mTLS in on LISTEN, plaintext out to BACKEND; repeats"),
+        (
+            "--allow",
+            "ID|PATTERN",
+            "who may use the --expose before it: an id, spiffe://td/path/*"
+            " or spiffe://td; repeats (default: [authorize], else our trust domain)",
+        ),
+        ("--unsafe-target", None, "let the --expose before it send plaintext off loopback"),
+        ("--proxy-protocol", None, "send the --expose's backend a PROXY v2 header with the id"),
+        ("--forward", "LISTEN=PEER", "plaintext in on LISTEN, mTLS out to PEER; repeats"),
+        ("--expect", "ID|PATTERN", "the peer the --forward before it must reach (required)"),
+        ("--unsafe-listen", None, "let the --forward before it listen off loopback"),
+    )
+    for flag, metavar, text in flags:
+        tunnels.add_argument(
+            flag,
+            action=_InOrder,
+            dest="tunnels",
+            nargs=None if metavar else 0,
+            metavar=metavar,
+            help=text,
+        )
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
@@ -470,6 +519,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     else:
         config = default_config(args.state_dir or default_state_dir())
+    config = with_flag_tunnels(config, args.tunnels)
     _logs.configure(args.log_format, getattr(logging, args.log_level.upper()))
 
     async def run() -> None:

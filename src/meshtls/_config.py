@@ -25,6 +25,11 @@ Choices a reader of a config file should know:
 - A trust domain written with uppercase letters is lowercased (ID-5 allows config input to
   be normalised) and a line saying so is kept in `NodeConfig.notes` for the node to log.
   Paths are case-sensitive (ID-15) and are never changed.
+- Tunnels are safe by default: a ``[[forward]]`` listens and an ``[[expose]]`` sends
+  plaintext on loopback only (a loopback IP or ``localhost``; any other name counts as off
+  loopback) unless ``unsafe_listen`` / ``unsafe_target`` says otherwise. ``allow`` and
+  ``expect`` take `IdPattern` strings. `with_flag_tunnels` adds ``meshtls node``'s tunnel
+  flags under the same rules.
 """
 
 from __future__ import annotations
@@ -44,10 +49,12 @@ from typing import Final, TypeVar
 
 from ._authorize import (
     Authorizer,
-    authorize_id,
+    IdPattern,
     authorize_member_of,
     authorize_one_of,
     authorize_path_prefix,
+    authorize_patterns,
+    split_pattern,
 )
 from ._boundary import describe_error, mapped, shown
 from ._ca import DEFAULT_CA_TTL
@@ -295,51 +302,125 @@ class PeerSettings:
     address: Address
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` is known to be this machine: a loopback IP, or the name ``localhost``.
+
+    Any other name might resolve anywhere, so it is not known to be loopback.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped_v4 = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped_v4 is not None and mapped_v4.is_loopback)
+
+
+def _not_loopback(address: Address, remedy: str, why: str) -> str | None:
+    """What is wrong with `address` off loopback (None if it is loopback), with `remedy`."""
+    host = address[0]
+    if is_loopback(host):
+        return None
+    what = (
+        "is not a loopback address" if _is_ip(host) else "is a host name, not known to be loopback"
+    )
+    return (
+        f"{format_address(address)} {what}: {why}; use 127.0.0.1, [::1] or localhost,"
+        f" or {remedy} if that is what you mean"
+    )
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_pattern(value: IdPattern | SpiffeId) -> IdPattern:
+    return IdPattern.of(value) if isinstance(value, SpiffeId) else value
+
+
+_EXPOSE_TARGET_WHY: Final = "the plaintext to the backend would cross a network"
+_FORWARD_LISTEN_WHY: Final = (
+    "a forward takes plaintext from whoever reaches it and speaks for us to the peer"
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExposeSettings:
     """``[[expose]]``: mTLS in on ``listen``, plaintext out to ``backend``.
 
-    ``allow`` None means: whoever ``[authorize]`` allows. ``connect_timeout`` bounds the
-    TCP connect to ``backend``.
+    ``allow`` None means: whoever ``[authorize]`` allows; otherwise any of its patterns
+    (`IdPattern`; a `SpiffeId` is its exact pattern). ``connect_timeout`` bounds the TCP
+    connect to ``backend``. A ``backend`` that is not loopback is refused unless
+    ``unsafe_target``. ``proxy_protocol`` sends the backend a PROXY protocol v2 header
+    carrying the peer's verified SPIFFE id before any byte of the peer's.
     """
 
     listen: Address
     backend: Address
-    allow: tuple[SpiffeId, ...] | None = None
+    allow: tuple[IdPattern | SpiffeId, ...] | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     connect_timeout: timedelta = DEFAULT_CONNECT_TIMEOUT
+    unsafe_target: bool = False
+    proxy_protocol: bool = False
 
     def __post_init__(self) -> None:
         _at_least("expose", "max_connections", self.max_connections, 1)
         _longer_than_zero("expose", "connect_timeout", self.connect_timeout)
         if self.allow is not None and not self.allow:
             raise ConfigError("expose allow must list at least one SPIFFE ID, or be None")
+        if self.allow is not None:  # one form for equal settings: a SpiffeId is its pattern
+            object.__setattr__(self, "allow", tuple(map(_as_pattern, self.allow)))
+        problem = None if self.unsafe_target else expose_target_problem(self.backend)
+        if problem is not None:
+            raise ConfigError(f"expose backend {problem}")
 
     def authorizer(self, default: Authorizer) -> Authorizer:
         """``allow`` as an authorizer, or `default` (the node's ``[authorize]``) without it."""
-        return default if self.allow is None else authorize_one_of(*self.allow)
+        return default if self.allow is None else authorize_patterns(*self.allow)
+
+
+def expose_target_problem(backend: Address, remedy: str = "set unsafe_target = true") -> str | None:
+    """Why an expose may not send plaintext to `backend` without ``unsafe_target``, or None."""
+    return _not_loopback(backend, remedy, _EXPOSE_TARGET_WHY)
+
+
+def forward_listen_problem(listen: Address, remedy: str = "set unsafe_listen = true") -> str | None:
+    """Why a forward may not listen on `listen` without ``unsafe_listen``, or None."""
+    return _not_loopback(listen, remedy, _FORWARD_LISTEN_WHY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ForwardSettings:
-    """``[[forward]]``: plaintext in on ``listen``, mTLS out to ``peer``, who must be ``expect``.
+    """``[[forward]]``: plaintext in on ``listen``, mTLS out to ``peer``, who must match
+    ``expect`` (`IdPattern`; a `SpiffeId` is its exact pattern).
 
-    ``connect_timeout`` bounds the TCP connect to ``peer`` and the handshake with it.
+    ``connect_timeout`` bounds the TCP connect to ``peer`` and the handshake with it. A
+    ``listen`` that is not loopback is refused unless ``unsafe_listen``.
     """
 
     listen: Address
     peer: Address
-    expect: SpiffeId
+    expect: IdPattern | SpiffeId
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     connect_timeout: timedelta = DEFAULT_CONNECT_TIMEOUT
+    unsafe_listen: bool = False
 
     def __post_init__(self) -> None:
         _at_least("forward", "max_connections", self.max_connections, 1)
         _longer_than_zero("forward", "connect_timeout", self.connect_timeout)
+        object.__setattr__(self, "expect", _as_pattern(self.expect))
+        problem = None if self.unsafe_listen else forward_listen_problem(self.listen)
+        if problem is not None:
+            raise ConfigError(f"forward listen {problem}")
 
     def authorizer(self) -> Authorizer:
-        """Accept exactly ``expect``."""
-        return authorize_id(self.expect)
+        """Accept the peers ``expect`` matches."""
+        return authorize_patterns(self.expect)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -398,6 +479,10 @@ _ADDRESS_HINT: Final = (
 
 
 _MAX_MESSAGE: Final = 600
+_PATTERN_EXAMPLES: Final = (
+    '"spiffe://example.org/web" (one id), "spiffe://example.org/ns/prod/*" (that path and'
+    ' below) or "spiffe://example.org" (any member)'
+)
 
 
 def _cut(text: str, limit: int = 60) -> str:
@@ -496,8 +581,16 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
     "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
-    "expose": ("listen", "backend", "allow", "max_connections", "connect_timeout"),
-    "forward": ("listen", "peer", "expect", "max_connections", "connect_timeout"),
+    "expose": (
+        "listen",
+        "backend",
+        "allow",
+        "max_connections",
+        "connect_timeout",
+        "unsafe_target",
+        "proxy_protocol",
+    ),
+    "forward": ("listen", "peer", "expect", "max_connections", "connect_timeout", "unsafe_listen"),
 }
 _ARRAYS: Final = frozenset({"peers", "expose", "forward"})
 
@@ -752,6 +845,37 @@ class _Table:
         text = self.string(key, 'a SPIFFE ID string such as "spiffe://example.org/node"')
         return None if text is None else self._spiffe_id(key, text, root_ok=root_ok)
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._typed(key, bool, "true or false")
+        return default if value is None else value
+
+    def _pattern(self, key: str, text: str) -> IdPattern:
+        try:
+            base, subtree = split_pattern(text)
+        except ConfigError as exc:
+            raise self.error(key, str(exc)) from None
+        return IdPattern.of(self._spiffe_id(key, base, root_ok=True), subtree=subtree)
+
+    def pattern(self, key: str) -> IdPattern | None:
+        """One `IdPattern` string (an id, ``spiffe://td/path/*`` or ``spiffe://td``)."""
+        text = self.string(key, f"a SPIFFE ID pattern string such as {_PATTERN_EXAMPLES}")
+        return None if text is None else self._pattern(key, text)
+
+    def patterns(self, key: str) -> tuple[IdPattern, ...] | None:
+        """A non-empty array of `IdPattern` strings."""
+        expected = f"an array of SPIFFE ID pattern strings such as {_PATTERN_EXAMPLES}"
+        items = self._typed(key, list, expected)
+        if items is None:
+            return None
+        if not items:
+            raise self.error(key, f"is empty: expected {expected}")
+        patterns: list[IdPattern] = []
+        for index, item in enumerate(items, 1):
+            if not isinstance(item, str):
+                raise self.error(key, f"item {index}: expected {expected}, not {_describe(item)}")
+            patterns.append(self._pattern(key, item))
+        return tuple(patterns)
+
     def spiffe_ids(self, key: str) -> tuple[SpiffeId, ...] | None:
         expected = 'an array of SPIFFE ID strings, such as ["spiffe://example.org/client"]'
         items = self._typed(key, list, expected)
@@ -997,34 +1121,47 @@ def _peer(table: _Table) -> PeerSettings:
 
 
 def _expose(table: _Table) -> ExposeSettings:
+    backend = table.required(
+        "backend",
+        table.address("backend", listen=False),
+        "the plaintext HOST:PORT to pass connections to",
+    )
+    unsafe_target = table.boolean("unsafe_target", False)
+    problem = None if unsafe_target else expose_target_problem(backend)
+    if problem is not None:
+        raise table.error("backend", problem)
     return ExposeSettings(
         listen=table.required(
             "listen", table.address("listen", listen=True), "the HOST:PORT to accept mTLS on"
         ),
-        backend=table.required(
-            "backend",
-            table.address("backend", listen=False),
-            "the plaintext HOST:PORT to pass connections to",
-        ),
-        allow=table.spiffe_ids("allow"),
+        backend=backend,
+        allow=table.patterns("allow"),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         connect_timeout=table.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        unsafe_target=unsafe_target,
+        proxy_protocol=table.boolean("proxy_protocol", False),
     )
 
 
 def _forward(table: _Table) -> ForwardSettings:
+    listen = table.required(
+        "listen", table.address("listen", listen=True), "the plaintext HOST:PORT to accept on"
+    )
+    unsafe_listen = table.boolean("unsafe_listen", False)
+    problem = None if unsafe_listen else forward_listen_problem(listen)
+    if problem is not None:
+        raise table.error("listen", problem)
     return ForwardSettings(
-        listen=table.required(
-            "listen", table.address("listen", listen=True), "the plaintext HOST:PORT to accept on"
-        ),
+        listen=listen,
         peer=table.required(
             "peer", table.address("peer", listen=False), "the HOST:PORT to dial with mTLS"
         ),
         expect=table.required(
-            "expect", table.spiffe_id("expect"), "the SPIFFE ID the peer must present"
+            "expect", table.pattern("expect"), "the SPIFFE ID (or pattern) the peer must match"
         ),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         connect_timeout=table.duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
+        unsafe_listen=unsafe_listen,
     )
 
 
@@ -1050,19 +1187,179 @@ def _check_listeners(
     forward: list[tuple[_Table, ForwardSettings]],
 ) -> None:
     """No two listeners on one address (port 0 excepted: the kernel picks)."""
+    listeners = _node_listeners(node)
+    listeners += [(f"{table.label} listen", item.listen) for table, item in expose]
+    listeners += [(f"{table.label} listen", item.listen) for table, item in forward]
+    clash = _clash(listeners)
+    if clash is not None:
+        raise reader.error(*clash)
+
+
+def _node_listeners(node: NodeSettings) -> list[tuple[str, Address]]:
     listeners = [("[node] listen", node.listen)]
     if node.metrics is not None:
         listeners.append(("[node] metrics", node.metrics))
-    listeners += [(f"{table.label} listen", item.listen) for table, item in expose]
-    listeners += [(f"{table.label} listen", item.listen) for table, item in forward]
+    return listeners
+
+
+def _clash(listeners: Sequence[tuple[str, Address]]) -> tuple[str, str] | None:
+    """The first listener whose address clashes with an earlier one: (where, what)."""
     for index, (where, address) in enumerate(listeners):
         for owner, other in listeners[:index]:
             if _conflicts(address, other):
-                raise reader.error(
-                    where,
+                return where, (
                     f"{format_address(address)} clashes with {owner} {format_address(other)};"
-                    " each listener needs its own address",
+                    " each listener needs its own address"
                 )
+    return None
+
+
+# ---------------------------------------------------------------- tunnels from flags
+
+#: ``meshtls node``'s tunnel flags, in the order given: (flag, value or None).
+TunnelFlags = Sequence[tuple[str, str | None]]
+
+_FLAG_OWNER: Final = {
+    "--allow": "--expose",
+    "--unsafe-target": "--expose",
+    "--proxy-protocol": "--expose",
+    "--expect": "--forward",
+    "--unsafe-listen": "--forward",
+}
+
+
+@dataclass(kw_only=True)
+class _FlagTunnel:
+    """One ``--expose``/``--forward`` and the flags after it, while they are read."""
+
+    flag: str
+    listen: Address
+    far: Address
+    patterns: list[IdPattern] = field(default_factory=list)
+    unsafe: bool = False
+    proxy_protocol: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.flag} {format_address(self.listen)}={format_address(self.far)}"
+
+
+def _flag_pattern(flag: str, text: str) -> IdPattern:
+    try:
+        return IdPattern.parse(text)
+    except (ConfigError, SpiffeIdError) as exc:
+        message = str(exc)
+        named = message if message.startswith(shown(text)) else f"{shown(text)}: {message}"
+        raise ConfigError(f"{flag} {named}") from None
+
+
+def _flag_addresses(flag: str, text: str) -> tuple[Address, Address]:
+    far_name = "BACKEND" if flag == "--expose" else "PEER"
+    listen_text, equals, far_text = text.partition("=")
+    if not equals:
+        raise ConfigError(
+            f"{flag} {shown(text)}: expected LISTEN={far_name}, such as"
+            f" 127.0.0.1:8600=127.0.0.1:9000"
+        )
+    listen, problem = _address_error(listen_text, listen=True)
+    if listen is None:
+        raise ConfigError(f"{flag} {shown(text)}: bad LISTEN {problem}")
+    far, problem = _address_error(far_text, listen=False)
+    if far is None:
+        raise ConfigError(f"{flag} {shown(text)}: bad {far_name} {problem}")
+    return listen, far
+
+
+def _read_flags(flags: TunnelFlags) -> list[_FlagTunnel]:
+    tunnels: list[_FlagTunnel] = []
+    for flag, value in flags:
+        if flag in ("--expose", "--forward"):
+            assert value is not None
+            listen, far = _flag_addresses(flag, value)
+            tunnels.append(_FlagTunnel(flag=flag, listen=listen, far=far))
+            continue
+        owner = _FLAG_OWNER[flag]
+        shown_flag = flag if value is None else f"{flag} {value}"
+        if not tunnels or tunnels[-1].flag != owner:
+            after = f"follows {tunnels[-1].label}, but" if tunnels else "comes first, but"
+            raise ConfigError(
+                f"{shown_flag}: {after} it belongs to the {owner} just before it;"
+                f" write it after its {owner}"
+            )
+        tunnel = tunnels[-1]
+        if flag in ("--allow", "--expect"):
+            assert value is not None
+            if flag == "--expect" and tunnel.patterns:
+                raise ConfigError(
+                    f"{shown_flag}: {tunnel.label} already has --expect {tunnel.patterns[0]};"
+                    " a forward dials one peer and expects one pattern"
+                )
+            tunnel.patterns.append(_flag_pattern(flag, value))
+        elif flag == "--proxy-protocol":
+            tunnel.proxy_protocol = True
+        else:
+            tunnel.unsafe = True
+    return tunnels
+
+
+def _flag_settings(tunnel: _FlagTunnel) -> ExposeSettings | ForwardSettings:
+    if tunnel.flag == "--expose":
+        problem = (
+            None
+            if tunnel.unsafe
+            else expose_target_problem(tunnel.far, "add --unsafe-target after it")
+        )
+        if problem is not None:
+            raise ConfigError(f"{tunnel.label}: backend {problem}")
+        return ExposeSettings(
+            listen=tunnel.listen,
+            backend=tunnel.far,
+            allow=tuple(tunnel.patterns) or None,
+            unsafe_target=tunnel.unsafe,
+            proxy_protocol=tunnel.proxy_protocol,
+        )
+    problem = (
+        None
+        if tunnel.unsafe
+        else forward_listen_problem(tunnel.listen, "add --unsafe-listen after it")
+    )
+    if problem is not None:
+        raise ConfigError(f"{tunnel.label}: listen {problem}")
+    if not tunnel.patterns:
+        raise ConfigError(
+            f"{tunnel.label}: needs --expect ID|PATTERN after it, the peer it must reach"
+        )
+    return ForwardSettings(
+        listen=tunnel.listen,
+        peer=tunnel.far,
+        expect=tunnel.patterns[0],
+        unsafe_listen=tunnel.unsafe,
+    )
+
+
+def with_flag_tunnels(config: NodeConfig, flags: TunnelFlags) -> NodeConfig:
+    """`config` with the tunnels of ``meshtls node --expose/--forward`` added after its own.
+
+    `flags` are in the order given. ``--expose LISTEN=BACKEND`` and ``--forward
+    LISTEN=PEER`` each start a tunnel; ``--allow`` (repeatable), ``--unsafe-target`` and
+    ``--proxy-protocol`` attach to the ``--expose`` just before them, ``--expect`` (exactly
+    one) and ``--unsafe-listen`` to the ``--forward`` just before them. The rules of
+    ``[[expose]]``/``[[forward]]`` apply, and no two listeners may share an address.
+    Raises `ConfigError` with one line naming the flag.
+    """
+    tunnels = [(tunnel, _flag_settings(tunnel)) for tunnel in _read_flags(flags)]
+    if not tunnels:
+        return config
+    listeners = _node_listeners(config.node)
+    listeners += [(f"[[expose]] #{i} listen", e.listen) for i, e in enumerate(config.expose, 1)]
+    listeners += [(f"[[forward]] #{i} listen", f.listen) for i, f in enumerate(config.forward, 1)]
+    listeners += [(tunnel.label, settings.listen) for tunnel, settings in tunnels]
+    clash = _clash(listeners)
+    if clash is not None:
+        raise ConfigError(f"{clash[0]}: {clash[1]}")
+    expose = tuple(item for _, item in tunnels if isinstance(item, ExposeSettings))
+    forward = tuple(item for _, item in tunnels if isinstance(item, ForwardSettings))
+    return replace(config, expose=config.expose + expose, forward=config.forward + forward)
 
 
 def parse_config(text: str, *, base_dir: Path, source: str = "<string>") -> NodeConfig:

@@ -291,6 +291,7 @@ class Node:
                         clock=self._clock,
                         observer=self,
                         track=functools.partial(rotation.track, listener=name),
+                        proxy_protocol=item.proxy_protocol,
                     ),
                 )
         for fwd in self.config.forward:
@@ -301,7 +302,7 @@ class Node:
                         forward,
                         fwd.listen,
                         fwd.peer,
-                        expect=fwd.expect,
+                        authorize=fwd.authorizer(),
                         source=rotation,
                         policy=self.config.policy,
                         max_connections=fwd.max_connections,

@@ -17,23 +17,35 @@ Each listener has its own cap on concurrent connections; a connection over the c
 reset at once and logged. The mTLS side is a `MeshStream`, so
 its peer has passed verification and the listener's own authorizer before one byte is
 copied.
+
+An expose with ``proxy_protocol`` first sends its backend a PROXY protocol v2 header
+(haproxy's proxy-protocol.txt, section 2.2): command PROXY, TCP over IPv4 or IPv6, the
+peer's address as the source and the address it reached us on as the destination, then
+two TLVs. ``PP2_TYPE_SSL`` (0x20) says the client came over TLS with a certificate that
+verified (client flags SSL|CERT_CONN|CERT_SESS, verify 0) with a ``PP2_SUBTYPE_SSL_VERSION``
+sub-TLV ("TLSv1.3"), for parsers that know only the standard types; ``PP2_TYPE_SPIFFE_ID``
+(0xE0, the first of the custom range 0xE0-0xEF) carries the peer's verified SPIFFE id as
+UTF-8. No CRC32C or padding TLV is sent.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import NoReturn
 
 import trio
 
-from ._authorize import Authorizer, authorize_id
+from ._authorize import Authorizer
 from ._boundary import describe_error
 from ._errors import HandshakeError
 from ._identity import IdentitySource
+from ._logs import event
 from ._policy import ValidationPolicy
 from ._spiffeid import SpiffeId
 from ._stream import (
@@ -134,6 +146,65 @@ async def join(left: Tunnelled, right: Tunnelled) -> None:
         await right.aclose()
 
 
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+PP2_VERSION_PROXY = 0x21  # version 2, command PROXY
+PP2_TCP_OVER_IPV4 = 0x11
+PP2_TCP_OVER_IPV6 = 0x21
+PP2_UNSPEC = 0x00
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+PP2_CLIENT_SSL_CERT_VERIFIED = 0x01 | 0x02 | 0x04  # SSL, CERT_CONN, CERT_SESS
+#: Our TLV type for the peer's verified SPIFFE id (custom range 0xE0-0xEF).
+PP2_TYPE_SPIFFE_ID = 0xE0
+
+
+def _tlv(kind: int, value: bytes) -> bytes:
+    return struct.pack("!BH", kind, len(value)) + value
+
+
+def _packed_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(host.partition("%")[0])  # drop an IPv6 zone id
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def proxy_header(
+    source: tuple[str, int], destination: tuple[str, int], spiffe_id: SpiffeId
+) -> bytes:
+    """The PROXY protocol v2 header for a verified peer at `source` that reached us at
+    `destination` (see the module docstring for the TLVs). Addresses of two families
+    (which a dual-stack socket can give) are sent as UNSPEC: the backend then uses the
+    connection's own addresses, and still reads the TLVs."""
+    src, dst = _packed_ip(source[0]), _packed_ip(destination[0])
+    if src.version != dst.version:
+        family, addresses = PP2_UNSPEC, b""
+    else:
+        family = PP2_TCP_OVER_IPV4 if src.version == 4 else PP2_TCP_OVER_IPV6
+        addresses = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
+    ssl = struct.pack("!BI", PP2_CLIENT_SSL_CERT_VERIFIED, 0) + _tlv(
+        PP2_SUBTYPE_SSL_VERSION, b"TLSv1.3"
+    )
+    tlvs = _tlv(PP2_TYPE_SSL, ssl) + _tlv(PP2_TYPE_SPIFFE_ID, str(spiffe_id).encode())
+    body = addresses + tlvs
+    return PROXY_V2_SIGNATURE + struct.pack("!BBH", PP2_VERSION_PROXY, family, len(body)) + body
+
+
+def _socket_address(name: object) -> tuple[str, int]:
+    """A TCP socket's (host, port) from getpeername/getsockname (IPv6 gives 4 items)."""
+    assert isinstance(name, tuple)
+    return str(name[0]), int(name[1])
+
+
+def proxy_header_for(stream: MeshStream) -> bytes:
+    """`proxy_header` for the verified peer of `stream`, from its socket's two ends."""
+    return proxy_header(
+        _socket_address(stream.socket.getpeername()),
+        _socket_address(stream.socket.getsockname()),
+        stream.peer.spiffe_id,
+    )
+
+
 async def expose(
     listen: tuple[str, int],
     backend: tuple[str, int],
@@ -148,6 +219,7 @@ async def expose(
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
+    proxy_protocol: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """mTLS in on `listen`, plaintext TCP out to `backend`, for peers `authorize` accepts.
@@ -156,7 +228,9 @@ async def expose(
     cap). A backend that refuses the connection, or does not accept it within
     `connect_timeout` seconds, resets the peer's stream (logged). `track` wraps each
     tunnel (the node's deadlines); `clock` gives the time certificates are judged at
-    (default: the wall clock). Runs until cancelled.
+    (default: the wall clock). With `proxy_protocol`, the backend first gets a PROXY v2
+    header naming the peer (`proxy_header`); without it, nothing but the peer's bytes.
+    Runs until cancelled.
     """
     _check_connect_timeout(connect_timeout)
     backend_host, backend_port = backend
@@ -180,6 +254,20 @@ async def expose(
             stream.abort()  # the peer's client must not read a clean EOF as the answer
             return
         with track(stream, "server"):
+            if proxy_protocol:
+                try:
+                    await upstream.send_all(proxy_header_for(stream))
+                except (OSError, trio.BrokenResourceError) as exc:
+                    event(
+                        logger,
+                        logging.ERROR,
+                        "expose backend broke before the PROXY header was sent",
+                        backend=f"{backend_host}:{backend_port}",
+                        error=describe_error(exc),
+                    )
+                    reset(upstream)
+                    stream.abort()
+                    return
             await join(stream, upstream)
 
     host, port = listen
@@ -203,7 +291,7 @@ async def forward(
     listen: tuple[str, int],
     peer: tuple[str, int],
     *,
-    expect: SpiffeId | str,
+    authorize: Authorizer,
     source: IdentitySource,
     policy: ValidationPolicy | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -213,9 +301,10 @@ async def forward(
     track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """Plaintext in on `listen`, mTLS out to `peer`, which must prove it is `expect`.
+    """Plaintext in on `listen`, mTLS out to `peer`, which `authorize` must accept (the
+    node's ``expect``, as `authorize_patterns` builds it).
 
-    A peer that cannot be reached, fails verification, is not `expect`, or has not
+    A peer that cannot be reached, fails verification, is refused by `authorize`, or has not
     completed its TCP connect and handshake within `connect_timeout` seconds: the
     plaintext client is reset (logged). At most `max_connections` clients at once; one
     more is reset at once. `clock` gives the time certificates are judged at (default:
@@ -225,7 +314,6 @@ async def forward(
     if max_connections < 1:
         raise ValueError("a connection cap must be >= 1")
     connections = trio.CapacityLimiter(max_connections)
-    authorize = authorize_id(expect)
     peer_host, peer_port = peer
 
     async def tunnel(client: trio.SocketStream) -> None:
