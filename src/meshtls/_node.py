@@ -170,6 +170,10 @@ class Node:
         except VerificationError as exc:
             raise NodeError(f"our SVID {first.svid.spiffe_id} is refused: {exc}") from None
         nursery.start_soon(self.rotation.follow, source.cell, generation)
+        if self.config.write:  # [[write]]: our SVID on disk for other programs (_write)
+            from ._write import start_writers  # noqa: PLC0415 - only nodes that write
+
+            await start_writers(nursery, self.config.write, self.rotation, self.metrics)
 
         settings = self.config.node
         rotation = self.rotation
