@@ -299,9 +299,46 @@ async def test_files_are_written_at_start_and_on_every_renewal(
             assert matches(cert.read_bytes(), key.read_bytes())
             serials.add(active.svid.leaf.serial_number)
         assert len(serials) == 3
-        assert (count("meshtls_svid_writes_total", {"result": "ok"}) or 0) >= 4  # start + 3
+        await until(  # start + 3 renewals (counted once the worker thread returns)
+            lambda: (count("meshtls_svid_writes_total", {"result": "ok"}) or 0) >= 4, "counted"
+        )
         assert count("meshtls_svid_writes_total", {"result": "error"}) == 0
     assert sorted(p.name for p in out.iterdir()) == ["b.pem", "svid.key", "svid.pem"]
+
+
+async def test_a_new_bundle_alone_is_written_and_federated_roots_are_not(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """A FileSource whose bundle file is replaced (same SVID): the bundle file follows."""
+    ca, partner, next_root = (
+        CA(td, now=T0) for td in ("example.org", "partner.org", "example.org")
+    )
+    issued = ca.issue("spiffe://example.org/node", ttl=timedelta(minutes=50))
+    ids, out = tmp_path / "id", tmp_path / "out"
+    ids.mkdir()
+    out.mkdir()
+    (ids / "svid.pem").write_bytes(issued.chain_pem)
+    (ids / "svid.key").write_bytes(issued.key_pem)
+    (ids / "bundle.pem").write_bytes(ca.bundle_pem)
+    (ids / "partner.pem").write_bytes(partner.bundle_pem)
+    config = NodeConfig(
+        identity=FileIdentity(
+            cert=ids / "svid.pem",
+            key=ids / "svid.key",
+            bundle=ids / "bundle.pem",
+            federated={"partner.org": ids / "partner.pem"},
+        ),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
+        write=(WriteSettings(bundle=out / "bundle.pem", on_rotate=()),),
+    )
+    async with open_node(config, clock=cert_time) as node:
+        assert (out / "bundle.pem").read_bytes() == ca.bundle_pem  # partner.org left out
+        replace_file(ids / "bundle.pem", ca.bundle_pem + next_root.bundle_pem)  # a CA rollover
+        await node.changed()
+        count = node.registry.get_sample_value
+        await until(lambda: count("meshtls_svid_writes_total", {"result": "ok"}) == 2, "written")
+        assert (out / "bundle.pem").read_bytes() == ca.bundle_pem + next_root.bundle_pem
+        assert node.identity().svid.leaf == issued.leaf  # the SVID did not change
 
 
 async def test_a_write_failure_is_one_error_event_and_a_count_not_a_dead_node(
