@@ -180,8 +180,8 @@ class SvidWriter:
     """Keeps the files of one ``[[write]]`` table equal to `source`'s active identity.
 
     Owned by the node, which runs `run` in its nursery. `name` identifies the table in
-    log lines (``write=1``). `writes` and `commands` count attempts that finished; a test
-    can wait for the next one with `settled`.
+    log lines (``write=1``). `settled` waits for the end of the next write attempt (and
+    its command).
     """
 
     def __init__(
@@ -192,8 +192,6 @@ class SvidWriter:
         self._metrics = metrics
         self.name = name
         self._written: SvidFiles | None = None
-        self.writes = 0
-        self.commands = 0
         self._settled = trio.Event()
 
     async def settled(self) -> None:
@@ -235,7 +233,6 @@ class SvidWriter:
 
     async def _write(self, files: SvidFiles) -> bool:
         """Write `files`; True when every file was replaced. Logs and counts either way."""
-        self.writes += 1
         try:
             await trio.to_thread.run_sync(write_files, self.settings, files)
         except Exception as exc:  # a disk that refuses a file must not stop the node
@@ -273,7 +270,6 @@ class SvidWriter:
         argv = self.settings.on_rotate
         if not argv:
             return
-        self.commands += 1
         timeout = self.settings.on_rotate_timeout.total_seconds()
         started = trio.current_time()
         with trio.move_on_after(timeout) as scope:
