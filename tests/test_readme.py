@@ -8,10 +8,13 @@ order (the examples print each line once, top to bottom).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import io
+import itertools
 import re
 import tokenize
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import CodeType
@@ -102,12 +105,16 @@ def test_readme_node_config_parses(tmp_path: Path) -> None:
     (tmp_path / "svid.key").write_bytes(issued.key_pem)
     (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
     (tmp_path / "partner-bundle.pem").write_bytes(CA("partner.org", now=ca.now).bundle_pem)
+    (tmp_path / "app").mkdir()
     config = parse_config(toml, base_dir=tmp_path, source="README.md")
     assert isinstance(config.identity, FileIdentity)
     assert set(config.identity.federated) == {"partner.org"}
     assert [e.backend for e in config.expose] == [("127.0.0.1", 9000)]
     assert str(config.forward[0].expect) == "spiffe://example.org/node/a"
     assert config.node.max_connections == 1024
+    (write,) = config.write
+    assert (write.key, write.key_mode) == (tmp_path / "app/svid.key", 0o600)
+    assert write.on_rotate == ("systemctl", "reload", "app")
 
 
 def test_readme_config_names_every_key() -> None:
@@ -129,3 +136,135 @@ def test_readme_config_names_every_key() -> None:
         and not (key == "federated" and "identity.federated" in sections)
     ]
     assert not missing, f"README.md's config example lacks {missing}"
+
+
+# ---------------------------------------------------------------- flags and paths
+
+REPO = README.parent
+#: The synopsis block of "The command line": one or more lines per command.
+SYNOPSIS_HEAD = "## The command line"
+
+
+def command_options(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, str]]:
+    """(command path, option string) for every option of `parser` and its subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from command_options(sub, f"{path} {name}")
+        else:
+            for option in action.option_strings:
+                yield path, option
+
+
+def every_option() -> list[tuple[str, str]]:
+    """Every option of ``meshtls`` (recursively), and of ``meshtls bench handshake``, whose
+    options its own parser reads."""
+    from meshtls._bench import parser as bench_parser
+    from meshtls._cli import build_parser
+
+    return [
+        *command_options(build_parser(), "meshtls"),
+        *command_options(bench_parser(), "meshtls bench handshake"),
+    ]
+
+
+def synopsis(text: str) -> dict[str, str]:
+    """Each command's synopsis lines, joined: ``{"meshtls ca init": "... --dir DIR ..."}``.
+
+    An indented line continues the command of the line above it.
+    """
+    section = text.split(SYNOPSIS_HEAD, 1)[1]
+    (block,) = re.findall(r"```\n(.*?)```", section, re.S)[:1]
+    lines: dict[str, str] = {}
+    command = ""
+    for line in block.splitlines():
+        if not line[:1].isspace():  # an indented line continues the command above it
+            words = itertools.takewhile(lambda w: re.fullmatch(r"[a-z]+", w), line.split())
+            command = " ".join(words)
+        lines[command] = f"{lines.get(command, '')} {line.split('#', 1)[0].strip()}".strip()
+    return lines
+
+
+def _names(text: str, option: str) -> bool:
+    return re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text) is not None
+
+
+def test_the_readme_documents_every_flag_of_every_command() -> None:
+    """Each command's synopsis line in the README lists each of its options (help once)."""
+    text = README.read_text()
+    lines = synopsis(text)
+    missing = []
+    for command, option in every_option():
+        where = text if option in ("-h", "--help") else lines.get(command, "")
+        if not _names(where, option):
+            missing.append(f"{command} {option}")
+    assert not missing, f"README.md's command-line synopsis lacks {missing}"
+
+
+def test_the_flag_check_reads_subcommands_and_the_synopsis() -> None:
+    parser = argparse.ArgumentParser(prog="x")
+    parser.add_argument("--top")
+    sub = parser.add_subparsers().add_parser("run")
+    sub.add_argument("--fast", "-f")
+    assert set(command_options(parser, "x")) == {
+        ("x", "-h"),
+        ("x", "--help"),
+        ("x", "--top"),
+        ("x run", "-h"),
+        ("x run", "--help"),
+        ("x run", "--fast"),
+        ("x run", "-f"),
+    }
+    lines = synopsis(f"{SYNOPSIS_HEAD}\n\n```\nx run [--fast] # --top\nx run --slow\n```\n")
+    assert lines == {"x run": "x run [--fast] x run --slow"}
+    assert _names(lines["x run"], "--fast")
+    assert not _names(lines["x run"], "--top")  # a comment does not document a flag
+    assert not _names("--fast-path", "--fast")
+
+
+#: Repository paths the README may name: a top-level directory, then the rest.
+_REPO_PATH = re.compile(r"(?<![\w./-])((?:docs|tests|benchmarks|src|\.ci)/[\w./-]*)")
+_MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
+_MARKDOWN_FILE = re.compile(r"(?<![\w./-])([\w./-]+\.md)\b")
+
+
+def outside_references(text: str, repo: Path) -> list[str]:
+    """What `text` names that is not in `repo`: ``../`` paths, links and ``*.md`` files
+    that do not exist, and repository paths (``docs/...``, ``tests/...``) that do not."""
+    problems = [
+        f"'../' at line {text.count(chr(10), 0, m.start()) + 1}"
+        for m in re.finditer(r"\.\./", text)
+    ]
+    for target in _MARKDOWN_LINK.findall(text):
+        if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            continue  # a URL or an anchor
+        if not (repo / target.split("#")[0]).exists():
+            problems.append(f"link {target}")
+    for name in _MARKDOWN_FILE.findall(text):
+        if name.lower() != "readme.md" and not (repo / name).exists():
+            problems.append(f"file {name}")
+    for path in _REPO_PATH.findall(text):
+        if not (repo / path.rstrip(".")).exists():
+            problems.append(f"path {path}")
+    return problems
+
+
+def test_the_readme_names_no_file_outside_the_repo() -> None:
+    assert outside_references(README.read_text(), REPO) == []
+
+
+def test_the_reference_check_catches_what_it_should(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "here.md").write_text("")
+    text = (
+        "See [here](docs/here.md#top), [web](https://example.org), docs/here.md, `docs/`.\n"
+        "Not API.md, nor [gone](docs/gone.md), nor tests/nothing.py, nor ../other/x.\n"
+    )
+    assert outside_references(text, tmp_path) == [
+        "'../' at line 2",
+        "link docs/gone.md",
+        "file API.md",
+        "file docs/gone.md",
+        "path docs/gone.md",
+        "path tests/nothing.py",
+    ]

@@ -115,6 +115,7 @@ async def test_the_readme_node_config_runs_curl_through_its_own_tunnels(tmp_path
     (tmp_path / "svid.key").write_bytes(issued.key_pem)
     (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
     (tmp_path / "partner-bundle.pem").write_bytes(CA("partner.org", now=ca.now).bundle_pem)
+    (tmp_path / "app").mkdir()  # the example's [[write]] directory: the node writes, never creates
     with http_backend() as backend:
         toml = with_free_ports(toml, ["7000", "8443", "8600", "9464"])
         toml = toml.replace("127.0.0.1:9000", f"127.0.0.1:{backend}")
@@ -129,3 +130,4 @@ async def test_the_readme_node_config_runs_curl_through_its_own_tunnels(tmp_path
                     check=False,
                 )
     assert (done.returncode, done.stdout) == (0, b"hello from /x"), done.stderr
+    assert (tmp_path / "app" / "svid.pem").read_bytes() == issued.chain_pem  # [[write]] ran

@@ -84,6 +84,11 @@ DEFAULT_METRICS_PREFIX: Final = "meshtls"
 _METRICS_PREFIX_RE: Final = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 DEFAULT_MAX_CONNECTIONS: Final = 1024
 DEFAULT_CONNECT_TIMEOUT: Final = timedelta(seconds=10)
+DEFAULT_ON_ROTATE_TIMEOUT: Final = timedelta(seconds=10)
+#: ``[[write]]`` file modes: the key readable by its owner alone unless the config says.
+DEFAULT_CERT_MODE: Final = 0o644
+DEFAULT_KEY_MODE: Final = 0o600
+DEFAULT_BUNDLE_MODE: Final = 0o644
 MAX_CLOCK_SKEW: Final = timedelta(hours=1)
 
 
@@ -424,6 +429,45 @@ class ForwardSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WriteSettings:
+    """``[[write]]``: our SVID on disk for other programs, rewritten on every rotation.
+
+    ``cert`` gets our leaf then its intermediates, ``key`` its PKCS#8 key, ``bundle`` the
+    roots of our own trust domain (all PEM); at least one is set. Each file gets its mode
+    (``key_mode`` 0600 unless said). ``on_rotate`` is a command (argv, never a shell) run
+    after each write, killed after ``on_rotate_timeout``. `meshtls._write` does the work.
+    """
+
+    cert: Path | None = None
+    key: Path | None = None
+    bundle: Path | None = None
+    cert_mode: int = DEFAULT_CERT_MODE
+    key_mode: int = DEFAULT_KEY_MODE
+    bundle_mode: int = DEFAULT_BUNDLE_MODE
+    on_rotate: tuple[str, ...] = ()
+    on_rotate_timeout: timedelta = DEFAULT_ON_ROTATE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        paths = [path for path in (self.cert, self.key, self.bundle) if path is not None]
+        if not paths:
+            raise ConfigError("write needs at least one of cert, key or bundle")
+        if len(set(paths)) != len(paths):
+            raise ConfigError("write cert, key and bundle must be different files")
+        for name in ("cert_mode", "key_mode", "bundle_mode"):
+            mode = getattr(self, name)
+            if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o777:
+                raise ConfigError(f"write {name} must be a permission mode 0o000..0o777")
+        if any(not arg or "\0" in arg for arg in self.on_rotate):
+            raise ConfigError("write on_rotate must be non-empty strings without NUL")
+        _longer_than_zero("write", "on_rotate_timeout", self.on_rotate_timeout)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The paths this table writes."""
+        return tuple(path for path in (self.cert, self.key, self.bundle) if path is not None)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """Everything `meshtls.open_node` needs. Built by `load_config`, `parse_config`,
     `default_config`, or by hand.
@@ -442,6 +486,7 @@ class NodeConfig:
     expose: tuple[ExposeSettings, ...] = ()
     forward: tuple[ForwardSettings, ...] = ()
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    write: tuple[WriteSettings, ...] = ()
     source: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -591,8 +636,18 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "proxy_protocol",
     ),
     "forward": ("listen", "peer", "expect", "max_connections", "connect_timeout", "unsafe_listen"),
+    "write": (
+        "cert",
+        "key",
+        "bundle",
+        "cert_mode",
+        "key_mode",
+        "bundle_mode",
+        "on_rotate",
+        "on_rotate_timeout",
+    ),
 }
-_ARRAYS: Final = frozenset({"peers", "expose", "forward"})
+_ARRAYS: Final = frozenset({"peers", "expose", "forward", "write"})
 
 
 def _label(table: str) -> str:
@@ -1165,6 +1220,107 @@ def _forward(table: _Table) -> ForwardSettings:
     )
 
 
+_MODE_RE: Final = re.compile(r"0?[0-7]{3}")
+_WRITE_FILES: Final = ("cert", "key", "bundle")
+
+
+def _write(table: _Table) -> WriteSettings:
+    paths: dict[str, Path] = {}
+    for name in _WRITE_FILES:
+        path = table.path(name)
+        if path is None:
+            continue
+        mode = table._mode(name, path)
+        if mode is not None and stat.S_ISDIR(mode):
+            raise table.error(name, f"{shown(str(path), 200)} is a directory; expected a file")
+        parent = table._mode(name, path.parent)
+        if parent is None or not stat.S_ISDIR(parent):
+            raise table.error(
+                name, f"no such directory: {shown(str(path.parent), 200)}; create it first"
+            )
+        for other, seen in paths.items():
+            if seen == path:
+                raise table.error(name, f"is the same file as {other}; give each its own path")
+        paths[name] = path
+    if not paths:
+        raise table.reader.error(
+            table.label, "writes nothing: give at least one of cert, key or bundle"
+        )
+    defaults = {"cert": DEFAULT_CERT_MODE, "key": DEFAULT_KEY_MODE, "bundle": DEFAULT_BUNDLE_MODE}
+    modes = {name: _file_mode(table, name, name in paths, defaults[name]) for name in _WRITE_FILES}
+    command = _command(table)
+    if table.has("on_rotate_timeout") and not command:
+        raise table.error(
+            "on_rotate_timeout", "without on_rotate nothing reads it: add on_rotate or remove it"
+        )
+    return WriteSettings(
+        cert=paths.get("cert"),
+        key=paths.get("key"),
+        bundle=paths.get("bundle"),
+        cert_mode=modes["cert"],
+        key_mode=modes["key"],
+        bundle_mode=modes["bundle"],
+        on_rotate=command,
+        on_rotate_timeout=table.duration("on_rotate_timeout", DEFAULT_ON_ROTATE_TIMEOUT),
+    )
+
+
+def _file_mode(table: _Table, file: str, written: bool, default: int) -> int:
+    """``<file>_mode`` as an int, `default` when not given; refused without its file."""
+    key = f"{file}_mode"
+    text = table.string(key, 'an octal mode string such as "0644"')
+    if text is None:
+        return default
+    if not written:
+        raise table.error(key, f"without {file} nothing reads it: add {file} or remove {key}")
+    if not _MODE_RE.fullmatch(text):
+        raise table.error(
+            key, f'{shown(text)} is not an octal permission mode: write it as "0644" or "0600"'
+        )
+    return int(text, 8)
+
+
+def _command(table: _Table) -> tuple[str, ...]:
+    value = table.data.get("on_rotate")
+    expected = 'an array of strings, the command and its arguments: ["systemctl", "reload", "x"]'
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        raise table.error(
+            "on_rotate", f"expected {expected}; a string would need a shell, and meshtls runs none"
+        )
+    if not isinstance(value, list) or not value:
+        what = "is empty" if isinstance(value, list) else f"not {_describe(value)}"
+        raise table.error("on_rotate", f"expected {expected}, {what}")
+    for index, item in enumerate(value, 1):
+        if not isinstance(item, str) or not item or "\0" in item:
+            bad = "an empty string" if item == "" else _describe(item)
+            raise table.error("on_rotate", f"item {index}: expected a non-empty string, not {bad}")
+    return tuple(value)
+
+
+def _check_written_files(identity: Identity, write: list[tuple[_Table, WriteSettings]]) -> None:
+    """No file is written twice, and none is a file the node reads its identity from."""
+    read: dict[Path, str] = {}
+    if isinstance(identity, FileIdentity):
+        read = {identity.cert: "[identity] cert", identity.key: "[identity] key"}
+        read[identity.bundle] = "[identity] bundle"
+        read.update({path: f"[identity.federated] {td}" for td, path in identity.federated.items()})
+    written: dict[Path, str] = {}
+    for table, item in write:
+        for name in _WRITE_FILES:
+            path = getattr(item, name)
+            if path is None:
+                continue
+            if path in read:
+                raise table.error(
+                    name, f"is {read[path]}, which the node reads: write to another path"
+                )
+            if path in written:
+                raise table.error(name, f"is also written by {written[path]}")
+            written[path] = f"{table.label} {name}"
+
+
 def _array(
     reader: _Reader, document: Mapping[str, object], name: str, build: Callable[[_Table], T]
 ) -> list[tuple[_Table, T]]:
@@ -1413,6 +1569,8 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
     expose = _array(reader, document, "expose", _expose)
     forward = _array(reader, document, "forward", _forward)
     _check_listeners(reader, node, expose, forward)
+    write = _array(reader, document, "write", _write)
+    _check_written_files(identity, write)
     return NodeConfig(
         identity=identity,
         node=node,
@@ -1423,6 +1581,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         expose=tuple(item for _, item in expose),
         forward=tuple(item for _, item in forward),
         metrics=metrics,
+        write=tuple(item for _, item in write),
         notes=tuple(reader.notes),
     )
 

@@ -249,6 +249,10 @@ class Node:
             raise NodeError(f"our SVID {first.svid.spiffe_id} is refused: {exc}") from None
         nursery.start_soon(self.rotation.follow, source.cell, generation)
         nursery.start_soon(self._watch_identity, first)
+        if self.config.write:  # [[write]]: our SVID on disk for other programs (_write)
+            from ._write import start_writers  # noqa: PLC0415 - only nodes that write
+
+            await start_writers(nursery, self.config.write, self.rotation, self.metrics)
 
         rotation = self.rotation
         default_authorize = self.config.authorize.authorizer(first.svid.spiffe_id.trust_domain)

@@ -254,8 +254,9 @@ class Rotation:
         """Run a verified connection under its deadline and the node's trust checks.
 
         `listener` names the node's listener or tunnel the connection belongs to
-        (``"mesh"``, ``"expose:127.0.0.1:8600"``), for `live_by_listener`. The deadline is announced on the stream as ``stream.closes_at`` first, so the
-        handler can finish what it is sending before then: no cut by surprise.
+        (``"mesh"``, ``"expose:127.0.0.1:8600"``), for `live_by_listener`. The deadline
+        is announced on the stream as ``stream.closes_at`` first, so the handler can
+        finish what it is sending before then: no cut by surprise.
         """
         stream.closes_at = self.deadline(stream)
         seconds = (stream.closes_at - self._clock()).total_seconds()
