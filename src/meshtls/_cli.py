@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,8 +33,9 @@ from ._check import check_peer
 from ._config import default_config, default_state_dir, load_config
 from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import ConfigError, MeshError, SpiffeIdError, VerificationError
-from ._node import NodeError, open_node
+from ._node import NodeError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._service import HeldSignals, run_node, signals_held
 from ._sources import FileSource
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import check_svid_offline, leaf_spiffe_id, verify_svid
@@ -461,6 +461,11 @@ def _add_node(commands: _Subcommands) -> None:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    with signals_held() as held:  # SIGTERM, SIGINT and SIGHUP are ours from here on
+        return _run_node(args, held)
+
+
+def _run_node(args: argparse.Namespace, held: HeldSignals) -> int:
     if args.config is not None and args.state_dir is not None:
         raise ConfigError(
             "--state-dir is where the embedded default keeps its CA; with --config,"
@@ -472,25 +477,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         config = default_config(args.state_dir or default_state_dir())
     _logs.configure(args.log_format, getattr(logging, args.log_level.upper()))
 
-    async def run() -> None:
-        shutdown = config.node.shutdown_timeout.total_seconds()
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_node(config) as node:
-                async for signum in signals:
-                    _logs.event(
-                        logging.getLogger("meshtls"),
-                        logging.INFO,
-                        "shutting down",
-                        signal=signal.Signals(signum).name,
-                        drain=f"{shutdown:g}s",
-                        live=node.live_connections,
-                    )
-                    with trio.move_on_after(shutdown):
-                        await node.drain()
-                    break
-
     try:
-        trio.run(run)
+        run_node(config, held)
     except NodeError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
