@@ -461,6 +461,7 @@ async def test_a_stop_signal_during_start_up_exits_0_at_once(
             with trio.fail_after(WAIT):
                 held, _ = await silent.accept()  # the node is waiting for its first SVID
             with held:
+                process.send_signal(signal.SIGHUP)  # kept for later: it must not kill
                 signalled = trio.current_time()
                 process.send_signal(signum)
                 with trio.fail_after(WAIT):
@@ -475,6 +476,33 @@ async def test_a_stop_signal_during_start_up_exits_0_at_once(
     assert not any("Traceback" in line for line in logged), logged
     for line in logged:
         message(line)
+
+
+async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
+    """A live client would hold the drain for its 10 s; a second SIGTERM ends it: exit 0."""
+    (tmp_path / "node.toml").write_text(local_ca_toml("10s"))
+    message = MESSAGE["text"]
+    async with node_process(tmp_path, "--config", "node.toml") as (process, lines):
+        with trio.fail_after(WAIT):
+            ready = await lines.until(lambda line: message(line)["msg"] == "node ready")
+        ports = bound_ports(message(ready))
+        async with await client_stream(tmp_path / "ca", ports["mesh"]) as stream:
+            await wait_for_server_handshakes(ports["metrics"], 1)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(WAIT):
+                await lines.until(lambda line: message(line)["msg"] == "shutting down")
+            signalled = trio.current_time()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(WAIT):
+                code = await process.wait()
+            elapsed = trio.current_time() - signalled
+            await assert_closed(stream)
+        with trio.fail_after(WAIT):
+            logged = await lines.rest()
+    assert code == 0, logged
+    assert elapsed < 2.0, f"took {elapsed:.1f}s"
+    assert any(message(line)["msg"] == "stopping at once" for line in logged), logged
+    assert not any("Traceback" in line for line in logged), logged
 
 
 CLIENT_A: Final = "spiffe://meshtls.local/client-a"

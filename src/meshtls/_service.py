@@ -31,6 +31,7 @@ from typing import Final
 
 import trio
 
+from ._boundary import describe_error
 from ._config import NodeConfig, load_config
 from ._errors import ConfigError
 from ._logs import event
@@ -138,6 +139,8 @@ class _Run:
             self.node.reload(config)
         except (ConfigError, ReloadError) as exc:
             event(logger, logging.ERROR, "reload refused", error=str(exc))
+        except Exception as exc:  # a bug in reloading must not stop a serving node
+            event(logger, logging.ERROR, "reload failed", error=describe_error(exc))
 
 
 async def _main(run: _Run, config: NodeConfig, held: HeldSignals) -> None:
