@@ -478,8 +478,20 @@ async def test_a_stop_signal_during_start_up_exits_0_at_once(
         message(line)
 
 
+async def stays_open(stream: meshtls.MeshStream) -> bool:
+    """Nothing arrives (no close, no data) for a short while."""
+    with trio.move_on_after(0.3):
+        try:
+            await stream.receive_some()
+        except trio.BrokenResourceError:
+            return False
+        return False
+    return True
+
+
 async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
-    """A live client would hold the drain for its 10 s; a second SIGTERM ends it: exit 0."""
+    """During the drain a new connection is refused while the live one goes on; that live
+    client would hold the drain for its 10 s, and a second SIGTERM ends it: exit 0."""
     (tmp_path / "node.toml").write_text(local_ca_toml("10s"))
     message = MESSAGE["text"]
     async with node_process(tmp_path, "--config", "node.toml") as (process, lines):
@@ -491,6 +503,9 @@ async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> No
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(WAIT):
                 await lines.until(lambda line: message(line)["msg"] == "shutting down")
+            with pytest.raises(OSError, match=r"Connection refused|all attempts"):
+                await trio.open_tcp_stream("127.0.0.1", ports["mesh"])  # draining: refused
+            assert await stays_open(stream)  # while the live one goes on
             signalled = trio.current_time()
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(WAIT):
@@ -507,17 +522,6 @@ async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> No
 
 CLIENT_A: Final = "spiffe://meshtls.local/client-a"
 CLIENT_B: Final = "spiffe://meshtls.local/client-b"
-
-
-async def stays_open(stream: meshtls.MeshStream) -> bool:
-    """Nothing arrives (no close, no data) for a short while."""
-    with trio.move_on_after(0.3):
-        try:
-            await stream.receive_some()
-        except trio.BrokenResourceError:
-            return False
-        return False
-    return True
 
 
 async def test_sighup_reload_tightens_authorize_and_closes_one_of_two_live_connections(
