@@ -208,11 +208,7 @@ class Rotation:
 
     def passes(self, svid: X509Svid, policy: ValidationPolicy) -> VerificationError | None:
         """Whether our `svid` passes `policy` against the bundles in force (None) or not."""
-        kept, self.policy = self.policy, policy
-        try:
-            return self._verify(svid, self.identity().bundles)
-        finally:
-            self.policy = kept
+        return self._verify(svid, self.identity().bundles, policy)
 
     def refused(self, reason: Reason, detail: str) -> None:
         """A source refused an update before publishing it (it has logged it): count it."""
@@ -225,11 +221,15 @@ class Rotation:
 
     # ------------------------------------------------------------ judging
 
-    def _verify(self, svid: X509Svid, bundles: BundleSet) -> VerificationError | None:
-        """Our SVID as a peer would check it; the refusal, or None when it passes."""
+    def _verify(
+        self, svid: X509Svid, bundles: BundleSet, policy: ValidationPolicy | None = None
+    ) -> VerificationError | None:
+        """Our SVID as a peer would check it (under `policy`, default: ours); the refusal,
+        or None when it passes."""
         try:
             with mapped(_malformed):
-                verify_svid(svid.chain, bundles, policy=self.policy, now=self._clock())
+                judged_by = policy or self.policy
+                verify_svid(svid.chain, bundles, policy=judged_by, now=self._clock())
         except VerificationError as exc:
             return exc
         except MeshError as exc:
