@@ -174,10 +174,10 @@ async def wait_for_server_handshakes(metrics_port: int, count: int) -> None:
                 await trio.sleep(0.02)
 
 
-async def client_stream(ca_dir: Path, port: int) -> meshtls.MeshStream:
+async def client_stream(ca_dir: Path, port: int, spiffe_id: str = CLIENT_ID) -> meshtls.MeshStream:
     """A verified connection to the node's mesh listener, with an SVID from its local CA."""
     ca = LocalCA.open(ca_dir)
-    svid = ca.issue(meshtls.SpiffeId.parse(CLIENT_ID), ttl=timedelta(minutes=5))
+    svid = ca.issue(meshtls.SpiffeId.parse(spiffe_id), ttl=timedelta(minutes=5))
     with trio.fail_after(WAIT):
         return await meshtls.connect(
             "127.0.0.1",
@@ -439,3 +439,160 @@ async def test_an_expose_port_already_bound_fails_with_one_line(tmp_path: Path) 
     line = one_error_line(*result, codes={1, 2})
     assert f"127.0.0.1:{port}" in line
     assert "expose" in line  # names the listener
+
+
+# ---------------------------------------------------------------- signals: start-up and SIGHUP
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+async def test_a_stop_signal_during_start_up_exits_0_at_once(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """The node waits for its first SVID from a Workload API that accepts the connection and
+    never answers; a stop signal then ends it within a second or two: exit 0, one line
+    saying so, no traceback."""
+    agent = tmp_path / "agent.sock"
+    (tmp_path / "node.toml").write_text(f'[identity]\nworkload_api = "unix://{agent}"\n' + PORT_0)
+    message = MESSAGE["text"]
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as silent:
+        await silent.bind(str(agent))
+        silent.listen(1)
+        async with node_process(tmp_path, "--config", "node.toml") as (process, lines):
+            with trio.fail_after(WAIT):
+                held, _ = await silent.accept()  # the node is waiting for its first SVID
+            with held:
+                process.send_signal(signal.SIGHUP)  # kept for later: it must not kill
+                signalled = trio.current_time()
+                process.send_signal(signum)
+                with trio.fail_after(WAIT):
+                    code = await process.wait()
+                elapsed = trio.current_time() - signalled
+                with trio.fail_after(WAIT):
+                    logged = await lines.rest()
+    assert code == 0, logged
+    assert elapsed < 2.0, f"took {elapsed:.1f}s to stop"
+    stops = [message(line) for line in logged if "stopped during start-up" in line]
+    assert [fields["signal"] for fields in stops] == [signum.name], logged
+    assert not any("Traceback" in line for line in logged), logged
+    for line in logged:
+        message(line)
+
+
+async def stays_open(stream: meshtls.MeshStream) -> bool:
+    """Nothing arrives (no close, no data) for a short while."""
+    with trio.move_on_after(0.3):
+        try:
+            await stream.receive_some()
+        except trio.BrokenResourceError:
+            return False
+        return False
+    return True
+
+
+async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
+    """During the drain a new connection is refused while the live one goes on; that live
+    client would hold the drain for its 10 s, and a second SIGTERM ends it: exit 0."""
+    (tmp_path / "node.toml").write_text(local_ca_toml("10s"))
+    message = MESSAGE["text"]
+    async with node_process(tmp_path, "--config", "node.toml") as (process, lines):
+        with trio.fail_after(WAIT):
+            ready = await lines.until(lambda line: message(line)["msg"] == "node ready")
+        ports = bound_ports(message(ready))
+        async with await client_stream(tmp_path / "ca", ports["mesh"]) as stream:
+            await wait_for_server_handshakes(ports["metrics"], 1)
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(WAIT):
+                await lines.until(lambda line: message(line)["msg"] == "shutting down")
+            with pytest.raises(OSError, match=r"Connection refused|all attempts"):
+                await trio.open_tcp_stream("127.0.0.1", ports["mesh"])  # draining: refused
+            assert await stays_open(stream)  # while the live one goes on
+            signalled = trio.current_time()
+            process.send_signal(signal.SIGTERM)
+            with trio.fail_after(WAIT):
+                code = await process.wait()
+            elapsed = trio.current_time() - signalled
+            await assert_closed(stream)
+        with trio.fail_after(WAIT):
+            logged = await lines.rest()
+    assert code == 0, logged
+    assert elapsed < 2.0, f"took {elapsed:.1f}s"
+    assert any(message(line)["msg"] == "stopping at once" for line in logged), logged
+    assert not any("Traceback" in line for line in logged), logged
+
+
+CLIENT_A: Final = "spiffe://meshtls.local/client-a"
+CLIENT_B: Final = "spiffe://meshtls.local/client-b"
+
+
+async def test_sighup_reload_tightens_authorize_and_closes_one_of_two_live_connections(
+    tmp_path: Path,
+) -> None:
+    """The closing note's scenario: `pytest -s -k sighup_reload` prints the node's log.
+
+    Two clients are live on the mesh listener; [authorize] is tightened to one of them and
+    the node gets SIGHUP: the other is closed, counted and logged, one summary line. Then a
+    config that does not load, and one that moves the listener: each is one error line, and
+    the node serves on under the config in force.
+    """
+    config = tmp_path / "node.toml"
+    config.write_text(local_ca_toml())
+    message = MESSAGE["text"]
+    async with node_process(tmp_path, "--config", str(config)) as (process, lines):
+        with trio.fail_after(WAIT):
+            ready = await lines.until(lambda line: message(line)["msg"] == "node ready")
+        ports = bound_ports(message(ready))
+        a = await client_stream(tmp_path / "ca", ports["mesh"], CLIENT_A)
+        b = await client_stream(tmp_path / "ca", ports["mesh"], CLIENT_B)
+        b_address = f"127.0.0.1:{b.socket.getsockname()[1]}"
+        await wait_for_server_handshakes(ports["metrics"], 2)
+
+        tightened = local_ca_toml() + f'\n[authorize]\nids = ["{CLIENT_A}"]\n'
+        config.write_text(tightened)
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(WAIT):
+            summary = message(
+                await lines.until(lambda line: message(line)["msg"] == "config reloaded")
+            )
+        assert summary["closed"] in (1, "1"), summary
+        assert summary["changed"] == "[authorize] ids", summary
+        (closed,) = [message(line) for line in lines.seen if "no longer passes" in line]
+        assert closed["listener"] == "mesh"
+        assert closed["spiffe_id"] == CLIENT_B
+        assert closed["peer"] == b_address
+        assert closed["reason"] == "unauthorized"
+        await assert_closed(b)
+        await b.aclose()
+        assert await stays_open(a)
+        async with httpx.AsyncClient(timeout=WAIT) as http:
+            text = (await http.get(f"http://127.0.0.1:{ports['metrics']}/metrics")).text
+        assert sample(text, "meshtls_peer_verification_failures_total", reason="unauthorized") == 1
+
+        for broken, part in (
+            ("[node\n", "bad TOML"),
+            (tightened.replace("listen", "listen = '127.0.0.1:1'\n#", 1), "[node] listen"),
+        ):
+            config.write_text(broken)
+            process.send_signal(signal.SIGHUP)
+            with trio.fail_after(WAIT):
+                refused = message(
+                    await lines.until(lambda line: message(line)["msg"] == "reload refused")
+                )
+            assert part in str(refused["error"]), refused
+        async with await client_stream(tmp_path / "ca", ports["mesh"], CLIENT_A) as again:
+            assert await stays_open(again)  # still serving, under the tightened config
+        assert await stays_open(a)
+
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(WAIT):
+            stopping = message(
+                await lines.until(lambda line: message(line)["msg"] == "shutting down")
+            )
+        assert stopping["live"] in (1, "1"), stopping  # `a` is draining
+        await a.send_eof()
+        with trio.fail_after(WAIT):
+            code = await process.wait()
+            logged = await lines.rest()
+        await a.aclose()
+    print("\n".join(logged))
+    assert code == 0, logged
+    assert not any("Traceback" in line for line in logged), logged

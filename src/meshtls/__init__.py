@@ -28,6 +28,7 @@ from ._identity import Identity as Identity
 from ._identity import IdentitySource as IdentitySource
 from ._node import Node as Node
 from ._node import NodeError as NodeError
+from ._node import ReloadError as ReloadError
 from ._node import open_node as open_node
 from ._policy import ValidationPolicy as ValidationPolicy
 from ._sources import FileSource as FileSource

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,8 +33,9 @@ from ._check import check_peer
 from ._config import default_config, default_state_dir, load_config, with_flag_tunnels
 from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import ConfigError, MeshError, SpiffeIdError, VerificationError
-from ._node import NodeError, open_node
+from ._node import NodeError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._service import HeldSignals, run_node, signals_held
 from ._sources import FileSource
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import check_svid_offline, leaf_spiffe_id, verify_svid
@@ -510,6 +510,11 @@ def _add_tunnel_flags(node: argparse.ArgumentParser) -> None:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
+    with signals_held() as held:  # SIGTERM, SIGINT and SIGHUP are ours from here on
+        return _run_node(args, held)
+
+
+def _run_node(args: argparse.Namespace, held: HeldSignals) -> int:
     if args.config is not None and args.state_dir is not None:
         raise ConfigError(
             "--state-dir is where the embedded default keeps its CA; with --config,"
@@ -522,25 +527,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
     config = with_flag_tunnels(config, args.tunnels)
     _logs.configure(args.log_format, getattr(logging, args.log_level.upper()))
 
-    async def run() -> None:
-        shutdown = config.node.shutdown_timeout.total_seconds()
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with open_node(config) as node:
-                async for signum in signals:
-                    _logs.event(
-                        logging.getLogger("meshtls"),
-                        logging.INFO,
-                        "shutting down",
-                        signal=signal.Signals(signum).name,
-                        drain=f"{shutdown:g}s",
-                        live=node.live_connections,
-                    )
-                    with trio.move_on_after(shutdown):
-                        await node.drain()
-                    break
-
     try:
-        trio.run(run)
+        run_node(config, held)
     except NodeError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED

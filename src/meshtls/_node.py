@@ -17,6 +17,14 @@ refuses to the rotation, and every verified connection runs under `Rotation.trac
 deadline, and closure when its root leaves the bundle). The node is an `IdentitySource`
 too, for embedders who dial with it.
 
+Reload and drain. Each listener judges peers through a `Gate` (its authorizer, which the
+node swaps) and reads the rotation's policy at every handshake. `Node.reload` applies a
+new config all or nothing, without a checkpoint: it refuses (`ReloadError`) a change it
+cannot apply live, else swaps the policy and the rules, re-reads the identity files and
+has the rotation judge every live connection again. `Node.drain` closes every listening
+socket but the metrics endpoint's (new connections are refused at once), then waits for
+the live connections to end.
+
 Errors: a fault in one connection never stops the node. Every start-up failure, whatever
 its type (an identity the policy refuses, no first identity in time, a Workload API that
 says InvalidArgument, a listener that cannot bind, a CA directory that cannot be made), is
@@ -29,26 +37,31 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import trio
 from prometheus_client import CollectorRegistry
 
+from ._authorize import Authorizer
 from ._boundary import describe_error
 from ._config import (
+    ExposeSettings,
     FileIdentity,
+    ForwardSettings,
     LocalCAIdentity,
     NodeConfig,
     WorkloadApiIdentity,
+    format_address,
 )
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity, NoIdentityError
 from ._logs import event
 from ._metrics import NodeMetrics, add_process_collectors, serve_http
-from ._rotation import DRAIN_MARGIN, Rotation
+from ._rotation import DRAIN_MARGIN, ClosedConnection, Gate, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
 from ._status import (
     Json,
@@ -65,7 +78,10 @@ from ._stream import MeshStream, OurRole, serve
 from ._tls import TlsContexts
 from ._tunnel import expose, forward
 
-__all__ = ["DRAIN_MARGIN", "Node", "NodeError", "open_node"]
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["DRAIN_MARGIN", "Node", "NodeError", "Reload", "ReloadError", "open_node"]
 
 logger = logging.getLogger("meshtls")
 
@@ -78,6 +94,20 @@ _WATCH_INTERVAL = 60.0
 
 class NodeError(MeshError):
     """The node could not start, or stopped for a reason it cannot recover from."""
+
+
+class ReloadError(MeshError):
+    """`Node.reload` refused a config; the running config stays in force, all of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What `Node.reload` applied: the keys that changed (``"[authorize] ids"``), whether the
+    re-read identity files gave a new identity, and the live connections it closed."""
+
+    changed: tuple[str, ...]
+    rotated: bool
+    closed: tuple[ClosedConnection, ...]
 
 
 async def _discard(stream: MeshStream) -> None:
@@ -114,6 +144,9 @@ class Node:
         self._started = False
         self._waiting_for: str | None = None
         self._last_rotation: LastRotation | None = None
+        self._source: LiveSource | None = None
+        #: One gate per listener, in config order: mesh, each expose, each forward.
+        self._gates: list[Gate] = []
 
     # ------------------------------------------------------------ what embedders read
 
@@ -233,7 +266,7 @@ class Node:
                 "health endpoint serving",
                 address=_bound(self.listeners["metrics"]),
             )
-        source = self._build_source()
+        source = self._source = self._build_source()
         timeout = settings.startup_timeout.total_seconds()
         try:
             with trio.fail_after(timeout):
@@ -255,10 +288,11 @@ class Node:
             await start_writers(nursery, self.config.write, self.rotation, self.metrics)
 
         rotation = self.rotation
-        default_authorize = self.config.authorize.authorizer(first.svid.spiffe_id.trust_domain)
+        self._gates = [Gate(rule) for rule in self._rules(self.config)]
+        mesh_gate, *tunnel_gates = self._gates
 
         async def mesh_handler(stream: MeshStream) -> None:
-            with rotation.track(stream, "server", listener="mesh"):
+            with rotation.track(stream, "server", listener="mesh", gate=mesh_gate):
                 await handler(stream)
 
         with _binding("mesh", settings.listen):
@@ -269,8 +303,8 @@ class Node:
                     settings.listen[1],
                     host=settings.listen[0],
                     source=rotation,
-                    authorize=default_authorize,
-                    policy=self.config.policy,
+                    authorize=mesh_gate,
+                    policy=rotation.current_policy,
                     handshake_timeout=settings.handshake_timeout.total_seconds(),
                     max_handshakes=settings.max_handshakes,
                     max_connections=settings.max_connections,
@@ -278,7 +312,7 @@ class Node:
                     observer=self,
                 ),
             )
-        for item in self.config.expose:
+        for item, gate in zip(self.config.expose, tunnel_gates, strict=False):
             name = f"expose:{_text(item.listen)}"
             with _binding(name, item.listen):
                 self.listeners[name] = await nursery.start(
@@ -287,18 +321,19 @@ class Node:
                         item.listen,
                         item.backend,
                         source=rotation,
-                        authorize=item.authorizer(default_authorize),
-                        policy=self.config.policy,
+                        authorize=gate,
+                        policy=rotation.current_policy,
                         max_connections=item.max_connections,
                         handshake_timeout=settings.handshake_timeout.total_seconds(),
                         connect_timeout=item.connect_timeout.total_seconds(),
                         clock=self._clock,
                         observer=self,
-                        track=functools.partial(rotation.track, listener=name),
+                        track=functools.partial(rotation.track, listener=name, gate=gate),
                         proxy_protocol=item.proxy_protocol,
                     ),
                 )
-        for fwd in self.config.forward:
+        forward_gates = tunnel_gates[len(self.config.expose) :]
+        for fwd, gate in zip(self.config.forward, forward_gates, strict=True):
             name = f"forward:{_text(fwd.listen)}"
             with _binding(name, fwd.listen):
                 self.listeners[name] = await nursery.start(
@@ -306,14 +341,14 @@ class Node:
                         forward,
                         fwd.listen,
                         fwd.peer,
-                        authorize=fwd.authorizer(),
+                        authorize=gate,
                         source=rotation,
-                        policy=self.config.policy,
+                        policy=rotation.current_policy,
                         max_connections=fwd.max_connections,
                         connect_timeout=fwd.connect_timeout.total_seconds(),
                         clock=self._clock,
                         observer=self,
-                        track=functools.partial(rotation.track, listener=name),
+                        track=functools.partial(rotation.track, listener=name, gate=gate),
                     ),
                 )
         self._started = self._ready = True
@@ -379,12 +414,183 @@ class Node:
                 current = new
 
     async def drain(self) -> None:
-        """Stop being ready, and wait until every live connection has finished.
+        """Stop being ready, stop accepting on every listener, and wait until every live
+        connection has finished.
 
-        The caller bounds the wait (``trio.move_on_after(shutdown_timeout)``).
+        The caller bounds the wait (``trio.move_on_after(shutdown_timeout)``); the
+        connections still live then are cancelled when `open_node`'s block ends.
         """
         self._ready = False
+        self.stop_accepting()
         await self.rotation.drained()
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets of the mesh, expose and forward listeners at once.
+
+        A new connection is refused by the kernel from then on, never accepted and left
+        waiting; the live ones are untouched. The metrics endpoint stays up, so probes see
+        ``/readyz`` 503 during a drain.
+        """
+        for name, listeners in self.listeners.items():
+            if name != "metrics":
+                for listener in listeners:
+                    listener.socket.close()
+
+    # ------------------------------------------------------------ reload
+
+    def _rules(self, config: NodeConfig) -> list[Authorizer]:
+        """Each listener's authorizer under `config`: mesh, each expose, each forward."""
+        own = self.identity().svid.spiffe_id.trust_domain
+        default = config.authorize.authorizer(own)
+        return [
+            default,
+            *(item.authorizer(default) for item in config.expose),
+            *(fwd.authorizer() for fwd in config.forward),
+        ]
+
+    def reload(self, config: NodeConfig) -> Reload:
+        """Apply `config` at once, all or nothing; then judge the live connections again.
+
+        Applied live: ``[authorize]``, ``[[expose]] allow``, ``[[forward]] expect``,
+        ``[policy]``, ``[revocation] mode`` and ``[node] shutdown_timeout``. New handshakes
+        use them at once; each live connection whose peer no longer passes is closed,
+        counted and logged (`Rotation.recheck`). The identity files (a file identity) are
+        read again at once. Logs one summary event.
+
+        Raises `ReloadError`, changing nothing, when `config` changes anything else (the
+        message names each such key: they need a restart), or when our own SVID would fail
+        its policy. Must run in the node's Trio thread; it never waits.
+        """
+        if self._source is None:
+            raise ReloadError("the node has not started; nothing to reload")
+        restart = needs_restart(self.config, config)
+        if restart:
+            raise ReloadError(
+                f"these changes need a restart: {', '.join(restart)};"
+                " the running config stays in force"
+            )
+        ours = self.identity().svid
+        problem = self.rotation.passes(ours, config.policy)
+        if problem is not None:
+            raise ReloadError(
+                f"our SVID {ours.spiffe_id} would fail the new [policy]: {problem};"
+                " the running config stays in force"
+            )
+        try:
+            rules = self._rules(config)
+        except MeshError as exc:
+            raise ReloadError(f"{exc}; the running config stays in force") from exc
+        changed = _live_changes(self.config, config)
+        self.config = config
+        self.rotation.policy = config.policy
+        for gate, rule in zip(self._gates, rules, strict=True):
+            gate.rule = rule
+        rotated = False
+        if isinstance(self._source, FileSource) and self._source.reload(force=True):
+            rotated = self.rotation.apply(self._source.identity())
+        closed = tuple(self.rotation.recheck())
+        event(
+            logger,
+            logging.INFO,
+            "config reloaded",
+            changed=", ".join(changed) or "nothing",
+            identity="rotated" if rotated else "unchanged",
+            closed=len(closed),
+        )
+        return Reload(tuple(changed), rotated, closed)
+
+
+#: `NodeConfig` fields `needs_restart` judges one by one; any other field that differs
+#: needs a restart (so a key added later is never applied halfway).
+_JUDGED: frozenset[str] = frozenset(
+    {
+        "identity",
+        "node",
+        "policy",
+        "revocation",
+        "authorize",
+        "expose",
+        "forward",
+        "source",
+        "notes",
+    }
+)
+#: ``[node]`` keys a reload applies (the shutdown timeout is read when the drain starts).
+_LIVE_NODE_KEYS: frozenset[str] = frozenset({"shutdown_timeout"})
+
+
+def _differing(old: DataclassInstance, new: DataclassInstance) -> list[str]:
+    """The names of the dataclass fields whose values differ between `old` and `new`."""
+    return [f.name for f in fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def _form(config: NodeConfig) -> str:
+    identity = config.identity
+    if isinstance(identity, FileIdentity):
+        return "files"
+    return "local_ca" if isinstance(identity, LocalCAIdentity) else "workload_api"
+
+
+def _tunnel_changes(
+    kind: str,
+    old: Sequence[ExposeSettings | ForwardSettings],
+    new: Sequence[ExposeSettings | ForwardSettings],
+    live: str,
+) -> list[str]:
+    """What differs in the ``[[kind]]`` tables beyond their `live` key: added, removed or
+    changed tunnels, each named by its listen address."""
+    before = [format_address(item.listen) for item in old]
+    after = [format_address(item.listen) for item in new]
+    if before != after:
+        added = [f"[[{kind}]] {a} added" for a in after if a not in before]
+        removed = [f"[[{kind}]] {a} removed" for a in before if a not in after]
+        return added + removed or [f"[[{kind}]] order"]
+    return [
+        f"[[{kind}]] {address} {name}"
+        for address, a, b in zip(before, old, new, strict=True)
+        for name in _differing(a, b)
+        if name != live
+    ]
+
+
+def needs_restart(old: NodeConfig, new: NodeConfig) -> list[str]:
+    """Each change from `old` to `new` that a running node cannot apply, named for a person
+    (``"[node] listen"``, ``"[[expose]] 127.0.0.1:8600 added"``); empty if there is none."""
+    found: list[str] = []
+    if type(old.identity) is not type(new.identity):
+        found.append(f"[identity] form ({_form(old)} -> {_form(new)})")
+    else:
+        found += [f"[identity] {name}" for name in _differing(old.identity, new.identity)]
+    found += [f"[node] {n}" for n in _differing(old.node, new.node) if n not in _LIVE_NODE_KEYS]
+    found += [
+        f"[revocation] {n}" for n in _differing(old.revocation, new.revocation) if n != "mode"
+    ]
+    found += _tunnel_changes("expose", old.expose, new.expose, "allow")
+    found += _tunnel_changes("forward", old.forward, new.forward, "expect")
+    found += [f"[{name}]" for name in _differing(old, new) if name not in _JUDGED]
+    return found
+
+
+def _live_changes(old: NodeConfig, new: NodeConfig) -> list[str]:
+    """The changes a reload applies, named as `needs_restart` names the others."""
+    changed = [f"[policy] {name}" for name in _differing(old.policy, new.policy)]
+    changed = [c for c in changed if c != "[policy] revocation"]
+    if old.revocation.mode != new.revocation.mode:
+        changed.append("[revocation] mode")
+    changed += [f"[authorize] {name}" for name in _differing(old.authorize, new.authorize)]
+    if old.node.shutdown_timeout != new.node.shutdown_timeout:
+        changed.append("[node] shutdown_timeout")
+    changed += [
+        f"[[expose]] {format_address(a.listen)} allow"
+        for a, b in zip(old.expose, new.expose, strict=True)
+        if a.allow != b.allow
+    ]
+    changed += [
+        f"[[forward]] {format_address(a.listen)} expect"
+        for a, b in zip(old.forward, new.forward, strict=True)
+        if a.expect != b.expect
+    ]
+    return changed
 
 
 @contextmanager

@@ -31,6 +31,14 @@ Live connections. Every verified connection of the node runs in `track`, inside 
 scope whose deadline is `DRAIN_MARGIN` before the earlier of the peer's and our own
 ``not_after``, announced on the stream as ``closes_at``: nothing outlives its
 credentials, and a handler knows from the start when its connection will end.
+
+Reload. The node's listeners judge peers through a `Gate` each (an authorizer whose rule
+the node swaps) and read `Rotation.policy` at every handshake, so a reload's new rules
+apply to the next handshake at once. `recheck` then judges every live connection again,
+as a handshake now would (the chain against the bundles in force, under the policy in
+force, then its listener's gate), and closes those that fail: each is counted
+(``peer_verification_failures_total{reason}``) and logged with its listener, peer
+address and SPIFFE id.
 """
 
 from __future__ import annotations
@@ -38,21 +46,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, NoReturn
 
 import trio
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ._boundary import mapped
+from ._authorize import Authorizer
+from ._boundary import describe_error, mapped
 from ._bundle import BundleSet
 from ._errors import MeshError, Reason, VerificationError
 from ._identity import Identity, NoIdentityError
+from ._logs import event
 from ._metrics import CERTIFICATE_REASONS, NodeMetrics
 from ._policy import ValidationPolicy
 from ._sources import IdentityCell
 from ._stream import MeshStream, OurRole
-from ._svid import X509Svid, verify_svid
+from ._svid import Role, VerifiedPeer, X509Svid, verify_svid
 
 logger = logging.getLogger("meshtls")
 
@@ -65,18 +76,63 @@ def _malformed(description: str) -> VerificationError:
     return VerificationError("malformed_certificate", description)
 
 
-class _Live:
-    """One tracked connection: its stream, its cancel scope, our role, its listener's name."""
+class Gate:
+    """Who may pass one listener: an `Authorizer` whose rule the node swaps on reload.
 
-    __slots__ = ("listener", "role", "scope", "stream")
+    A listener holds the gate, never the rule itself, so a new ``rule`` applies to the
+    next handshake at once. Calling it raises as the rule does.
+    """
+
+    __slots__ = ("rule",)
+
+    def __init__(self, rule: Authorizer) -> None:
+        self.rule = rule
+
+    def __call__(self, peer: VerifiedPeer) -> None:
+        self.rule(peer)
+
+    def __repr__(self) -> str:
+        return f"Gate({self.rule!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedConnection:
+    """A live connection that `Rotation.recheck` closed, and why."""
+
+    listener: str
+    peer: str  # its address, host:port
+    spiffe_id: str
+    reason: Reason
+    detail: str
+
+
+def _peer_address(stream: MeshStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except (OSError, ValueError):  # closed already, or not an IP socket
+        return "-"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class _Live:
+    """One tracked connection: its stream, its cancel scope, our role, its listener's name
+    and the gate (if any) it passed, which `Rotation.recheck` asks again."""
+
+    __slots__ = ("gate", "listener", "role", "scope", "stream")
 
     def __init__(
-        self, stream: MeshStream, scope: trio.CancelScope, role: OurRole, listener: str
+        self,
+        stream: MeshStream,
+        scope: trio.CancelScope,
+        role: OurRole,
+        listener: str,
+        gate: Authorizer | None,
     ) -> None:
         self.stream = stream
         self.scope = scope
         self.role = role
         self.listener = listener
+        self.gate = gate
 
 
 class Rotation:
@@ -89,7 +145,9 @@ class Rotation:
     """
 
     def __init__(self, *, policy: ValidationPolicy, metrics: NodeMetrics, clock: Clock) -> None:
-        self._policy = policy
+        #: The policy our SVID and every handshake of the node are judged by; the node
+        #: replaces it on reload, and listeners read it through `current_policy`.
+        self.policy = policy
         self._metrics = metrics
         self._clock = clock
         self._active: Identity | None = None
@@ -144,6 +202,14 @@ class Rotation:
         self._swap(chosen)
         return True
 
+    def current_policy(self) -> ValidationPolicy:
+        """`policy` as a callable for listeners (`serve(policy=rotation.current_policy)`)."""
+        return self.policy
+
+    def passes(self, svid: X509Svid, policy: ValidationPolicy) -> VerificationError | None:
+        """Whether our `svid` passes `policy` against the bundles in force (None) or not."""
+        return self._verify(svid, self.identity().bundles, policy)
+
     def refused(self, reason: Reason, detail: str) -> None:
         """A source refused an update before publishing it (it has logged it): count it."""
         self._count(reason)
@@ -155,11 +221,15 @@ class Rotation:
 
     # ------------------------------------------------------------ judging
 
-    def _verify(self, svid: X509Svid, bundles: BundleSet) -> VerificationError | None:
-        """Our SVID as a peer would check it; the refusal, or None when it passes."""
+    def _verify(
+        self, svid: X509Svid, bundles: BundleSet, policy: ValidationPolicy | None = None
+    ) -> VerificationError | None:
+        """Our SVID as a peer would check it (under `policy`, default: ours); the refusal,
+        or None when it passes."""
         try:
             with mapped(_malformed):
-                verify_svid(svid.chain, bundles, policy=self._policy, now=self._clock())
+                judged_by = policy or self.policy
+                verify_svid(svid.chain, bundles, policy=judged_by, now=self._clock())
         except VerificationError as exc:
             return exc
         except MeshError as exc:
@@ -250,18 +320,26 @@ class Rotation:
         return min(stream.peer.not_after, ours) - DRAIN_MARGIN
 
     @contextmanager
-    def track(self, stream: MeshStream, role: OurRole, *, listener: str = "") -> Iterator[None]:
+    def track(
+        self,
+        stream: MeshStream,
+        role: OurRole,
+        *,
+        listener: str = "",
+        gate: Authorizer | None = None,
+    ) -> Iterator[None]:
         """Run a verified connection under its deadline and the node's trust checks.
 
         `listener` names the node's listener or tunnel the connection belongs to
-        (``"mesh"``, ``"expose:127.0.0.1:8600"``), for `live_by_listener`. The deadline
-        is announced on the stream as ``stream.closes_at`` first, so the handler can
-        finish what it is sending before then: no cut by surprise.
+        (``"mesh"``, ``"expose:127.0.0.1:8600"``), for `live_by_listener` and `recheck`.
+        `gate` is the rule the peer passed (its listener's `Gate`), which `recheck` asks
+        again. The deadline is announced on the stream as ``stream.closes_at`` first, so the
+        handler can finish what it is sending before then: no cut by surprise.
         """
         stream.closes_at = self.deadline(stream)
         seconds = (stream.closes_at - self._clock()).total_seconds()
         with trio.CancelScope(deadline=trio.current_time() + seconds) as scope:
-            entry = _Live(stream, scope, role, listener)
+            entry = _Live(stream, scope, role, listener, gate)
             self._live.add(entry)
             try:
                 yield
@@ -288,6 +366,68 @@ class Rotation:
                 )
                 self._metrics.peer_rejected("untrusted_chain")
                 entry.scope.cancel()
+
+    def recheck(self) -> list[ClosedConnection]:
+        """Judge every live connection again, as a handshake would be judged now; close
+        (cancel) each that fails, count it and log it. Returns those closed.
+
+        A connection is judged on its chain (bundles and `policy` in force, the clock now),
+        then on the gate it was tracked with (none: the chain alone). Whatever a rule
+        raises closes that connection only (fail closed, as in a handshake).
+        """
+        bundles = self.identity().bundles
+        now = self._clock()
+        closed: list[ClosedConnection] = []
+        for entry in list(self._live):
+            if entry.scope.cancel_called:
+                continue
+            problem = self._rejudge(entry, bundles, now)
+            if problem is None:
+                continue
+            peer = entry.stream.peer
+            gone = ClosedConnection(
+                entry.listener,
+                _peer_address(entry.stream),
+                str(peer.spiffe_id),
+                problem.reason,
+                problem.detail,
+            )
+            event(
+                logger,
+                logging.WARNING,
+                "closing a live connection whose peer no longer passes",
+                listener=gone.listener,
+                peer=gone.peer,
+                spiffe_id=gone.spiffe_id,
+                reason=gone.reason,
+                detail=gone.detail,
+            )
+            self._metrics.peer_rejected(problem.reason)
+            entry.scope.cancel()
+            closed.append(gone)
+        return closed
+
+    def _rejudge(self, entry: _Live, bundles: BundleSet, now: datetime) -> VerificationError | None:
+        peer, gate = entry.stream.peer, entry.gate
+        role: Role = "client" if entry.role == "server" else "server"  # the PEER's role
+        try:
+            with mapped(_malformed):
+                verify_svid(peer.chain, bundles, policy=self.policy, now=now, role=role)
+        except VerificationError as exc:
+            return exc
+        except MeshError as exc:
+            return _malformed(str(exc))
+        if gate is None:
+            return None
+        try:
+            gate(peer)
+        except VerificationError as exc:
+            return exc
+        except Exception as exc:  # a broken rule refuses, as in a handshake
+            return VerificationError(
+                "unauthorized", f"the authorizer failed ({describe_error(exc)})"
+            )
+        return None
 
     @property
     def live_connections(self) -> int:

@@ -280,14 +280,15 @@ class FileSource(_Published):
         with _reading("bundles"):
             return BundleSet._build(bundles)
 
-    def reload(self) -> bool:
-        """If any file changed, read them again and publish what is new and usable.
+    def reload(self, *, force: bool = False) -> bool:
+        """If any file changed (or `force`: at once, changed or not, as on SIGHUP), read
+        them again and publish what is new and usable.
 
         Returns True when a new identity was published. What cannot be used keeps its old
         value (logged and reported once) until the files change again.
         """
         stamps = self._current_stamps()
-        if stamps == self._stamps:
+        if stamps == self._stamps and not force:
             return False
         self._stamps = stamps
         current = self._cell.current()

@@ -66,6 +66,16 @@ _ACCEPT_CAPACITY_ERRORS: Final = frozenset(
 )
 
 Clock = Callable[[], datetime]
+#: A policy, or a callable read by each handshake (a node swaps its policy on reload).
+PolicyRead = ValidationPolicy | Callable[[], ValidationPolicy]
+
+
+def _policy_reader(policy: PolicyRead | None) -> Callable[[], ValidationPolicy]:
+    """`policy` as a callable that each handshake reads (the default policy for None)."""
+    if callable(policy):
+        return policy
+    fixed = policy or DEFAULT_POLICY
+    return lambda: fixed
 
 
 def _wall_clock() -> datetime:
@@ -640,7 +650,7 @@ async def connect(
     *,
     source: IdentitySource,
     authorize: Authorizer,
-    policy: ValidationPolicy | None = None,
+    policy: PolicyRead | None = None,
     clock: Clock | None = None,
     observer: Observer | None = None,
 ) -> MeshStream:
@@ -662,7 +672,7 @@ async def connect(
     ctx = _HandshakeContext(
         address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
         bundles=contexts.bundles,
-        policy=policy or DEFAULT_POLICY,
+        policy=_policy_reader(policy)(),
         authorize=authorize,
         clock=clock or _wall_clock,
         role="server",
@@ -785,7 +795,7 @@ async def serve(
     host: str | None = None,
     source: IdentitySource,
     authorize: Authorizer,
-    policy: ValidationPolicy | None = None,
+    policy: PolicyRead | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -823,7 +833,7 @@ async def serve(
     listeners = await trio.open_tcp_listeners(port, host=host)
     handshakes = _Handshakes(max_handshakes)
     watch: tuple[Observer, OurRole] | None = (observer, "server") if observer else None
-    policy = policy or DEFAULT_POLICY
+    current_policy = _policy_reader(policy)
     now = clock or _wall_clock
 
     def rejected(exc: HandshakeError, seconds: float) -> None:
@@ -856,7 +866,7 @@ async def serve(
                 ctx = _HandshakeContext(
                     address=address,
                     bundles=contexts.bundles,
-                    policy=policy,
+                    policy=current_policy(),
                     authorize=authorize,
                     clock=now,
                     role="client",
@@ -925,23 +935,30 @@ async def serve(
         for listener in listeners:
             nursery.start_soon(_accept_loop, listener, nursery, serve_one)
         task_status.started(listeners)
-    raise AssertionError("unreachable: the accept loops run until cancelled")  # pragma: no cover
+    # Every listener was closed (a node's drain) and every connection has ended.
+    await trio.sleep_forever()
 
 
 async def _accept_loop(
     listener: trio.SocketListener,
     nursery: trio.Nursery,
     serve_one: Callable[[socket.socket], Awaitable[None]],
-) -> NoReturn:
-    """Accept in batches on the listener's socket; wait only when the backlog is empty."""
+) -> None:
+    """Accept in batches on the listener's socket; wait only when the backlog is empty.
+
+    Returns once someone closes `listener` (a node that drains stops accepting this way);
+    the connections already accepted run on in `nursery`.
+    """
     async with listener:
         raw = socket.socket(fileno=listener.socket.fileno())
         raw.setblocking(False)
         try:
-            while True:
+            while listener.socket.fileno() != -1:
                 try:
                     ready = _accept_ready(raw)
                 except OSError as exc:  # out of descriptors or memory: back off, keep serving
+                    if listener.socket.fileno() == -1:
+                        return
                     logger.error("accept failed, retrying in 100 ms error=%r", exc)
                     await trio.sleep(0.1)
                     continue
@@ -949,6 +966,9 @@ async def _accept_loop(
                     nursery.start_soon(serve_one, sock)
                 # The backlog is drained, so this parks: a checkpoint that lets the new
                 # tasks run before the next batch.
-                await trio.lowlevel.wait_readable(raw)
+                try:
+                    await trio.lowlevel.wait_readable(raw)
+                except trio.ClosedResourceError:
+                    return  # closed while we waited
         finally:
             raw.detach()  # the listener owns the descriptor

@@ -35,7 +35,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import NoReturn
 
@@ -46,7 +46,6 @@ from ._boundary import describe_error
 from ._errors import HandshakeError
 from ._identity import IdentitySource
 from ._logs import event
-from ._policy import ValidationPolicy
 from ._spiffeid import SpiffeId
 from ._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -56,6 +55,7 @@ from ._stream import (
     MeshStream,
     Observer,
     OurRole,
+    PolicyRead,
     connect,
     serve,
 )
@@ -211,7 +211,7 @@ async def expose(
     *,
     source: IdentitySource,
     authorize: Authorizer,
-    policy: ValidationPolicy | None = None,
+    policy: PolicyRead | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -293,7 +293,7 @@ async def forward(
     *,
     authorize: Authorizer,
     source: IdentitySource,
-    policy: ValidationPolicy | None = None,
+    policy: PolicyRead | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     clock: Clock | None = None,
@@ -302,7 +302,8 @@ async def forward(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plaintext in on `listen`, mTLS out to `peer`, which `authorize` must accept (the
-    node's ``expect``, as `authorize_patterns` builds it).
+    node's ``expect``, as `authorize_patterns` builds it, or a `Gate` a reload can change).
+    `policy` may be a callable, read for each connection.
 
     A peer that cannot be reached, fails verification, is refused by `authorize`, or has not
     completed its TCP connect and handshake within `connect_timeout` seconds: the
@@ -356,5 +357,42 @@ async def forward(
             await join(client, upstream)
 
     host, port = listen
-    await trio.serve_tcp(tunnel, port, host=host, task_status=task_status)
-    raise AssertionError("unreachable")  # pragma: no cover
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(_accept_plain, listener, nursery, tunnel)
+        task_status.started(listeners)
+    # Every listener was closed (a node's drain) and every client has ended.
+    await trio.sleep_forever()
+
+
+async def _accept_plain(
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    tunnel: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    """Accept plaintext clients until `listener` is closed (a node's drain), then return.
+
+    Out of descriptors or memory: log, back off 100 ms and go on, as `trio.serve_tcp` does.
+    """
+    async with listener:
+        while True:
+            try:
+                client = await listener.accept()
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+            except OSError as exc:
+                if listener.socket.fileno() == -1:
+                    return
+                logger.error("accept failed, retrying in 100 ms error=%r", exc)
+                await trio.sleep(0.1)
+                continue
+            nursery.start_soon(_closing, tunnel, client)
+
+
+async def _closing(
+    tunnel: Callable[[trio.SocketStream], Awaitable[None]], client: trio.SocketStream
+) -> None:
+    """Run `tunnel` for `client`, then close `client` whatever happened (it may be reset)."""
+    async with client:
+        await tunnel(client)

@@ -1,0 +1,167 @@
+"""`meshtls node`'s run loop: a node under the signals an operator sends.
+
+Theory of operation. `signals_held` takes SIGTERM, SIGINT and SIGHUP from the first line
+of ``meshtls node`` (before the config is read): a signal that arrives before the loop
+runs is only noted, never acted on by Python's default (death, or a KeyboardInterrupt
+traceback). `run_node` then runs one Trio loop that owns both the node and the signals:
+
+- the node starts in its own task (`open_node`), while the loop listens;
+- SIGTERM or SIGINT *during start-up* (a Workload API that does not answer yet, a local
+  CA being made) cancels the start-up: one log line, exit 0;
+- SIGTERM or SIGINT once the node is up starts the drain (`Node.drain`, bounded by
+  ``[node] shutdown_timeout``, read when the drain starts); a second one ends the drain
+  at once;
+- SIGHUP reloads: the config file is read again and handed to `Node.reload`, which
+  applies it all or nothing. A config that does not load, or asks for a change that
+  needs a restart, is one error line and leaves the running node as it was. A SIGHUP
+  during start-up is kept and applied once the node is ready.
+
+Errors: `NodeError` (the node could not start) leaves `run_node` for the CLI to print;
+nothing else that a signal causes is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Final
+
+import trio
+
+from ._boundary import describe_error
+from ._config import NodeConfig, load_config
+from ._errors import ConfigError
+from ._logs import event
+from ._node import Node, NodeError, ReloadError, open_node
+
+logger = logging.getLogger("meshtls")
+
+STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+SIGNALS: Final = (*STOP_SIGNALS, signal.SIGHUP)
+
+
+class HeldSignals:
+    """The signals that arrived before `run_node` listened, in order (the earliest first)."""
+
+    def __init__(self) -> None:
+        self.pending: list[signal.Signals] = []
+
+    def note(self, signum: int, frame: FrameType | None) -> None:
+        """A `signal.signal` handler: remember the signal; act on it later."""
+        self.pending.append(signal.Signals(signum))
+
+
+@contextmanager
+def signals_held() -> Iterator[HeldSignals]:
+    """Note SIGTERM, SIGINT and SIGHUP instead of dying of them, until the block ends.
+
+    Must run in the main thread. The previous handlers come back on the way out.
+    """
+    held = HeldSignals()
+    previous = {signum: signal.signal(signum, held.note) for signum in SIGNALS}
+    try:
+        yield held
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _Run:
+    """One run of ``meshtls node``: the node's task and the signal loop that steers it."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self.node: Node | None = None
+        self.failed: NodeError | None = None
+        self.stop = trio.Event()
+        self.stop_signal = ""
+        self.reload_pending = False
+        self.drain_scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
+
+    async def node_task(
+        self, config: NodeConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the node until a stop signal, drain it, then end the run."""
+        assert self.nursery is not None
+        task_status.started()
+        try:
+            async with open_node(config) as node:
+                self.node = node
+                if self.reload_pending:
+                    self.reload_pending = False
+                    self.reload()
+                await self.stop.wait()
+                shutdown = node.config.node.shutdown_timeout.total_seconds()
+                event(
+                    logger,
+                    logging.INFO,
+                    "shutting down",
+                    signal=self.stop_signal,
+                    drain=f"{shutdown:g}s",
+                    live=node.live_connections,
+                )
+                with trio.move_on_after(shutdown) as self.drain_scope:
+                    await node.drain()
+        except NodeError as exc:
+            self.failed = exc
+        finally:
+            self.nursery.cancel_scope.cancel()
+
+    def on_signal(self, signum: signal.Signals) -> None:
+        """Steer the run by one signal (see the theory of operation)."""
+        assert self.nursery is not None
+        if signum == signal.SIGHUP:
+            if self.node is None:
+                self.reload_pending = True
+            elif not self.stop.is_set():
+                self.reload()
+            return
+        if self.node is None:
+            event(logger, logging.INFO, "stopped during start-up", signal=signum.name)
+            self.nursery.cancel_scope.cancel()
+        elif not self.stop.is_set():
+            self.stop_signal = signum.name
+            self.stop.set()
+        elif self.drain_scope is not None and not self.drain_scope.cancel_called:
+            event(logger, logging.INFO, "stopping at once", signal=signum.name)
+            self.drain_scope.cancel()
+
+    def reload(self) -> None:
+        """Read the config file again and apply it; one error line if that fails."""
+        assert self.node is not None
+        path = self.config_path
+        try:
+            config = load_config(path) if path is not None else self.node.config
+            self.node.reload(config)
+        except (ConfigError, ReloadError) as exc:
+            event(logger, logging.ERROR, "reload refused", error=str(exc))
+        except Exception as exc:  # a bug in reloading must not stop a serving node
+            event(logger, logging.ERROR, "reload failed", error=describe_error(exc))
+
+
+async def _main(run: _Run, config: NodeConfig, held: HeldSignals) -> None:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+            run.nursery = nursery
+            await nursery.start(run.node_task, config)
+            while held.pending:
+                run.on_signal(held.pending.pop(0))
+            async for signum in signals:
+                run.on_signal(signal.Signals(signum))
+
+
+def run_node(config: NodeConfig, held: HeldSignals) -> None:
+    """Run a node with `config` until a stop signal; see the module docstring.
+
+    `held` is from `signals_held`, entered before the config was read. Returns once the
+    node has stopped (exit 0). Raises `NodeError` when it could not start.
+    """
+    source = config.source
+    run = _Run(str(source) if source is not None else None)
+    trio.run(_main, run, config, held)
+    if run.failed is not None:
+        raise run.failed
