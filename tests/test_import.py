@@ -38,7 +38,7 @@ def test_the_workload_api_names_still_resolve_from_the_package() -> None:
 
 def test_an_unknown_name_is_still_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="WorkloadApiClient"):
-        _ = meshtls.WorkloadApiClient
+        _ = meshtls.WorkloadApiClient  # type: ignore[attr-defined]
 
 
 def test_the_private_spiffe_proto_modules_are_where_workload_imports_them() -> None:

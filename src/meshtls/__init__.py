@@ -57,15 +57,17 @@ __version__ = "0.1.0.dev0"
 _LAZY: Final = frozenset({"WorkloadApiError", "WorkloadApiSource"})
 
 
-def __getattr__(name: str) -> object:
-    """`meshtls.WorkloadApiSource` and `WorkloadApiError`, imported when first asked for."""
-    if name in _LAZY:
-        from . import _workload  # noqa: PLC0415 - the point: grpc only for those who use it
+if not TYPE_CHECKING:  # at run time only, so that mypy still flags a misspelt meshtls.Name
 
-        value: object = getattr(_workload, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    def __getattr__(name: str) -> object:
+        """`meshtls.WorkloadApiSource` and `WorkloadApiError`, imported when first asked for."""
+        if name in _LAZY:
+            from . import _workload  # noqa: PLC0415 - the point: grpc only for those who use it
+
+            value: object = getattr(_workload, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
