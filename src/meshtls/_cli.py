@@ -629,11 +629,12 @@ def _embedded_config(args: argparse.Namespace) -> NodeConfig:
 
 
 def _missing_home() -> Path | None:
-    """$HOME when it names a directory that does not exist, else None."""
-    home = os.environ.get("HOME")
-    if not home or Path(home).is_dir():
+    """The home directory ($HOME, else the password entry's) when it does not exist."""
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no password entry: default_state_dir uses ./.meshtls
         return None
-    return Path(home)
+    return None if home.is_dir() else home
 
 
 def _credential_hint(config: NodeConfig) -> None:
