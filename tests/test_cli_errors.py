@@ -633,3 +633,9 @@ def test_ca_issue_never_writes_a_leaf_key_beside_the_ca_keys(
     assert code == 2
     one_error(err, "beside the CA's keys")
     assert not (ca_dir / "web.key").exists()
+
+    os.chdir(ca_dir)  # the default, from inside the CA directory (the fixture chdirs back)
+    code, _, err = run(capsys, "ca", "issue", WEB, "--dir", ".")
+    assert code == 2
+    one_error(err, "the current directory would put a leaf key beside the CA's keys")
+    assert not (ca_dir / "web.key").exists()

@@ -228,9 +228,10 @@ def _cmd_ca_issue(args: argparse.Namespace) -> int:
     if not prefix.parent.is_dir():
         raise ConfigError(f"{prefix.parent} is not a directory (from --out {prefix})")
     if prefix.parent.resolve() == ca.directory.resolve():
+        given = f"--out {prefix}" if out is not None else "the current directory"
         raise ConfigError(
-            f"--out {prefix} would put a leaf key beside the CA's keys in {ca.directory};"
-            " choose another directory"
+            f"{given} would put a leaf key beside the CA's keys in {ca.directory};"
+            " run it elsewhere or give --out PREFIX in another directory"
         )
     now = datetime.now(UTC).replace(microsecond=0)  # certificates keep whole seconds
     svid = ca.issue(
