@@ -223,6 +223,13 @@ def test_bench_handshake_help_names_the_command(capsys: pytest.CaptureFixture[st
     assert "--count" in out
 
 
+def test_bench_usage_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """They printed the whole usage first, unlike every other command."""
+    code, out, err = run(capsys, "bench", "handshake", "--count", "0")
+    assert (code, out) == (2, "")
+    one_error(err, "--count", "positive", "see 'meshtls bench handshake --help'")
+
+
 # ---------------------------------------------------------------- the node's files
 
 

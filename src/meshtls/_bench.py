@@ -1177,9 +1177,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The benchmark's options; `prog` names the command in usage (default: the script's name)."""
-    parser = argparse.ArgumentParser(
+def parser(
+    prog: str | None = None, kind: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The benchmark's options; `prog` names the command in usage (default: the script's
+    name), `kind` is the parser class (``meshtls`` passes its one-line-error parser)."""
+    parser = kind(
         prog=prog,
         description="TLS 1.3 mutual-auth handshakes/s and latency: meshtls and baselines.",
     )
@@ -1194,11 +1197,16 @@ def parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    kind: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> int:
     """Run the benchmark; 0 when every handshake succeeded, 1 otherwise, 2 on usage errors.
 
     Ctrl-C raises `KeyboardInterrupt` to the caller (``meshtls`` turns it into exit 130)."""
-    args = parser(prog).parse_args(argv)
+    args = parser(prog, kind).parse_args(argv)
     options = Options(
         count=args.count,
         rounds=args.rounds,

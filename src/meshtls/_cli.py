@@ -732,7 +732,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from ._bench import main as bench_main  # noqa: PLC0415 - heavy; only `bench` needs it
 
     try:
-        return bench_main(args.options, prog=f"{PROG} bench {args.what}")
+        return bench_main(args.options, prog=f"{PROG} bench {args.what}", kind=_Parser)
     except SystemExit as exc:  # its own --help or usage error: argparse has printed
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
 
