@@ -62,6 +62,15 @@ def issuer_public_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     return key
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in its own directory: ``ca issue`` writes there by default."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
 @pytest.fixture
 def ca_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
     directory = tmp_path / "ca"
@@ -180,7 +189,7 @@ def test_init_force_drops_a_stale_intermediate(
     assert not (intermediate_ca_dir / "intermediate.key").exists()
     assert run(capsys, "ca", "issue", WEB, "--dir", intermediate_ca_dir)[0] == 0
     bundle = intermediate_ca_dir / "bundle.pem"
-    code, out, _ = run(capsys, "inspect", intermediate_ca_dir / "web.pem", "--bundle", bundle)
+    code, out, _ = run(capsys, "inspect", "web.pem", "--bundle", bundle)
     assert code == 0, out
     assert "verdict: ok" in out
 
@@ -194,10 +203,15 @@ def test_init_bad_trust_domain(tmp_path: Path, capsys: pytest.CaptureFixture[str
 # ---------------------------------------------------------------- ca issue
 
 
-def test_issue_writes_leaf_and_key(ca_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_issue_writes_leaf_and_key(
+    ca_dir: Path, in_tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By default in the current directory, never beside the CA's keys."""
     code, out, err = run(capsys, "ca", "issue", WEB, "--dir", ca_dir)
     assert (code, err) == (0, "")
-    cert, key = ca_dir / "web.pem", ca_dir / "web.key"
+    cert, key = Path("web.pem"), Path("web.key")
+    assert (in_tmp_path / "web.key").is_file()
+    assert not (ca_dir / "web.key").exists()
     assert out.splitlines()[:2] == [f"wrote {cert}", f"wrote {key}"]
     (leaf,) = load_chain(cert)
     info = fields(out)

@@ -1,7 +1,11 @@
 """meshtls: a SPIFFE-aware TLS 1.3 mutual-TLS mesh transport for Trio.
 
 Only the names re-exported here are public; modules starting with ``_`` are private.
+The Workload API names are imported on first use, so ``import meshtls`` loads neither
+grpc nor py-spiffe.
 """
+
+from typing import TYPE_CHECKING, Final
 
 from ._authorize import Authorizer as Authorizer
 from ._authorize import all_of as all_of
@@ -43,10 +47,33 @@ from ._stream import serve as serve
 from ._svid import VerifiedPeer as VerifiedPeer
 from ._svid import X509Svid as X509Svid
 from ._svid import verify_svid as verify_svid
-from ._workload import WorkloadApiError as WorkloadApiError
-from ._workload import WorkloadApiSource as WorkloadApiSource
+
+if TYPE_CHECKING:
+    from ._workload import WorkloadApiError as WorkloadApiError
+    from ._workload import WorkloadApiSource as WorkloadApiSource
 
 __version__ = "0.1.0.dev0"
+
+#: Names whose module loads grpc and py-spiffe (about 90 modules): imported on first use.
+_LAZY: Final = frozenset({"WorkloadApiError", "WorkloadApiSource"})
+
+
+if not TYPE_CHECKING:  # at run time only, so that mypy still flags a misspelt meshtls.Name
+
+    def __getattr__(name: str) -> object:
+        """`meshtls.WorkloadApiSource` and `WorkloadApiError`, imported when first asked for."""
+        if name in _LAZY:
+            from . import _workload  # noqa: PLC0415 - the point: grpc only for those who use it
+
+            value: object = getattr(_workload, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 # A library logs, and the application decides where the lines go (meshtls node does).
 __import__("logging").getLogger("meshtls").addHandler(__import__("logging").NullHandler())

@@ -1177,9 +1177,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="handshake.py",
+def parser(
+    prog: str | None = None, kind: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """The benchmark's options; `prog` names the command in usage (default: the script's
+    name), `kind` is the parser class (``meshtls`` passes its one-line-error parser)."""
+    parser = kind(
+        prog=prog,
         description="TLS 1.3 mutual-auth handshakes/s and latency: meshtls and baselines.",
     )
     parser.add_argument("--count", type=_positive_int, default=300, help="per stack, level, round")
@@ -1193,9 +1197,16 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; 0 when every handshake succeeded, 1 otherwise, 2 on usage errors."""
-    args = parser().parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    prog: str | None = None,
+    kind: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> int:
+    """Run the benchmark; 0 when every handshake succeeded, 1 otherwise, 2 on usage errors.
+
+    Ctrl-C raises `KeyboardInterrupt` to the caller (``meshtls`` turns it into exit 130)."""
+    args = parser(prog, kind).parse_args(argv)
     options = Options(
         count=args.count,
         rounds=args.rounds,

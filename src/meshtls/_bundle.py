@@ -21,10 +21,11 @@ import base64
 import binascii
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Final, TypeAlias, cast
+from typing import Final, Literal, TypeAlias, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -54,13 +55,60 @@ def _as_trust_domain(value: TrustDomain | str, *, where: str = "") -> TrustDomai
         raise BundleError(f"{where}trust domain {shown(value)}: {exc}") from exc
 
 
+_PEM_BEGIN: Final = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+_PEM_BLOCK: Final = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]{1,40})-----(.*?)-----END \1-----", re.DOTALL
+)
+_FAQ_LINK: Final = re.compile(r"\s*See https://cryptography\.io/\S* for more details\.")
+PemKind = Literal["certificate", "private key"]
+
+
+def _is_kind(label: bytes, kind: PemKind) -> bool:
+    if kind == "certificate":
+        return label in (b"CERTIFICATE", b"X509 CERTIFICATE")
+    return label.endswith(b"PRIVATE KEY")
+
+
+def pem_problem(data: bytes, kind: PemKind, exc: BaseException) -> str:
+    """Why `data` gave no readable PEM `kind`, in our words: empty, DER, the wrong kind of
+    block, truncated, damaged base64. When the blocks look whole, the parser's own
+    complaint (`exc`), without the FAQ link cryptography appends to it."""
+    if not data.strip():
+        return "it is empty"
+    labels = _PEM_BEGIN.findall(data)
+    if not labels:
+        if data[:1] == b"\x30":  # a DER SEQUENCE: the binary form of a certificate or a key
+            tool = "x509" if kind == "certificate" else "pkey"
+            return f"it is DER, not PEM; convert it with: openssl {tool} -inform DER -outform PEM"
+        return f"no '-----BEGIN ...-----' line: not PEM text holding a {kind}"
+    if not any(_is_kind(label, kind) for label in labels):
+        found = labels[0].decode().lower()
+        return f"it holds a {found}, not a {kind}"
+    whole = {label for label, _ in _PEM_BLOCK.findall(data)}
+    for label in labels:
+        if _is_kind(label, kind) and label not in whole:
+            return f"truncated: '-----BEGIN {label.decode()}-----' has no END line"
+    for label, body in _PEM_BLOCK.findall(data):
+        if _is_kind(label, kind):
+            try:
+                base64.b64decode(b"".join(body.split()), validate=True)
+            except binascii.Error:
+                return f"damaged: the base64 inside '-----BEGIN {label.decode()}-----' is broken"
+    return _FAQ_LINK.sub("", describe_error(exc))
+
+
 def load_pem_certificates(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
     """Every certificate in `pem`. Raises `BundleError` naming `what` if there are none,
     or if `pem` cannot be read at all (a str that is not text, a certificate whose
-    outer structure is broken). Certificates are parsed lazily: the caller reads them."""
+    outer structure is broken), saying why in our words (`pem_problem`). Certificates
+    are parsed lazily: the caller reads them."""
     with mapped(lambda problem: BundleError(f"{what}: no readable PEM certificate ({problem})")):
         data = pem.encode() if isinstance(pem, str) else pem
-        return tuple(x509.load_pem_x509_certificates(data))
+        try:
+            return tuple(x509.load_pem_x509_certificates(data))
+        except Exception as exc:  # cryptography's words end in a link to its FAQ
+            problem = pem_problem(data, "certificate", exc)
+            raise BundleError(f"{what}: no readable PEM certificate ({problem})") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +299,9 @@ def _loads_strict(text: str | bytes, *, what: str) -> _Json:
         if exc.rule is None:
             raise BundleError(f"{what} is not valid JSON ({exc.message})") from None
         raise BundleError(f"{what}: {exc.message}", rule=exc.rule) from None
+    except json.JSONDecodeError as exc:  # in words, not the exception's type name
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise BundleError(f"{what} is not valid JSON ({exc.msg} at {where})") from exc
     except (ValueError, RecursionError) as exc:
         raise BundleError(f"{what} is not valid JSON ({describe_error(exc)})") from exc
 

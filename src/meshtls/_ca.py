@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -48,6 +48,9 @@ CA_KEY_USAGE: Final[frozenset[KeyUsageName]] = frozenset({"key_cert_sign", "crl_
 SVID_EKU: Final = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH)
 DEFAULT_LEAF_TTL: Final = timedelta(minutes=30)
 DEFAULT_CA_TTL: Final = timedelta(days=365)
+ISSUED: Final = "issued.json"
+REVOKED: Final = "revoked.json"
+_RECORDS: Final = (ISSUED, REVOKED, "crl.pem")  # what a CA directory holds about its leaves
 
 
 def generate_key(key_type: KeyType = "ec-p256") -> AnyPrivateKey:
@@ -427,7 +430,9 @@ class LocalCA:
 
     ``root.pem``/``root.key``; with an intermediate, ``intermediate.pem``/``.key`` too;
     ``bundle.pem`` (the root: the trust bundle); ``ca.json`` (trust domain);
-    ``revoked.json`` and ``crl.pem`` once something is revoked.
+    ``issued.json`` (serial -> SPIFFE ID and expiry of each leaf ``meshtls ca issue``
+    wrote: what ``ca revoke SERIAL`` may revoke); ``revoked.json`` and ``crl.pem`` once
+    something is revoked. Leaf keys are never written here by ``meshtls ca issue``.
     """
 
     directory: Path
@@ -472,9 +477,11 @@ class LocalCA:
                     raise ConfigError(f"{directory / name} exists; pass --force to overwrite it")
         for name, data, private in files:
             _write(directory / name, data, private=private, force=True)
-        if not intermediate:  # a forced re-init must not keep signing with an old intermediate
-            for stale in ("intermediate.pem", "intermediate.key"):
-                (directory / stale).unlink(missing_ok=True)
+        # A forced re-init is a new CA: it must not sign with an old intermediate, nor
+        # publish the old CA's CRL, nor revoke serials by the old CA's record.
+        stale = [*_RECORDS, *(() if intermediate else ("intermediate.pem", "intermediate.key"))]
+        for name in stale:
+            (directory / name).unlink(missing_ok=True)
         return cls.open(directory)
 
     @classmethod
@@ -555,6 +562,34 @@ class LocalCA:
         _write(cert_path, _pem(svid.chain), private=False, force=True)
         return cert_path, key_path
 
+    def record_issued(self, svid: X509Svid) -> None:
+        """Note `svid`'s serial in ``issued.json``, so that ``ca revoke SERIAL`` knows it."""
+        issued = self.issued()
+        issued[str(svid.leaf.serial_number)] = {
+            "spiffe_id": str(svid.spiffe_id),
+            "not_after": svid.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        data = json.dumps(issued, indent=1).encode()
+        _write(self.directory / ISSUED, data, private=False, force=True)
+
+    def issued(self) -> dict[str, dict[str, str]]:
+        """``issued.json``: serial (decimal) -> spiffe_id and not_after. Raises `ConfigError`."""
+        return cast(dict[str, dict[str, str]], self._record(ISSUED))
+
+    def revoked(self) -> dict[str, str]:
+        """``revoked.json``: serial (decimal) -> when it was revoked. Raises `ConfigError`."""
+        return cast(dict[str, str], self._record(REVOKED))
+
+    def _record(self, name: str) -> dict[str, object]:
+        path = self.directory / name
+        try:
+            value: object = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is unreadable ({exc})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} is not a JSON object")
+        return value
+
     def revoke(
         self,
         serial: int,
@@ -564,8 +599,8 @@ class LocalCA:
     ) -> Path:
         """Add `serial` to the revoked list and write a fresh signed ``crl.pem``. Idempotent."""
         now = now or datetime.now(UTC)
-        state_path = self.directory / "revoked.json"
-        revoked: dict[str, str] = json.loads(state_path.read_text()) if state_path.exists() else {}
+        state_path = self.directory / REVOKED
+        revoked = self.revoked()
         revoked.setdefault(str(serial), now.strftime("%Y-%m-%dT%H:%M:%SZ"))
         _write(state_path, json.dumps(revoked, indent=1).encode(), private=False, force=True)
         builder = (

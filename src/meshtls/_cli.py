@@ -7,19 +7,23 @@ the exit code; later commands (node, demo, check, bench) slot in the same way.
 Errors are mapped in one place, `main`: `VerificationError` means the operation
 failed (exit 1); any other `MeshError`, `OSError` or `ValueError` is a usage or
 config error (exit 2). Either way the user sees one line on stderr, prefixed
-``meshtls: error:``. Anything else is a bug in meshtls and keeps its traceback.
+``meshtls: error:``. Ctrl-C is one line, ``meshtls: interrupted``, and exit 130; a
+stdout closed under us (``| head``) ends the command quietly with exit 141. Anything
+else is a bug in meshtls and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NoReturn
+from typing import TYPE_CHECKING, Final, Literal, NoReturn
 
 import trio
 from cryptography import x509
@@ -30,19 +34,33 @@ from ._authorize import authorize_any, authorize_id
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
 from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA
 from ._check import check_peer
-from ._config import default_config, default_state_dir, load_config, with_flag_tunnels
+from ._config import (
+    DEFAULT_LISTEN,
+    DEFAULT_METRICS,
+    Address,
+    LocalCAIdentity,
+    NodeConfig,
+    _address_error,
+    default_config,
+    default_state_dir,
+    format_address,
+    load_config,
+    with_flag_tunnels,
+)
 from ._duration import format_duration, parse_duration, parse_optional_duration
-from ._errors import ConfigError, MeshError, SpiffeIdError, VerificationError
+from ._errors import BundleError, ConfigError, MeshError, SpiffeIdError, VerificationError
 from ._node import NodeError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._service import HeldSignals, run_node, signals_held
-from ._sources import FileSource
+from ._sources import FileSource, load_bundle_file
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import check_svid_offline, leaf_spiffe_id, verify_svid
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # the operation failed: verification failed, a peer was rejected
 EXIT_USAGE: Final = 2  # usage or config error: bad flags, missing or unreadable files
+EXIT_INTERRUPTED: Final = 130  # Ctrl-C (SIGINT): 128 + 2, as a shell reports it
+EXIT_CLOSED_PIPE: Final = 141  # our stdout was closed (`| head`): 128 + SIGPIPE, as for `cat`
 
 PROG: Final = "meshtls"
 _TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
@@ -102,8 +120,19 @@ def _when(value: datetime) -> str:
 
 
 def _read_certificates(path: Path) -> tuple[x509.Certificate, ...]:
-    """Every certificate in the PEM file at `path`; `BundleError` or `OSError` if unreadable."""
+    """Every certificate in the PEM file at `path` (``-``: stdin); `BundleError` or `OSError`
+    if unreadable."""
+    if str(path) == "-":
+        return load_pem_certificates(sys.stdin.buffer.read(), what="stdin")
     return load_pem_certificates(path.read_bytes(), what=str(path))
+
+
+def _read_roots(path: Path, trust_domain: TrustDomain) -> tuple[x509.Certificate, ...]:
+    """The roots in a bundle file: PEM, or a SPIFFE bundle (JSON), read as the node reads it."""
+    try:
+        return load_bundle_file(path, trust_domain).authorities
+    except BundleError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------- meshtls ca
@@ -143,7 +172,8 @@ def _add_ca(commands: _Subcommands) -> None:
         "--out",
         type=Path,
         metavar="PREFIX",
-        help="write PREFIX.pem and PREFIX.key (default: DIR/<last segment of the id>)",
+        help="write PREFIX.pem and PREFIX.key (default: ./<last segment of the id>; never"
+        " in the CA directory, beside the CA's keys)",
     )
     issue.add_argument(
         "--dns", action="append", default=[], metavar="NAME", help="a DNS SAN (repeatable)"
@@ -195,9 +225,15 @@ def _cmd_ca_issue(args: argparse.Namespace) -> int:
     ttl: timedelta = args.ttl
     ca = LocalCA.open(args.dir)
     out: Path | None = args.out
-    prefix = out if out is not None else ca.directory / spiffe_id.path.rsplit("/", 1)[-1]
+    prefix = out if out is not None else Path(spiffe_id.path.rsplit("/", 1)[-1])
     if not prefix.parent.is_dir():
         raise ConfigError(f"{prefix.parent} is not a directory (from --out {prefix})")
+    if prefix.parent.resolve() == ca.directory.resolve():
+        given = f"--out {prefix}" if out is not None else "the current directory"
+        raise ConfigError(
+            f"{given} would put a leaf key beside the CA's keys in {ca.directory};"
+            " run it elsewhere or give --out PREFIX in another directory"
+        )
     now = datetime.now(UTC).replace(microsecond=0)  # certificates keep whole seconds
     svid = ca.issue(
         spiffe_id,
@@ -209,6 +245,7 @@ def _cmd_ca_issue(args: argparse.Namespace) -> int:
     )
     for path in ca.write_svid(svid, prefix, force=args.force):
         print(f"wrote {path}")
+    ca.record_issued(svid)
     print(f"spiffe_id: {svid.spiffe_id}")
     print(f"serial: {svid.leaf.serial_number:#x}")
     print(f"not_after: {_when(svid.not_after)}")
@@ -233,6 +270,12 @@ def _cmd_ca_revoke(args: argparse.Namespace) -> int:
         serial = int(target, 16) if target[:2].lower() == "0x" else int(target)
         if serial <= 0:
             raise ConfigError(f"serial {target} must be positive")
+        if str(serial) not in ca.issued():
+            raise ConfigError(
+                f"serial {serial:#x} was not issued by the CA in {ca.directory} (it is not in"
+                " issued.json); to revoke a certificate this CA signed some other way,"
+                " give its PEM file"
+            )
     else:
         path = Path(target)
         if not path.exists():
@@ -245,6 +288,10 @@ def _cmd_ca_revoke(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, InvalidSignature):
             raise ConfigError(f"{path} was not issued by the CA in {ca.directory}") from None
         serial = leaf.serial_number
+    when = ca.revoked().get(str(serial))
+    if when is not None:
+        print(f"serial {serial:#x} was already revoked at {when}; crl.pem is unchanged")
+        return EXIT_OK
     crl_path = ca.revoke(serial)
     print(f"revoked serial {serial:#x}")
     print(f"wrote {crl_path}")
@@ -258,13 +305,16 @@ def _add_inspect(commands: _Subcommands) -> None:
     inspect = commands.add_parser(
         "inspect", help="show a certificate's SPIFFE ID and lifetime, and verify it"
     )
-    inspect.add_argument("cert", type=Path, metavar="CERT.pem", help="leaf first, then its chain")
+    inspect.add_argument(
+        "cert", type=Path, metavar="CERT.pem", help="leaf first, then its chain; - reads stdin"
+    )
     inspect.add_argument(
         "--bundle",
         action="append",
         default=[],
         metavar="PATH|TD=PATH",
-        help="roots of the leaf's own trust domain (PATH) or of TD; TD=PATH repeats",
+        help="roots of the leaf's own trust domain (PATH) or of TD; TD=PATH repeats."
+        " PEM, or a SPIFFE bundle (JSON), as the node reads them",
     )
     inspect.add_argument(
         "--max-ttl",
@@ -297,12 +347,13 @@ def _add_inspect(commands: _Subcommands) -> None:
 
 
 def _read_bundle_args(
-    specs: Sequence[str],
+    specs: Sequence[str], own_domain: TrustDomain | None
 ) -> tuple[tuple[x509.Certificate, ...] | None, dict[TrustDomain, tuple[x509.Certificate, ...]]]:
     """``--bundle`` values: the roots of the leaf's own domain (plain PATH), and ``TD=PATH`` ones.
 
     Every file is read and parsed here, so a bad one is a config error even when the leaf
-    turns out to be bad too.
+    turns out to be bad too. `own_domain` names a plain PATH's SPIFFE bundle in messages
+    (the leaf's trust domain, when it has one).
     """
     own: tuple[x509.Certificate, ...] | None = None
     named: dict[TrustDomain, tuple[x509.Certificate, ...]] = {}
@@ -311,13 +362,16 @@ def _read_bundle_args(
         if not sep:
             if own is not None:
                 raise ConfigError("--bundle PATH is given twice; name the others as TD=PATH")
-            own = _read_certificates(Path(spec))
+            own = _read_roots(Path(spec), own_domain or _NO_DOMAIN)
             continue
         td = TrustDomain.parse(name)
         if td in named:
             raise ConfigError(f"--bundle for {td} is given twice")
-        named[td] = _read_certificates(Path(file))
+        named[td] = _read_roots(Path(file), td)
     return own, named
+
+
+_NO_DOMAIN: Final = TrustDomain("unknown")  # a leaf without an id: its bundle is read anyway
 
 
 def _bundle_set(
@@ -336,18 +390,20 @@ def _bundle_set(
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
     chain = _read_certificates(args.cert)
-    own, named = _read_bundle_args(args.bundle)
+    leaf = chain[0]
+    try:
+        spiffe_id = leaf_spiffe_id(leaf)  # maps whatever it cannot read to VerificationError
+    except VerificationError:
+        spiffe_id = None
+    own, named = _read_bundle_args(
+        args.bundle, spiffe_id.trust_domain if spiffe_id is not None else None
+    )
     policy = ValidationPolicy(
         max_ttl=args.max_ttl, max_age=args.max_age, clock_skew=args.clock_skew
     )
     at: datetime | None = args.at
     now = at if at is not None else datetime.now(UTC)
-    leaf = chain[0]
     note = ""
-    try:
-        spiffe_id = leaf_spiffe_id(leaf)  # maps whatever it cannot read to VerificationError
-    except VerificationError:
-        spiffe_id = None
     not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     time_left = not_after - now
     print(f"spiffe_id: {spiffe_id if spiffe_id is not None else '-'}")
@@ -358,6 +414,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     expired = " (expired)" if time_left < timedelta(0) else ""
     print(f"time_left: {format_duration(time_left)}{expired}")
     print(f"chain: {len(chain)}")
+    skew_note = _skew_note(not_before, not_after, now, policy.clock_skew)
+    if skew_note:
+        print(f"note: {skew_note}")
     try:
         if spiffe_id is None or (own is None and not named):
             check_svid_offline(chain, policy=policy, now=now)
@@ -370,6 +429,23 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"verdict: ok{note}")
     return EXIT_OK
+
+
+def _skew_note(
+    not_before: datetime, not_after: datetime, now: datetime, skew: timedelta
+) -> str | None:
+    """What to say about a certificate outside its validity window but inside `skew` of it."""
+    if not_after < now <= not_after + skew:
+        return (
+            f"expired {format_duration(now - not_after)} ago, accepted only inside clock_skew"
+            f" {format_duration(skew)}: a peer with a smaller skew rejects it"
+        )
+    if not_before - skew <= now < not_before:
+        return (
+            f"not valid for another {format_duration(not_before - now)}, accepted only inside"
+            f" clock_skew {format_duration(skew)}: a peer with a smaller skew rejects it"
+        )
+    return None
 
 
 # ---------------------------------------------------------------- main
@@ -421,17 +497,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
     source = FileSource(cert=args.cert, key=args.key, bundle=args.bundle, federated=federated)
     authorize = authorize_id(SpiffeId.parse(args.expect)) if args.expect else authorize_any()
     host, port = args.address
+    _warn_if_expired(args.cert, source.identity().svid.leaf, datetime.now(UTC))
 
     async def run() -> int:
         with trio.fail_after(args.timeout.total_seconds()):
             result = await check_peer(
                 host, port, source=source, authorize=authorize, wait=args.wait.total_seconds()
             )
-        if result.peer is not None:
+        if result.peer is not None:  # our side of the handshake finished: it has a time
             left = result.time_left()
             print(f"spiffe_id: {result.peer.spiffe_id}")
             print(f"time_left: {format_duration(left) if left is not None else '-'}")
-        print(f"handshake: {result.handshake_seconds * 1000:.1f} ms")
+            print(f"handshake: {result.handshake_seconds * 1000:.1f} ms")
+            peer_leaf = result.peer.chain[0]
+            skew_note = _skew_note(
+                peer_leaf.not_valid_before_utc,
+                peer_leaf.not_valid_after_utc,
+                datetime.now(UTC),
+                DEFAULT_POLICY.clock_skew,
+            )
+            if skew_note:
+                print(f"note: the peer's certificate: {skew_note}")
         if result.ok:
             print(f"verdict: ok ({result.detail})")
             return EXIT_OK
@@ -447,14 +533,23 @@ def _cmd_check(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _warn_if_expired(path: Path, leaf: x509.Certificate, now: datetime) -> None:
+    """`check` presents our --cert: say so when the peer will find it expired."""
+    not_after = leaf.not_valid_after_utc
+    if now > not_after:
+        skew = format_duration(DEFAULT_POLICY.clock_skew)
+        _warn(
+            f"--cert {path} expired {format_duration(now - not_after)} ago ({_when(not_after)});"
+            f" peers reject it once past their clock_skew ({skew} by default)"
+        )
+
+
 def _add_node(commands: _Subcommands) -> None:
     node = commands.add_parser(
         "node", help="run a mesh node (with no --config: an embedded local CA on 127.0.0.1)"
     )
     node.add_argument("--config", type=Path, metavar="node.toml")
-    node.add_argument(
-        "--state-dir", type=Path, metavar="DIR", help="where the embedded default keeps its CA"
-    )
+    _add_node_default_flags(node)
     node.add_argument("--log-format", choices=["text", "json"], default="text")
     node.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     _add_tunnel_flags(node)
@@ -509,37 +604,161 @@ def _add_tunnel_flags(node: argparse.ArgumentParser) -> None:
         )
 
 
+def _listen_arg(text: str) -> Address:
+    address, problem = _address_error(text, listen=True)
+    if address is None:
+        raise argparse.ArgumentTypeError(problem)
+    return address
+
+
+def _metrics_arg(text: str) -> Address | Literal["off"]:
+    return "off" if text == "off" else _listen_arg(text)
+
+
+#: The flags that shape the embedded default; with --config, the file says all of it.
+_DEFAULT_ONLY: Final = {
+    "state_dir": ("--state-dir", "[identity] local_ca names the CA directory"),
+    "listen": ("--listen", "[node] listen"),
+    "metrics": ("--metrics", "[node] metrics"),
+}
+
+
+def _add_node_default_flags(node: _Parser) -> None:
+    """Flags for ``meshtls node`` without ``--config``: where it keeps its CA, where it listens."""
+    node.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the embedded default keeps its CA (default: $STATE_DIRECTORY,"
+        " $XDG_STATE_HOME/meshtls or ~/.local/state/meshtls)",
+    )
+    node.add_argument(
+        "--listen",
+        type=_listen_arg,
+        metavar="HOST:PORT",
+        help="the mesh listener of the embedded default"
+        f" (default: {format_address(DEFAULT_LISTEN)})",
+    )
+    node.add_argument(
+        "--metrics",
+        type=_metrics_arg,
+        metavar="HOST:PORT|off",
+        help="health and metrics endpoint of the embedded default"
+        f" (default: {format_address(DEFAULT_METRICS)})",
+    )
+
+
+def _embedded_config(args: argparse.Namespace) -> NodeConfig:
+    """The embedded default, with ``--state-dir``, ``--listen`` and ``--metrics`` applied.
+
+    Raises `ConfigError` for a state directory that cannot be one: a file, or under a
+    home directory that does not exist (a service user's HOME is often /nonexistent, and
+    creating it, as root can, would be worse than refusing).
+    """
+    state_dir: Path | None = args.state_dir
+    if state_dir is None:
+        state_dir = default_state_dir()
+        home = _missing_home()
+        if home is not None and state_dir.is_relative_to(home):
+            raise ConfigError(
+                f"no state directory: HOME {home} does not exist; give --state-dir DIR,"
+                " or set STATE_DIRECTORY or XDG_STATE_HOME"
+            )
+        flag = "state directory"
+    else:
+        flag = "--state-dir"
+    for path in (state_dir, state_dir / "ca"):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file, not a directory")
+    config = default_config(state_dir)
+    listen: Address = args.listen or config.node.listen
+    given: Address | Literal["off"] | None = args.metrics
+    metrics = config.node.metrics if given is None else None if given == "off" else given
+    if metrics is not None and metrics == listen and listen[1] != 0:
+        raise ConfigError(f"--listen and --metrics are both {format_address(listen)}")
+    return replace(config, node=replace(config.node, listen=listen, metrics=metrics))
+
+
+def _missing_home() -> Path | None:
+    """The home directory ($HOME, else the password entry's) when it does not exist."""
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no password entry: default_state_dir uses ./.meshtls
+        return None
+    return None if home.is_dir() else home
+
+
+def _credential_hint(config: NodeConfig) -> None:
+    """Log the command that gives a client a credential from the embedded default's CA."""
+    identity = config.identity
+    assert isinstance(identity, LocalCAIdentity)
+    client = SpiffeId(identity.spiffe_id.trust_domain, "/client")
+    directory = Path(os.path.abspath(identity.directory))
+    _logs.event(
+        logging.getLogger("meshtls"),
+        logging.INFO,
+        "client credential",
+        command=f"{PROG} ca issue {client} --dir {directory}",
+        then=f"--cert client.pem --key client.key --bundle {directory / 'bundle.pem'}",
+    )
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
     with signals_held() as held:  # SIGTERM, SIGINT and SIGHUP are ours from here on
         return _run_node(args, held)
 
 
 def _run_node(args: argparse.Namespace, held: HeldSignals) -> int:
-    if args.config is not None and args.state_dir is not None:
-        raise ConfigError(
-            "--state-dir is where the embedded default keeps its CA; with --config,"
-            " [identity] local_ca names the CA directory: give one or the other"
-        )
     if args.config is not None:
+        given = [flag for key, (flag, _) in _DEFAULT_ONLY.items() if getattr(args, key) is not None]
+        if given:
+            where = "; ".join(
+                f"{flag}: {instead}"
+                for key, (flag, instead) in _DEFAULT_ONLY.items()
+                if flag in given
+            )
+            raise ConfigError(
+                f"{', '.join(given)}: for the embedded default only; with --config the file"
+                f" says it ({where}): give one or the other"
+            )
         config = load_config(args.config)
     else:
-        config = default_config(args.state_dir or default_state_dir())
+        config = _embedded_config(args)
     config = with_flag_tunnels(config, args.tunnels)
     _logs.configure(args.log_format, getattr(logging, args.log_level.upper()))
+    if args.config is None:
+        _credential_hint(config)
 
     try:
         run_node(config, held)
     except NodeError as exc:
+        config_error = _config_cause(exc)
+        if config_error is not None:  # a file the config names is unusable: exit 2
+            raise config_error from exc
         print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
+def _config_cause(exc: BaseException) -> ConfigError | None:
+    """The `ConfigError` behind a failed start (a cert, key, bundle or CA directory that the
+    config names but that cannot be used), if that is what stopped it."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConfigError):
+            return current
+        if isinstance(current, BaseExceptionGroup) and len(current.exceptions) == 1:
+            current = current.exceptions[0]
+        else:
+            current = current.__cause__
+    return None
+
+
 def _add_bench(commands: _Subcommands) -> None:
     bench = commands.add_parser(
-        "bench",
-        help="measure handshakes against other TLS stacks, in the same run",
-        add_help=False,
+        "bench", help="measure handshakes against other TLS stacks, in the same run"
     )
     bench.add_argument("what", choices=["handshake"], help="what to measure")
     bench.add_argument(
@@ -551,7 +770,10 @@ def _add_bench(commands: _Subcommands) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ._bench import main as bench_main  # noqa: PLC0415 - heavy; only `bench` needs it
 
-    return bench_main(args.options)
+    try:
+        return bench_main(args.options, prog=f"{PROG} bench {args.what}", kind=_Parser)
+    except SystemExit as exc:  # its own --help or usage error: argparse has printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
 
 
 _COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (
@@ -588,12 +810,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
     run: Callable[[argparse.Namespace], int] = args.run
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # a closed stdout shows here, where it can be caught
+    except BrokenPipeError:
+        return _stdout_closed()
     except VerificationError as exc:
         code = EXIT_FAILED
         message = _error_text(exc)
     except (MeshError, OSError, ValueError) as exc:
         code = EXIT_USAGE
         message = _error_text(exc)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except BaseExceptionGroup as group:
+        if group.split(KeyboardInterrupt)[1] is not None:
+            raise
+        return _interrupted()
+    else:
+        return code
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
     return code
+
+
+def _interrupted() -> int:
+    """Ctrl-C: one line and exit 130, never a traceback."""
+    print(f"{PROG}: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
+
+
+def _stdout_closed() -> int:
+    """Whoever reads our output stopped (`meshtls inspect ... | head -1`): exit quietly.
+
+    As Python's documentation on SIGPIPE advises, stdout is pointed at /dev/null so that
+    the interpreter's last flush cannot fail again; 141 is what a process killed by
+    SIGPIPE reports, so a pipeline under ``set -o pipefail`` sees the same as with `cat`.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE

@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ._boundary import clamp_time, mapped
-from ._bundle import BundleSet, X509Bundle, load_pem_certificates
+from ._bundle import BundleSet, X509Bundle, load_pem_certificates, pem_problem
 from ._cache import LruCache
 from ._certs import (
     BOTH_ROLES,
@@ -847,7 +847,8 @@ class X509Svid:
             try:
                 key = load_pem_private_key(data, password=password)
             except Exception as exc:  # cryptography raises several types for bad keys
-                raise ConfigError(f"SVID key: not a readable PEM private key ({exc})") from None
+                problem = pem_problem(data, "private key", exc)
+                raise ConfigError(f"SVID key: not a readable PEM private key ({problem})") from None
             if not isinstance(key, PrivateKey):
                 raise ConfigError(f"SVID key: unsupported key type {type(key).__name__}")
             return cls.from_parts(chain, key)
