@@ -596,3 +596,28 @@ async def test_sighup_reload_tightens_authorize_and_closes_one_of_two_live_conne
     print("\n".join(logged))
     assert code == 0, logged
     assert not any("Traceback" in line for line in logged), logged
+
+
+async def test_sighup_keeps_the_tunnels_given_as_flags(tmp_path: Path) -> None:
+    """A node started with ``--config`` and ``--forward`` flags reloads the file *and* its
+    flags: a SIGHUP that tightens [authorize] is applied, not refused as "forward removed"."""
+    config = tmp_path / "node.toml"
+    config.write_text(local_ca_toml())
+    flags = ("--forward", "127.0.0.1:0=127.0.0.1:9", "--expect", NODE_ID)
+    message = MESSAGE["text"]
+    async with node_process(tmp_path, "--config", str(config), *flags) as (process, lines):
+        with trio.fail_after(WAIT):
+            await lines.until(lambda line: message(line)["msg"] == "node ready")
+        config.write_text(local_ca_toml() + f'\n[authorize]\nids = ["{CLIENT_A}"]\n')
+        process.send_signal(signal.SIGHUP)
+        with trio.fail_after(WAIT):
+            answer = message(
+                await lines.until(
+                    lambda line: message(line)["msg"] in ("config reloaded", "reload refused")
+                )
+            )
+        assert answer["msg"] == "config reloaded", answer
+        assert answer["changed"] == "[authorize] ids", answer
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(WAIT):
+            assert await process.wait() == 0

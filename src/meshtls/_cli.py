@@ -729,8 +729,13 @@ def _run_node(args: argparse.Namespace, held: HeldSignals) -> int:
     if args.config is None:
         _credential_hint(config)
 
+    def load() -> NodeConfig:  # what a SIGHUP reads: the file again, and the same flags
+        path: Path | None = args.config
+        fresh = load_config(path) if path is not None else _embedded_config(args)
+        return with_flag_tunnels(fresh, args.tunnels)
+
     try:
-        run_node(config, held)
+        run_node(config, held, load=load)
     except NodeError as exc:
         config_error = _config_cause(exc)
         if config_error is not None:  # a file the config names is unusable: exit 2

@@ -22,9 +22,10 @@ nothing else that a signal causes is an error.
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Final
@@ -72,8 +73,8 @@ def signals_held() -> Iterator[HeldSignals]:
 class _Run:
     """One run of ``meshtls node``: the node's task and the signal loop that steers it."""
 
-    def __init__(self, config_path: str | None) -> None:
-        self.config_path = config_path
+    def __init__(self, load: Callable[[], NodeConfig] | None) -> None:
+        self.load = load
         self.node: Node | None = None
         self.failed: NodeError | None = None
         self.stop = trio.Event()
@@ -133,9 +134,8 @@ class _Run:
     def reload(self) -> None:
         """Read the config file again and apply it; one error line if that fails."""
         assert self.node is not None
-        path = self.config_path
         try:
-            config = load_config(path) if path is not None else self.node.config
+            config = self.load() if self.load is not None else self.node.config
             self.node.reload(config)
         except (ConfigError, ReloadError) as exc:
             event(logger, logging.ERROR, "reload refused", error=str(exc))
@@ -154,14 +154,21 @@ async def _main(run: _Run, config: NodeConfig, held: HeldSignals) -> None:
                 run.on_signal(signal.Signals(signum))
 
 
-def run_node(config: NodeConfig, held: HeldSignals) -> None:
+def run_node(
+    config: NodeConfig, held: HeldSignals, *, load: Callable[[], NodeConfig] | None = None
+) -> None:
     """Run a node with `config` until a stop signal; see the module docstring.
 
-    `held` is from `signals_held`, entered before the config was read. Returns once the
-    node has stopped (exit 0). Raises `NodeError` when it could not start.
+    `held` is from `signals_held`, entered before the config was read. `load` reads the
+    config again for a SIGHUP (default: `load_config` on the file `config` came from; a
+    config from no file has nothing to re-read). The caller passes its own when the
+    running config is more than the file, such as tunnels given as flags. Returns once
+    the node has stopped (exit 0). Raises `NodeError` when it could not start.
     """
     source = config.source
-    run = _Run(str(source) if source is not None else None)
+    if load is None and source is not None:
+        load = functools.partial(load_config, source)
+    run = _Run(load)
     trio.run(_main, run, config, held)
     if run.failed is not None:
         raise run.failed
