@@ -393,7 +393,8 @@ def test_bad_duration_is_one_line_naming_table_and_key(conf_dir: Path) -> None:
 def test_unknown_key_suggests_the_closest(conf_dir: Path) -> None:
     assert config_error(FILES + '[node]\nlistn = "127.0.0.1:1"\n', conf_dir) == (
         "node.toml: [node] listn: unknown key; did you mean 'listen'? known keys: listen,"
-        " metrics, handshake_timeout, max_handshakes, max_connections, shutdown_timeout"
+        " metrics, handshake_timeout, max_handshakes, max_connections, shutdown_timeout,"
+        " access_log"
     )
 
 

@@ -170,6 +170,7 @@ class NodeSettings:
     kernel for a free port. ``shutdown_timeout`` may be 0s (close at once).
     ``max_connections`` caps the mesh listener's verified connections (a peer verified at
     the cap is reset at once); ``max_handshakes`` caps its handshakes in progress.
+    ``access_log`` writes one info line per served connection when it ends.
     """
 
     listen: Address = DEFAULT_LISTEN
@@ -178,6 +179,7 @@ class NodeSettings:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         _longer_than_zero("node", "handshake_timeout", self.handshake_timeout)
@@ -464,6 +466,7 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "max_handshakes",
         "max_connections",
         "shutdown_timeout",
+        "access_log",
     ),
     "policy": ("max_ttl", "max_age", "clock_skew"),
     "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
@@ -584,6 +587,10 @@ class _Table:
         if value is not None and not value:
             raise self.error(key, f"is empty: expected {expected}")
         return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._typed(key, bool, "true or false")
+        return default if value is None else value
 
     def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
         value = self._typed(key, int, "a whole number")
@@ -909,6 +916,7 @@ def _node(table: _Table) -> NodeSettings:
         max_handshakes=table.integer("max_handshakes", DEFAULT_MAX_HANDSHAKES),
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         shutdown_timeout=table.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, zero_ok=True),
+        access_log=table.boolean("access_log", True),
     )
 
 

@@ -40,17 +40,19 @@ from ._config import (
 )
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity
-from ._logs import event
-from ._metrics import NodeMetrics, serve_http
+from ._logs import event, event_fields, log_context
+from ._metrics import ListenerMetrics, NodeMetrics, serve_http
 from ._rotation import DRAIN_MARGIN, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
-from ._stream import MeshStream, OurRole, serve
+from ._stream import Access, MeshStream, OurRole, serve
 from ._tls import TlsContexts
 from ._tunnel import expose, forward
 
 __all__ = ["DRAIN_MARGIN", "Node", "NodeError", "open_node"]
 
 logger = logging.getLogger("meshtls")
+#: The access lines (one per served connection); a child, so it can be filtered apart.
+access_logger = logging.getLogger("meshtls.access")
 
 Clock = Callable[[], datetime]
 Handler = Callable[[MeshStream], Awaitable[object]]
@@ -90,6 +92,7 @@ class Node:
         self.metrics = NodeMetrics(self.registry, clock=self._clock)
         self.rotation = Rotation(policy=config.policy, metrics=self.metrics, clock=self._clock)
         self.listeners: dict[str, list[trio.SocketListener]] = {}
+        self._listener_metrics: dict[str, ListenerMetrics] = {}
         self._ready = False
 
     # ------------------------------------------------------------ what embedders read
@@ -127,6 +130,26 @@ class Node:
 
     def closed(self, role: OurRole) -> None:
         self.metrics.connection_closed(role)
+
+    def began(self, access: Access) -> None:
+        series = self._listener_metrics.get(access.listener)
+        if series is not None:
+            series.began()
+
+    def ended(self, access: Access) -> None:
+        """A listener's connection ended: its metrics, and its access line (unless it was
+        refused, or its end was logged already: one line per event)."""
+        series = self._listener_metrics.get(access.listener)
+        if series is not None:
+            series.ended(
+                refused=access.reason if access.ended == "rejected" and not access.served else None,
+                received=access.received,
+                sent=access.sent,
+                backend_failed=access.backend_failed,
+                seconds=access.duration if access.served else None,
+            )
+        if self.config.node.access_log and access.served and not access.reported:
+            event_fields(access_logger, logging.INFO, "connection closed", access.fields())
 
     # ------------------------------------------------------------ start-up and drain
 
@@ -179,7 +202,7 @@ class Node:
             with rotation.track(stream, "server", listener="mesh"):
                 await handler(stream)
 
-        with _binding("mesh", settings.listen):
+        with _binding("mesh", settings.listen), self._naming("mesh"):
             self.listeners["mesh"] = await nursery.start(
                 functools.partial(
                     serve,
@@ -198,7 +221,7 @@ class Node:
             )
         for item in self.config.expose:
             name = f"expose:{_text(item.listen)}"
-            with _binding(name, item.listen):
+            with _binding(name, item.listen), self._naming(name):
                 self.listeners[name] = await nursery.start(
                     functools.partial(
                         expose,
@@ -217,7 +240,7 @@ class Node:
                 )
         for fwd in self.config.forward:
             name = f"forward:{_text(fwd.listen)}"
-            with _binding(name, fwd.listen):
+            with _binding(name, fwd.listen), self._naming(name):
                 self.listeners[name] = await nursery.start(
                     functools.partial(
                         forward,
@@ -252,6 +275,14 @@ class Node:
             id=first.svid.spiffe_id,
             listen={name: _bound(ls) for name, ls in self.listeners.items()},
         )
+
+    @contextmanager
+    def _naming(self, name: str) -> Iterator[None]:
+        """Start a listener named `name`: its metric series, and its name on every log line
+        of its connections (the log context its tasks inherit; `Access.listener` reads it)."""
+        self._listener_metrics[name] = self.metrics.listener(name)
+        with log_context(listener=name):
+            yield
 
     async def drain(self) -> None:
         """Stop being ready, and wait until every live connection has finished.
