@@ -21,6 +21,7 @@ from typing import Final
 import pytest
 import trio
 import trio.testing
+from benchmarks import log_flood
 
 import meshtls
 from meshtls._config import parse_config
@@ -381,3 +382,33 @@ async def test_a_throttle_bounds_its_keys_and_summarizes_without_its_task(
     summaries = log.where(msg=SUPPRESSED)
     assert [(f["source"], f["suppressed"]) for f in summaries] == [("a", "2"), ("(other)", "1")]
     assert log.parsed()[-1]["msg"] == "refused"
+
+
+async def test_a_throttle_stopped_mid_window_still_writes_its_counts(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A node that stops while a window is open (SIGTERM in a flood) loses no count."""
+    throttle = Throttle(burst=1, window=10.0)
+    logger = logging.getLogger("meshtls.test")
+    with lines() as log:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(throttle.run)
+            with throttle.using():
+                for _ in range(4):
+                    throttled(logger, logging.WARNING, "refused", key=("source",), source="a")
+            await trio.sleep(3)
+            nursery.cancel_scope.cancel()
+    assert trio.current_time() == 3
+    (summary,) = log.where(msg=SUPPRESSED)
+    assert (summary["source"], summary["suppressed"]) == ("a", "3")
+
+
+async def test_a_flood_small_budget_a_real_node_logs_a_bounded_number_of_lines() -> None:
+    """benchmarks/log_flood.py for 2 s (the 45 s run is in the closing note)."""
+    flood = await log_flood.run(2.0, 100)
+    assert flood.exit_code == 0
+    assert flood.connections > 100  # the workers really flooded
+    # per reason (at most three kinds from one source): 5 lines each, one summary each,
+    # plus the node's own lines (ready, shutting down)
+    assert flood.messages["handshake rejected"] <= 3 * 5, flood.messages
+    assert flood.lines <= 3 * 6 + 2, flood.messages

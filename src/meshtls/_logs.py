@@ -234,13 +234,18 @@ class Throttle:
             )
 
     async def run(self) -> NoReturn:
-        """Write each summary when its window ends, until cancelled."""
-        while True:
-            if not self._windows:
-                self._opened = trio.Event()
-                await self._opened.wait()
-            await trio.sleep_until(next(iter(self._windows.values())).ends)
-            self.flush()
+        """Write each summary when its window ends, until cancelled; then write the
+        summaries of the windows still open (a count is never lost at shutdown)."""
+        try:
+            while True:
+                if not self._windows:
+                    self._opened = trio.Event()
+                    await self._opened.wait()
+                await trio.sleep_until(next(iter(self._windows.values())).ends)
+                self.flush()
+        finally:
+            for key, window in list(self._windows.items()):
+                self._close(key, window)
 
 
 _throttle: ContextVar[Throttle | None] = ContextVar("meshtls_log_throttle", default=None)

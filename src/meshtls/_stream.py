@@ -979,8 +979,15 @@ async def serve(
     `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
     are checked against (default: the wall clock). The handler owns
     the stream; it is closed when the handler returns. An exception from a handler is
-    logged, resets the connection (`MeshStream.abort`: the peer sees an error, not an
-    EOF) and does not stop the server. Runs until cancelled.
+    logged with its traceback (a bug), resets the connection (`MeshStream.abort`: the
+    peer sees an error, not an EOF) and does not stop the server; a
+    `trio.BrokenResourceError` from the stream's own failure (the peer went away) is
+    ordinary and logs nothing here. Runs until cancelled.
+
+    Logs: each connection task runs in ``log_context(peer=...)`` (and ``spiffe_id`` once
+    verified); rejection lines go through this listener's own `Throttle` (at most 5 per
+    reason and source host per 10 s, then a summary). The observer gets an `Access` per
+    accepted connection (`Observer.began`, `Observer.ended`).
     """
     if handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be positive")

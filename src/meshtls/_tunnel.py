@@ -235,7 +235,9 @@ async def forward(
     completed its TCP connect and handshake within `connect_timeout` seconds: the
     plaintext client is reset (logged). At most `max_connections` clients at once; one
     more is reset at once. `clock` gives the time certificates are judged at (default:
-    the wall clock). ``started()`` gives the listeners.
+    the wall clock). ``started()`` gives the listeners. Each client is one line: the
+    rejection (`connect`'s) or the failure (rate-limited per reason, like `serve`'s), or
+    its `Access` to the observer, whose bytes are the plaintext client's.
     """
     _check_connect_timeout(connect_timeout)
     if max_connections < 1:
