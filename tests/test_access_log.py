@@ -11,21 +11,24 @@ import functools
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
 import pytest
 import trio
+import trio.testing
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import meshtls
+from meshtls._ca import LocalCA
 from meshtls._config import parse_config
 from meshtls._errors import ConfigError
 from meshtls._metrics import NodeMetrics
-from meshtls._node import Node
+from meshtls._node import DRAIN_MARGIN, Node, open_node
+from meshtls._spiffeid import SpiffeId
 from meshtls.testing import CA
 
 from .meshnet import start_server
@@ -43,6 +46,7 @@ from .test_logs import (
     ssl_client,
     write_pem,
 )
+from .test_node_time import T0, cert_time, config
 
 PING: Final = b"ping"
 
@@ -281,3 +285,41 @@ async def test_listener_families_take_the_metric_prefix() -> None:
         check=False,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
+
+
+@pytest.fixture
+def deadline_clock() -> trio.testing.MockClock:
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+async def test_a_connection_closed_at_its_deadline_ends_as_timeout_in_one_line(
+    tmp_path: Path, deadline_clock: trio.testing.MockClock
+) -> None:
+    """The node closes a connection 5 s before the client's certificate expires: the
+    access line says ``ended=timeout reason=deadline``, with the exact duration."""
+
+    async def handler(stream: meshtls.MeshStream) -> None:
+        await trio.sleep_forever()
+
+    with lines() as log:
+        async with open_node(config(tmp_path), handler=handler, clock=cert_time) as node:
+            ca = LocalCA.open(tmp_path / "ca")
+            client = ca.issue(
+                SpiffeId.parse("spiffe://meshtls.local/client"),
+                ttl=timedelta(minutes=20),
+                now=cert_time(),
+            )
+            stream = await meshtls.connect(
+                "127.0.0.1",
+                listen_port(node, "mesh"),
+                source=meshtls.StaticSource(client, ca.bundle()),
+                authorize=meshtls.authorize_any(),
+                clock=cert_time,
+            )
+            async with stream:
+                assert await stream.receive_some() == b""
+            (line,) = await log.until(msg="connection closed")
+    deadline = (client.not_after - T0 - DRAIN_MARGIN).total_seconds()
+    assert (line["ended"], line["reason"]) == ("timeout", "deadline")
+    assert float(str(line["duration"])) == pytest.approx(deadline, abs=1e-3)
+    assert not log.where(msg="connection closed at its deadline")
