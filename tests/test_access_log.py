@@ -323,3 +323,39 @@ async def test_a_connection_closed_at_its_deadline_ends_as_timeout_in_one_line(
     assert (line["ended"], line["reason"]) == ("timeout", "deadline")
     assert float(str(line["duration"])) == pytest.approx(deadline, abs=1e-3)
     assert not log.where(msg="connection closed at its deadline")
+
+
+async def test_B_7_a_connection_closed_when_its_root_leaves_says_so_in_its_lines(
+    tmp_path: Path,
+) -> None:
+    """The client's root leaves the bundle file: the node's warning names the listener,
+    the peer and the id, and the access line ends ``rejected`` for ``untrusted_chain``."""
+    now = datetime.now(UTC)
+    kept, leaving = CA("example.org", now=now), CA("example.org", now=now)
+    (tmp_path / "bundle.pem").write_bytes(kept.bundle_pem + leaving.bundle_pem)
+    for name, ca, spiffe_id in (("node", kept, NODE), ("client", leaving, CLIENT)):
+        issued = ca.issue(spiffe_id)
+        write_pem(tmp_path, name, issued.chain_pem, issued.key_pem)
+    with lines() as log:
+        async with running(tmp_path, node_config(tmp_path)) as node:
+            stream = await meshtls.connect(
+                "127.0.0.1",
+                listen_port(node, "mesh"),
+                source=client_source(tmp_path),
+                authorize=meshtls.authorize_id(NODE),
+            )
+            peer = f"127.0.0.1:{stream.socket.getsockname()[1]}"
+            async with stream:
+                await stream.send_all(PING)
+                (tmp_path / "bundle.pem").write_bytes(kept.bundle_pem)
+                with trio.fail_after(WAIT):
+                    assert await stream.receive_some() == b""  # closed by the node
+            (closed,) = await log.until(msg="connection closed")
+    (warning,) = log.where(msg="closing a connection whose root left the bundle")
+    assert (warning["listener"], warning["peer"], warning["spiffe_id"]) == ("mesh", peer, CLIENT)
+    assert (closed["ended"], closed["reason"], closed["peer"]) == (
+        "rejected",
+        "untrusted_chain",
+        peer,
+    )
+    assert closed["received_bytes"] == str(len(PING))

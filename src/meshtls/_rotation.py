@@ -288,6 +288,7 @@ class Rotation:
                     logging.WARNING,
                     "closing a connection whose root left the bundle",
                     spiffe_id=peer.spiffe_id,
+                    peer=entry.stream.address,
                     role=entry.role,
                     listener=entry.listener or None,
                 )

@@ -348,6 +348,11 @@ class MeshStream(trio.abc.HalfCloseableStream):
         return f"<MeshStream peer={self.peer.spiffe_id} address={_address(self._sock)}>"
 
     @property
+    def address(self) -> str:
+        """The peer's ``host:port`` (``-`` once the socket is closed), for log lines."""
+        return _address(self._sock)
+
+    @property
     def socket(self) -> socket.socket:
         """The underlying TCP socket. Do not read or write it: the stream owns it."""
         return self._sock
