@@ -398,7 +398,7 @@ def test_unknown_key_suggests_the_closest(conf_dir: Path) -> None:
     assert config_error(FILES + '[node]\nlistn = "127.0.0.1:1"\n', conf_dir) == (
         "node.toml: [node] listn: unknown key; did you mean 'listen'? known keys: listen,"
         " metrics, handshake_timeout, max_handshakes, max_connections, shutdown_timeout,"
-        " startup_timeout"
+        " startup_timeout, access_log"
     )
 
 

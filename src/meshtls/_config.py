@@ -189,6 +189,7 @@ class NodeSettings:
     the cap is reset at once); ``max_handshakes`` caps its handshakes in progress.
     ``startup_timeout`` bounds the wait for the first identity (the health endpoint
     answers meanwhile, ``/readyz`` 503).
+    ``access_log`` writes one info line per served connection when it ends.
     """
 
     listen: Address = DEFAULT_LISTEN
@@ -198,6 +199,7 @@ class NodeSettings:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     shutdown_timeout: timedelta = DEFAULT_SHUTDOWN_TIMEOUT
     startup_timeout: timedelta = DEFAULT_STARTUP_TIMEOUT
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         _longer_than_zero("node", "handshake_timeout", self.handshake_timeout)
@@ -620,6 +622,7 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "max_connections",
         "shutdown_timeout",
         "startup_timeout",
+        "access_log",
     ),
     "metrics": ("prefix",),
     "policy": ("max_ttl", "max_age", "clock_skew"),
@@ -760,6 +763,10 @@ class _Table:
             raise self.error(key, f"is empty: expected {expected}")
         return value
 
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._typed(key, bool, "true or false")
+        return default if value is None else value
+
     def integer(self, key: str, default: int, *, minimum: int = 1) -> int:
         value = self._typed(key, int, "a whole number")
         if value is None:
@@ -899,10 +906,6 @@ class _Table:
     def spiffe_id(self, key: str, *, root_ok: bool = False) -> SpiffeId | None:
         text = self.string(key, 'a SPIFFE ID string such as "spiffe://example.org/node"')
         return None if text is None else self._spiffe_id(key, text, root_ok=root_ok)
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self._typed(key, bool, "true or false")
-        return default if value is None else value
 
     def _pattern(self, key: str, text: str) -> IdPattern:
         try:
@@ -1116,6 +1119,7 @@ def _node(table: _Table) -> NodeSettings:
         max_connections=table.integer("max_connections", DEFAULT_MAX_CONNECTIONS),
         shutdown_timeout=table.duration("shutdown_timeout", DEFAULT_SHUTDOWN_TIMEOUT, zero_ok=True),
         startup_timeout=table.duration("startup_timeout", DEFAULT_STARTUP_TIMEOUT),
+        access_log=table.boolean("access_log", True),
     )
 
 

@@ -11,6 +11,14 @@ names its listener and peer once, and every line it logs carries them.
 
 A record logged the plain way (``logger.info("text %s", x)``) has no fields and is
 written with its message only; third-party loggers keep working.
+
+Floods. What a peer can make happen again and again (a rejected handshake, a refused
+connection) is logged through `throttled`, never `event` directly: a `Throttle` in the
+log context lets each (event, key fields) through at most ``burst`` times per
+``window`` seconds of Trio time, counts the rest, and writes one ``"log lines
+suppressed"`` event with the exact count when that window ends. Whoever owns a listener
+owns its throttle: it enters `Throttle.using` around the listener and runs
+`Throttle.run` in the listener's nursery (which writes the summaries on time).
 """
 
 from __future__ import annotations
@@ -23,7 +31,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Final, Literal
+from typing import Final, Literal, NoReturn
+
+import trio
+
+from ._errors import MeshError
 
 LogFormat = Literal["text", "json"]
 
@@ -81,6 +93,192 @@ def event(
     )
 
 
+def event_fields(
+    logger: logging.Logger, level: int, what: str, fields: Mapping[str, object]
+) -> None:
+    """`event` with its fields given as a mapping (a record's fields, built elsewhere)."""
+    _write(logger, level, what, {**_context.get(), **fields})
+
+
+# ---------------------------------------------------------------- floods
+
+#: Lines one (event, key) may write per window, and the window in seconds (Trio time).
+DEFAULT_BURST: Final = 5
+DEFAULT_WINDOW: Final = 10.0
+#: Keys tracked at once; beyond that, new keys share one window (key fields ``"(other)"``).
+DEFAULT_MAX_KEYS: Final = 1024
+SUPPRESSED: Final = "log lines suppressed"
+_OTHER: Final = "(other)"
+
+
+class _Window:
+    """One key's budget: when its window ends, what it logged, what it held back."""
+
+    __slots__ = (
+        "ends",
+        "key_fields",
+        "level",
+        "listener",
+        "logged",
+        "logger",
+        "suppressed",
+        "what",
+    )
+
+    def __init__(
+        self,
+        ends: float,
+        logger: logging.Logger,
+        level: int,
+        what: str,
+        key_fields: dict[str, object],
+    ) -> None:
+        self.ends = ends
+        self.logger = logger
+        self.level = level
+        self.what = what
+        self.key_fields = key_fields
+        self.listener = _context.get().get("listener")
+        self.logged = 0
+        self.suppressed = 0
+
+
+class Throttle:
+    """At most `burst` lines per (event, key fields) per `window` seconds; the rest counted.
+
+    When a window that held lines back ends, one ``"log lines suppressed"`` event gives
+    the event, its key fields, the listener and the exact count (`run` writes it on
+    time; without `run`, the key's next event does). At most `max_keys` windows are
+    open; further keys share one whose key fields read ``"(other)"``, so memory stays
+    bounded too. Uses Trio time (`trio.current_time`), so tests jump the clock.
+    """
+
+    __slots__ = ("_opened", "_windows", "burst", "max_keys", "window")
+
+    def __init__(
+        self,
+        *,
+        burst: int = DEFAULT_BURST,
+        window: float = DEFAULT_WINDOW,
+        max_keys: int = DEFAULT_MAX_KEYS,
+    ) -> None:
+        if burst < 1 or max_keys < 1 or not window > 0:
+            raise ValueError("a throttle needs burst >= 1, window > 0 and max_keys >= 1")
+        self.burst = burst
+        self.window = window
+        self.max_keys = max_keys
+        # Insertion order is end order: every window lasts `window`, and a key whose
+        # window ended is removed before it opens a new one.
+        self._windows: dict[tuple[object, ...], _Window] = {}
+        self._opened = trio.Event()
+
+    @contextmanager
+    def using(self) -> Iterator[None]:
+        """Make this the throttle of `throttled` calls in the block (and tasks started in it)."""
+        token = _throttle.set(self)
+        try:
+            yield
+        finally:
+            _throttle.reset(token)
+
+    def log(
+        self,
+        logger: logging.Logger,
+        level: int,
+        what: str,
+        key_fields: dict[str, object],
+        fields: dict[str, object],
+    ) -> None:
+        """`event` unless this key has used its budget for the window (then count it)."""
+        now = trio.current_time()
+        self.flush()  # the windows that ended, oldest first: none is looked up stale
+        key = (what, *key_fields.values())
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= self.max_keys:
+                key_fields = dict.fromkeys(key_fields, _OTHER)
+                key = (what, *key_fields.values())
+                window = self._windows.get(key)
+            if window is None:
+                window = _Window(now + self.window, logger, level, what, key_fields)
+                self._windows[key] = window
+                self._opened.set()
+        if window.logged < self.burst:
+            window.logged += 1
+            _write(logger, level, what, {**_context.get(), **fields, **key_fields})
+        else:
+            window.suppressed += 1
+
+    def flush(self) -> None:
+        """Close every window that has ended (writing its summary); `run` calls this."""
+        now = trio.current_time()
+        for key, window in list(self._windows.items()):
+            if window.ends > now:
+                break
+            self._close(key, window)
+
+    def _close(self, key: tuple[object, ...], window: _Window) -> None:
+        del self._windows[key]
+        if window.suppressed:
+            _write(
+                window.logger,
+                window.level,
+                SUPPRESSED,
+                {
+                    "listener": window.listener,
+                    "event": window.what,
+                    **window.key_fields,
+                    "suppressed": window.suppressed,
+                    "window": f"{self.window:g}s",
+                },
+            )
+
+    async def run(self) -> NoReturn:
+        """Write each summary when its window ends, until cancelled; then write the
+        summaries of the windows still open (a count is never lost at shutdown)."""
+        try:
+            while True:
+                if not self._windows:
+                    self._opened = trio.Event()
+                    await self._opened.wait()
+                await trio.sleep_until(next(iter(self._windows.values())).ends)
+                self.flush()
+        finally:
+            for key, window in list(self._windows.items()):
+                self._close(key, window)
+
+
+_throttle: ContextVar[Throttle | None] = ContextVar("meshtls_log_throttle", default=None)
+
+
+def throttled(
+    logger: logging.Logger,
+    level: int,
+    what: str,
+    /,
+    *,
+    key: tuple[str, ...],
+    **fields: object,
+) -> None:
+    """`event`, rate-limited by the current `Throttle` per `what` and the fields named in `key`.
+
+    Without a throttle in the log context, it is `event`. Use it for every line a peer
+    can repeat at will (rejections, refusals), with ``key=("reason", "source")``.
+    """
+    throttle = _throttle.get()
+    if throttle is None or not logger.isEnabledFor(level):
+        _write(logger, level, what, {**_context.get(), **fields})
+        return
+    key_fields = {name: fields.pop(name, None) for name in key}
+    throttle.log(logger, level, what, key_fields, fields)
+
+
+def _write(logger: logging.Logger, level: int, what: str, fields: Mapping[str, object]) -> None:
+    """Log `what` with exactly `fields` (no log context), as `event` does."""
+    if logger.isEnabledFor(level):
+        logger.log(level, what, extra={FIELDS: {k: v for k, v in fields.items() if v is not None}})
+
+
 # ---------------------------------------------------------------- values
 
 
@@ -92,6 +290,8 @@ def _json_value(value: object) -> object:
         return round(value, 6)
     if isinstance(value, datetime):
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if isinstance(value, MeshError):
+        return str(value)  # our own errors are written as words already
     if isinstance(value, BaseException):
         from ._boundary import describe_error  # noqa: PLC0415 - _boundary imports nothing of ours
 

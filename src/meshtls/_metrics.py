@@ -56,11 +56,15 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from ._errors import REASONS, Reason
+from ._logs import event
 from ._status import Json, Readiness
 
 __all__ = [
     "CERTIFICATE_REASONS",
+    "CONNECTION_BUCKETS",
     "HANDSHAKE_BUCKETS",
+    "LISTENER_REFUSALS",
+    "ListenerMetrics",
     "NodeMetrics",
     "add_process_collectors",
     "serve_http",
@@ -266,6 +270,8 @@ class NodeMetrics:
             for kind in _FETCH_KINDS
             for result in _FETCH_RESULTS
         }
+        self._listener_families: _ListenerFamilies | None = None
+        self._listeners: dict[str, ListenerMetrics] = {}
 
     # ------------------------------------------------------------------ handshakes
 
@@ -344,6 +350,140 @@ class NodeMetrics:
     def revocation_fetch(self, kind: FetchKind, result: FetchResult) -> None:
         """Count one fetch of an OCSP response or a CRL and how it ended."""
         _lookup(self._fetches, (kind, result), "revocation fetch kind/result").inc()
+
+    # ------------------------------------------------------------------ per listener
+
+    def listener(self, name: str) -> ListenerMetrics:
+        """The series of the listener `name` (``"mesh"``, ``"expose:HOST:PORT"``, ...).
+
+        The families are created on the first call, and each listener's series (every
+        refusal reason at zero) on its first call; the node calls this for each listener
+        it starts, so a scrape shows every listener from the start.
+        """
+        families = self._listener_families
+        if families is None:
+            families = self._listener_families = _ListenerFamilies(self.registry, self.prefix)
+        series = self._listeners.get(name)
+        if series is None:
+            series = self._listeners[name] = ListenerMetrics(families, name)
+        return series
+
+    def listener_names(self) -> list[str]:
+        """The listeners `listener` has made series for, in order."""
+        return list(self._listeners)
+
+
+#: Why a listener refused a connection: a handshake's `REASONS`, or its connection cap.
+LISTENER_REFUSALS: Final[frozenset[str]] = REASONS | {"connection_limit"}
+#: Connection duration buckets, in seconds: 10 ms to 1 h.
+CONNECTION_BUCKETS: Final[tuple[float, ...]] = (
+    0.01,
+    0.05,
+    0.1,
+    0.5,
+    1.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+
+class _ListenerFamilies:
+    """The per-listener families, created once per registry (label ``listener``)."""
+
+    def __init__(self, registry: CollectorRegistry, prefix: str) -> None:
+        self.accepted = Counter(
+            f"{prefix}_listener_connections_accepted_total",
+            "Connections a listener accepted (TCP), before any verification.",
+            ["listener"],
+            registry=registry,
+        )
+        self.open = Gauge(
+            f"{prefix}_listener_connections_open",
+            "Connections a listener holds now, from accept to close (handshakes included).",
+            ["listener"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            f"{prefix}_listener_connections_refused_total",
+            "Connections a listener refused, by reason: a handshake's reason (the peer"
+            " failed verification or authorization) or connection_limit (over its cap).",
+            ["listener", "reason"],
+            registry=registry,
+        )
+        self.received = Counter(
+            f"{prefix}_listener_received_bytes_total",
+            "Application bytes received from the side that connected to the listener.",
+            ["listener"],
+            registry=registry,
+        )
+        self.sent = Counter(
+            f"{prefix}_listener_sent_bytes_total",
+            "Application bytes sent to the side that connected to the listener.",
+            ["listener"],
+            registry=registry,
+        )
+        self.backend_failures = Counter(
+            f"{prefix}_listener_backend_dial_failures_total",
+            "Tunnels whose far end could not be reached: an expose's backend, or a"
+            " forward's peer (unreachable, too slow, or refused in the handshake).",
+            ["listener"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            f"{prefix}_listener_connection_duration_seconds",
+            "How long served connections lasted, from accept to close (refused ones are"
+            " counted in refused_total, not timed).",
+            ["listener"],
+            registry=registry,
+            buckets=CONNECTION_BUCKETS,
+        )
+
+
+class ListenerMetrics:
+    """One listener's series; `began` and `ended` record a connection's account."""
+
+    def __init__(self, families: _ListenerFamilies, name: str) -> None:
+        self.accepted = families.accepted.labels(name)
+        self.open = families.open.labels(name)
+        self.refused = {
+            reason: families.refused.labels(name, reason) for reason in sorted(LISTENER_REFUSALS)
+        }
+        self.received = families.received.labels(name)
+        self.sent = families.sent.labels(name)
+        self.backend_failures = families.backend_failures.labels(name)
+        self.duration = families.duration.labels(name)
+
+    def began(self) -> None:
+        """A connection was accepted."""
+        self.accepted.inc()
+        self.open.inc()
+
+    def ended(
+        self,
+        *,
+        refused: str | None,
+        received: int,
+        sent: int,
+        backend_failed: bool,
+        seconds: float | None,
+    ) -> None:
+        """A connection from `began` ended: refused for a reason, or served (`seconds`)."""
+        self.open.dec()
+        if refused is not None:
+            _lookup(self.refused, refused, "refusal reason").inc()
+        if received:
+            self.received.inc(received)
+        if sent:
+            self.sent.inc(sent)
+        if backend_failed:
+            self.backend_failures.inc()
+        if seconds is not None:
+            self.duration.observe(seconds)
 
 
 def add_process_collectors(registry: CollectorRegistry) -> None:
@@ -467,8 +607,8 @@ async def serve_http(
                         )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass  # the client went away
-                except Exception:
-                    logger.exception("metrics endpoint: request failed")
+                except Exception as exc:
+                    event(logger, logging.ERROR, "metrics endpoint: request failed", exc_info=exc)
                 finally:
                     places.leave(token)
 
@@ -502,8 +642,14 @@ async def _serve_one(
     on_request()
     try:
         status, content_type, body, headers = answers.answer(request)
-    except Exception:  # a broken collector, ready() or status(): answer 500, keep serving
-        logger.exception("metrics endpoint: %s failed", request.target.decode("ascii", "replace"))
+    except Exception as exc:  # a broken collector, ready() or status(): answer 500, keep serving
+        event(
+            logger,
+            logging.ERROR,
+            "metrics endpoint: answering failed",
+            exc_info=exc,
+            path=request.target.decode("ascii", "replace"),
+        )
         status, content_type, body, headers = 500, _TEXT, b"internal error\n", []
     await _send(
         stream, conn, status, content_type, body, head=request.method == b"HEAD", extra=headers

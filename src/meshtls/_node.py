@@ -59,8 +59,8 @@ from ._config import (
 )
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity, NoIdentityError
-from ._logs import event
-from ._metrics import NodeMetrics, add_process_collectors, serve_http
+from ._logs import event, event_fields, log_context
+from ._metrics import ListenerMetrics, NodeMetrics, add_process_collectors, serve_http
 from ._rotation import DRAIN_MARGIN, ClosedConnection, Gate, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
 from ._status import (
@@ -74,7 +74,7 @@ from ._status import (
     seconds_left,
     status,
 )
-from ._stream import MeshStream, OurRole, serve
+from ._stream import Access, MeshStream, OurRole, serve
 from ._tls import TlsContexts
 from ._tunnel import expose, forward
 
@@ -84,6 +84,8 @@ if TYPE_CHECKING:
 __all__ = ["DRAIN_MARGIN", "Node", "NodeError", "Reload", "ReloadError", "open_node"]
 
 logger = logging.getLogger("meshtls")
+#: The access lines (one per served connection); a child, so it can be filtered apart.
+access_logger = logging.getLogger("meshtls.access")
 
 Clock = Callable[[], datetime]
 Handler = Callable[[MeshStream], Awaitable[object]]
@@ -147,6 +149,7 @@ class Node:
         self._source: LiveSource | None = None
         #: One gate per listener, in config order: mesh, each expose, each forward.
         self._gates: list[Gate] = []
+        self._listener_metrics: dict[str, ListenerMetrics] = {}
 
     # ------------------------------------------------------------ what embedders read
 
@@ -215,6 +218,26 @@ class Node:
 
     def closed(self, role: OurRole) -> None:
         self.metrics.connection_closed(role)
+
+    def began(self, access: Access) -> None:
+        series = self._listener_metrics.get(access.listener)
+        if series is not None:
+            series.began()
+
+    def ended(self, access: Access) -> None:
+        """A listener's connection ended: its metrics, and its access line (unless it was
+        refused, or its end was logged already: one line per event)."""
+        series = self._listener_metrics.get(access.listener)
+        if series is not None:
+            series.ended(
+                refused=access.reason if access.ended == "rejected" and not access.served else None,
+                received=access.received,
+                sent=access.sent,
+                backend_failed=access.backend_failed,
+                seconds=access.duration if access.served else None,
+            )
+        if self.config.node.access_log and access.served and not access.reported:
+            event_fields(access_logger, logging.INFO, "connection closed", access.fields())
 
     # ------------------------------------------------------------ start-up and drain
 
@@ -295,7 +318,7 @@ class Node:
             with rotation.track(stream, "server", listener="mesh", gate=mesh_gate):
                 await handler(stream)
 
-        with _binding("mesh", settings.listen):
+        with _binding("mesh", settings.listen), self._naming("mesh"):
             self.listeners["mesh"] = await nursery.start(
                 functools.partial(
                     serve,
@@ -314,7 +337,7 @@ class Node:
             )
         for item, gate in zip(self.config.expose, tunnel_gates, strict=False):
             name = f"expose:{_text(item.listen)}"
-            with _binding(name, item.listen):
+            with _binding(name, item.listen), self._naming(name):
                 self.listeners[name] = await nursery.start(
                     functools.partial(
                         expose,
@@ -335,7 +358,7 @@ class Node:
         forward_gates = tunnel_gates[len(self.config.expose) :]
         for fwd, gate in zip(self.config.forward, forward_gates, strict=True):
             name = f"forward:{_text(fwd.listen)}"
-            with _binding(name, fwd.listen):
+            with _binding(name, fwd.listen), self._naming(name):
                 self.listeners[name] = await nursery.start(
                     functools.partial(
                         forward,
@@ -359,6 +382,14 @@ class Node:
             id=first.svid.spiffe_id,
             listen={name: _bound(ls) for name, ls in self.listeners.items()},
         )
+
+    @contextmanager
+    def _naming(self, name: str) -> Iterator[None]:
+        """Start a listener named `name`: its metric series, and its name on every log line
+        of its connections (the log context its tasks inherit; `Access.listener` reads it)."""
+        self._listener_metrics[name] = self.metrics.listener(name)
+        with log_context(listener=name):
+            yield
 
     async def _watch_identity(self, first: Identity) -> NoReturn:
         """Note each rotation (for ``/status``), and log once per SVID, on the node's clock:

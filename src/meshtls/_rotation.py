@@ -282,7 +282,7 @@ class Rotation:
         if key == self._last_refusal:
             return  # the same refusal again: logged and counted already
         self._last_refusal = key
-        logger.warning("identity update rejected reason=%s detail=%r", reason, detail)
+        event(logger, logging.WARNING, "identity update rejected", reason=reason, detail=detail)
         self._count(reason)
 
     def _count(self, reason: Reason) -> None:
@@ -296,12 +296,14 @@ class Rotation:
         self._metrics.set_certificate(svid.not_before, svid.not_after)
         if previous is not None:
             self._metrics.rotated()
-            logger.info(
-                "identity rotated id=%s not_after=%s svid=%s trust_domains=%s",
-                svid.spiffe_id,
-                svid.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "kept" if svid is previous.svid else "new",
-                ",".join(str(td) for td in new.bundles),
+            event(
+                logger,
+                logging.INFO,
+                "identity rotated",
+                id=svid.spiffe_id,
+                not_after=svid.not_after,
+                svid="kept" if svid is previous.svid else "new",
+                trust_domains=[str(td) for td in new.bundles],
             )
             if new.bundles is not previous.bundles:
                 self._close_untrusted(new.bundles)
@@ -334,7 +336,8 @@ class Rotation:
         (``"mesh"``, ``"expose:127.0.0.1:8600"``), for `live_by_listener` and `recheck`.
         `gate` is the rule the peer passed (its listener's `Gate`), which `recheck` asks
         again. The deadline is announced on the stream as ``stream.closes_at`` first, so the
-        handler can finish what it is sending before then: no cut by surprise.
+        handler can finish what it is sending before then: no cut by surprise. A connection
+        closed at its deadline ends as ``timeout`` (its access line says so: no line of its own).
         """
         stream.closes_at = self.deadline(stream)
         seconds = (stream.closes_at - self._clock()).total_seconds()
@@ -348,9 +351,7 @@ class Rotation:
                 self._live_changed.set()
                 self._live_changed = trio.Event()
         if scope.cancelled_caught and trio.current_time() >= scope.deadline:
-            logger.info(
-                "connection closed at its deadline peer=%s role=%s", stream.peer.spiffe_id, role
-            )
+            stream.end, stream.end_reason = "timeout", "deadline"
 
     def _close_untrusted(self, bundles: BundleSet) -> None:
         """Cancel the live connections whose root is gone from their domain's bundle (B-7)."""
@@ -359,11 +360,16 @@ class Rotation:
             bundle = bundles.get(peer.spiffe_id.trust_domain)
             root = peer.chain[-1].public_bytes(Encoding.DER)
             if bundle is None or root not in bundle.authority_ders:
-                logger.warning(
-                    "closing a connection whose root left the bundle peer=%s role=%s",
-                    peer.spiffe_id,
-                    entry.role,
+                event(
+                    logger,
+                    logging.WARNING,
+                    "closing a connection whose root left the bundle",
+                    spiffe_id=peer.spiffe_id,
+                    peer=entry.stream.address,
+                    role=entry.role,
+                    listener=entry.listener or None,
                 )
+                entry.stream.end, entry.stream.end_reason = "rejected", "untrusted_chain"
                 self._metrics.peer_rejected("untrusted_chain")
                 entry.scope.cancel()
 

@@ -37,6 +37,7 @@ from ._bundle import BundleSet, X509Bundle
 from ._ca import LocalCA
 from ._errors import ConfigError, MeshError, Reason, VerificationError
 from ._identity import Identity, IdentitySource, NoIdentityError
+from ._logs import event
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import X509Svid
 from ._tls import TlsContexts
@@ -136,8 +137,12 @@ class _Published:
 
     def _refuse(self, what: str, reason: Reason, detail: str) -> None:
         """One log line, then one report: the current identity stays."""
-        logger.warning(
-            "%s rejected, keeping the current identity reason=%s detail=%r", what, reason, detail
+        event(
+            logger,
+            logging.WARNING,
+            f"{what} rejected, keeping the current identity",
+            reason=reason,
+            detail=detail,
         )
         if self.on_invalid is not None:
             self.on_invalid(reason, detail)

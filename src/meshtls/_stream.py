@@ -38,7 +38,7 @@ import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Final, Literal, NoReturn, Protocol
+from typing import Final, Literal, NoReturn, Protocol, get_args
 
 import trio
 from cryptography import x509
@@ -49,6 +49,7 @@ from ._bundle import BundleSet
 from ._certs import quiet
 from ._errors import HandshakeError, Reason, VerificationError
 from ._identity import IdentitySource
+from ._logs import Throttle, context_fields, event, log_context, throttled
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
 from ._tls import TlsError, TlsSession, alert_reason
@@ -83,10 +84,86 @@ def _wall_clock() -> datetime:
 
 
 OurRole = Literal["client", "server"]
+#: How a connection ended, as its access line and metrics say it.
+Ending = Literal["closed", "reset", "timeout", "rejected", "cancelled"]
+ENDINGS: Final[tuple[Ending, ...]] = get_args(Ending)
+
+
+class Access:
+    """One accepted connection's account, from accept to its end (for logs and metrics).
+
+    Made by `serve` (and `forward`) for each connection it accepts, and handed to the
+    observer twice: `Observer.began` at accept, `Observer.ended` once at the end. The
+    owner fills it in as the connection goes: ``listener`` is the ``listener`` field of
+    the log context (the node names each listener there); ``spiffe_id`` the verified
+    peer's id; ``received``/``sent`` the application bytes from and to the side that
+    connected to the listener; ``ended`` (with ``reason`` for a rejection, ``error`` in
+    words for a reset) how it ended. ``served`` says a verified peer reached the handler
+    or tunnel; ``reported`` that its end was logged already (a rejection, a bug), so an
+    access line would be a second line for one event.
+    """
+
+    __slots__ = (
+        "backend_failed",
+        "ended",
+        "error",
+        "finished",
+        "listener",
+        "peer",
+        "reason",
+        "received",
+        "reported",
+        "role",
+        "sent",
+        "served",
+        "spiffe_id",
+        "started",
+    )
+
+    def __init__(self, role: OurRole, peer: str) -> None:
+        self.listener = str(context_fields().get("listener") or "")
+        self.role: OurRole = role
+        self.peer = peer
+        self.started = trio.current_time()
+        self.finished: float | None = None
+        self.spiffe_id: str | None = None
+        self.received = 0
+        self.sent = 0
+        self.ended: Ending = "closed"
+        self.reason: str | None = None
+        self.error: str | None = None
+        self.served = False
+        self.reported = False
+        self.backend_failed = False
+
+    @property
+    def duration(self) -> float:
+        """Seconds from accept to the end (or to now, while it lasts); Trio time."""
+        end = trio.current_time() if self.finished is None else self.finished
+        return max(0.0, end - self.started)
+
+    def rejected(self, reason: str) -> None:
+        """It ended refused for `reason`, and that was logged (one line per event)."""
+        self.ended, self.reason, self.reported = "rejected", reason, True
+
+    def fields(self) -> dict[str, object]:
+        """The access line's fields: who, how much, how long, how it ended."""
+        return {
+            "listener": self.listener or None,
+            "peer": self.peer,
+            "spiffe_id": self.spiffe_id,
+            "ended": self.ended,
+            "reason": self.reason,
+            "error": self.error,
+            "received_bytes": self.received,
+            "sent_bytes": self.sent,
+            "duration": round(self.duration, 6),
+        }
 
 
 class Observer(Protocol):
-    """What a node watches: handshakes (with our role) and verified connections.
+    """What a node watches: handshakes (with our role), verified connections, and the
+    account of each accepted connection (`Access`).
 
     Called synchronously from the connection's task; must not block or raise.
     """
@@ -96,6 +173,10 @@ class Observer(Protocol):
     def opened(self, role: OurRole) -> None: ...
 
     def closed(self, role: OurRole) -> None: ...
+
+    def began(self, access: Access) -> None: ...
+
+    def ended(self, access: Access) -> None: ...
 
 
 class PeerRejectedError(trio.BrokenResourceError):
@@ -214,16 +295,24 @@ class MeshStream(trio.abc.HalfCloseableStream):
     """
 
     __slots__ = (
+        "_aborted",
         "_broken",
         "_closed",
         "_eof_sent",
+        "_ours",
         "_receiving",
         "_send_lock",
         "_sending",
         "_session",
         "_sock",
         "_watch",
+        "account",
+        "bytes_received",
+        "bytes_sent",
         "closes_at",
+        "end",
+        "end_error",
+        "end_reason",
         "peer",
     )
 
@@ -233,8 +322,23 @@ class MeshStream(trio.abc.HalfCloseableStream):
         session: TlsSession,
         peer: VerifiedPeer,
         watch: tuple[Observer, OurRole] | None = None,
+        *,
+        ours: OurRole = "client",
     ) -> None:
         self._watch = watch
+        self._ours: OurRole = ours
+        #: Application bytes received and sent so far (for the access log and metrics).
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        #: How the connection ended when its owner decided it (a node's deadline: "timeout";
+        #: a root that left: "rejected"), with the reason; else it is read from the stream.
+        self.end: Ending | None = None
+        self.end_reason: str | None = None
+        #: Why work on this stream was cut off, in words (a tunnel's failed copy).
+        self.end_error: str | None = None
+        #: The `Access` of the listener connection this stream serves (None when dialed).
+        self.account: Access | None = None
+        self._aborted = False
         if watch is not None:
             watch[0].opened(watch[1])
         #: When a node will close this stream (a drain margin before the first expiry among
@@ -254,6 +358,11 @@ class MeshStream(trio.abc.HalfCloseableStream):
         return f"<MeshStream peer={self.peer.spiffe_id} address={_address(self._sock)}>"
 
     @property
+    def address(self) -> str:
+        """The peer's ``host:port`` (``-`` once the socket is closed), for log lines."""
+        return _address(self._sock)
+
+    @property
     def socket(self) -> socket.socket:
         """The underlying TCP socket. Do not read or write it: the stream owns it."""
         return self._sock
@@ -263,6 +372,25 @@ class MeshStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("this MeshStream was closed")
         if self._broken is not None:
             raise trio.BrokenResourceError("this MeshStream is broken") from self._broken
+
+    def ending(self) -> tuple[Ending, str | None, str | None]:
+        """How this connection ended, for its access line: (ended, reason, error in words).
+
+        The owner's verdict (`end`) first; else a broken stream or an abort is a reset
+        (with the error that broke it), and anything else closed.
+        """
+        if self.end is not None:
+            return self.end, self.end_reason, self.end_error
+        if self._broken is not None:
+            return "reset", None, self.end_error or _words(self._broken, self._ours)
+        if self._aborted:
+            return "reset", None, self.end_error
+        return "closed", None, None
+
+    @property
+    def broken(self) -> bool:
+        """Whether the connection itself failed (the peer reset or cut it, or TLS failed)."""
+        return self._broken is not None
 
     def _fail(self, exc: ssl.SSLError) -> trio.BrokenResourceError:
         """The TLS session failed: break the stream, tell the peer why, return the error.
@@ -275,7 +403,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         self._broken = exc
         if not (self._sending or self._send_lock.locked()):
             self._send_pending()
-        return _broken_by(exc)
+        return _broken_by(exc, self._ours)
 
     def _send_pending(self) -> None:
         """Whatever the engine has queued, in one nonblocking send, errors ignored."""
@@ -331,6 +459,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                     raise self._fail(exc) from exc
             if not await self._flush():
                 await trio.lowlevel.checkpoint()
+            self.bytes_sent += len(data)
         finally:
             self._sending = False
 
@@ -363,6 +492,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 if self._session.has_output() and await self._flush():  # e.g. a KeyUpdate reply
                     waited = True
                 if data is not None:
+                    self.bytes_received += len(data)
                     if not waited:
                         await trio.lowlevel.checkpoint()
                     return data
@@ -419,6 +549,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         # Not while a send is under way: a close_notify in the middle of a record
         # would corrupt it, and after a cut-off send the peer must see an error.
         busy = self._sending or self._send_lock.locked()
+        self._aborted = not graceful
         if not graceful:
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
@@ -436,8 +567,17 @@ class MeshStream(trio.abc.HalfCloseableStream):
             self._watch[0].closed(self._watch[1])
 
 
-def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
-    """Map a post-handshake TLS failure to trio's error, with a reason when it was an alert."""
+def _broken_by(exc: ssl.SSLError, ours: OurRole) -> trio.BrokenResourceError:
+    """Map a post-handshake TLS failure to trio's error, with a reason when it was an alert.
+
+    A connection cut without close_notify means a rejection only when we are the client
+    (TLS 1.3 lets a client finish before the server judges it); a server sees a client
+    that went away, and what it sent may be incomplete.
+    """
+    if isinstance(exc, ssl.SSLEOFError) and ours == "server":
+        return trio.BrokenResourceError(
+            "the client closed the connection without close_notify (what it sent may be incomplete)"
+        )
     if isinstance(exc, ssl.SSLEOFError):
         return PeerRejectedError(
             "protocol_error",
@@ -448,6 +588,15 @@ def _broken_by(exc: ssl.SSLError) -> trio.BrokenResourceError:
     if "ALERT" in name:
         return PeerRejectedError(alert_reason(name), f"the peer sent a TLS alert: {exc.reason}")
     return trio.BrokenResourceError(f"TLS failure: {exc.reason or exc}")
+
+
+def _words(exc: BaseException, ours: OurRole) -> str:
+    """What broke a stream, in words (our messages as they are, foreign ones described)."""
+    if isinstance(exc, ssl.SSLError):
+        return str(_broken_by(exc, ours))
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()  # "connection reset by peer"
+    return describe_error(exc)
 
 
 # ---------------------------------------------------------------- verification
@@ -549,8 +698,7 @@ async def _establish(
     except VerificationError as exc:
         claimed = _claimed_id(verified)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
-    except Exception as exc:  # the verifier could not judge this chain
-        logger.error("verifier failed, refusing the peer peer=%s", ctx.address, exc_info=True)
+    except Exception as exc:  # the verifier could not judge this chain (logged as a bug)
         raise HandshakeError(
             "malformed_certificate",
             f"the certificate could not be judged ({describe_error(exc)})",
@@ -562,30 +710,56 @@ async def _establish(
     except VerificationError as exc:
         claimed = str(peer.spiffe_id)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
-    except Exception as exc:  # fail closed
-        logger.error(
-            "authorizer failed, refusing the peer peer=%s id=%s",
-            ctx.address,
-            peer.spiffe_id,
-            exc_info=True,
-        )
+    except Exception as exc:  # fail closed (logged as a bug, with its traceback)
         raise HandshakeError(
             "unauthorized",
             f"the authorizer failed ({describe_error(exc)})",
             peer=ctx.address,
             claimed_id=str(peer.spiffe_id),
         ) from exc
-    return MeshStream(sock, session, peer, watch)
+    return MeshStream(
+        sock, session, peer, watch, ours="server" if ctx.role == "client" else "client"
+    )
 
 
-def _log_rejection(role: str, exc: HandshakeError) -> None:
-    logger.warning(
-        "handshake rejected role=%s peer=%s claimed_id=%s reason=%s detail=%r",
-        role,
-        exc.peer,
-        exc.claimed_id or "-",
-        exc.reason,
-        exc.detail,
+def _source(address: str) -> str:
+    """The host of ``host:port`` (``[v6]:port`` too): the key a flood is limited by."""
+    return address.rpartition(":")[0] or address
+
+
+def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = None) -> None:
+    """The one line for a refused peer: a warning, rate-limited per (reason, source).
+
+    A verifier or authorizer that raised something other than a verdict has a bug: then
+    the line is an error with the traceback (never a second line).
+    """
+    cause = exc.__cause__
+    if cause is not None and not isinstance(cause, VerificationError | TlsError):
+        event(
+            logger,
+            logging.ERROR,
+            "peer refused: the verifier or authorizer failed",
+            exc_info=cause,
+            role=role,
+            peer=exc.peer,
+            claimed_id=exc.claimed_id,
+            reason=exc.reason,
+            detail=exc.detail,
+        )
+        return
+    source = _source(exc.peer) if role == "server" else exc.peer
+    throttled(
+        logger,
+        logging.WARNING,
+        "handshake rejected",
+        key=("reason", "source"),
+        role=role,
+        peer=exc.peer,
+        claimed_id=exc.claimed_id,
+        reason=exc.reason,
+        detail=exc.detail,
+        duration=None if seconds is None else round(seconds, 6),
+        source=source,
     )
 
 
@@ -692,7 +866,7 @@ async def connect(
         raise
     except Exception as exc:  # a bug: still no foreign type for the caller
         sock.close()
-        logger.exception("connect failed peer=%s", ctx.address)
+        event(logger, logging.ERROR, "connect failed", exc_info=exc, peer=ctx.address)
         error = HandshakeError(
             "protocol_error", f"internal error: {describe_error(exc)}", peer=ctx.address
         )
@@ -820,8 +994,15 @@ async def serve(
     `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
     are checked against (default: the wall clock). The handler owns
     the stream; it is closed when the handler returns. An exception from a handler is
-    logged, resets the connection (`MeshStream.abort`: the peer sees an error, not an
-    EOF) and does not stop the server. Runs until cancelled.
+    logged with its traceback (a bug), resets the connection (`MeshStream.abort`: the
+    peer sees an error, not an EOF) and does not stop the server; a
+    `trio.BrokenResourceError` from the stream's own failure (the peer went away) is
+    ordinary and logs nothing here. Runs until cancelled.
+
+    Logs: each connection task runs in ``log_context(peer=...)`` (and ``spiffe_id`` once
+    verified); rejection lines go through this listener's own `Throttle` (at most 5 per
+    reason and source host per 10 s, then a summary). The observer gets an `Access` per
+    accepted connection (`Observer.began`, `Observer.ended`).
     """
     if handshake_timeout <= 0:
         raise ValueError("handshake_timeout must be positive")
@@ -835,6 +1016,7 @@ async def serve(
     watch: tuple[Observer, OurRole] | None = (observer, "server") if observer else None
     current_policy = _policy_reader(policy)
     now = clock or _wall_clock
+    throttle = Throttle()
 
     def rejected(exc: HandshakeError, seconds: float) -> None:
         """Tell `on_rejected` and the observer; their failure is logged, never raised."""
@@ -843,21 +1025,37 @@ async def serve(
                 on_rejected(exc)
             if observer is not None:
                 observer.handshake("server", seconds=seconds, error=exc)
-        except Exception:
-            logger.exception("on_rejected or the observer failed")
+        except Exception as bug:
+            event(logger, logging.ERROR, "on_rejected or the observer failed", exc_info=bug)
 
     async def serve_one(sock: socket.socket) -> None:
         address = _address(sock)
+        access = Access("server", address)
+        if observer is not None:
+            observer.began(access)
+        try:
+            with log_context(peer=address):
+                await judge_and_handle(sock, access)
+        except BaseException:
+            access.ended = "cancelled"
+            raise
+        finally:
+            access.finished = trio.current_time()
+            if observer is not None:
+                observer.ended(access)
+
+    async def judge_and_handle(sock: socket.socket, access: Access) -> None:
+        address = access.peer
         stream: MeshStream | None = None
         handshake: _Handshake | None = None
-        started = trio.current_time()  # from accept: a slowloris's wait counts too
+        started = access.started  # from accept: a slowloris's wait counts too
         try:
             with trio.move_on_after(handshake_timeout) as scope:
                 try:
                     first, _ = await _recv(sock, RECEIVE_SIZE)  # idle peers hold no place
                 except OSError as exc:
                     first = b""
-                    why = f"reset before sending anything ({exc})"
+                    why = f"reset before sending anything ({_words(exc, 'server')})"
                 else:
                     why = "closed before sending anything"
                 if not first:
@@ -873,7 +1071,7 @@ async def serve(
                 )
                 session = contexts.session(server_side=True)
                 session.feed(first)
-                handshake = handshakes.new(scope, address.rpartition(":")[0])
+                handshake = handshakes.new(scope, _source(address))
                 await handshakes.acquire(handshake)
                 try:
                     stream = await _establish(sock, session, ctx, handshake=handshake, watch=watch)
@@ -891,19 +1089,31 @@ async def serve(
                 )
         except HandshakeError as exc:
             sock.close()
-            _log_rejection("server", exc)
-            rejected(exc, trio.current_time() - started)
+            seconds = trio.current_time() - started
+            _log_rejection("server", exc, seconds)
+            access.rejected(exc.reason)
+            rejected(exc, seconds)
             return
         except OSError as exc:
             sock.close()
-            logger.info("connection failed before the handshake peer=%s error=%r", address, exc)
+            access.ended, access.error, access.reported = "reset", _words(exc, "server"), True
+            throttled(
+                logger,
+                logging.INFO,
+                "connection failed before the handshake",
+                key=("reason", "source"),
+                reason="reset",
+                error=access.error,
+                source=_source(address),
+            )
             return
         except Exception as exc:  # a bug while judging this peer: it ends this connection only
             sock.close()
-            logger.exception("connection failed while judging the peer peer=%s", address)
+            event(logger, logging.ERROR, "connection failed while judging the peer", exc_info=exc)
             error = HandshakeError(
                 "protocol_error", f"internal error: {describe_error(exc)}", peer=address
             )
+            access.rejected(error.reason)
             rejected(error, trio.current_time() - started)
             return
         except BaseException:
@@ -911,32 +1121,61 @@ async def serve(
             raise
         if observer is not None:
             observer.handshake("server", seconds=trio.current_time() - started, error=None)
-        try:
-            connections.acquire_nowait()
-        except trio.WouldBlock:
-            logger.warning(
-                "connection cap reached, resetting a verified peer peer=%s id=%s limit=%d",
-                address,
-                stream.peer.spiffe_id,
-                max_connections,
-            )
-            stream.abort()
-            return
-        try:
-            await handler(stream)
-        except Exception:
-            logger.exception("handler failed peer=%s id=%s", address, stream.peer.spiffe_id)
-            stream.abort()  # the peer must not take a failed exchange for a finished one
-        finally:
-            stream.close_now()  # this task ends here: no checkpoint needed to close
-            connections.release()
+        access.spiffe_id = str(stream.peer.spiffe_id)
+        with log_context(spiffe_id=access.spiffe_id):
+            try:
+                connections.acquire_nowait()
+            except trio.WouldBlock:
+                throttled(
+                    logger,
+                    logging.WARNING,
+                    "connection cap reached, resetting a verified peer",
+                    key=("reason", "source"),
+                    reason="connection_limit",
+                    limit=max_connections,
+                    source=_source(address),
+                )
+                access.rejected("connection_limit")
+                stream.abort()
+                return
+            access.served = True
+            stream.account = access
+            try:
+                await handler(stream)
+            except trio.BrokenResourceError as exc:
+                if not stream.broken:  # not the connection's failure: a bug in the handler
+                    _handler_failed(exc, stream, access)
+                # else the peer went away or cut the stream: ordinary, its access line says so
+            except Exception as exc:
+                _handler_failed(exc, stream, access)
+            finally:
+                stream.close_now()  # this task ends here: no checkpoint needed to close
+                connections.release()
+                _account(access, stream)
 
     async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(_accept_loop, listener, nursery, serve_one)
+        nursery.start_soon(throttle.run)
+        with throttle.using():
+            for listener in listeners:
+                nursery.start_soon(_accept_loop, listener, nursery, serve_one)
         task_status.started(listeners)
     # Every listener was closed (a node's drain) and every connection has ended.
     await trio.sleep_forever()
+
+
+def _handler_failed(exc: Exception, stream: MeshStream, access: Access) -> None:
+    """A handler raised: a bug. One error line with the traceback; the peer gets a reset."""
+    stream.abort()  # the peer must not take a failed exchange for a finished one
+    stream.end_error = f"the handler failed: {describe_error(exc)}"
+    access.reported = True
+    event(logger, logging.ERROR, "handler failed", exc_info=exc, error=stream.end_error)
+
+
+def _account(access: Access, stream: MeshStream) -> None:
+    """Fill in `access` from the stream that served it: bytes each way, how it ended."""
+    access.received, access.sent = stream.bytes_received, stream.bytes_sent
+    access.ended, access.reason, error = stream.ending()
+    access.error = access.error or error
 
 
 async def _accept_loop(
@@ -959,7 +1198,13 @@ async def _accept_loop(
                 except OSError as exc:  # out of descriptors or memory: back off, keep serving
                     if listener.socket.fileno() == -1:
                         return
-                    logger.error("accept failed, retrying in 100 ms error=%r", exc)
+                    throttled(
+                        logger,
+                        logging.ERROR,
+                        "accept failed, retrying in 100 ms",
+                        key=("error",),
+                        error=_words(exc, "client"),
+                    )
                     await trio.sleep(0.1)
                     continue
                 for sock in ready:

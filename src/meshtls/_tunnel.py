@@ -45,12 +45,13 @@ from ._authorize import Authorizer
 from ._boundary import describe_error
 from ._errors import HandshakeError
 from ._identity import IdentitySource
-from ._logs import event
+from ._logs import Throttle, event, log_context, throttled
 from ._spiffeid import SpiffeId
 from ._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     LINGER_RESET,
+    Access,
     Clock,
     MeshStream,
     Observer,
@@ -115,7 +116,8 @@ async def join(left: Tunnelled, right: Tunnelled) -> None:
 
     If either copy fails in any way, or the join is cancelled, both streams are reset
     (`reset`) instead: a transfer cut off part-way must never look finished at either
-    end. Copy failures are logged, not raised; cancellation propagates.
+    end. A copy failure is not raised: its words go on each `MeshStream` side
+    (``end_error``), for the connection's access line; cancellation propagates.
     """
     failure: Exception | None = None
 
@@ -136,7 +138,9 @@ async def join(left: Tunnelled, right: Tunnelled) -> None:
         reset(right)
         raise
     if failure is not None:
-        logger.info("tunnel cut off, both sides reset error=%s", describe_error(failure))
+        for side in (left, right):
+            if isinstance(side, MeshStream) and side.end_error is None:
+                side.end_error = f"tunnel cut off: {_words(failure)}"
         reset(left)
         reset(right)
         return
@@ -234,6 +238,11 @@ async def expose(
     """
     _check_connect_timeout(connect_timeout)
     backend_host, backend_port = backend
+    backend_text = (
+        f"[{backend_host}]:{backend_port}"
+        if ":" in backend_host
+        else f"{backend_host}:{backend_port}"
+    )
 
     async def tunnel(stream: MeshStream) -> None:
         upstream: trio.SocketStream | None = None
@@ -241,16 +250,22 @@ async def expose(
             with trio.move_on_after(connect_timeout):
                 upstream = await trio.open_tcp_stream(backend_host, backend_port)
         except OSError as exc:
-            problem = repr(exc)
+            problem, why = _words(exc), "unreachable"
         else:
-            problem = f"no connection within {connect_timeout:g}s"
+            problem, why = f"no connection within {connect_timeout:g}s", "timeout"
         if upstream is None:
-            logger.error(
-                "expose backend unreachable backend=%s:%d error=%s",
-                backend_host,
-                backend_port,
-                problem,
+            throttled(
+                logger,
+                logging.ERROR,
+                "expose backend unreachable",
+                key=("reason", "backend"),
+                reason=why,
+                backend=backend_text,
+                error=problem,
             )
+            if stream.account is not None:
+                stream.account.backend_failed = stream.account.reported = True
+            stream.end_error = f"backend {why}: {problem}"
             stream.abort()  # the peer's client must not read a clean EOF as the answer
             return
         with track(stream, "server"):
@@ -309,7 +324,9 @@ async def forward(
     completed its TCP connect and handshake within `connect_timeout` seconds: the
     plaintext client is reset (logged). At most `max_connections` clients at once; one
     more is reset at once. `clock` gives the time certificates are judged at (default:
-    the wall clock). ``started()`` gives the listeners.
+    the wall clock). ``started()`` gives the listeners. Each client is one line: the
+    rejection (`connect`'s) or the failure (rate-limited per reason, like `serve`'s), or
+    its `Access` to the observer, whose bytes are the plaintext client's.
     """
     _check_connect_timeout(connect_timeout)
     if max_connections < 1:
@@ -317,23 +334,52 @@ async def forward(
     connections = trio.CapacityLimiter(max_connections)
     peer_host, peer_port = peer
 
+    throttle = Throttle()
+    peer_text = f"[{peer_host}]:{peer_port}" if ":" in peer_host else f"{peer_host}:{peer_port}"
+
     async def tunnel(client: trio.SocketStream) -> None:
+        access = Access("client", _peer_of(client))
+        if observer is not None:
+            observer.began(access)
+        try:
+            with log_context(peer=access.peer):
+                await forward_client(client, access)
+        except BaseException:
+            access.ended = "cancelled"
+            raise
+        finally:
+            access.finished = trio.current_time()
+            if observer is not None:
+                observer.ended(access)
+
+    async def forward_client(client: trio.SocketStream, access: Access) -> None:
         try:
             connections.acquire_nowait()
         except trio.WouldBlock:
-            logger.warning("forward at its connection cap, resetting limit=%d", max_connections)
+            throttled(
+                logger,
+                logging.WARNING,
+                "forward at its connection cap, resetting",
+                key=("reason", "source"),
+                reason="connection_limit",
+                limit=max_connections,
+                source=access.peer.rpartition(":")[0],
+            )
+            access.rejected("connection_limit")
             reset(client)
             return
         try:
-            await forward_one(client)
-        except Exception:  # one client's failure is that client's alone
-            logger.exception("forward failed, resetting the client")
+            await forward_one(client, access)
+        except Exception as exc:  # a bug: one client's failure is that client's alone
+            event(logger, logging.ERROR, "forward failed, resetting the client", exc_info=exc)
+            access.ended, access.error, access.reported = "reset", describe_error(exc), True
             reset(client)
         finally:
             connections.release()
 
-    async def forward_one(client: trio.SocketStream) -> None:
+    async def forward_one(client: trio.SocketStream, access: Access) -> None:
         upstream: MeshStream | None = None
+        why: str | None = None
         try:
             with trio.move_on_after(connect_timeout):
                 upstream = await connect(
@@ -345,22 +391,45 @@ async def forward(
                     clock=clock,
                     observer=observer,
                 )
-        except (HandshakeError, OSError) as exc:
-            problem = repr(exc)
+        except HandshakeError as exc:  # connect logged it: one line per event
+            why, problem = exc.reason, exc.detail
+        except OSError as exc:
+            problem = _words(exc)
         else:
             problem = f"no verified connection within {connect_timeout:g}s"
         if upstream is None:
-            logger.warning("forward could not reach its peer error=%s", problem)
+            if why is None:
+                why = "timeout" if problem.startswith("no verified") else "unreachable"
+                throttled(
+                    logger,
+                    logging.WARNING,
+                    "forward could not reach its peer",
+                    key=("reason", "target"),
+                    reason=why,
+                    target=peer_text,
+                    error=problem,
+                )
+            access.ended, access.reason, access.error = "reset", why, problem
+            access.backend_failed = access.reported = True
             reset(client)  # its request went nowhere: no clean EOF as the answer
             return
-        with track(upstream, "client"):
-            await join(client, upstream)
+        access.spiffe_id = str(upstream.peer.spiffe_id)
+        access.served = True
+        try:
+            with log_context(spiffe_id=access.spiffe_id), track(upstream, "client"):
+                await join(client, upstream)
+        finally:
+            # The listener's side is the plaintext client: what it sent went up, and back.
+            access.received, access.sent = upstream.bytes_sent, upstream.bytes_received
+            access.ended, access.reason, access.error = upstream.ending()
 
     host, port = listen
     listeners = await trio.open_tcp_listeners(port, host=host)
     async with trio.open_nursery() as nursery:
-        for listener in listeners:
-            nursery.start_soon(_accept_plain, listener, nursery, tunnel)
+        nursery.start_soon(throttle.run)
+        with throttle.using():
+            for listener in listeners:
+                nursery.start_soon(_accept_plain, listener, nursery, tunnel)
         task_status.started(listeners)
     # Every listener was closed (a node's drain) and every client has ended.
     await trio.sleep_forever()
@@ -384,7 +453,13 @@ async def _accept_plain(
             except OSError as exc:
                 if listener.socket.fileno() == -1:
                     return
-                logger.error("accept failed, retrying in 100 ms error=%r", exc)
+                throttled(
+                    logger,
+                    logging.ERROR,
+                    "accept failed, retrying in 100 ms",
+                    key=("error",),
+                    error=_words(exc),
+                )
                 await trio.sleep(0.1)
                 continue
             nursery.start_soon(_closing, tunnel, client)
@@ -396,3 +471,19 @@ async def _closing(
     """Run `tunnel` for `client`, then close `client` whatever happened (it may be reset)."""
     async with client:
         await tunnel(client)
+
+
+def _peer_of(client: trio.SocketStream) -> str:
+    """``host:port`` of a plaintext client (``-`` once it is gone)."""
+    try:
+        host, port = client.socket.getpeername()[:2]
+    except OSError:
+        return "-"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+def _words(exc: BaseException) -> str:
+    """An I/O error in words: ``connection refused``, not a Python repr."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return describe_error(exc)

@@ -70,6 +70,7 @@ from ._boundary import mapped
 from ._bundle import BundleSet, X509Bundle
 from ._errors import BundleError, ConfigError, MeshError, Reason, SpiffeIdError, VerificationError
 from ._identity import Identity
+from ._logs import event
 from ._policy import ValidationPolicy
 from ._sources import InvalidCallback, _Published
 from ._spiffeid import SpiffeId, TrustDomain
@@ -527,11 +528,13 @@ class WorkloadApiSource(_Published):
             self._last_problem = problem
             delay = self.backoff(attempt)
             attempt += 1
-            logger.warning(
-                "workload API stream ended, reconnecting address=%s delay=%.2fs error=%r",
-                self.address,
-                delay,
-                problem,
+            event(
+                logger,
+                logging.WARNING,
+                "workload API stream ended, reconnecting",
+                address=self.address,
+                delay=f"{delay:.2f}s",
+                error=problem,
             )
             await trio.sleep(delay)
 
@@ -569,7 +572,7 @@ class WorkloadApiSource(_Published):
                 if done.is_set():
                     thread.join()  # it has returned or is returning: ~no wait
                 else:  # pragma: no cover - grpc ignored the cancel
-                    logger.error("workload API reader thread did not stop; abandoning it")
+                    event(logger, logging.ERROR, "workload API reader thread did not stop")
         finally:
             channel.close()
 
@@ -589,11 +592,13 @@ class WorkloadApiSource(_Published):
         else:
             identity = Identity(item.svid, item.bundles)
         self._cell.publish(identity)
-        logger.info(
-            "workload API identity published spiffe_id=%s svid=%s trust_domains=%s",
-            identity.svid.spiffe_id,
-            "kept" if current is not None and identity.svid is current.svid else "new",
-            ",".join(str(td) for td in identity.bundles),
+        event(
+            logger,
+            logging.INFO,
+            "workload API identity published",
+            spiffe_id=identity.svid.spiffe_id,
+            svid="kept" if current is not None and identity.svid is current.svid else "new",
+            trust_domains=[str(td) for td in identity.bundles],
         )
         return True
 
