@@ -242,6 +242,21 @@ async def test_reload_tightened_authorize_closes_the_live_peer_it_refuses(
         await a.aclose()
 
 
+async def test_a_live_peer_closed_by_a_reload_sees_its_stream_break_not_a_clean_end(
+    tmp_path: Path,
+) -> None:
+    """A peer cut off for trust reasons must not take the end for a finished exchange:
+    its stream breaks (a reset, no close_notify), as for any connection cut part-way."""
+    world = World(tmp_path)
+    async with open_node(world.config(toml())) as node:
+        b = await dial(world, port(node, "mesh"), B)
+        await live(node, 1)
+        node.reload(world.config(toml(authorize=f'ids = ["{A}"]')))
+        with trio.fail_after(WAIT), pytest.raises(trio.BrokenResourceError):
+            await b.receive_some()  # the node sent nothing before: the first read is the cut
+        await b.aclose()
+
+
 # ---------------------------------------------------------------- expose allow, forward expect
 
 

@@ -369,7 +369,7 @@ class Rotation:
                     role=entry.role,
                     listener=entry.listener or None,
                 )
-                entry.stream.end, entry.stream.end_reason = "rejected", "untrusted_chain"
+                entry.stream.reject("untrusted_chain")
                 self._metrics.peer_rejected("untrusted_chain")
                 entry.scope.cancel()
 
@@ -409,6 +409,7 @@ class Rotation:
                 detail=gone.detail,
             )
             self._metrics.peer_rejected(problem.reason)
+            entry.stream.reject(problem.reason)
             entry.scope.cancel()
             closed.append(gone)
         return closed

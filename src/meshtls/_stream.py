@@ -298,6 +298,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         "_aborted",
         "_broken",
         "_closed",
+        "_cut_off",
         "_eof_sent",
         "_ours",
         "_receiving",
@@ -339,6 +340,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         #: The `Access` of the listener connection this stream serves (None when dialed).
         self.account: Access | None = None
         self._aborted = False
+        self._cut_off = False
         if watch is not None:
             watch[0].opened(watch[1])
         #: When a node will close this stream (a drain margin before the first expiry among
@@ -542,10 +544,18 @@ class MeshStream(trio.abc.HalfCloseableStream):
         the peer's stream breaks (`trio.BrokenResourceError`), it never reads as EOF."""
         self._close(graceful=False)
 
+    def reject(self, reason: str) -> None:
+        """Mark a live connection as refused for `reason` by its owner (a node whose trust
+        changed): it ends as ``rejected``, and whoever closes it next resets it, so the peer
+        never takes the cut for a finished exchange. The owner cancels the handler itself."""
+        self.end, self.end_reason = "rejected", reason
+        self._cut_off = True
+
     def _close(self, *, graceful: bool) -> None:
         if self._closed:
             return
         self._closed = True
+        graceful = graceful and not self._cut_off
         # Not while a send is under way: a close_notify in the middle of a record
         # would corrupt it, and after a cut-off send the peer must see an error.
         busy = self._sending or self._send_lock.locked()
