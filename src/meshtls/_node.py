@@ -451,9 +451,17 @@ class Node:
         The caller bounds the wait (``trio.move_on_after(shutdown_timeout)``); the
         connections still live then are cancelled when `open_node`'s block ends.
         """
+        self.begin_drain()
+        await self.rotation.drained()
+
+    def begin_drain(self) -> None:
+        """The first, immediate half of `drain`: not ready, and no new connection accepted.
+
+        Call it before telling anyone the node is draining, so that nobody who read that
+        can still get a connection accepted. Calling it again does nothing more.
+        """
         self._ready = False
         self.stop_accepting()
-        await self.rotation.drained()
 
     def stop_accepting(self) -> None:
         """Close the listening sockets of the mesh, expose and forward listeners at once.

@@ -96,6 +96,7 @@ class _Run:
                     self.reload_pending = False
                     self.reload()
                 await self.stop.wait()
+                node.begin_drain()  # before the line: whoever reads it is refused from then on
                 shutdown = node.config.node.shutdown_timeout.total_seconds()
                 event(
                     logger,
