@@ -36,7 +36,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Final, Literal, NoReturn, Protocol, get_args
 
@@ -159,6 +159,26 @@ class Access:
             "sent_bytes": self.sent,
             "duration": round(self.duration, 6),
         }
+
+
+@contextlib.contextmanager
+def accounted(role: OurRole, peer: str, observer: Observer | None) -> Iterator[Access]:
+    """The `Access` of one accepted connection, reported to `observer` at accept and at the
+    end, with ``peer`` on every log line inside. A cancellation (the node stopping) ends
+    it as ``cancelled``; whatever else happens, `Observer.ended` is called once."""
+    access = Access(role, peer)
+    if observer is not None:
+        observer.began(access)
+    try:
+        with log_context(peer=peer):
+            yield access
+    except BaseException:
+        access.ended = "cancelled"
+        raise
+    finally:
+        access.finished = trio.current_time()
+        if observer is not None:
+            observer.ended(access)
 
 
 class Observer(Protocol):
@@ -1039,20 +1059,8 @@ async def serve(
             event(logger, logging.ERROR, "on_rejected or the observer failed", exc_info=bug)
 
     async def serve_one(sock: socket.socket) -> None:
-        address = _address(sock)
-        access = Access("server", address)
-        if observer is not None:
-            observer.began(access)
-        try:
-            with log_context(peer=address):
-                await judge_and_handle(sock, access)
-        except BaseException:
-            access.ended = "cancelled"
-            raise
-        finally:
-            access.finished = trio.current_time()
-            if observer is not None:
-                observer.ended(access)
+        with accounted("server", _address(sock), observer) as access:
+            await judge_and_handle(sock, access)
 
     async def judge_and_handle(sock: socket.socket, access: Access) -> None:
         address = access.peer

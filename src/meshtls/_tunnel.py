@@ -57,6 +57,7 @@ from ._stream import (
     Observer,
     OurRole,
     PolicyRead,
+    accounted,
     connect,
     serve,
 )
@@ -338,19 +339,8 @@ async def forward(
     peer_text = f"[{peer_host}]:{peer_port}" if ":" in peer_host else f"{peer_host}:{peer_port}"
 
     async def tunnel(client: trio.SocketStream) -> None:
-        access = Access("client", _peer_of(client))
-        if observer is not None:
-            observer.began(access)
-        try:
-            with log_context(peer=access.peer):
-                await forward_client(client, access)
-        except BaseException:
-            access.ended = "cancelled"
-            raise
-        finally:
-            access.finished = trio.current_time()
-            if observer is not None:
-                observer.ended(access)
+        with accounted("client", _peer_of(client), observer) as access:
+            await forward_client(client, access)
 
     async def forward_client(client: trio.SocketStream, access: Access) -> None:
         try:
