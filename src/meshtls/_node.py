@@ -490,7 +490,8 @@ class Node:
 
         Raises `ReloadError`, changing nothing, when `config` changes anything else (the
         message names each such key: they need a restart), or when our own SVID would fail
-        its policy. Must run in the node's Trio thread; it never waits.
+        the new policy while it passes the running one. Must run in the node's Trio thread;
+        it never waits.
         """
         if self._source is None:
             raise ReloadError("the node has not started; nothing to reload")
@@ -502,7 +503,9 @@ class Node:
             )
         ours = self.identity().svid
         problem = self.rotation.passes(ours, config.policy)
-        if problem is not None:
+        if problem is not None and self.rotation.passes(ours, self.config.policy) is None:
+            # only what the new [policy] adds: an SVID that fails the running one too (it
+            # expired, unrenewed) is no reason to keep the old rules, or the old files
             raise ReloadError(
                 f"our SVID {ours.spiffe_id} would fail the new [policy]: {problem};"
                 " the running config stays in force"
