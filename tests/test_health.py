@@ -127,6 +127,30 @@ async def test_readyz_is_503_once_our_svid_expires_and_200_again_after_a_renewal
         assert (renewed.status_code, renewed.text) == (200, "ready\n")
 
 
+async def test_B_7_readyz_is_503_while_our_svid_does_not_verify_against_our_bundle(
+    tmp_path: Path,
+) -> None:
+    """Our trust domain's bundle moves to a new root while our SVID still chains to the old
+    one: the rotation keeps the SVID (there is no other), but every peer that holds the new
+    bundle refuses it, so the node is not ready until an SVID from the new root comes."""
+    old, new = CA("example.org", now=T0), CA("example.org", now=T0)
+    clock = FakeClock(T0 + timedelta(minutes=10))
+    async with open_node(file_config(tmp_path, old), clock=clock) as node:
+        port = http_port(node)
+        (tmp_path / "bundle.pem").write_bytes(new.bundle_pem)
+        with trio.fail_after(5):
+            await node.changed()
+        answer = await get(port, "/readyz")
+        assert answer.status_code == 503
+        assert "does not verify" in answer.text
+        assert NODE_ID in answer.text
+        write_svid(tmp_path, new, not_before=T0, ttl=timedelta(hours=1))
+        with trio.fail_after(5):
+            await node.changed()
+        renewed = await get(port, "/readyz")
+        assert (renewed.status_code, renewed.text) == (200, "ready\n")
+
+
 # ------------------------------------------------------------------ 2. warnings before expiry
 
 WARNING = "our SVID is past 80% of its lifetime and has not been renewed"

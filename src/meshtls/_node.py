@@ -182,6 +182,7 @@ class Node:
         except NoIdentityError:
             identity = None
         live = self.rotation.live_by_listener()
+        problem = self.rotation.svid_problem
         return NodeState(
             now=self._clock(),
             phase=phase,
@@ -191,6 +192,7 @@ class Node:
             connections={name: live.get(name, 0) for name in self.listeners if name != "metrics"},
             rotations=int(self.registry.get_sample_value(self._rotations_name) or 0),
             last_rotation=self._last_rotation,
+            svid_problem=None if problem is None else str(problem),
         )
 
     @property

@@ -8,7 +8,9 @@ tasks or a node. Nothing here does I/O or reads a clock.
 Readiness is the truth a peer would see: a node is ready only while it runs (started,
 not draining) *and* holds an SVID it can present. From our SVID's ``not_after`` on, no
 peer accepts it, so ``/readyz`` is 503 from that instant, whatever the rotation says, and
-200 again as soon as a valid SVID is swapped in. `lifetime_marks` gives the two moments
+200 again as soon as a valid SVID is swapped in. Likewise while our SVID no longer
+verifies against our own bundles (a root that left them: the rotation keeps the SVID, as
+there is no other, and says why in ``svid_problem``). `lifetime_marks` gives the two moments
 the node logs about: 80 % of the lifetime (warning) and expiry (error).
 
 The status document names public facts only: ids, serial numbers, SHA-256 fingerprints
@@ -69,9 +71,10 @@ class NodeState:
     """A snapshot of what a node's health depends on, taken by the node at each probe.
 
     ``waiting_for`` names the identity source while the first identity is awaited;
-    ``identity`` is None until then. ``listeners`` maps each listener's name to its
-    bound address; ``connections`` maps the names of the listeners that carry verified
-    connections to how many are live now.
+    ``identity`` is None until then. ``svid_problem`` says why peers holding our bundles
+    would refuse our SVID for a reason other than its dates (None while it verifies).
+    ``listeners`` maps each listener's name to its bound address; ``connections`` maps
+    the names of the listeners that carry verified connections to how many are live now.
     """
 
     now: datetime
@@ -82,6 +85,7 @@ class NodeState:
     connections: Mapping[str, int]
     rotations: int
     last_rotation: LastRotation | None
+    svid_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,12 @@ def readiness(state: NodeState) -> Readiness:
             False,
             f"our SVID {svid.spiffe_id} expired at {_time(svid.not_after)} ({ago}s ago) and"
             " no renewal came: no valid SVID to present",
+        )
+    if state.svid_problem is not None:
+        return Readiness(
+            False,
+            f"our SVID {svid.spiffe_id} does not verify against our bundles"
+            f" ({state.svid_problem}): peers that hold them refuse it",
         )
     if state.phase == "starting":
         return Readiness(False, "starting: opening the listeners")
