@@ -187,6 +187,23 @@ async def test_a_warning_at_80_percent_and_an_error_at_expiry_once_per_svid(
         assert trio.current_time() - written == pytest.approx(8 * 60 + 1)
 
 
+async def test_L_9_the_expiry_error_counts_whole_seconds_since_not_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that starts 10.5 s after its SVID's not_after (inside the 30 s skew) says at
+    once that it expired 10 s ago, as /readyz does, not 11."""
+    caplog.set_level(logging.INFO, logger="meshtls")
+    ca = CA("example.org", now=T0)
+    config = file_config(tmp_path, ca, ttl=timedelta(minutes=10))
+    clock = FakeClock(T0 + timedelta(minutes=10, seconds=10.5))
+    async with open_node(replace(config, node=replace(config.node, metrics=None)), clock=clock):
+        with trio.fail_after(5):
+            while not events(caplog, EXPIRED):  # noqa: ASYNC110 - the watch task logs it
+                await trio.sleep(0.01)
+    (error,) = events(caplog, EXPIRED)
+    assert fields(error)["seconds_ago"] == 10
+
+
 async def test_a_renewal_before_80_percent_gives_no_warning(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

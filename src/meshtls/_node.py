@@ -71,6 +71,7 @@ from ._status import (
     Readiness,
     lifetime_marks,
     readiness,
+    seconds_expired,
     seconds_left,
     status,
 )
@@ -417,7 +418,7 @@ class Node:
                     id=svid.spiffe_id,
                     serial=serial,
                     not_after=not_after,
-                    seconds_ago=-seconds_left(svid, now),
+                    seconds_ago=seconds_expired(svid, now),
                 )
             elif not warned and now >= warn_at:
                 warned = True

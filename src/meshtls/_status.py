@@ -105,7 +105,7 @@ def readiness(state: NodeState) -> Readiness:
         return Readiness(False, f"waiting for the first identity from {source}")
     svid = state.identity.svid
     if state.now >= svid.not_after:
-        ago = math.floor((state.now - svid.not_after).total_seconds())
+        ago = seconds_expired(svid, state.now)
         return Readiness(
             False,
             f"our SVID {svid.spiffe_id} expired at {_time(svid.not_after)} ({ago}s ago) and"
@@ -131,6 +131,11 @@ def lifetime_marks(svid: X509Svid) -> tuple[datetime, datetime]:
 def seconds_left(svid: X509Svid, now: datetime) -> int:
     """Whole seconds until `svid` expires at `now` (negative once expired)."""
     return math.floor((svid.not_after - now).total_seconds())
+
+
+def seconds_expired(svid: X509Svid, now: datetime) -> int:
+    """Whole seconds since `svid` expired, at `now` (negative before)."""
+    return math.floor((now - svid.not_after).total_seconds())
 
 
 def status(state: NodeState) -> dict[str, Json]:
