@@ -151,6 +151,24 @@ async def test_B_7_readyz_is_503_while_our_svid_does_not_verify_against_our_bund
         assert (renewed.status_code, renewed.text) == (200, "ready\n")
 
 
+async def test_P_2_readyz_is_503_once_our_svid_passes_max_age(tmp_path: Path) -> None:
+    """Under ``[policy] max_age = "30m"`` (ours, and our peers'), a one-hour SVID is
+    refused by every peer from 30 minutes after its not_before: the node is not ready
+    from then on, although the SVID has not expired."""
+    ca = CA("example.org", now=T0)
+    config = file_config(tmp_path, ca)
+    policy = meshtls.ValidationPolicy(max_age=timedelta(minutes=30))
+    clock = FakeClock(T0 + timedelta(minutes=10))
+    async with open_node(replace(config, policy=policy), clock=clock) as node:
+        port = http_port(node)
+        clock.now = T0 + timedelta(minutes=29, seconds=59)
+        assert (await get(port, "/readyz")).status_code == 200
+        clock.now = T0 + timedelta(minutes=30, seconds=1)
+        aged = await get(port, "/readyz")
+        assert aged.status_code == 503
+        assert "max_age" in aged.text
+
+
 # ------------------------------------------------------------------ 2. warnings before expiry
 
 WARNING = "our SVID is past 80% of its lifetime and has not been renewed"

@@ -194,6 +194,7 @@ class Node:
             rotations=int(self.registry.get_sample_value(self._rotations_name) or 0),
             last_rotation=self._last_rotation,
             svid_problem=None if problem is None else str(problem),
+            max_age=self.rotation.policy.max_age,
         )
 
     @property

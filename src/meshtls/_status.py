@@ -24,13 +24,14 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._boundary import clamp_time
+from ._duration import format_duration
 from ._identity import Identity
 from ._svid import X509Svid
 
@@ -72,7 +73,8 @@ class NodeState:
 
     ``waiting_for`` names the identity source while the first identity is awaited;
     ``identity`` is None until then. ``svid_problem`` says why peers holding our bundles
-    would refuse our SVID for a reason other than its dates (None while it verifies).
+    would refuse our SVID for a reason other than its dates (None while it verifies);
+    ``max_age`` is the policy's (our peers refuse our SVID once older).
     ``listeners`` maps each listener's name to its bound address; ``connections`` maps
     the names of the listeners that carry verified connections to how many are live now.
     """
@@ -86,6 +88,7 @@ class NodeState:
     rotations: int
     last_rotation: LastRotation | None
     svid_problem: str | None = None
+    max_age: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +113,12 @@ def readiness(state: NodeState) -> Readiness:
             False,
             f"our SVID {svid.spiffe_id} expired at {_time(svid.not_after)} ({ago}s ago) and"
             " no renewal came: no valid SVID to present",
+        )
+    if state.max_age is not None and state.now - svid.not_before > state.max_age:
+        return Readiness(
+            False,
+            f"our SVID {svid.spiffe_id} is older than [policy] max_age"
+            f" ({format_duration(state.max_age)}): peers that hold that policy refuse it",
         )
     if state.svid_problem is not None:
         return Readiness(
