@@ -222,6 +222,36 @@ async def test_L_9_the_expiry_error_counts_whole_seconds_since_not_after(
     assert fields(error)["seconds_ago"] == 10
 
 
+AGED = "our SVID is older than [policy] max_age: peers will refuse this node"
+
+
+async def test_P_2_under_max_age_the_warning_and_the_error_follow_the_usable_life(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-hour SVID under ``max_age = "30m"`` is usable for 30 minutes: the warning
+    comes at 80 % of those (24 min), the error when they end, as /readyz turns 503."""
+    caplog.set_level(logging.INFO, logger="meshtls")
+    ca = CA("example.org", now=T0)
+    config = file_config(tmp_path, ca)
+    config = replace(
+        config,
+        node=replace(config.node, metrics=None),
+        policy=meshtls.ValidationPolicy(max_age=timedelta(minutes=30)),
+    )
+    async with open_node(config, clock=cert_time) as node:
+        await trio.sleep(24 * 60 - 1)
+        assert not events(caplog, WARNING)
+        await trio.sleep(2)
+        (warned,) = events(caplog, WARNING)
+        assert fields(warned)["seconds_left"] == 6 * 60  # logged at 24 min sharp
+        await trio.sleep(6 * 60)
+        (error,) = events(caplog, AGED)
+        assert error.levelno == logging.ERROR
+        assert fields(error)["seconds_ago"] == 0
+        assert fields(error)["max_age"] == "30m"
+        assert not node.readiness().ready
+
+
 async def test_a_renewal_before_80_percent_gives_no_warning(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -57,6 +58,7 @@ from ._config import (
     WorkloadApiIdentity,
     format_address,
 )
+from ._duration import format_duration
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity, NoIdentityError
 from ._logs import event, event_fields, log_context
@@ -71,8 +73,6 @@ from ._status import (
     Readiness,
     lifetime_marks,
     readiness,
-    seconds_expired,
-    seconds_left,
     status,
 )
 from ._stream import Access, MeshStream, OurRole, serve
@@ -397,7 +397,8 @@ class Node:
 
     async def _watch_identity(self, first: Identity) -> NoReturn:
         """Note each rotation (for ``/status``), and log once per SVID, on the node's clock:
-        a warning when it passes 80 % of its lifetime, an error when it expires.
+        a warning when it passes 80 % of its usable life, an error when that ends (it
+        expires, or grows older than the policy's ``max_age``).
 
         Sleeps on Trio's clock until the next mark (at most `_WATCH_INTERVAL`), or until
         the rotation swaps something in; a new SVID starts its marks afresh.
@@ -406,7 +407,11 @@ class Node:
         warned = expired = False
         while True:
             svid = current.svid
-            warn_at, expire_at = lifetime_marks(svid)
+            max_age = self.rotation.policy.max_age
+            warn_at, expire_at = lifetime_marks(svid, max_age)
+            aged = None  # the policy's max_age, when it ends our SVID before not_after
+            if max_age is not None and expire_at < svid.not_after:
+                aged = format_duration(max_age)
             now = self._clock()
             serial = format(svid.leaf.serial_number, "x")
             not_after = svid.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -415,11 +420,14 @@ class Node:
                 event(
                     logger,
                     logging.ERROR,
-                    "our SVID has expired: peers will refuse this node",
+                    "our SVID is older than [policy] max_age: peers will refuse this node"
+                    if aged
+                    else "our SVID has expired: peers will refuse this node",
                     id=svid.spiffe_id,
                     serial=serial,
                     not_after=not_after,
-                    seconds_ago=seconds_expired(svid, now),
+                    max_age=aged,
+                    seconds_ago=math.floor((now - expire_at).total_seconds()),
                 )
             elif not warned and now >= warn_at:
                 warned = True
@@ -430,7 +438,8 @@ class Node:
                     id=svid.spiffe_id,
                     serial=serial,
                     not_after=not_after,
-                    seconds_left=seconds_left(svid, now),
+                    max_age=aged,
+                    seconds_left=math.floor((expire_at - now).total_seconds()),
                 )
             due = [mark for mark, done in ((warn_at, warned), (expire_at, expired)) if not done]
             wait = _WATCH_INTERVAL

@@ -131,10 +131,13 @@ def readiness(state: NodeState) -> Readiness:
     return Readiness(True)
 
 
-def lifetime_marks(svid: X509Svid) -> tuple[datetime, datetime]:
-    """When our SVID passes `WARN_FRACTION` of its lifetime, and when it expires."""
-    not_before, not_after = svid.not_before, svid.not_after
-    return not_before + (not_after - not_before) * WARN_FRACTION, not_after
+def lifetime_marks(svid: X509Svid, max_age: timedelta | None = None) -> tuple[datetime, datetime]:
+    """When our SVID passes `WARN_FRACTION` of its usable life, and when that ends: its
+    ``not_after``, or ``not_before + max_age`` when the policy's `max_age` ends it sooner."""
+    not_before, end = svid.not_before, svid.not_after
+    if max_age is not None and max_age < end - not_before:
+        end = not_before + max_age
+    return not_before + (end - not_before) * WARN_FRACTION, end
 
 
 def seconds_left(svid: X509Svid, now: datetime) -> int:
