@@ -127,6 +127,48 @@ async def test_readyz_is_503_once_our_svid_expires_and_200_again_after_a_renewal
         assert (renewed.status_code, renewed.text) == (200, "ready\n")
 
 
+async def test_B_7_readyz_is_503_while_our_svid_does_not_verify_against_our_bundle(
+    tmp_path: Path,
+) -> None:
+    """Our trust domain's bundle moves to a new root while our SVID still chains to the old
+    one: the rotation keeps the SVID (there is no other), but every peer that holds the new
+    bundle refuses it, so the node is not ready until an SVID from the new root comes."""
+    old, new = CA("example.org", now=T0), CA("example.org", now=T0)
+    clock = FakeClock(T0 + timedelta(minutes=10))
+    async with open_node(file_config(tmp_path, old), clock=clock) as node:
+        port = http_port(node)
+        (tmp_path / "bundle.pem").write_bytes(new.bundle_pem)
+        with trio.fail_after(5):
+            await node.changed()
+        answer = await get(port, "/readyz")
+        assert answer.status_code == 503
+        assert "does not verify" in answer.text
+        assert NODE_ID in answer.text
+        write_svid(tmp_path, new, not_before=T0, ttl=timedelta(hours=1))
+        with trio.fail_after(5):
+            await node.changed()
+        renewed = await get(port, "/readyz")
+        assert (renewed.status_code, renewed.text) == (200, "ready\n")
+
+
+async def test_P_2_readyz_is_503_once_our_svid_passes_max_age(tmp_path: Path) -> None:
+    """Under ``[policy] max_age = "30m"`` (ours, and our peers'), a one-hour SVID is
+    refused by every peer from 30 minutes after its not_before: the node is not ready
+    from then on, although the SVID has not expired."""
+    ca = CA("example.org", now=T0)
+    config = file_config(tmp_path, ca)
+    policy = meshtls.ValidationPolicy(max_age=timedelta(minutes=30))
+    clock = FakeClock(T0 + timedelta(minutes=10))
+    async with open_node(replace(config, policy=policy), clock=clock) as node:
+        port = http_port(node)
+        clock.now = T0 + timedelta(minutes=29, seconds=59)
+        assert (await get(port, "/readyz")).status_code == 200
+        clock.now = T0 + timedelta(minutes=30, seconds=1)
+        aged = await get(port, "/readyz")
+        assert aged.status_code == 503
+        assert "max_age" in aged.text
+
+
 # ------------------------------------------------------------------ 2. warnings before expiry
 
 WARNING = "our SVID is past 80% of its lifetime and has not been renewed"
@@ -161,6 +203,53 @@ async def test_a_warning_at_80_percent_and_an_error_at_expiry_once_per_svid(
         await trio.sleep(11)
         assert len(events(caplog, WARNING)) == 2
         assert trio.current_time() - written == pytest.approx(8 * 60 + 1)
+
+
+async def test_L_9_the_expiry_error_counts_whole_seconds_since_not_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that starts 10.5 s after its SVID's not_after (inside the 30 s skew) says at
+    once that it expired 10 s ago, as /readyz does, not 11."""
+    caplog.set_level(logging.INFO, logger="meshtls")
+    ca = CA("example.org", now=T0)
+    config = file_config(tmp_path, ca, ttl=timedelta(minutes=10))
+    clock = FakeClock(T0 + timedelta(minutes=10, seconds=10.5))
+    async with open_node(replace(config, node=replace(config.node, metrics=None)), clock=clock):
+        with trio.fail_after(5):
+            while not events(caplog, EXPIRED):  # noqa: ASYNC110 - the watch task logs it
+                await trio.sleep(0.01)
+    (error,) = events(caplog, EXPIRED)
+    assert fields(error)["seconds_ago"] == 10
+
+
+AGED = "our SVID is older than [policy] max_age: peers will refuse this node"
+
+
+async def test_P_2_under_max_age_the_warning_and_the_error_follow_the_usable_life(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A one-hour SVID under ``max_age = "30m"`` is usable for 30 minutes: the warning
+    comes at 80 % of those (24 min), the error when they end, as /readyz turns 503."""
+    caplog.set_level(logging.INFO, logger="meshtls")
+    ca = CA("example.org", now=T0)
+    config = file_config(tmp_path, ca)
+    config = replace(
+        config,
+        node=replace(config.node, metrics=None),
+        policy=meshtls.ValidationPolicy(max_age=timedelta(minutes=30)),
+    )
+    async with open_node(config, clock=cert_time) as node:
+        await trio.sleep(24 * 60 - 1)
+        assert not events(caplog, WARNING)
+        await trio.sleep(2)
+        (warned,) = events(caplog, WARNING)
+        assert fields(warned)["seconds_left"] == 6 * 60  # logged at 24 min sharp
+        await trio.sleep(6 * 60)
+        (error,) = events(caplog, AGED)
+        assert error.levelno == logging.ERROR
+        assert fields(error)["seconds_ago"] == 0
+        assert fields(error)["max_age"] == "30m"
+        assert not node.readiness().ready
 
 
 async def test_a_renewal_before_80_percent_gives_no_warning(

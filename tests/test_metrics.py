@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 import trio.testing
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -651,6 +651,45 @@ async def test_a_connection_that_sent_its_request_is_never_evicted(
         assert (await read_to_eof(answered)).startswith(b"HTTP/1.1 200 OK\r\n")
     async with httpx.AsyncClient() as client:  # the place is free again
         assert (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    nursery.cancel_scope.cancel()
+
+
+async def stalled_reader(port: int, path: bytes) -> trio.SocketStream:
+    """A client that asks for `path` and then never reads: a tiny receive buffer, so the
+    server's answer stops in the socket."""
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 1)
+    await sock.connect(("127.0.0.1", port))
+    stream = trio.SocketStream(sock)
+    await stream.send_all(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    return stream
+
+
+async def test_connections_that_do_not_read_their_answer_make_room_after_the_request_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Every place is taken by a client that sent its request and never reads the answer
+    (a large /metrics): once such a client has held its place for the request timeout,
+    it is as stalled as an idle one, and a probe takes its place, well before the
+    connection timeout (10 s) would free it."""
+    metrics = NodeMetrics(CollectorRegistry(), clock=FakeClock())
+    filler = Gauge("filler", "Makes the answer large.", ["n"], registry=metrics.registry)
+    for n in range(4000):
+        filler.labels(f"{n:0>120}").set(n)
+    port = await start(nursery, metrics, lambda: True, max_connections=2)
+    stalled = [await stalled_reader(port, b"/metrics") for _ in range(2)]
+    await trio.testing.wait_all_tasks_blocked()
+    async with await trio.open_tcp_stream("127.0.0.1", port) as early:
+        await early.send_all(PROBE)  # both are busy, and have not had their time yet
+        assert await read_to_eof(early) == b""
+    await trio.sleep(2.5)  # past the request timeout (2 s)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as probe:
+        opened = trio.current_time()
+        await probe.send_all(PROBE)
+        assert (await read_to_eof(probe)).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert trio.current_time() - opened < 1.5
+    for stream in stalled:
+        await stream.aclose()
     nursery.cancel_scope.cancel()
 
 

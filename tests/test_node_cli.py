@@ -490,8 +490,9 @@ async def stays_open(stream: meshtls.MeshStream) -> bool:
 
 
 async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
-    """During the drain a new connection is refused while the live one goes on; that live
-    client would hold the drain for its 10 s, and a second SIGTERM ends it: exit 0."""
+    """During the drain a new connection is refused while the live one goes on, and a
+    SIGHUP is one line saying it is ignored; that live client would hold the drain for its
+    10 s, and a second SIGTERM ends it: exit 0."""
     (tmp_path / "node.toml").write_text(local_ca_toml("10s"))
     message = MESSAGE["text"]
     async with node_process(tmp_path, "--config", "node.toml") as (process, lines):
@@ -506,6 +507,10 @@ async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> No
             with pytest.raises(OSError, match=r"Connection refused|all attempts"):
                 await trio.open_tcp_stream("127.0.0.1", ports["mesh"])  # draining: refused
             assert await stays_open(stream)  # while the live one goes on
+            process.send_signal(signal.SIGHUP)  # too late to reload: said, not silent
+            with trio.fail_after(WAIT):
+                ignored = await lines.until(lambda line: "reload" in str(message(line)["msg"]))
+            assert message(ignored)["msg"] == "reload ignored: the node is draining"
             signalled = trio.current_time()
             process.send_signal(signal.SIGTERM)
             with trio.fail_after(WAIT):

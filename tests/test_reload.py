@@ -26,6 +26,7 @@ from meshtls._logs import record_fields
 from meshtls._node import Node, ReloadError, needs_restart, open_node
 from meshtls.testing import CA
 
+from .test_health import FakeClock
 from .test_node import write_svid
 
 TD: Final = "example.org"
@@ -340,6 +341,34 @@ async def test_P_1_reload_refused_when_our_own_svid_fails_the_new_policy(tmp_pat
         await (await dial(world, mesh, B, ttl=timedelta(minutes=3))).aclose()  # old rule
         assert failures(node, "unauthorized") == 0
         await b.aclose()
+
+
+async def test_L_9_reload_while_our_svid_has_expired_tightens_authorize_and_rereads_files(
+    tmp_path: Path,
+) -> None:
+    """Our SVID expired 40 s ago (past the skew) and nothing renewed it: the node is not
+    ready, and a SIGHUP is how the operator acts. The unchanged [policy] is not what fails
+    our SVID, so the tighter [authorize] applies to the live peers, and the new identity
+    files the operator put in place are read at once."""
+    world = World(tmp_path)
+    clock = FakeClock(datetime.now(UTC))
+    async with open_node(world.config(toml()), clock=clock) as node:
+        mesh = port(node, "mesh")
+        a, b = await dial(world, mesh, A), await dial(world, mesh, B)
+        await live(node, 2)
+        clock.now = node.identity().svid.not_after + timedelta(seconds=40)
+        assert not node.readiness().ready
+
+        result = node.reload(world.config(toml(authorize=f'ids = ["{A}"]')))
+
+        assert [(c.spiffe_id, c.reason) for c in result.closed] == [(B, "unauthorized")]
+        assert await is_closed(b)
+        await b.aclose()
+        write_svid(tmp_path, world.ca, "node", NODE, ttl=timedelta(minutes=30))
+        assert node.reload(world.config(toml(authorize=f'ids = ["{A}"]'))).rotated
+        assert node.readiness().ready  # the renewal came in with the reload
+        assert await is_open(a)
+        await a.aclose()
 
 
 # ---------------------------------------------------------------- what needs a restart

@@ -504,7 +504,8 @@ DEFAULT_CONNECTION_TIMEOUT: Final = 10.0
 #: A connection whose request head has not fully arrived within this many seconds is closed.
 DEFAULT_REQUEST_TIMEOUT: Final = 2.0
 #: Connections served at once; past it, the oldest one still waiting for its request is
-#: closed to make room, or, when every one has sent its request, the new one is.
+#: closed to make room, else the oldest that has not taken its answer within the request
+#: timeout, else the new one.
 DEFAULT_MAX_CONNECTIONS: Final = 64
 #: The largest request head (request line and headers) accepted; larger gets a 431.
 MAX_REQUEST_HEAD: Final = 8192
@@ -524,30 +525,42 @@ StatusReport = Callable[[], Mapping[str, Json]]
 class _Places:
     """The endpoint's `limit` places, in arrival order; who waits for a request head.
 
-    `admit` gives a new connection a place, closing (cancelling) the oldest connection that
-    is still waiting for its request head when every place is taken; with none to close,
-    the new connection is refused. A connection that has its request (`busy`) is never
-    evicted. `leave` frees the place; evicted connections have lost theirs already.
+    `admit` gives a new connection a place when every place is taken by closing
+    (cancelling) the oldest connection still waiting for its request head; with none, the
+    oldest that has had its request (`busy`) for `stale` seconds or more, which is as
+    stuck as an idle one (it does not take its answer); with neither, the new connection
+    is refused. `leave` frees the place; evicted connections have lost theirs already.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, stale: float) -> None:
         self._limit = limit
-        self._taken: dict[object, trio.CancelScope | None] = {}  # insertion order = age
+        self._stale = stale
+        #: Each place's cancel scope, and since when it is busy (None: still waiting).
+        self._taken: dict[object, tuple[trio.CancelScope, float | None]] = {}  # age order
 
     def admit(self, token: object, scope: trio.CancelScope) -> bool:
         if len(self._taken) >= self._limit:
-            oldest = next((t for t, waiting in self._taken.items() if waiting is not None), None)
+            oldest = self._evictable()
             if oldest is None:
                 return False
-            evicted = self._taken.pop(oldest)
-            assert evicted is not None
+            evicted, _ = self._taken.pop(oldest)
             evicted.cancel()
-        self._taken[token] = scope
+        self._taken[token] = (scope, None)
         return True
+
+    def _evictable(self) -> object | None:
+        waiting = (t for t, (_, since) in self._taken.items() if since is None)
+        if (oldest := next(waiting, None)) is not None:
+            return oldest
+        cutoff = trio.current_time() - self._stale
+        stuck = (
+            t for t, (_, since) in self._taken.items() if since is not None and since <= cutoff
+        )
+        return next(stuck, None)
 
     def busy(self, token: object) -> None:
         if token in self._taken:
-            self._taken[token] = None
+            self._taken[token] = (self._taken[token][0], trio.current_time())
 
     def leave(self, token: object) -> None:
         self._taken.pop(token, None)
@@ -591,7 +604,7 @@ async def serve_http(
         raise ValueError("request_timeout must be positive")
     if max_connections < 1:
         raise ValueError("max_connections must be >= 1")
-    places = _Places(max_connections)
+    places = _Places(max_connections, stale=request_timeout)
     answers = _Answers(registry, ready, status)
 
     async def handler(stream: trio.SocketStream) -> None:

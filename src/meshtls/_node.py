@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -57,6 +58,7 @@ from ._config import (
     WorkloadApiIdentity,
     format_address,
 )
+from ._duration import format_duration
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity, NoIdentityError
 from ._logs import event, event_fields, log_context
@@ -71,7 +73,6 @@ from ._status import (
     Readiness,
     lifetime_marks,
     readiness,
-    seconds_left,
     status,
 )
 from ._stream import Access, MeshStream, OurRole, serve
@@ -182,6 +183,7 @@ class Node:
         except NoIdentityError:
             identity = None
         live = self.rotation.live_by_listener()
+        problem = self.rotation.svid_problem
         return NodeState(
             now=self._clock(),
             phase=phase,
@@ -191,6 +193,8 @@ class Node:
             connections={name: live.get(name, 0) for name in self.listeners if name != "metrics"},
             rotations=int(self.registry.get_sample_value(self._rotations_name) or 0),
             last_rotation=self._last_rotation,
+            svid_problem=None if problem is None else str(problem),
+            max_age=self.rotation.policy.max_age,
         )
 
     @property
@@ -393,7 +397,8 @@ class Node:
 
     async def _watch_identity(self, first: Identity) -> NoReturn:
         """Note each rotation (for ``/status``), and log once per SVID, on the node's clock:
-        a warning when it passes 80 % of its lifetime, an error when it expires.
+        a warning when it passes 80 % of its usable life, an error when that ends (it
+        expires, or grows older than the policy's ``max_age``).
 
         Sleeps on Trio's clock until the next mark (at most `_WATCH_INTERVAL`), or until
         the rotation swaps something in; a new SVID starts its marks afresh.
@@ -402,7 +407,11 @@ class Node:
         warned = expired = False
         while True:
             svid = current.svid
-            warn_at, expire_at = lifetime_marks(svid)
+            max_age = self.rotation.policy.max_age
+            warn_at, expire_at = lifetime_marks(svid, max_age)
+            aged = None  # the policy's max_age, when it ends our SVID before not_after
+            if max_age is not None and expire_at < svid.not_after:
+                aged = format_duration(max_age)
             now = self._clock()
             serial = format(svid.leaf.serial_number, "x")
             not_after = svid.not_after.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -411,11 +420,14 @@ class Node:
                 event(
                     logger,
                     logging.ERROR,
-                    "our SVID has expired: peers will refuse this node",
+                    "our SVID is older than [policy] max_age: peers will refuse this node"
+                    if aged
+                    else "our SVID has expired: peers will refuse this node",
                     id=svid.spiffe_id,
                     serial=serial,
                     not_after=not_after,
-                    seconds_ago=-seconds_left(svid, now),
+                    max_age=aged,
+                    seconds_ago=math.floor((now - expire_at).total_seconds()),
                 )
             elif not warned and now >= warn_at:
                 warned = True
@@ -426,7 +438,8 @@ class Node:
                     id=svid.spiffe_id,
                     serial=serial,
                     not_after=not_after,
-                    seconds_left=seconds_left(svid, now),
+                    max_age=aged,
+                    seconds_left=math.floor((expire_at - now).total_seconds()),
                 )
             due = [mark for mark, done in ((warn_at, warned), (expire_at, expired)) if not done]
             wait = _WATCH_INTERVAL
@@ -498,7 +511,8 @@ class Node:
 
         Raises `ReloadError`, changing nothing, when `config` changes anything else (the
         message names each such key: they need a restart), or when our own SVID would fail
-        its policy. Must run in the node's Trio thread; it never waits.
+        the new policy while it passes the running one. Must run in the node's Trio thread;
+        it never waits.
         """
         if self._source is None:
             raise ReloadError("the node has not started; nothing to reload")
@@ -510,7 +524,9 @@ class Node:
             )
         ours = self.identity().svid
         problem = self.rotation.passes(ours, config.policy)
-        if problem is not None:
+        if problem is not None and self.rotation.passes(ours, self.config.policy) is None:
+            # only what the new [policy] adds: an SVID that fails the running one too (it
+            # expired, unrenewed) is no reason to keep the old rules, or the old files
             raise ReloadError(
                 f"our SVID {ours.spiffe_id} would fail the new [policy]: {problem};"
                 " the running config stays in force"

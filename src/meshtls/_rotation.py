@@ -70,6 +70,8 @@ logger = logging.getLogger("meshtls")
 Clock = Callable[[], datetime]
 #: How long before a credential's expiry its connections are closed.
 DRAIN_MARGIN: Final = timedelta(seconds=5)
+#: Reasons that only say our SVID's dates do not cover now: readiness judges those itself.
+_DATE_REASONS: Final = frozenset({"expired", "not_yet_valid"})
 
 
 def _malformed(description: str) -> VerificationError:
@@ -151,6 +153,9 @@ class Rotation:
         self._metrics = metrics
         self._clock = clock
         self._active: Identity | None = None
+        #: Why peers holding our bundles would refuse the active SVID now, apart from its
+        #: dates (readiness judges those at each probe); None while it verifies.
+        self.svid_problem: VerificationError | None = None
         self._last_refusal: tuple[object, ...] | None = None
         self._changed = trio.Event()
         self._live: set[_Live] = set()
@@ -290,8 +295,16 @@ class Rotation:
             reason if reason in CERTIFICATE_REASONS else "malformed_certificate"
         )
 
+    def _judge_active(self) -> None:
+        """Set `svid_problem`: the active SVID against the active bundles and policy."""
+        active = self.identity()
+        problem = self._verify(active.svid, active.bundles)
+        dated = problem is not None and problem.reason in _DATE_REASONS
+        self.svid_problem = None if dated else problem
+
     def _swap(self, new: Identity) -> None:
         previous, self._active = self._active, new
+        self._judge_active()
         svid = new.svid
         self._metrics.set_certificate(svid.not_before, svid.not_after)
         if previous is not None:
@@ -381,6 +394,7 @@ class Rotation:
         then on the gate it was tracked with (none: the chain alone). Whatever a rule
         raises closes that connection only (fail closed, as in a handshake).
         """
+        self._judge_active()  # our own SVID too, under the policy in force
         bundles = self.identity().bundles
         now = self._clock()
         closed: list[ClosedConnection] = []

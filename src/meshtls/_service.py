@@ -14,7 +14,8 @@ traceback). `run_node` then runs one Trio loop that owns both the node and the s
 - SIGHUP reloads: the config file is read again and handed to `Node.reload`, which
   applies it all or nothing. A config that does not load, or asks for a change that
   needs a restart, is one error line and leaves the running node as it was. A SIGHUP
-  during start-up is kept and applied once the node is ready.
+  during start-up is kept and applied once the node is ready; one during the drain is
+  ignored, with one line that says so.
 
 Errors: `NodeError` (the node could not start) leaves `run_node` for the CLI to print;
 nothing else that a signal causes is an error.
@@ -121,6 +122,8 @@ class _Run:
                 self.reload_pending = True
             elif not self.stop.is_set():
                 self.reload()
+            else:
+                event(logger, logging.INFO, "reload ignored: the node is draining")
             return
         if self.node is None:
             event(logger, logging.INFO, "stopped during start-up", signal=signum.name)

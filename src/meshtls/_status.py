@@ -8,7 +8,9 @@ tasks or a node. Nothing here does I/O or reads a clock.
 Readiness is the truth a peer would see: a node is ready only while it runs (started,
 not draining) *and* holds an SVID it can present. From our SVID's ``not_after`` on, no
 peer accepts it, so ``/readyz`` is 503 from that instant, whatever the rotation says, and
-200 again as soon as a valid SVID is swapped in. `lifetime_marks` gives the two moments
+200 again as soon as a valid SVID is swapped in. Likewise while our SVID no longer
+verifies against our own bundles (a root that left them: the rotation keeps the SVID, as
+there is no other, and says why in ``svid_problem``). `lifetime_marks` gives the two moments
 the node logs about: 80 % of the lifetime (warning) and expiry (error).
 
 The status document names public facts only: ids, serial numbers, SHA-256 fingerprints
@@ -22,13 +24,14 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._boundary import clamp_time
+from ._duration import format_duration
 from ._identity import Identity
 from ._svid import X509Svid
 
@@ -69,9 +72,11 @@ class NodeState:
     """A snapshot of what a node's health depends on, taken by the node at each probe.
 
     ``waiting_for`` names the identity source while the first identity is awaited;
-    ``identity`` is None until then. ``listeners`` maps each listener's name to its
-    bound address; ``connections`` maps the names of the listeners that carry verified
-    connections to how many are live now.
+    ``identity`` is None until then. ``svid_problem`` says why peers holding our bundles
+    would refuse our SVID for a reason other than its dates (None while it verifies);
+    ``max_age`` is the policy's (our peers refuse our SVID once older).
+    ``listeners`` maps each listener's name to its bound address; ``connections`` maps
+    the names of the listeners that carry verified connections to how many are live now.
     """
 
     now: datetime
@@ -82,6 +87,8 @@ class NodeState:
     connections: Mapping[str, int]
     rotations: int
     last_rotation: LastRotation | None
+    svid_problem: str | None = None
+    max_age: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,26 +108,46 @@ def readiness(state: NodeState) -> Readiness:
         return Readiness(False, f"waiting for the first identity from {source}")
     svid = state.identity.svid
     if state.now >= svid.not_after:
-        ago = math.floor((state.now - svid.not_after).total_seconds())
+        ago = seconds_expired(svid, state.now)
         return Readiness(
             False,
             f"our SVID {svid.spiffe_id} expired at {_time(svid.not_after)} ({ago}s ago) and"
             " no renewal came: no valid SVID to present",
+        )
+    if state.max_age is not None and state.now - svid.not_before > state.max_age:
+        return Readiness(
+            False,
+            f"our SVID {svid.spiffe_id} is older than [policy] max_age"
+            f" ({format_duration(state.max_age)}): peers that hold that policy refuse it",
+        )
+    if state.svid_problem is not None:
+        return Readiness(
+            False,
+            f"our SVID {svid.spiffe_id} does not verify against our bundles"
+            f" ({state.svid_problem}): peers that hold them refuse it",
         )
     if state.phase == "starting":
         return Readiness(False, "starting: opening the listeners")
     return Readiness(True)
 
 
-def lifetime_marks(svid: X509Svid) -> tuple[datetime, datetime]:
-    """When our SVID passes `WARN_FRACTION` of its lifetime, and when it expires."""
-    not_before, not_after = svid.not_before, svid.not_after
-    return not_before + (not_after - not_before) * WARN_FRACTION, not_after
+def lifetime_marks(svid: X509Svid, max_age: timedelta | None = None) -> tuple[datetime, datetime]:
+    """When our SVID passes `WARN_FRACTION` of its usable life, and when that ends: its
+    ``not_after``, or ``not_before + max_age`` when the policy's `max_age` ends it sooner."""
+    not_before, end = svid.not_before, svid.not_after
+    if max_age is not None and max_age < end - not_before:
+        end = not_before + max_age
+    return not_before + (end - not_before) * WARN_FRACTION, end
 
 
 def seconds_left(svid: X509Svid, now: datetime) -> int:
     """Whole seconds until `svid` expires at `now` (negative once expired)."""
     return math.floor((svid.not_after - now).total_seconds())
+
+
+def seconds_expired(svid: X509Svid, now: datetime) -> int:
+    """Whole seconds since `svid` expired, at `now` (negative before)."""
+    return math.floor((now - svid.not_after).total_seconds())
 
 
 def status(state: NodeState) -> dict[str, Json]:
