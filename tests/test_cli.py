@@ -21,6 +21,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, ExtensionOID
 
 import meshtls
 import meshtls.testing
+from meshtls import _entry as meshtls_entry
 from meshtls._cli import main
 from meshtls._duration import format_duration, parse_duration, parse_optional_duration
 
@@ -567,7 +568,7 @@ def test_openssl_verifies_an_issued_leaf(
 
 def test_entry_point(tmp_path: Path) -> None:
     (script,) = entry_points(group="console_scripts", name="meshtls")
-    assert script.load() is main
+    assert script.load() is meshtls_entry.main  # holds signals, then runs _cli.main
 
     def meshtls_cli(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

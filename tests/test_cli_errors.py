@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -646,3 +647,60 @@ def test_ca_issue_never_writes_a_leaf_key_beside_the_ca_keys(
     assert code == 2
     one_error(err, "the current directory would put a leaf key beside the CA's keys")
     assert not (ca_dir / "web.key").exists()
+
+
+# ---------------------------------------------------------------- signals while Python imports
+
+
+def _signal_while_importing(
+    tmp_path: Path, signum: signal.Signals, *args: str
+) -> tuple[int | None, str]:
+    """Start ``python -v -m meshtls ARGS``, send `signum` once trio is imported (our
+    imports then still take a few hundred ms), and return (exit code, stderr without
+    the import trace)."""
+    with subprocess.Popen(
+        [sys.executable, "-v", "-m", "meshtls", *args],
+        cwd=tmp_path,
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("import 'trio' "):
+                process.send_signal(signum)
+                break
+        try:
+            rest = process.stderr.read()
+            process.wait(timeout=WAIT)
+        finally:
+            process.kill()
+    verbose = re.compile(r"^(#|import |\s*$|Python \d|Type \"help\")")
+    kept = [line for line in rest.splitlines() if not verbose.match(line)]
+    return process.returncode, "\n".join(kept)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_stop_signal_while_the_node_imports_is_a_clean_stop(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """ "Handle them from the first instant": a stop signal that lands while Python is
+    still importing meshtls (before any of our code ran) was a KeyboardInterrupt
+    traceback, or death by SIGTERM with no line. Now it is held and acted on: exit 0."""
+    (tmp_path / "node.toml").write_text(
+        '[identity]\nlocal_ca = "ca"\nspiffe_id = "spiffe://meshtls.local/node"\n'
+        '[node]\nlisten = "127.0.0.1:0"\nmetrics = "127.0.0.1:0"\n'
+    )
+    code, err = _signal_while_importing(tmp_path, signum, "node", "--config", "node.toml")
+    assert "Traceback" not in err, err
+    assert "KeyboardInterrupt" not in err, err
+    assert code == 0, err
+    assert f'msg="stopped during start-up" signal={signum.name}' in err, err
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """The same for any other command: Ctrl-C during the imports is `meshtls: interrupted`."""
+    code, err = _signal_while_importing(tmp_path, signal.SIGINT, "inspect", "missing.pem")
+    assert (code, err) == (130, "meshtls: interrupted"), err

@@ -57,3 +57,14 @@ def test_the_installed_spiffe_is_inside_the_pinned_range() -> None:
     assert spec.specifier, "pin py-spiffe: _workload imports its private _proto modules"
     assert importlib.metadata.version("spiffe") in spec.specifier
     assert "0.4" not in spec.specifier  # a minor release may move _proto
+
+
+def test_every_public_name_is_exported_and_resolves() -> None:
+    """The lazy `meshtls` namespace: `__all__` lists exactly the names it maps, and each
+    one resolves to the object its module defines (a typo in the table fails here)."""
+    import importlib
+
+    homes = meshtls._HOMES
+    assert sorted(meshtls.__all__) == sorted(homes)
+    for name, home in homes.items():
+        assert getattr(meshtls, name) is getattr(importlib.import_module(home, "meshtls"), name)

@@ -1,6 +1,6 @@
 """``python -m meshtls``: the same as the ``meshtls`` command."""
 
-from ._cli import main
+from ._entry import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

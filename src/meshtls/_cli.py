@@ -51,7 +51,8 @@ from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import BundleError, ConfigError, MeshError, SpiffeIdError, VerificationError
 from ._node import NodeError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
-from ._service import HeldSignals, run_node, signals_held
+from ._service import run_node
+from ._signals import HeldSignals, signals_held
 from ._sources import FileSource, load_bundle_file
 from ._spiffeid import SpiffeId, TrustDomain
 from ._svid import check_svid_offline, leaf_spiffe_id, verify_svid
@@ -826,18 +827,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = EXIT_USAGE
         message = _error_text(exc)
     except KeyboardInterrupt:
-        return _interrupted()
+        return interrupted()
     except BaseExceptionGroup as group:
         if group.split(KeyboardInterrupt)[1] is not None:
             raise
-        return _interrupted()
+        return interrupted()
     else:
         return code
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
     return code
 
 
-def _interrupted() -> int:
+def interrupted() -> int:
     """Ctrl-C: one line and exit 130, never a traceback."""
     print(f"{PROG}: interrupted", file=sys.stderr)
     return EXIT_INTERRUPTED

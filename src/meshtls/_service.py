@@ -1,9 +1,10 @@
 """`meshtls node`'s run loop: a node under the signals an operator sends.
 
-Theory of operation. `signals_held` takes SIGTERM, SIGINT and SIGHUP from the first line
-of ``meshtls node`` (before the config is read): a signal that arrives before the loop
-runs is only noted, never acted on by Python's default (death, or a KeyboardInterrupt
-traceback). `run_node` then runs one Trio loop that owns both the node and the signals:
+Theory of operation. `meshtls._signals.signals_held` takes SIGTERM, SIGINT and SIGHUP from
+the first instant of the command (before the rest of meshtls is imported): a signal that
+arrives before the loop runs is only noted, never acted on by Python's default (death, or
+a KeyboardInterrupt traceback). `run_node` then runs one Trio loop that owns both the
+node and the signals:
 
 - the node starts in its own task (`open_node`), while the loop listens;
 - SIGTERM or SIGINT *during start-up* (a Workload API that does not answer yet, a local
@@ -26,10 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from types import FrameType
-from typing import Final
+from collections.abc import Callable
 
 import trio
 
@@ -38,37 +36,9 @@ from ._config import NodeConfig, load_config
 from ._errors import ConfigError
 from ._logs import event
 from ._node import Node, NodeError, ReloadError, open_node
+from ._signals import SIGNALS, HeldSignals
 
 logger = logging.getLogger("meshtls")
-
-STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
-SIGNALS: Final = (*STOP_SIGNALS, signal.SIGHUP)
-
-
-class HeldSignals:
-    """The signals that arrived before `run_node` listened, in order (the earliest first)."""
-
-    def __init__(self) -> None:
-        self.pending: list[signal.Signals] = []
-
-    def note(self, signum: int, frame: FrameType | None) -> None:
-        """A `signal.signal` handler: remember the signal; act on it later."""
-        self.pending.append(signal.Signals(signum))
-
-
-@contextmanager
-def signals_held() -> Iterator[HeldSignals]:
-    """Note SIGTERM, SIGINT and SIGHUP instead of dying of them, until the block ends.
-
-    Must run in the main thread. The previous handlers come back on the way out.
-    """
-    held = HeldSignals()
-    previous = {signum: signal.signal(signum, held.note) for signum in SIGNALS}
-    try:
-        yield held
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 class _Run:
