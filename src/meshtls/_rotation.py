@@ -373,18 +373,36 @@ class Rotation:
             bundle = bundles.get(peer.spiffe_id.trust_domain)
             root = peer.chain[-1].public_bytes(Encoding.DER)
             if bundle is None or root not in bundle.authority_ders:
-                event(
-                    logger,
-                    logging.WARNING,
+                self._cut(
+                    entry,
                     "closing a connection whose root left the bundle",
-                    spiffe_id=peer.spiffe_id,
+                    reason="untrusted_chain",
                     peer=entry.stream.address,
-                    role=entry.role,
-                    listener=entry.listener or None,
                 )
-                entry.stream.reject("untrusted_chain")
-                self._metrics.peer_rejected("untrusted_chain")
-                entry.scope.cancel()
+
+    def _cut(
+        self, entry: _Live, what: str, *, reason: Reason, peer: str, detail: str | None = None
+    ) -> None:
+        """Close a live connection for `reason` (a reset: `MeshStream.reject`), count it, and
+        log it as `what`: the one line of that connection's end, so it carries what its
+        access line would have (bytes each way), and no access line follows."""
+        stream = entry.stream
+        event(
+            logger,
+            logging.WARNING,
+            what,
+            listener=entry.listener or None,
+            peer=peer,
+            spiffe_id=str(stream.peer.spiffe_id),
+            role=entry.role,
+            reason=reason,
+            received_bytes=stream.bytes_received,
+            sent_bytes=stream.bytes_sent,
+            detail=detail,
+        )
+        stream.reject(reason)
+        self._metrics.peer_rejected(reason)
+        entry.scope.cancel()
 
     def recheck(self) -> list[ClosedConnection]:
         """Judge every live connection again, as a handshake would be judged now; close
@@ -412,19 +430,13 @@ class Rotation:
                 problem.reason,
                 problem.detail,
             )
-            event(
-                logger,
-                logging.WARNING,
+            self._cut(
+                entry,
                 "closing a live connection whose peer no longer passes",
-                listener=gone.listener,
+                reason=problem.reason,
                 peer=gone.peer,
-                spiffe_id=gone.spiffe_id,
-                reason=gone.reason,
                 detail=gone.detail,
             )
-            self._metrics.peer_rejected(problem.reason)
-            entry.stream.reject(problem.reason)
-            entry.scope.cancel()
             closed.append(gone)
         return closed
 

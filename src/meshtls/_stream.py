@@ -567,9 +567,13 @@ class MeshStream(trio.abc.HalfCloseableStream):
     def reject(self, reason: str) -> None:
         """Mark a live connection as refused for `reason` by its owner (a node whose trust
         changed): it ends as ``rejected``, and whoever closes it next resets it, so the peer
-        never takes the cut for a finished exchange. The owner cancels the handler itself."""
+        never takes the cut for a finished exchange. The owner cancels the handler itself,
+        and logs the event: the connection's access line is then not written (one line
+        per event)."""
         self.end, self.end_reason = "rejected", reason
         self._cut_off = True
+        if self.account is not None:
+            self.account.reported = True
 
     def _close(self, *, graceful: bool) -> None:
         if self._closed:

@@ -412,6 +412,8 @@ async def forward(
             # The listener's side is the plaintext client: what it sent went up, and back.
             access.received, access.sent = upstream.bytes_sent, upstream.bytes_received
             access.ended, access.reason, access.error = upstream.ending()
+            if upstream.end == "rejected":  # the node cut it off and logged that line
+                access.reported = True
 
     host, port = listen
     listeners = await trio.open_tcp_listeners(port, host=host)
