@@ -265,6 +265,8 @@ async def test_node_runs_serves_and_drains_on_a_signal(tmp_path: Path, case: str
         assert elapsed < stop.shutdown_timeout / 2, "the node did not exit once drained"
     else:
         assert elapsed >= stop.shutdown_timeout * 0.9, "the node did not wait for the drain"
+        (cut,) = [message(line) for line in logged if message(line)["msg"] == "drain cut short"]
+        assert cut["closing"] in (1, "1"), cut  # the operator learns connections were cut
     for line in logged:  # every line is one event in the chosen format; no traceback
         message(line)
     assert not any("Traceback" in line for line in logged)

@@ -77,8 +77,18 @@ class _Run:
                     drain=f"{shutdown:g}s",
                     live=node.live_connections,
                 )
-                with trio.move_on_after(shutdown) as self.drain_scope:
+                with trio.move_on_after(shutdown) as scope:
+                    self.drain_scope = scope
                     await node.drain()
+                if node.live_connections:  # the timeout, or a second signal, ended the wait
+                    timed_out = trio.current_time() >= scope.deadline
+                    event(
+                        logger,
+                        logging.WARNING,
+                        "drain cut short",
+                        closing=node.live_connections,
+                        by="shutdown_timeout" if timed_out else "a second stop signal",
+                    )
         except NodeError as exc:
             self.failed = exc
         finally:
