@@ -65,6 +65,10 @@ from ._spiffeid import SCHEME_PREFIX, SpiffeId, TrustDomain
 
 Address = tuple[str, int]
 """A ``(host, port)`` pair. IPv6 hosts are kept without their brackets."""
+Backend = Address | Path
+"""Where an expose sends plaintext: a TCP address, or the path of a Unix socket."""
+#: How a Unix socket backend is written: ``unix:PATH`` (as ghostunnel's targets).
+UNIX_PREFIX: Final = "unix:"
 
 DEFAULT_TRUST_DOMAIN: Final = TrustDomain("meshtls.local")
 DEFAULT_SPIFFE_ID: Final = SpiffeId(DEFAULT_TRUST_DOMAIN, "/node")
@@ -361,14 +365,15 @@ class ExposeSettings:
     """``[[expose]]``: mTLS in on ``listen``, plaintext out to ``backend``.
 
     ``allow`` None means: whoever ``[authorize]`` allows; otherwise any of its patterns
-    (`IdPattern`; a `SpiffeId` is its exact pattern). ``connect_timeout`` bounds the TCP
-    connect to ``backend``. A ``backend`` that is not loopback is refused unless
-    ``unsafe_target``. ``proxy_protocol`` sends the backend a PROXY protocol v2 header
-    carrying the peer's verified SPIFFE id before any byte of the peer's.
+    (`IdPattern`; a `SpiffeId` is its exact pattern). ``backend`` is a TCP address or a
+    Unix socket's path (``unix:PATH`` in the file); ``connect_timeout`` bounds the connect
+    to it. A TCP ``backend`` that is not loopback is refused unless ``unsafe_target``.
+    ``proxy_protocol`` sends the backend a PROXY protocol v2 header carrying the peer's
+    verified SPIFFE id before any byte of the peer's.
     """
 
     listen: Address
-    backend: Address
+    backend: Backend
     allow: tuple[IdPattern | SpiffeId, ...] | None = None
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     connect_timeout: timedelta = DEFAULT_CONNECT_TIMEOUT
@@ -391,9 +396,17 @@ class ExposeSettings:
         return default if self.allow is None else authorize_patterns(*self.allow)
 
 
-def expose_target_problem(backend: Address, remedy: str = "set unsafe_target = true") -> str | None:
-    """Why an expose may not send plaintext to `backend` without ``unsafe_target``, or None."""
+def expose_target_problem(backend: Backend, remedy: str = "set unsafe_target = true") -> str | None:
+    """Why an expose may not send plaintext to `backend` without ``unsafe_target``, or None
+    (a Unix socket never leaves the machine)."""
+    if isinstance(backend, Path):
+        return None
     return _not_loopback(backend, remedy, _EXPOSE_TARGET_WHY)
+
+
+def format_backend(backend: Backend) -> str:
+    """``host:port``, or ``unix:PATH``: the inverse of the config's parsing."""
+    return f"{UNIX_PREFIX}{backend}" if isinstance(backend, Path) else format_address(backend)
 
 
 def forward_listen_problem(listen: Address, remedy: str = "set unsafe_listen = true") -> str | None:
@@ -809,6 +822,21 @@ class _Table:
             raise self.error(key, f"bad address {problem}")
         return address
 
+    def backend(self, key: str) -> Backend | None:
+        """``HOST:PORT``, or ``unix:PATH`` (relative to the config's directory)."""
+        text = self.string(key, 'a HOST:PORT or "unix:PATH" string')
+        if text is None:
+            return None
+        if text.startswith(UNIX_PREFIX):
+            where = text.removeprefix(UNIX_PREFIX)
+            if not where:
+                raise self.error(key, f"{shown(text)} has an empty path: write unix:PATH")
+            return self.path(key, where)
+        address, problem = _address_error(text, listen=False)
+        if address is None:
+            raise self.error(key, f"bad address {problem}; or unix:PATH for a Unix socket")
+        return address
+
     def path(self, key: str, text: str | None = None) -> Path | None:
         text = text if text is not None else self.string(key, "a path string")
         if text is None:
@@ -1180,11 +1208,11 @@ def _peer(table: _Table) -> PeerSettings:
 
 
 def _expose(table: _Table) -> ExposeSettings:
-    backend = table.required(
-        "backend",
-        table.address("backend", listen=False),
-        "the plaintext HOST:PORT to pass connections to",
-    )
+    backend = table.backend("backend")
+    if backend is None:
+        raise table.error(
+            "backend", "missing: the plaintext HOST:PORT (or unix:PATH) to pass connections to"
+        )
     unsafe_target = table.boolean("unsafe_target", False)
     problem = None if unsafe_target else expose_target_problem(backend)
     if problem is not None:
@@ -1394,14 +1422,14 @@ class _FlagTunnel:
 
     flag: str
     listen: Address
-    far: Address
+    far: Backend  # a Path only for --expose (unix:PATH)
     patterns: list[IdPattern] = field(default_factory=list)
     unsafe: bool = False
     proxy_protocol: bool = False
 
     @property
     def label(self) -> str:
-        return f"{self.flag} {format_address(self.listen)}={format_address(self.far)}"
+        return f"{self.flag} {format_address(self.listen)}={format_backend(self.far)}"
 
 
 def _flag_pattern(flag: str, text: str) -> IdPattern:
@@ -1413,7 +1441,7 @@ def _flag_pattern(flag: str, text: str) -> IdPattern:
         raise ConfigError(f"{flag} {named}") from None
 
 
-def _flag_addresses(flag: str, text: str) -> tuple[Address, Address]:
+def _flag_addresses(flag: str, text: str) -> tuple[Address, Backend]:
     far_name = "BACKEND" if flag == "--expose" else "PEER"
     listen_text, equals, far_text = text.partition("=")
     if not equals:
@@ -1424,6 +1452,11 @@ def _flag_addresses(flag: str, text: str) -> tuple[Address, Address]:
     listen, problem = _address_error(listen_text, listen=True)
     if listen is None:
         raise ConfigError(f"{flag} {shown(text)}: bad LISTEN {problem}")
+    if flag == "--expose" and far_text.startswith(UNIX_PREFIX):
+        where = far_text.removeprefix(UNIX_PREFIX)
+        if not where or "\0" in where:
+            raise ConfigError(f"{flag} {shown(text)}: bad BACKEND: write unix:PATH")
+        return listen, Path(where).absolute()
     far, problem = _address_error(far_text, listen=False)
     if far is None:
         raise ConfigError(f"{flag} {shown(text)}: bad {far_name} {problem}")
@@ -1489,6 +1522,7 @@ def _flag_settings(tunnel: _FlagTunnel) -> ExposeSettings | ForwardSettings:
         raise ConfigError(
             f"{tunnel.label}: needs --expect ID|PATTERN after it, the peer it must reach"
         )
+    assert not isinstance(tunnel.far, Path)  # unix:PATH is read for --expose only
     return ForwardSettings(
         listen=tunnel.listen,
         peer=tunnel.far,

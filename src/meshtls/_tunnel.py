@@ -37,6 +37,7 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import trio
@@ -212,7 +213,7 @@ def proxy_header_for(stream: MeshStream) -> bytes:
 
 async def expose(
     listen: tuple[str, int],
-    backend: tuple[str, int],
+    backend: tuple[str, int] | Path,
     *,
     source: IdentitySource,
     authorize: Authorizer,
@@ -227,7 +228,8 @@ async def expose(
     proxy_protocol: bool = False,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
-    """mTLS in on `listen`, plaintext TCP out to `backend`, for peers `authorize` accepts.
+    """mTLS in on `listen`, plaintext out to `backend` (a TCP address, or the path of a
+    Unix socket), for peers `authorize` accepts.
 
     ``started()`` gives the listeners. At most `max_connections` tunnels are open (`serve`'s
     cap). A backend that refuses the connection, or does not accept it within
@@ -238,18 +240,22 @@ async def expose(
     Runs until cancelled.
     """
     _check_connect_timeout(connect_timeout)
-    backend_host, backend_port = backend
-    backend_text = (
-        f"[{backend_host}]:{backend_port}"
-        if ":" in backend_host
-        else f"{backend_host}:{backend_port}"
-    )
+    if isinstance(backend, Path):
+        backend_text = f"unix:{backend}"
+    else:
+        host, port = backend
+        backend_text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def dial_backend() -> trio.SocketStream:
+        if isinstance(backend, Path):
+            return await trio.open_unix_socket(backend)
+        return await trio.open_tcp_stream(*backend)
 
     async def tunnel(stream: MeshStream) -> None:
         upstream: trio.SocketStream | None = None
         try:
             with trio.move_on_after(connect_timeout):
-                upstream = await trio.open_tcp_stream(backend_host, backend_port)
+                upstream = await dial_backend()
         except OSError as exc:
             problem, why = _words(exc), "unreachable"
         else:
@@ -278,7 +284,7 @@ async def expose(
                         logger,
                         logging.ERROR,
                         "expose backend broke before the PROXY header was sent",
-                        backend=f"{backend_host}:{backend_port}",
+                        backend=backend_text,
                         error=describe_error(exc),
                     )
                     reset(upstream)
