@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import socket
+import ssl
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -359,3 +361,32 @@ async def test_B_7_a_connection_closed_when_its_root_leaves_says_so_in_its_lines
         peer,
     )
     assert closed["received_bytes"] == str(len(PING))
+
+
+def reset_after_echo(port: int, context: ssl.SSLContext) -> None:
+    """Send PING, read its echo, then reset TCP (SO_LINGER 0) with no close_notify."""
+    raw = socket.create_connection(("127.0.0.1", port))
+    tls = context.wrap_socket(raw)
+    tls.sendall(PING)
+    assert tls.recv(len(PING)) == PING
+    tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    socket.socket(fileno=tls.detach()).close()
+
+
+async def test_a_tunnel_cut_off_by_its_client_says_why_in_words(tmp_path: Path) -> None:
+    """A client of an expose that resets its TCP connection: the access line's ``error``
+    is words, as on the mesh listener, not ``BrokenResourceError: ... [Errno 104] ...``."""
+    node_files(tmp_path)
+    async with echo_backend() as backend:
+        with lines("json") as log:
+            async with running(tmp_path, node_config(tmp_path, tunnels(backend, 1))) as node:
+                port = listen_port(node, named(node, "expose:127.0.0.1"))
+                await trio.to_thread.run_sync(
+                    reset_after_echo, port, ssl_client(tmp_path, "client")
+                )
+                (line,) = await log.until(msg="connection closed")
+    assert line["ended"] == "reset"
+    error = str(line["error"])
+    assert error.startswith("tunnel cut off: "), error
+    for foreign in ("Error:", "Errno", "Error("):
+        assert foreign not in error, error

@@ -34,6 +34,7 @@ import contextlib
 import ipaddress
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -483,7 +484,19 @@ def _peer_of(client: trio.SocketStream) -> str:
 
 
 def _words(exc: BaseException) -> str:
-    """An I/O error in words: ``connection refused``, not a Python repr."""
-    if isinstance(exc, OSError) and exc.strerror:
+    """An I/O error in words: ``connection refused``, not a Python repr.
+
+    A broken stream (ours or trio's) wraps the socket error it met: that error's words
+    are the story; one broken by TLS (a failure, a rejection) says it in its own message.
+    """
+    words = _socket_words(exc)
+    if words is None and isinstance(exc, trio.BrokenResourceError):
+        words = _socket_words(exc.__cause__) or str(exc) or None
+    return words or describe_error(exc)
+
+
+def _socket_words(exc: BaseException | None) -> str | None:
+    """``connection reset by peer`` for a socket error (not a TLS one), else None."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
         return exc.strerror.lower()
-    return describe_error(exc)
+    return None
