@@ -390,3 +390,24 @@ async def test_a_tunnel_cut_off_by_its_client_says_why_in_words(tmp_path: Path) 
     assert error.startswith("tunnel cut off: "), error
     for foreign in ("Error:", "Errno", "Error("):
         assert foreign not in error, error
+
+
+async def test_an_unreachable_backend_is_named_in_words(tmp_path: Path) -> None:
+    """trio's ``OSError: all attempts to connect ... failed`` hides why: the line says it."""
+    node_files(tmp_path)
+    dead = closed_port()
+    with lines("json") as log:
+        async with running(tmp_path, node_config(tmp_path, tunnels(dead, dead))) as node:
+            stream = await meshtls.connect(
+                "127.0.0.1",
+                listen_port(node, named(node, "expose:127.0.0.1")),
+                source=client_source(tmp_path),
+                authorize=meshtls.authorize_id(NODE),
+            )
+            async with stream:
+                with trio.fail_after(WAIT), pytest.raises(trio.BrokenResourceError):
+                    await stream.receive_some()
+            (line,) = await log.until(msg="expose backend unreachable")
+    assert (
+        line["error"] == f"all attempts to connect to 127.0.0.1:{dead} failed: connection refused"
+    )

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -279,7 +280,7 @@ async def expose(
                         logging.ERROR,
                         "expose backend broke before the PROXY header was sent",
                         backend=f"{backend_host}:{backend_port}",
-                        error=describe_error(exc),
+                        error=_words(exc),
                     )
                     reset(upstream)
                     stream.abort()
@@ -492,11 +493,18 @@ def _words(exc: BaseException) -> str:
     words = _socket_words(exc)
     if words is None and isinstance(exc, trio.BrokenResourceError):
         words = _socket_words(exc.__cause__) or str(exc) or None
+    if words is None and type(exc) is OSError and str(exc):  # trio: "all attempts ... failed"
+        group = exc.__cause__
+        each = group.exceptions if isinstance(group, BaseExceptionGroup) else ()
+        why = sorted({w for w in map(_socket_words, each) if w is not None})
+        words = f"{exc}: {', '.join(why)}" if why else str(exc)
     return words or describe_error(exc)
 
 
 def _socket_words(exc: BaseException | None) -> str | None:
     """``connection reset by peer`` for a socket error (not a TLS one), else None."""
-    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
-        return exc.strerror.lower()
-    return None
+    if not isinstance(exc, OSError) or isinstance(exc, ssl.SSLError):
+        return None
+    if exc.errno:  # trio's own: "Error connecting to ('127.0.0.1', 1): Connection refused"
+        return os.strerror(exc.errno).lower()
+    return exc.strerror.lower() if exc.strerror else None
