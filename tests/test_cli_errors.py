@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -646,3 +647,32 @@ def test_ca_issue_never_writes_a_leaf_key_beside_the_ca_keys(
     assert code == 2
     one_error(err, "the current directory would put a leaf key beside the CA's keys")
     assert not (ca_dir / "web.key").exists()
+
+
+# ---------------------------------------------------------------- a JSON log pipeline
+
+
+async def test_node_with_json_logs_says_why_it_stopped_in_json(tmp_path: Path) -> None:
+    """``--log-format json`` feeds a pipeline that reads JSON: the line that says why the
+    node did not start (a config error, exit 2; a start failure, exit 1) is JSON too, with
+    the reason in its own key, not a ``meshtls: error:`` line the pipeline cannot read."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "busy.toml").write_text(
+            LOCAL_CA.format("ca").replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        )
+        cases = [("missing.toml", 2, "missing.toml"), ("busy.toml", 1, "already in use")]
+        for config, exit_code, part in cases:
+            code, err = await run_node(tmp_path, "--config", config, "--log-format", "json")
+            assert code == exit_code, err
+            line = json.loads(err.splitlines()[-1])
+            assert (line["level"], line["msg"], line["exit"]) == (
+                "error",
+                "node could not start",
+                exit_code,
+            ), line
+            assert part in line["error"], line
+            for text in err.splitlines():
+                json.loads(text)  # every line of the node's stderr is JSON
