@@ -441,7 +441,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
             return await _send_all(self._sock, out)
         except OSError as exc:
             self._broken = exc
-            raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
+            raise trio.BrokenResourceError(f"sending failed: {_words(exc, self._ours)}") from exc
         except BaseException as exc:  # cancelled with part of a record sent
             self._broken = exc
             raise
@@ -502,7 +502,9 @@ class MeshStream(trio.abc.HalfCloseableStream):
                     chunk, blocked = await _recv(self._sock, RECEIVE_SIZE)
                 except OSError as exc:
                     self._broken = exc
-                    raise trio.BrokenResourceError(f"receiving failed: {exc}") from exc
+                    raise trio.BrokenResourceError(
+                        f"receiving failed: {_words(exc, self._ours)}"
+                    ) from exc
                 waited = waited or blocked
                 if chunk:
                     self._session.feed(chunk)
