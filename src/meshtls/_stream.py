@@ -743,8 +743,11 @@ def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = N
     """The one line for a refused peer: a warning, rate-limited per (reason, source).
 
     A verifier or authorizer that raised something other than a verdict has a bug: then
-    the line is an error with the traceback (never a second line).
+    the line is an error with the traceback (never a second line). A server names the
+    client it refused as ``peer``; a client names the address it dialled as ``target``,
+    so that a forward's ``peer`` stays its own plaintext client (from the log context).
     """
+    far = {"peer": exc.peer} if role == "server" else {"target": exc.peer}
     cause = exc.__cause__
     if cause is not None and not isinstance(cause, VerificationError | TlsError):
         event(
@@ -753,7 +756,7 @@ def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = N
             "peer refused: the verifier or authorizer failed",
             exc_info=cause,
             role=role,
-            peer=exc.peer,
+            **far,
             claimed_id=exc.claimed_id,
             reason=exc.reason,
             detail=exc.detail,
@@ -766,7 +769,7 @@ def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = N
         "handshake rejected",
         key=("reason", "source"),
         role=role,
-        peer=exc.peer,
+        **far,
         claimed_id=exc.claimed_id,
         reason=exc.reason,
         detail=exc.detail,
