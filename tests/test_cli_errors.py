@@ -215,6 +215,17 @@ def test_bench_help_is_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert "handshake" in out
 
 
+def test_bench_without_what_to_measure_names_only_that(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said ``the following arguments are required: what, options``: two internal
+    names, one of them (the options) not required at all."""
+    code, _, err = run(capsys, "bench")
+    assert code == 2
+    line = one_error(err, "required: {handshake}")
+    assert "options" not in line
+
+
 def test_bench_handshake_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     """It said ``usage: handshake.py``."""
     code, out, err = run(capsys, "bench", "handshake", "--help")

@@ -765,10 +765,11 @@ def _add_bench(commands: _Subcommands) -> None:
     bench = commands.add_parser(
         "bench", help="measure handshakes against other TLS stacks, in the same run"
     )
-    bench.add_argument("what", choices=["handshake"], help="what to measure")
-    bench.add_argument(
+    bench.add_argument("what", choices=["handshake"], metavar="{handshake}", help="what to measure")
+    options = bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="see 'meshtls bench handshake --help'"
     )
+    options.required = False  # argparse marks REMAINDER required, so a bare `bench` named it
     bench.set_defaults(run=_cmd_bench)
 
 
