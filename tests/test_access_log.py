@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import socket
+import ssl
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -361,3 +363,53 @@ async def test_B_7_a_connection_closed_when_its_root_leaves_says_so_in_its_lines
     assert (warning["listener"], warning["peer"], warning["spiffe_id"]) == ("mesh", peer, CLIENT)
     assert (warning["reason"], warning["received_bytes"]) == ("untrusted_chain", str(len(PING)))
     assert not log.where(msg="connection closed")
+
+
+def reset_after_echo(port: int, context: ssl.SSLContext) -> None:
+    """Send PING, read its echo, then reset TCP (SO_LINGER 0) with no close_notify."""
+    raw = socket.create_connection(("127.0.0.1", port))
+    tls = context.wrap_socket(raw)
+    tls.sendall(PING)
+    assert tls.recv(len(PING)) == PING
+    tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    socket.socket(fileno=tls.detach()).close()
+
+
+async def test_a_tunnel_cut_off_by_its_client_says_why_in_words(tmp_path: Path) -> None:
+    """A client of an expose that resets its TCP connection: the access line's ``error``
+    is words, as on the mesh listener, not ``BrokenResourceError: ... [Errno 104] ...``."""
+    node_files(tmp_path)
+    async with echo_backend() as backend:
+        with lines("json") as log:
+            async with running(tmp_path, node_config(tmp_path, tunnels(backend, 1))) as node:
+                port = listen_port(node, named(node, "expose:127.0.0.1"))
+                await trio.to_thread.run_sync(
+                    reset_after_echo, port, ssl_client(tmp_path, "client")
+                )
+                (line,) = await log.until(msg="connection closed")
+    assert line["ended"] == "reset"
+    error = str(line["error"])
+    assert error.startswith("tunnel cut off: "), error
+    for foreign in ("Error:", "Errno", "Error("):
+        assert foreign not in error, error
+
+
+async def test_an_unreachable_backend_is_named_in_words(tmp_path: Path) -> None:
+    """trio's ``OSError: all attempts to connect ... failed`` hides why: the line says it."""
+    node_files(tmp_path)
+    dead = closed_port()
+    with lines("json") as log:
+        async with running(tmp_path, node_config(tmp_path, tunnels(dead, dead))) as node:
+            stream = await meshtls.connect(
+                "127.0.0.1",
+                listen_port(node, named(node, "expose:127.0.0.1")),
+                source=client_source(tmp_path),
+                authorize=meshtls.authorize_id(NODE),
+            )
+            async with stream:
+                with trio.fail_after(WAIT), pytest.raises(trio.BrokenResourceError):
+                    await stream.receive_some()
+            (line,) = await log.until(msg="expose backend unreachable")
+    assert (
+        line["error"] == f"all attempts to connect to 127.0.0.1:{dead} failed: connection refused"
+    )

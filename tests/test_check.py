@@ -183,3 +183,23 @@ async def test_check_of_a_server_whose_certificate_cannot_be_read_is_one_line(
     assert "verdict: rejected reason=malformed_certificate" in out
     assert "Traceback" not in out + err
     assert err == ""
+
+
+async def test_check_of_a_peer_that_resets_says_so_in_words(
+    mesh: Mesh, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A peer that resets after the handshake (an expose whose backend is down does): the
+    detail read ``receiving failed: [Errno 104] Connection reset by peer``."""
+    identity = write_identity(tmp_path, "client", mesh.ca, CLIENT_ID)
+
+    async def reset(stream: meshtls.MeshStream) -> None:
+        stream.abort()
+
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, reset, source=mesh.server)
+        code, out, err = await run_check(capsys, f"127.0.0.1:{port}", *identity, "--wait", "2s")
+        assert code == 1, err
+        assert "verdict: rejected reason=protocol_error" in out
+        (detail,) = [line for line in out.splitlines() if line.startswith("detail: ")]
+        assert detail == "detail: the connection broke: receiving failed: connection reset by peer"
+        nursery.cancel_scope.cancel()

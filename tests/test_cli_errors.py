@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -213,6 +214,17 @@ def test_bench_help_is_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, err) == (0, "")
     assert out.startswith("usage: meshtls bench ")
     assert "handshake" in out
+
+
+def test_bench_without_what_to_measure_names_only_that(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It said ``the following arguments are required: what, options``: two internal
+    names, one of them (the options) not required at all."""
+    code, _, err = run(capsys, "bench")
+    assert code == 2
+    line = one_error(err, "required: {handshake}")
+    assert "options" not in line
 
 
 def test_bench_handshake_help_names_the_command(capsys: pytest.CaptureFixture[str]) -> None:
@@ -704,3 +716,32 @@ def test_ctrl_c_while_a_command_imports_is_one_line_and_exit_130(tmp_path: Path)
     """The same for any other command: Ctrl-C during the imports is `meshtls: interrupted`."""
     code, err = _signal_while_importing(tmp_path, signal.SIGINT, "inspect", "missing.pem")
     assert (code, err) == (130, "meshtls: interrupted"), err
+
+
+# ---------------------------------------------------------------- a JSON log pipeline
+
+
+async def test_node_with_json_logs_says_why_it_stopped_in_json(tmp_path: Path) -> None:
+    """``--log-format json`` feeds a pipeline that reads JSON: the line that says why the
+    node did not start (a config error, exit 2; a start failure, exit 1) is JSON too, with
+    the reason in its own key, not a ``meshtls: error:`` line the pipeline cannot read."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "busy.toml").write_text(
+            LOCAL_CA.format("ca").replace('listen = "127.0.0.1:0"', f'listen = "127.0.0.1:{port}"')
+        )
+        cases = [("missing.toml", 2, "missing.toml"), ("busy.toml", 1, "already in use")]
+        for config, exit_code, part in cases:
+            code, err = await run_node(tmp_path, "--config", config, "--log-format", "json")
+            assert code == exit_code, err
+            line = json.loads(err.splitlines()[-1])
+            assert (line["level"], line["msg"], line["exit"]) == (
+                "error",
+                "node could not start",
+                exit_code,
+            ), line
+            assert part in line["error"], line
+            for text in err.splitlines():
+                json.loads(text)  # every line of the node's stderr is JSON

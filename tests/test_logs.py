@@ -285,6 +285,7 @@ async def test_a_forward_refused_by_its_peer_is_one_line(tmp_path: Path) -> None
             async with running(tmp_path, node_config(tmp_path) + extra) as node:
                 name = next(k for k in node.listeners if k.startswith("forward:"))
                 client = await trio.open_tcp_stream("127.0.0.1", listen_port(node, name))
+                ours = f"127.0.0.1:{client.socket.getsockname()[1]}"
                 with trio.fail_after(WAIT):
                     with pytest.raises(trio.BrokenResourceError):  # noqa: PT012 - read to the end
                         while await client.receive_some():
@@ -295,6 +296,8 @@ async def test_a_forward_refused_by_its_peer_is_one_line(tmp_path: Path) -> None
     assert [f["msg"] for f in about] == ["handshake rejected"], log.text
     assert about[0]["role"] == "client"
     assert about[0]["reason"] == "unauthorized"
+    # as on the forward's other lines: `peer` is its plaintext client, `target` the far end
+    assert (about[0]["peer"], about[0]["target"]) == (ours, f"127.0.0.1:{peer}"), log.text
 
 
 def _buggy(peer: meshtls.VerifiedPeer) -> None:

@@ -741,7 +741,7 @@ def _run_node(args: argparse.Namespace, held: HeldSignals) -> int:
         config_error = _config_cause(exc)
         if config_error is not None:  # a file the config names is unusable: exit 2
             raise config_error from exc
-        print(f"{PROG}: error: {_one_line(str(exc))}", file=sys.stderr)
+        _error_line(args, str(exc), EXIT_FAILED)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -766,10 +766,11 @@ def _add_bench(commands: _Subcommands) -> None:
     bench = commands.add_parser(
         "bench", help="measure handshakes against other TLS stacks, in the same run"
     )
-    bench.add_argument("what", choices=["handshake"], help="what to measure")
-    bench.add_argument(
+    bench.add_argument("what", choices=["handshake"], metavar="{handshake}", help="what to measure")
+    options = bench.add_argument(
         "options", nargs=argparse.REMAINDER, help="see 'meshtls bench handshake --help'"
     )
+    options.required = False  # argparse marks REMAINDER required, so a bare `bench` named it
     bench.set_defaults(run=_cmd_bench)
 
 
@@ -834,8 +835,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return interrupted()
     else:
         return code
-    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+    _error_line(args, message, code)
     return code
+
+
+def _error_line(args: argparse.Namespace, message: str, code: int) -> None:
+    """The one line on stderr for an error: ``meshtls: error: ...``, or with ``node
+    --log-format json`` an event like the node's other lines, which a JSON pipeline reads."""
+    if getattr(args, "log_format", None) != "json":
+        print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr)
+        return
+    fields = {"error": _one_line(message), "exit": code}
+    record = logging.makeLogRecord(
+        {"name": "meshtls", "levelno": logging.ERROR, "levelname": "ERROR",
+         "msg": "node could not start", _logs.FIELDS: fields}
+    )  # fmt: skip
+    print(_logs.formatter("json").format(record), file=sys.stderr)
 
 
 def interrupted() -> int:

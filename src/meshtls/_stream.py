@@ -461,7 +461,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
             return await _send_all(self._sock, out)
         except OSError as exc:
             self._broken = exc
-            raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
+            raise trio.BrokenResourceError(f"sending failed: {_words(exc, self._ours)}") from exc
         except BaseException as exc:  # cancelled with part of a record sent
             self._broken = exc
             raise
@@ -522,7 +522,9 @@ class MeshStream(trio.abc.HalfCloseableStream):
                     chunk, blocked = await _recv(self._sock, RECEIVE_SIZE)
                 except OSError as exc:
                     self._broken = exc
-                    raise trio.BrokenResourceError(f"receiving failed: {exc}") from exc
+                    raise trio.BrokenResourceError(
+                        f"receiving failed: {_words(exc, self._ours)}"
+                    ) from exc
                 waited = waited or blocked
                 if chunk:
                     self._session.feed(chunk)
@@ -765,8 +767,11 @@ def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = N
     """The one line for a refused peer: a warning, rate-limited per (reason, source).
 
     A verifier or authorizer that raised something other than a verdict has a bug: then
-    the line is an error with the traceback (never a second line).
+    the line is an error with the traceback (never a second line). A server names the
+    client it refused as ``peer``; a client names the address it dialled as ``target``,
+    so that a forward's ``peer`` stays its own plaintext client (from the log context).
     """
+    far = {"peer": exc.peer} if role == "server" else {"target": exc.peer}
     cause = exc.__cause__
     if cause is not None and not isinstance(cause, VerificationError | TlsError):
         event(
@@ -775,7 +780,7 @@ def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = N
             "peer refused: the verifier or authorizer failed",
             exc_info=cause,
             role=role,
-            peer=exc.peer,
+            **far,
             claimed_id=exc.claimed_id,
             reason=exc.reason,
             detail=exc.detail,
@@ -788,7 +793,7 @@ def _log_rejection(role: OurRole, exc: HandshakeError, seconds: float | None = N
         "handshake rejected",
         key=("reason", "source"),
         role=role,
-        peer=exc.peer,
+        **far,
         claimed_id=exc.claimed_id,
         reason=exc.reason,
         detail=exc.detail,

@@ -33,7 +33,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -285,7 +287,7 @@ async def expose(
                         logging.ERROR,
                         "expose backend broke before the PROXY header was sent",
                         backend=backend_text,
-                        error=describe_error(exc),
+                        error=_words(exc),
                     )
                     reset(upstream)
                     stream.abort()
@@ -481,7 +483,26 @@ def _peer_of(client: trio.SocketStream) -> str:
 
 
 def _words(exc: BaseException) -> str:
-    """An I/O error in words: ``connection refused``, not a Python repr."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return describe_error(exc)
+    """An I/O error in words: ``connection refused``, not a Python repr.
+
+    A broken stream (ours or trio's) wraps the socket error it met: that error's words
+    are the story; one broken by TLS (a failure, a rejection) says it in its own message.
+    """
+    words = _socket_words(exc)
+    if words is None and isinstance(exc, trio.BrokenResourceError):
+        words = _socket_words(exc.__cause__) or str(exc) or None
+    if words is None and type(exc) is OSError and str(exc):  # trio: "all attempts ... failed"
+        group = exc.__cause__
+        each = group.exceptions if isinstance(group, BaseExceptionGroup) else ()
+        why = sorted({w for w in map(_socket_words, each) if w is not None})
+        words = f"{exc}: {', '.join(why)}" if why else str(exc)
+    return words or describe_error(exc)
+
+
+def _socket_words(exc: BaseException | None) -> str | None:
+    """``connection reset by peer`` for a socket error (not a TLS one), else None."""
+    if not isinstance(exc, OSError) or isinstance(exc, ssl.SSLError):
+        return None
+    if exc.errno:  # trio's own: "Error connecting to ('127.0.0.1', 1): Connection refused"
+        return os.strerror(exc.errno).lower()
+    return exc.strerror.lower() if exc.strerror else None
