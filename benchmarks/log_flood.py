@@ -92,8 +92,10 @@ async def _read_lines(stream: trio.abc.ReceiveStream, flood: Flood, ready: trio.
             flood.levels[_field(line, "level")] += 1
             flood.messages[_field(line, "msg")] += 1
             if not ready.is_set() and _field(line, "msg") == "node ready":
-                listen = _field(line, "listen")
-                mesh = next(part for part in listen.split(",") if part.startswith("mesh="))
+                mesh = _field(line, "listen.mesh")  # older nodes: listen="mesh=...,..."
+                if not mesh:
+                    listen = _field(line, "listen").split(",")
+                    mesh = next(part for part in listen if part.startswith("mesh="))
                 flood.port = int(mesh.rpartition(":")[2])
                 ready.set()
 

@@ -12,20 +12,32 @@ import re
 from typing import Final
 
 _TS: Final = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
-_PAIR: Final = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|[^\s="\\]+)')
+_PAIR: Final = re.compile(r'([A-Za-z_][^\s="\\]*)=("(?:[^"\\]|\\.)*"|[^\s="\\]+)')
 LEVELS: Final = frozenset({"debug", "info", "warning", "error", "critical"})
 
 
 def parse_text(line: str) -> dict[str, object]:
-    """The fields of one ``--log-format text`` line; asserts it is well-formed logfmt."""
+    """The fields of one ``--log-format text`` line; asserts it is well-formed logfmt.
+
+    Keys ``name.entry`` (how a mapping field is written) come back as one mapping,
+    ``fields[name][entry]``, as the JSON format has it.
+    """
     fields: dict[str, object] = {}
     position = 0
     while position < len(line):
         match = _PAIR.match(line, position)
         assert match, f"not logfmt at column {position}: {line!r}"
         key, raw = match.groups()
-        assert key not in fields, f"key {key} twice: {line!r}"
-        fields[key] = json.loads(raw) if raw.startswith('"') else raw
+        value = json.loads(raw) if raw.startswith('"') else raw
+        head, dot, entry = key.partition(".")
+        if dot and head not in ("ts", "level", "msg"):  # listen.mesh=...: one mapping field
+            group = fields.setdefault(head, {})
+            assert isinstance(group, dict), f"key {head} twice: {line!r}"
+            assert entry not in group, f"key {key} twice: {line!r}"
+            group[entry] = value
+        else:
+            assert key not in fields, f"key {key} twice: {line!r}"
+            fields[key] = value
         position = match.end()
         if position < len(line):
             assert line[position] == " ", f"not logfmt at column {position}: {line!r}"

@@ -164,6 +164,22 @@ def test_event_values_stay_one_value_each(log_format: LogFormat) -> None:
     assert "forged" not in line
 
 
+def test_a_mapping_is_one_key_per_entry_never_a_nested_equals_sign() -> None:
+    """logfmt-safe means no ``=`` inside a value: a mapping field (the listeners of
+    ``node ready``) is written as ``listen.mesh=... listen.metrics=...`` in text, and stays
+    one object in JSON."""
+    logger = logging.getLogger("meshtls.test")
+    listen = {"mesh": "127.0.0.1:8443", "metrics": "127.0.0.1:9464"}
+    with lines("text") as text, lines("json") as json_lines:
+        event(logger, logging.INFO, "node ready", listen=listen)
+    (line,) = text.text
+    assert line.endswith(
+        ' msg="node ready" listen.mesh=127.0.0.1:8443 listen.metrics=127.0.0.1:9464'
+    )
+    (entry,) = json_lines.parsed()
+    assert entry["listen"] == listen
+
+
 # ---------------------------------------------------------------- a node's lines
 
 

@@ -126,17 +126,14 @@ MESSAGE: Final = PARSE
 
 
 def bound_ports(ready: dict[str, object]) -> dict[str, int]:
-    """The listeners of a ``node ready`` event: ``mesh=127.0.0.1:P,metrics=127.0.0.1:Q``."""
+    """The listeners of a ``node ready`` event (``listen.mesh=127.0.0.1:P ...``), by name."""
     listen = ready["listen"]
-    if isinstance(listen, dict):
-        items = [(str(k), str(v)) for k, v in listen.items()]
-    else:
-        items = [(n, a) for n, _, a in (i.partition("=") for i in str(listen).split(","))]
+    assert isinstance(listen, dict), ready
     ports: dict[str, int] = {}
-    for name, address in items:
-        host, _, port = address.rpartition(":")
+    for name, address in listen.items():
+        host, _, port = str(address).rpartition(":")
         assert host == "127.0.0.1", ready
-        ports[name] = int(port)
+        ports[str(name)] = int(port)
     return ports
 
 

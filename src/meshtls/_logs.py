@@ -322,6 +322,12 @@ def logfmt_value(value: object) -> str:
     return json.dumps(text) if _needs_quotes(text) else text
 
 
+def _subkey(name: object) -> str:
+    """A mapping's key as part of a logfmt key: what would end or break a key becomes ``_``."""
+    text = str(name)
+    return "".join(c if c.isprintable() and c.isascii() and c not in ' ="\\' else "_" for c in text)
+
+
 def _key(name: str) -> str:
     return f"field_{name}" if name in _RESERVED else name
 
@@ -348,7 +354,14 @@ class _Text(logging.Formatter):
             f"level={record.levelname.lower()}",
             f"msg={logfmt_value(record.getMessage())}",
         ]
-        parts += [f"{_key(k)}={logfmt_value(v)}" for k, v in record_fields(record).items()]
+        for key, value in record_fields(record).items():
+            if isinstance(value, Mapping):  # one key per entry: no "=" inside a value
+                parts += [
+                    f"{_key(key)}.{_subkey(name)}={logfmt_value(item)}"
+                    for name, item in value.items()
+                ]
+            else:
+                parts.append(f"{_key(key)}={logfmt_value(value)}")
         if record.exc_info:
             parts.append(f"traceback={logfmt_value(self.formatException(record.exc_info))}")
         return " ".join(parts)
