@@ -7,7 +7,6 @@ rejection line instead, and each listener's series count the same story.
 
 from __future__ import annotations
 
-import functools
 import socket
 import ssl
 import struct
@@ -48,26 +47,10 @@ from .test_logs import (
     ssl_client,
     write_pem,
 )
+from .test_node import echo_backend
 from .test_node_time import T0, cert_time, config
 
 PING: Final = b"ping"
-
-
-@asynccontextmanager
-async def echo_backend() -> AsyncIterator[int]:
-    """Echo one chunk, then close."""
-
-    async def echo(stream: trio.SocketStream) -> None:
-        async with stream:
-            if data := await stream.receive_some():
-                await stream.send_all(data)
-
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1")
-        )
-        yield listeners[0].socket.getsockname()[1]
-        nursery.cancel_scope.cancel()
 
 
 def closed_port() -> int:

@@ -29,6 +29,7 @@ from meshtls._ca import LocalCA
 from meshtls.testing import CA
 
 from .logfmt import PARSE
+from .test_reload import is_open
 
 NODE_ID: Final = "spiffe://meshtls.local/node"
 CLIENT_ID: Final = "spiffe://meshtls.local/client"
@@ -477,17 +478,6 @@ async def test_a_stop_signal_during_start_up_exits_0_at_once(
         message(line)
 
 
-async def stays_open(stream: meshtls.MeshStream) -> bool:
-    """Nothing arrives (no close, no data) for a short while."""
-    with trio.move_on_after(0.3):
-        try:
-            await stream.receive_some()
-        except trio.BrokenResourceError:
-            return False
-        return False
-    return True
-
-
 async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> None:
     """During the drain a new connection is refused while the live one goes on, and a
     SIGHUP is one line saying it is ignored; that live client would hold the drain for its
@@ -505,7 +495,7 @@ async def test_a_second_stop_signal_ends_the_drain_at_once(tmp_path: Path) -> No
                 await lines.until(lambda line: message(line)["msg"] == "shutting down")
             with pytest.raises(OSError, match=r"Connection refused|all attempts"):
                 await trio.open_tcp_stream("127.0.0.1", ports["mesh"])  # draining: refused
-            assert await stays_open(stream)  # while the live one goes on
+            assert await is_open(stream)  # while the live one goes on
             process.send_signal(signal.SIGHUP)  # too late to reload: said, not silent
             with trio.fail_after(WAIT):
                 ignored = await lines.until(lambda line: "reload" in str(message(line)["msg"]))
@@ -566,7 +556,7 @@ async def test_sighup_reload_tightens_authorize_and_closes_one_of_two_live_conne
         assert closed["reason"] == "unauthorized"
         await assert_closed(b)
         await b.aclose()
-        assert await stays_open(a)
+        assert await is_open(a)
         async with httpx.AsyncClient(timeout=WAIT) as http:
             text = (await http.get(f"http://127.0.0.1:{ports['metrics']}/metrics")).text
         assert sample(text, "meshtls_peer_verification_failures_total", reason="unauthorized") == 1
@@ -583,8 +573,8 @@ async def test_sighup_reload_tightens_authorize_and_closes_one_of_two_live_conne
                 )
             assert part in str(refused["error"]), refused
         async with await client_stream(tmp_path / "ca", ports["mesh"], CLIENT_A) as again:
-            assert await stays_open(again)  # still serving, under the tightened config
-        assert await stays_open(a)
+            assert await is_open(again)  # still serving, under the tightened config
+        assert await is_open(a)
 
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(WAIT):
