@@ -42,7 +42,7 @@ import h11
 import trio
 import trio.testing
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from hypothesis import HealthCheck, Phase, assume, given, seed, settings
 from hypothesis import strategies as st
@@ -61,6 +61,7 @@ from meshtls import (
     X509Bundle,
 )
 from meshtls._config import parse_config
+from meshtls._crl import CrlError, judge_crl, load_crl
 from meshtls._duration import parse_duration, parse_optional_duration
 from meshtls._metrics import NodeMetrics, _Answers, _serve_one
 from meshtls._status import Readiness
@@ -160,9 +161,16 @@ def mutated_text(draw: st.DrawFn, base: str) -> str:
     return "".join(chars)
 
 
-def pem(der: bytes) -> bytes:
+def pem(der: bytes, label: str = "CERTIFICATE") -> bytes:
+    tag = label.encode()
     return (
-        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+        b"-----BEGIN "
+        + tag
+        + b"-----\n"
+        + base64.encodebytes(der)
+        + b"-----END "
+        + tag
+        + b"-----\n"
     )
 
 
@@ -1045,6 +1053,60 @@ def _sample(value: object) -> str:
     return repr(value)
 
 
+# ---------------------------------------------------------------- CRLs
+
+
+@functools.cache
+def _crls() -> tuple[bytes, ...]:
+    """DER CRLs from two of the material's CAs (EC and RSA), each revoking serial 7."""
+    found = material()
+    out = []
+    for ca in (found.ca, found.rsa):
+        entry = x509.RevokedCertificateBuilder().serial_number(7).revocation_date(T).build()
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(ca.certificate.subject)
+            .last_update(T)
+            .next_update(T + timedelta(hours=1))
+            .add_revoked_certificate(entry)
+            .sign(ca.key, hashes.SHA256())
+        )
+        out.append(crl.public_bytes(serialization.Encoding.DER))
+    return tuple(out)
+
+
+@st.composite
+def crls(draw: st.DrawFn) -> bytes:
+    data = draw(st.sampled_from(_crls()))
+    form = draw(st.sampled_from(("der-edit", "der-edit", "der-edit", "pem", "garbage")))
+    if form == "pem":
+        return draw(mutated(pem(data, "X509 CRL")))
+    if form == "garbage":
+        return draw(st.binary(max_size=200))
+    return draw(mutated(data))
+
+
+def check_crl(data: bytes) -> str:
+    """load_crl, then judge_crl against each CA: a refusal is a `CrlError`; a CRL judged
+    good must be signed by that issuer's key, byte for byte the CRL it was built from
+    but for unsigned parts: its serial 7 must read as revoked."""
+    found = material()
+
+    def judge_all() -> None:
+        crl = load_crl(data)
+        for ca in (found.ca, found.rsa):
+            try:
+                judged = judge_crl(crl, ca.certificate, now=T, skew=timedelta(seconds=30))
+            except CrlError:
+                continue
+            if not crl.is_signature_valid(ca.key.public_key()):
+                raise EscapeError("a CRL the issuer did not sign was judged good")
+            if judged.status(7) != "revoked" and 7 in {e.serial_number for e in crl}:
+                raise EscapeError("a revoked serial read as good")
+
+    return outcome(judge_all, (CrlError,))
+
+
 TARGETS: Final = {
     target.name: target
     for target in (
@@ -1071,6 +1133,7 @@ TARGETS: Final = {
             _bind(federated_maps(), check_federated_bundle),
         ),
         Target("split-der", "_workload.split_der", _bind(der_streams(), check_split_der)),
+        Target("crl", "load_crl, judge_crl", _bind(crls(), check_crl)),
         Target(
             "workload-message",
             "_workload.read_message (mutated protobuf bytes)",

@@ -406,6 +406,7 @@ BUDGET = {
     "spiffe-bundle": 20,
     "federated-bundle": 15,
     "split-der": 30,
+    "crl": 25,
     "workload-message": 20,
     "svid-load": 20,
     "http": 25,
