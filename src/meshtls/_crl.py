@@ -47,8 +47,6 @@ _SIGNING_KEYS: Final = (
     ed25519.Ed25519PublicKey,
     ed448.Ed448PublicKey,
 )
-#: The critical CRL extensions this module implements (it implements none beyond reading).
-_UNDERSTOOD_CRITICAL: Final[frozenset[x509.ObjectIdentifier]] = frozenset()
 
 
 class CrlError(MeshError):
@@ -144,7 +142,7 @@ def _check_extensions(crl: x509.CertificateRevocationList) -> None:
             if point.only_some_reasons is not None:
                 raise CrlError("unsupported", "a CRL partitioned by reason: only full CRLs")
             continue
-        if extension.critical and extension.oid not in _UNDERSTOOD_CRITICAL:
+        if extension.critical:  # no other critical CRL extension is implemented here
             raise CrlError("unsupported", f"a critical extension {extension.oid.dotted_string}")
 
 

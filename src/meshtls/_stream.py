@@ -146,6 +146,20 @@ class Access:
         """It ended refused for `reason`, and that was logged (one line per event)."""
         self.ended, self.reason, self.reported = "rejected", reason, True
 
+    def refused_at_cap(self, what: str, limit: int) -> None:
+        """It was refused at its listener's connection cap: one warning `what`, rate-limited
+        per source host, and counted as ``connection_limit``. The caller resets it."""
+        throttled(
+            logger,
+            logging.WARNING,
+            what,
+            key=("reason", "source"),
+            reason="connection_limit",
+            limit=limit,
+            source=_source(self.peer),
+        )
+        self.rejected("connection_limit")
+
     def fields(self) -> dict[str, object]:
         """The access line's fields: who, how much, how long, how it ended."""
         return {
@@ -1153,16 +1167,9 @@ async def serve(
             try:
                 connections.acquire_nowait()
             except trio.WouldBlock:
-                throttled(
-                    logger,
-                    logging.WARNING,
-                    "connection cap reached, resetting a verified peer",
-                    key=("reason", "source"),
-                    reason="connection_limit",
-                    limit=max_connections,
-                    source=_source(address),
+                access.refused_at_cap(
+                    "connection cap reached, resetting a verified peer", max_connections
                 )
-                access.rejected("connection_limit")
                 stream.abort()
                 return
             access.served = True

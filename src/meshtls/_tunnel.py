@@ -354,16 +354,7 @@ async def forward(
         try:
             connections.acquire_nowait()
         except trio.WouldBlock:
-            throttled(
-                logger,
-                logging.WARNING,
-                "forward at its connection cap, resetting",
-                key=("reason", "source"),
-                reason="connection_limit",
-                limit=max_connections,
-                source=access.peer.rpartition(":")[0],
-            )
-            access.rejected("connection_limit")
+            access.refused_at_cap("forward at its connection cap, resetting", max_connections)
             reset(client)
             return
         try:
