@@ -693,7 +693,8 @@ async def open_node(
     clock: Clock | None = None,
     rng: random.Random | None = None,
 ) -> AsyncIterator[Node]:
-    """Start a node and yield it once it is ready; stop it when the block ends.
+    """Start a node and yield it once it is ready; stop it when the block ends (the
+    connections still live then are reset, never closed as if they had finished).
 
     `handler` runs for each verified peer on the mesh listener (default: read and drop
     until the peer closes). `registry` receives the metrics (default: a new one, never
@@ -716,6 +717,7 @@ async def open_node(
                 try:
                     yield node
                 finally:
+                    node.rotation.cut_live()  # still live at the end: cut off, so reset
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         _, other = group.split(Exception)  # a cancellation or an interrupt is not ours

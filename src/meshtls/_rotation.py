@@ -462,6 +462,13 @@ class Rotation:
             )
         return None
 
+    def cut_live(self) -> int:
+        """Mark every live connection as cut off (`MeshStream.cut_off`), so that closing it
+        resets it: for a node that stops before they finished. Returns how many."""
+        for entry in self._live:
+            entry.stream.cut_off()
+        return len(self._live)
+
     @property
     def live_connections(self) -> int:
         return len(self._live)

@@ -580,6 +580,11 @@ class MeshStream(trio.abc.HalfCloseableStream):
         the peer's stream breaks (`trio.BrokenResourceError`), it never reads as EOF."""
         self._close(graceful=False)
 
+    def cut_off(self) -> None:
+        """Mark this stream as cut off by its owner part-way (a node stopping with it still
+        live): whoever closes it next resets it, so the peer never reads a clean end."""
+        self._cut_off = True
+
     def reject(self, reason: str) -> None:
         """Mark a live connection as refused for `reason` by its owner (a node whose trust
         changed): it ends as ``rejected``, and whoever closes it next resets it, so the peer
@@ -587,7 +592,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         and logs the event: the connection's access line is then not written (one line
         per event)."""
         self.end, self.end_reason = "rejected", reason
-        self._cut_off = True
+        self.cut_off()
         if self.account is not None:
             self.account.reported = True
 
