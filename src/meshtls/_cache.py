@@ -47,6 +47,14 @@ class LruCache(Generic[K, V]):
             self.evictions += 1
         entries[key] = value
 
+    def peek(self, key: K) -> V | None:
+        """The value for `key` without making it the most recently used; None when absent."""
+        return self._entries.get(key)
+
+    def values(self) -> list[V]:
+        """Every value, least recently used first (a copy: safe to change the cache after)."""
+        return list(self._entries.values())
+
     def discard(self, key: K) -> None:
         self._entries.pop(key, None)
 

@@ -21,9 +21,10 @@ fetching, the cache and the node's use of it are built on top.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Final, Literal
 
 from cryptography import x509
@@ -71,17 +72,32 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
 
 
 @dataclass(frozen=True, slots=True)
+class RevokedEntry:
+    """One revoked certificate in a CRL: when, and why (the reasonCode's name, if any)."""
+
+    revoked_at: datetime
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class JudgedCrl:
     """A CRL that passed every check for `issuer`: its validity and its revoked serials."""
 
     issuer: x509.Name
     this_update: datetime
     next_update: datetime
-    revoked: frozenset[int]
+    entries: Mapping[int, RevokedEntry]
+
+    @property
+    def revoked(self) -> frozenset[int]:
+        return frozenset(self.entries)
 
     def status(self, serial: int) -> CertificateStatus:
         """What this CRL says about the certificate with `serial` from its issuer."""
-        return "revoked" if serial in self.revoked else "good"
+        return "revoked" if serial in self.entries else "good"
+
+    def revoked_entry(self, serial: int) -> RevokedEntry | None:
+        return self.entries.get(serial)
 
 
 def judge_crl(
@@ -117,8 +133,8 @@ def judge_crl(
         if next_update < now - skew:
             raise CrlError("stale", f"nextUpdate {next_update:%Y-%m-%dT%H:%M:%SZ} has passed")
         _check_extensions(crl)
-        revoked = frozenset(_revoked_serials(crl))
-    return JudgedCrl(issuer.subject, this_update, next_update, revoked)
+        entries = MappingProxyType(dict(_revoked_entries(crl)))
+    return JudgedCrl(issuer.subject, this_update, next_update, entries)
 
 
 def _check_issuer_may_sign(issuer: x509.Certificate) -> None:
@@ -146,13 +162,17 @@ def _check_extensions(crl: x509.CertificateRevocationList) -> None:
             raise CrlError("unsupported", f"a critical extension {extension.oid.dotted_string}")
 
 
-def _revoked_serials(crl: x509.CertificateRevocationList) -> Iterator[int]:
+def _revoked_entries(crl: x509.CertificateRevocationList) -> Iterator[tuple[int, RevokedEntry]]:
     for entry in crl:
+        reason: str | None = None
         for extension in entry.extensions:
             if extension.oid == CRLEntryExtensionOID.CERTIFICATE_ISSUER:
                 raise CrlError("unsupported", "an entry about another issuer's certificate")
+            if extension.oid == CRLEntryExtensionOID.CRL_REASON:
+                assert isinstance(extension.value, x509.CRLReason)
+                reason = extension.value.reason.name
             if extension.critical:
                 raise CrlError(
                     "unsupported", f"a critical entry extension {extension.oid.dotted_string}"
                 )
-        yield entry.serial_number
+        yield entry.serial_number, RevokedEntry(clamp_time(entry.revocation_date_utc), reason)
