@@ -29,9 +29,7 @@ RULES = (
 )
 
 #: Rules not implemented yet: rule id -> the issue that brings them.
-PENDING = {
-    "P-4": "issue 9 (revocation: OCSP and CRL, the cache and the prefetcher)",
-}
+PENDING: dict[str, str] = {}
 
 
 def rules_with_a_test(texts: list[str]) -> set[str]:
