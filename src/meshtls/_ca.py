@@ -440,6 +440,18 @@ def revocation_url(text: str, *, what: str) -> str:
     return text
 
 
+def read_crl_pem(directory: Path) -> bytes | None:
+    """The current ``crl.pem`` of the CA in `directory`, or None when it has none yet.
+
+    Read afresh at each call (``ca revoke`` rewrites it atomically); a missing directory
+    is None too, any other `OSError` propagates.
+    """
+    try:
+        return (directory / "crl.pem").read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class LocalCA:
     """A development CA kept in a directory. Layout:
