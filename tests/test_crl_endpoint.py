@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from meshtls._ca import LocalCA
@@ -132,3 +133,25 @@ async def test_a_file_path_that_is_not_its_own_is_refused(path: str) -> None:
             ready=lambda: Readiness(True, None),
             files={path: lambda: None},
         )
+
+
+async def test_P_4_a_leafs_crl_url_leads_to_the_node_that_serves_its_crl(tmp_path: Path) -> None:
+    """``ca init --crl-url`` naming a node's /crl.pem: a client following the leaf's CRL
+    distribution point gets a CRL that the CA signed and that lists the revoked leaf."""
+    config = parse_config(local_ca_toml(), base_dir=tmp_path)
+    async with open_node(config) as node, httpx.AsyncClient() as client:
+        url = metrics_url(node, "/crl.pem")
+        # The node made its CA; made again (forced) as `ca init --crl-url URL` would, so
+        # that its leaves point at this node.
+        td = LocalCA.open(tmp_path / "ca").trust_domain
+        ca = LocalCA.init(tmp_path / "ca", td, crl_url=url, force=True)
+        leaf = ca.issue(SpiffeId.parse("spiffe://example.org/web")).leaf
+        points = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        (named,) = [str(name.value) for point in points for name in point.full_name or ()]
+        assert named == url
+        ca.revoke(leaf.serial_number)
+        response = await client.get(named)
+        assert response.status_code == 200
+        now = datetime.now(UTC)
+        judged = judge_crl(load_crl(response.content), ca.issuer_certificate, now=now, skew=SKEW)
+        assert judged.status(leaf.serial_number) == "revoked"
