@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc  # type: ignore[import-untyped]
@@ -25,16 +25,25 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 import meshtls
+from meshtls._crl import judge_crl, load_crl
 from meshtls._workload import WorkloadApiError, WorkloadApiSource, split_der, workload_api_target
 from meshtls.testing import CA, IssuedCertificate
 
 from .hostile_identity import curve_one_byte_off, duplicate_extension_leaf, version_34
-from .workload_server import WorkloadApiServer, der, logged, svid_message, x509_response
+from .workload_server import (
+    WorkloadApiServer,
+    der,
+    logged,
+    signed_crl,
+    svid_message,
+    x509_response,
+)
 
 NOW = datetime.now(UTC)  # the contexts are built from real-time certificates
 WEB = "spiffe://example.org/web"
 TD = meshtls.TrustDomain.parse("example.org")
 OTHER_TD = meshtls.TrustDomain.parse("other.org")
+SKEW = timedelta(seconds=30)
 WAIT = 5.0  # seconds: the bound on every wait; each test takes well under one
 
 
@@ -645,3 +654,56 @@ def test_split_der(certs: Certs) -> None:
     for bad in (b"\x31\x00", b"\x30", b"\x30\x05ab", b"\x30\x80", b"\x30\x85\x00\x00\x00\x00\x01"):
         with pytest.raises(ValueError, match="x:"):
             split_der(bad, what="x")
+
+
+# ---------------------------------------------------------------- CRLs (P-4)
+
+
+async def test_P_4_workload_api_delivers_crls(server: WorkloadApiServer, certs: Certs) -> None:
+    ours = signed_crl(certs.ca, [certs.web2.leaf.serial_number], now=NOW)
+    theirs = signed_crl(certs.other, [], now=NOW)
+    server.push(x509_response(certs.state().svids, {}, [ours, theirs]))
+    async with running(WorkloadApiSource(server.address)) as source:
+        await wait_until(lambda: source.identity().crls == (ours, theirs))
+        judged = judge_crl(
+            load_crl(source.identity().crls[0]), certs.ca.certificate, now=NOW, skew=SKEW
+        )
+        assert judged.revoked == {certs.web2.leaf.serial_number}
+        # A new CRL alone is a new state: published beside the same SVID.
+        generation = source.cell.generation
+        newer = signed_crl(certs.ca, [certs.web.leaf.serial_number], now=NOW)
+        server.push(x509_response(certs.state().svids, {}, [newer]))
+        with trio.fail_after(WAIT):
+            new, identity = await source.cell.wait_newer(generation)
+        assert identity.crls == (newer,)
+        assert identity.svid.leaf == certs.web.leaf
+        server.push(x509_response(certs.state().svids, {}, []))
+        with trio.fail_after(WAIT):
+            _, identity = await source.cell.wait_newer(new)
+        assert identity.crls == ()
+
+
+async def test_P_4_workload_api_unreadable_crl_is_left_out_once(
+    server: WorkloadApiServer, certs: Certs
+) -> None:
+    good = signed_crl(certs.ca, [], now=NOW)
+    reported: list[tuple[str, str]] = []
+    state = x509_response(certs.state().svids, {}, [b"\x30\x03junk", good, b""])
+    server.push(state)
+    source = WorkloadApiSource(server.address, on_invalid=lambda r, d: reported.append((r, d)))
+    with logged("CRLs left out") as warned:
+        async with running(source):
+            assert warned.is_set()
+            assert source.identity().crls == (good,)  # the update stands, less the bad CRLs
+            assert str(source.identity().svid.spiffe_id) == WEB
+            generation = source.cell.generation
+            server.push(state)  # the same answer again: not reported again
+            server.push(x509_response(certs.state().svids, {}, [good]))  # in order, after it
+            with trio.fail_after(WAIT):
+                _, identity = await source.cell.wait_newer(generation)
+            assert identity.crls == (good,)
+    ((reason, detail),) = reported
+    assert reason == "malformed_certificate"
+    assert "2 of 3 CRLs unreadable" in detail
+    assert "crl[0]" in detail
+    assert "crl[2]" in detail

@@ -13,7 +13,8 @@ new state to every open stream (each message is the full state, W-4). Knobs:
 - `end_streams()`: the open streams end with OK, as when the agent restarts;
 - `calls` / `metadata`: how many ``FetchX509SVID`` calls came, and each one's metadata.
 
-`x509_response` builds a message from `meshtls.testing` certificates. `logged(fragment)`
+`x509_response` builds a message from `meshtls.testing` certificates (and DER CRLs, the
+message's ``crl`` field; `signed_crl` makes one). `logged(fragment)`
 gives a Trio event for a line the client logs (such as its first reconnect), so a test
 waits for what happened rather than for some real time.
 """
@@ -27,13 +28,15 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 import grpc  # type: ignore[import-untyped]
 import trio
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from meshtls.testing import CA, IssuedCertificate
@@ -102,12 +105,30 @@ def svid_message(
 def x509_response(
     svids: Sequence[workload_pb2.X509SVID],
     federated: Mapping[str, Iterable[x509.Certificate]] | None = None,
+    crls: Sequence[bytes] = (),
 ) -> workload_pb2.X509SVIDResponse:
-    """A full-state message: these SVIDs, and federated bundles keyed ``spiffe://td``."""
+    """A full-state message: these SVIDs, federated bundles keyed ``spiffe://td``, DER CRLs."""
     return workload_pb2.X509SVIDResponse(
         svids=svids,
         federated_bundles={td: der(roots) for td, roots in (federated or {}).items()},
+        crl=list(crls),
     )
+
+
+def signed_crl(ca: CA, revoked: Iterable[int], *, now: datetime) -> bytes:
+    """A DER CRL `ca` signs at `now` (next update a day later), listing the `revoked` serials."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+        .add_extension(x509.CRLNumber(1), critical=False)
+    )
+    for serial in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    assert isinstance(ca.key, ec.EllipticCurvePrivateKey)
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def simple_response(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final, Literal, cast
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -424,6 +425,33 @@ def _pem(certs: Iterable[x509.Certificate]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
+def revocation_url(text: str, *, what: str) -> str:
+    """`text` if it is an absolute http(s) URL with a host; else `ConfigError` naming `what`."""
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ConfigError(f"{what} {text!r} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"{what} {text!r} must be an http:// or https:// URL with a host")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text):
+        raise ConfigError(f"{what} {text!r} holds a space or control character")
+    return text
+
+
+def read_crl_pem(directory: Path) -> bytes | None:
+    """The current ``crl.pem`` of the CA in `directory`, or None when it has none yet.
+
+    Read afresh at each call (``ca revoke`` rewrites it atomically); a missing directory
+    is None too, any other `OSError` propagates.
+    """
+    try:
+        return (directory / "crl.pem").read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class LocalCA:
     """A development CA kept in a directory. Layout:
@@ -433,6 +461,8 @@ class LocalCA:
     ``issued.json`` (serial -> SPIFFE ID and expiry of each leaf ``meshtls ca issue``
     wrote: what ``ca revoke SERIAL`` may revoke); ``revoked.json`` and ``crl.pem`` once
     something is revoked. Leaf keys are never written here by ``meshtls ca issue``.
+    ``ca.json`` may also name a ``crl_url`` and an ``ocsp_url``: every leaf `issue`
+    signs then carries them (CRL distribution point, AIA OCSP) unless told otherwise.
     """
 
     directory: Path
@@ -440,6 +470,8 @@ class LocalCA:
     issuer_certificate: x509.Certificate
     issuer_key: PrivateKey
     chain: tuple[x509.Certificate, ...]  # what a leaf sends after itself (intermediates)
+    crl_url: str | None = None  # written into each leaf's CRL distribution point
+    ocsp_url: str | None = None  # written into each leaf's AIA OCSP
 
     @classmethod
     def init(
@@ -451,7 +483,19 @@ class LocalCA:
         now: datetime | None = None,
         lifetime: timedelta = DEFAULT_CA_TTL,
         force: bool = False,
+        crl_url: str | None = None,
+        ocsp_url: str | None = None,
     ) -> LocalCA:
+        """Create the CA files in `directory`; `crl_url`/`ocsp_url` go into ``ca.json``.
+
+        Raises `ConfigError` for a bad URL (before anything is written) or a file that
+        exists without `force`.
+        """
+        meta: dict[str, str] = {"trust_domain": str(trust_domain)}
+        if crl_url is not None:
+            meta["crl_url"] = revocation_url(crl_url, what="--crl-url")
+        if ocsp_url is not None:
+            meta["ocsp_url"] = revocation_url(ocsp_url, what="--ocsp-url")
         now = now or datetime.now(UTC)
         directory.mkdir(parents=True, exist_ok=True)
         ca = CA(
@@ -469,7 +513,7 @@ class LocalCA:
             ]
         files += [
             ("bundle.pem", ca.bundle_pem, False),
-            ("ca.json", json.dumps({"trust_domain": str(trust_domain)}).encode(), False),
+            ("ca.json", json.dumps(meta).encode(), False),
         ]
         if not force:
             for name, _, _ in files:
@@ -490,6 +534,11 @@ class LocalCA:
         try:
             meta = json.loads((directory / "ca.json").read_text())
             trust_domain = TrustDomain(meta["trust_domain"])
+            urls = {
+                name: revocation_url(str(meta[name]), what=f"ca.json {name}")
+                for name in ("crl_url", "ocsp_url")
+                if meta.get(name) is not None
+            }
             stem = "intermediate" if (directory / "intermediate.pem").exists() else "root"
             cert = load_pem_certificates((directory / f"{stem}.pem").read_bytes(), what=stem)[0]
             key = serialization.load_pem_private_key(
@@ -499,14 +548,14 @@ class LocalCA:
             raise ConfigError(
                 f"{directory} is not a CA directory: {exc.filename} is missing"
             ) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, ConfigError) as exc:
             raise ConfigError(f"{directory}: unreadable CA files ({exc})") from None
         if not isinstance(
             key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
         ):
             raise ConfigError(f"{directory}: unsupported CA key type {type(key).__name__}")
         chain = (cert,) if stem == "intermediate" else ()
-        return cls(directory, trust_domain, cert, key, chain)
+        return cls(directory, trust_domain, cert, key, chain, **urls)
 
     def issue(
         self,
@@ -518,7 +567,10 @@ class LocalCA:
         ocsp_url: str | None = None,
         crl_url: str | None = None,
     ) -> X509Svid:
-        """Issue a leaf SVID for `spiffe_id`, a member of this CA's trust domain."""
+        """Issue a leaf SVID for `spiffe_id`, a member of this CA's trust domain.
+
+        `ocsp_url`/`crl_url` default to the CA's own (from ``ca.json``); given, they win.
+        """
         if spiffe_id.trust_domain != self.trust_domain:
             raise ConfigError(f"{spiffe_id} is not in this CA's trust domain {self.trust_domain}")
         if spiffe_id.is_root:
@@ -533,8 +585,8 @@ class LocalCA:
             not_after=not_after,
             uris=[str(spiffe_id)],
             dns_names=dns_names,
-            ocsp_url=ocsp_url,
-            crl_url=crl_url,
+            ocsp_url=ocsp_url if ocsp_url is not None else self.ocsp_url,
+            crl_url=crl_url if crl_url is not None else self.crl_url,
         )
         key = ec.generate_private_key(ec.SECP256R1())
         leaf = build_certificate(

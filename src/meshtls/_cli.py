@@ -32,7 +32,7 @@ from cryptography.exceptions import InvalidSignature
 from . import __version__, _logs
 from ._authorize import authorize_any, authorize_id
 from ._bundle import BundleSet, X509Bundle, load_pem_certificates
-from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA
+from ._ca import DEFAULT_CA_TTL, DEFAULT_LEAF_TTL, LocalCA, revocation_url
 from ._check import check_peer
 from ._config import (
     DEFAULT_LISTEN,
@@ -157,6 +157,16 @@ def _add_ca(commands: _Subcommands) -> None:
         metavar="DURATION",
         help=f"how long the CA is valid (default: {format_duration(DEFAULT_CA_TTL)})",
     )
+    init.add_argument(
+        "--crl-url",
+        metavar="URL",
+        help="CRL distribution point written into every leaf this CA issues (http/https)",
+    )
+    init.add_argument(
+        "--ocsp-url",
+        metavar="URL",
+        help="OCSP responder (AIA) written into every leaf this CA issues (http/https)",
+    )
     init.set_defaults(run=_cmd_ca_init)
 
     issue = actions.add_parser("issue", help="issue a leaf SVID: PREFIX.pem and PREFIX.key")
@@ -179,8 +189,12 @@ def _add_ca(commands: _Subcommands) -> None:
     issue.add_argument(
         "--dns", action="append", default=[], metavar="NAME", help="a DNS SAN (repeatable)"
     )
-    issue.add_argument("--ocsp-url", metavar="URL", help="OCSP responder (AIA extension)")
-    issue.add_argument("--crl-url", metavar="URL", help="CRL distribution point")
+    issue.add_argument(
+        "--ocsp-url", metavar="URL", help="OCSP responder (AIA extension; default: the CA's)"
+    )
+    issue.add_argument(
+        "--crl-url", metavar="URL", help="CRL distribution point (default: the CA's)"
+    )
     issue.add_argument("--force", action="store_true", help="overwrite existing files")
     issue.set_defaults(run=_cmd_ca_issue)
 
@@ -211,7 +225,13 @@ def _cmd_ca_init(args: argparse.Namespace) -> int:
     if lifetime <= timedelta(0):
         raise ConfigError(f"--lifetime must be positive, not {format_duration(lifetime)}")
     LocalCA.init(
-        directory, trust_domain, intermediate=intermediate, lifetime=lifetime, force=args.force
+        directory,
+        trust_domain,
+        intermediate=intermediate,
+        lifetime=lifetime,
+        force=args.force,
+        crl_url=args.crl_url,
+        ocsp_url=args.ocsp_url,
     )
     for path in _ca_files(directory, intermediate=intermediate):
         print(f"wrote {path}")
@@ -224,6 +244,9 @@ def _cmd_ca_issue(args: argparse.Namespace) -> int:
     except SpiffeIdError as exc:
         raise ConfigError(f"bad SPIFFE_ID {args.spiffe_id!r}: {exc}") from None
     ttl: timedelta = args.ttl
+    for flag, url in (("--ocsp-url", args.ocsp_url), ("--crl-url", args.crl_url)):
+        if url is not None:
+            revocation_url(url, what=flag)
     ca = LocalCA.open(args.dir)
     out: Path | None = args.out
     prefix = out if out is not None else Path(spiffe_id.path.rsplit("/", 1)[-1])

@@ -39,10 +39,13 @@ class Identity:
 
     Equality is identity: each publication is its own value, and a node compares the
     parts it cares about (the SVID's chain, the bundles' contents) itself.
+    `crls` are DER CRLs the source delivered with it (the Workload API's ``crl`` field),
+    each one readable as a CRL; they are not judged here (signature, freshness).
     """
 
     svid: X509Svid
     bundles: BundleSet
+    crls: tuple[bytes, ...] = ()
     _built: list[TlsContexts] = field(default_factory=list, init=False, repr=False)
 
     def contexts(self) -> TlsContexts:

@@ -516,6 +516,11 @@ _TEXT: Final = "text/plain; charset=utf-8"
 _JSON: Final = "application/json"
 _ALLOWED: Final = "GET, HEAD"
 _PATHS: Final = frozenset({b"/metrics", b"/healthz", b"/readyz", b"/status"})
+#: Content types of served files, by name suffix (anything else is octet-stream).
+_FILE_TYPES: Final = {".pem": "application/x-pem-file", ".crl": "application/pkix-crl"}
+
+#: A file the endpoint serves: its current bytes, or None for "not there" (404).
+FileReader = Callable[[], bytes | None]
 
 #: What the endpoint answers about the node: readiness, and the ``/status`` document.
 ReadyCheck = Callable[[], Readiness]
@@ -573,6 +578,7 @@ async def serve_http(
     *,
     ready: ReadyCheck,
     status: StatusReport | None = None,
+    files: Mapping[str, FileReader] | None = None,
     connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
@@ -590,6 +596,9 @@ async def serve_http(
       body; as JSON (the ``status()`` document) with ``Accept: application/json`` or
       ``?format=json``.
     - ``GET /status``: the ``status()`` document as JSON, always 200 (404 without `status`).
+    - ``GET <path>`` for each `files` entry (such as ``"/crl.pem"``): what its reader
+      returns, read at each request; 404 when it returns None. The reader owns the file
+      and says what "not there" is; anything it raises is a 500, logged.
 
     HEAD works like GET; other methods get 405, other paths 404. Each connection
     carries one request and is closed after the answer; its request head must arrive
@@ -604,8 +613,11 @@ async def serve_http(
         raise ValueError("request_timeout must be positive")
     if max_connections < 1:
         raise ValueError("max_connections must be >= 1")
+    for path in files or {}:
+        if not path.startswith("/") or path.encode() in _PATHS or "?" in path:
+            raise ValueError(f"files: {path!r} must be a path of its own, starting with '/'")
     places = _Places(max_connections, stale=request_timeout)
-    answers = _Answers(registry, ready, status)
+    answers = _Answers(registry, ready, status, files)
 
     async def handler(stream: trio.SocketStream) -> None:
         async with stream:
@@ -698,18 +710,30 @@ class _Answers:
     """What each request gets: status, content type, body and extra headers; no I/O."""
 
     def __init__(
-        self, registry: CollectorRegistry, ready: ReadyCheck, status: StatusReport | None
+        self,
+        registry: CollectorRegistry,
+        ready: ReadyCheck,
+        status: StatusReport | None,
+        files: Mapping[str, FileReader] | None = None,
     ) -> None:
         self._registry = registry
         self._ready = ready
         self._status = status
+        self._files = {path.encode(): read for path, read in (files or {}).items()}
 
     def answer(self, request: h11.Request) -> Answer:
         path, _, query = request.target.partition(b"?")
-        if path not in _PATHS or (path == b"/status" and self._status is None):
+        known = path in _PATHS or path in self._files
+        if not known or (path == b"/status" and self._status is None):
             return 404, _TEXT, b"not found\n", []
         if request.method not in (b"GET", b"HEAD"):
             return 405, _TEXT, b"method not allowed\n", [("Allow", _ALLOWED)]
+        if path in self._files:
+            body = self._files[path]()
+            if body is None:
+                return 404, _TEXT, b"not found\n", []
+            suffix = path[path.rfind(b".") :].decode("latin-1") if b"." in path else ""
+            return 200, _FILE_TYPES.get(suffix, "application/octet-stream"), body, []
         accept = _header(request, b"accept")
         if path == b"/metrics":
             encoder, content_type = choose_encoder(accept)

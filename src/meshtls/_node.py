@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry
 
 from ._authorize import Authorizer
 from ._boundary import describe_error
+from ._ca import read_crl_pem
 from ._config import (
     ExposeSettings,
     FileIdentity,
@@ -245,6 +246,11 @@ class Node:
 
     # ------------------------------------------------------------ start-up and drain
 
+    def _local_crl(self) -> bytes | None:
+        """``GET /crl.pem``: our local CA's current CRL; None (404) for other identities."""
+        identity = self.config.identity
+        return read_crl_pem(identity.directory) if isinstance(identity, LocalCAIdentity) else None
+
     def _build_source(self) -> LiveSource:
         identity = self.config.identity
         on_invalid = self.rotation.refused
@@ -285,6 +291,7 @@ class Node:
                         settings.metrics[1],
                         ready=self.readiness,
                         status=self.status,
+                        files={"/crl.pem": self._local_crl},
                     ),
                 )
             event(  # debug: "node ready" names it; a failed start stays one line

@@ -200,7 +200,7 @@ class Rotation:
             self._pulse()
             return False
         candidate = update if svid is update.svid and bundles is update.bundles else None
-        chosen = self._built(candidate or Identity(svid, bundles), active)
+        chosen = self._built(candidate or Identity(svid, bundles, update.crls), active)
         if chosen is None:
             self._pulse()
             return False
@@ -281,7 +281,7 @@ class Rotation:
             return candidate
         if candidate.svid is active.svid or candidate.bundles is active.bundles:
             return None
-        return self._built(Identity(active.svid, candidate.bundles), active)
+        return self._built(Identity(active.svid, candidate.bundles, candidate.crls), active)
 
     def _refuse(self, reason: Reason, detail: str, key: tuple[object, ...]) -> None:
         if key == self._last_refusal:

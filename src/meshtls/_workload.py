@@ -54,7 +54,7 @@ import os
 import random
 import re
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
@@ -216,6 +216,8 @@ class _Message:
     bundles: BundleSet
     svid: X509Svid | _Invalid
     fingerprint: tuple[bytes, ...]
+    crls: tuple[bytes, ...] = ()  # the message's DER CRLs that parse, in order
+    bad_crls: str | None = None  # why the others were left out (None: none were)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +355,29 @@ def _bundles(own: TrustDomain, own_roots: bytes, federated: Mapping[str, bytes])
         raise _RejectedError("malformed_certificate", str(exc)) from None
 
 
+def _crls(raw: Sequence[bytes]) -> tuple[tuple[bytes, ...], str | None]:
+    """The DER CRLs of a message that parse as CRLs, and why the others do not (or None).
+
+    Only readability is checked here; whoever uses a CRL judges it (`judge_crl`).
+    """
+    kept: list[bytes] = []
+    problems: list[str] = []
+    for index, data in enumerate(raw):
+        try:
+            with mapped(MeshError):
+                x509.load_der_x509_crl(data)
+        except MeshError as exc:
+            problems.append(f"crl[{index}] ({len(data)} bytes): {exc}")
+        else:
+            kept.append(bytes(data))
+    if not problems:
+        return tuple(kept), None
+    shown = "; ".join(problems[:3]) + (
+        f"; and {len(problems) - 3} more" if len(problems) > 3 else ""
+    )
+    return tuple(kept), f"{len(problems)} of {len(raw)} CRLs unreadable, left out: {shown}"
+
+
 def read_message(message: workload_pb2.X509SVIDResponse, want: SpiffeId | None) -> _Item:
     """Check one ``X509SVIDResponse`` with our rules, bundles and SVID apart. Never raises."""
     try:
@@ -364,11 +389,14 @@ def read_message(message: workload_pb2.X509SVIDResponse, want: SpiffeId | None) 
         return _Invalid(exc.reason, exc.detail)
     except MeshError as exc:
         return _Invalid("malformed_certificate", f"unreadable message ({exc})")
-    fingerprint = (  # every field of our entry, and the federated bundles
+    crls, bad_crls = _crls(message.crl)
+    fingerprint = (  # every field of our entry, the federated bundles, and the CRLs
         entry.SerializeToString(deterministic=True),
         *(b"%s=%s" % (k.encode(), v) for k, v in sorted(message.federated_bundles.items())),
+        *(b"crl=%s" % bytes(data) for data in message.crl),
     )
-    return _Message(bundles, _checked_svid(entry, declared, bundles), fingerprint)
+    svid = _checked_svid(entry, declared, bundles)
+    return _Message(bundles, svid, fingerprint, crls, bad_crls)
 
 
 def _checked_svid(
@@ -581,16 +609,27 @@ class WorkloadApiSource(_Published):
         if item.fingerprint == self._fingerprint:
             return self._cell.latest() is not None  # the same state again
         self._fingerprint = item.fingerprint
+        if item.bad_crls is not None:  # counted once per new state; the rest stands
+            event(
+                logger,
+                logging.WARNING,
+                "workload API CRLs left out, the rest of the update stands",
+                reason="malformed_certificate",
+                detail=item.bad_crls,
+            )
+            if self.on_invalid is not None:
+                self.on_invalid("malformed_certificate", item.bad_crls)
         current = self._cell.latest()
         if isinstance(item.svid, _Invalid):
             self._reject(item.svid)
             if current is None:
                 return False
-            if item.bundles == current.bundles:
+            if item.bundles == current.bundles and item.crls == current.crls:
                 return True
-            identity = Identity(current.svid, item.bundles)  # the bundle change stands (B-7)
+            # The bundle (B-7) and CRL changes stand beside the refused SVID.
+            identity = Identity(current.svid, item.bundles, item.crls)
         else:
-            identity = Identity(item.svid, item.bundles)
+            identity = Identity(item.svid, item.bundles, item.crls)
         self._cell.publish(identity)
         event(
             logger,
@@ -599,6 +638,7 @@ class WorkloadApiSource(_Published):
             spiffe_id=identity.svid.spiffe_id,
             svid="kept" if current is not None and identity.svid is current.svid else "new",
             trust_domains=[str(td) for td in identity.bundles],
+            crls=len(identity.crls),
         )
         return True
 
