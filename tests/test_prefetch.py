@@ -395,3 +395,11 @@ async def test_P_4_status_is_a_json_document_of_the_cache_and_the_queue(
         assert world.count("revocation_cache_entries") == 2
         assert world.count("revocation_cache_age_seconds") == 42
         nursery.cancel_scope.cancel()
+
+
+def test_the_lookup_benchmark_runs() -> None:
+    from benchmarks import revocation_lookup
+
+    report = revocation_lookup.measure(rounds=1, calls=10)
+    assert report["lookup_us"] > 0
+    assert report["ratio"] > 1

@@ -35,6 +35,7 @@ import trio
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from ._cache import LruCache
 from ._crl import CrlError, JudgedCrl, judge_crl, load_crl
 from ._logs import event
 from ._revocation import (
@@ -67,6 +68,8 @@ DEFAULT_QUEUE_LIMIT: Final = 1024
 #: A responder's first backoff after a failure; each further failure doubles it, up to the cap.
 BACKOFF_BASE: Final = timedelta(seconds=5)
 BACKOFF_CAP: Final = timedelta(minutes=5)
+#: Issuers whose key digest `lookup` remembers.
+ISSUER_MEMO_LIMIT: Final = 256
 #: The least time between two fetches about one certificate.
 MIN_GAP: Final = timedelta(seconds=1)
 
@@ -215,6 +218,9 @@ class Revocations:
         self._failing: dict[str, _Failing] = {}
         self._revoked: set[CertRef] = set()  # told `on_revoked` already
         self._wake = trio.Event()
+        self._issuer_keys: LruCache[int, tuple[x509.Certificate, bytes]] = LruCache(
+            ISSUER_MEMO_LIMIT
+        )
         self.dropped = 0
         if metrics is not None:
             metrics.watch_revocations(lambda: len(self.cache), self._oldest_age)
@@ -226,12 +232,30 @@ class Revocations:
 
         Queues the unknown targets for the prefetcher; never does I/O, never blocks.
         """
-        verdict = chain_status(self.cache, chain_targets(chain), now)
+        verdict = chain_status(self.cache, self._targets(chain), now)
         if self.metrics is not None:
             self.metrics.revocation_check("cache", verdict.status)
         for target in verdict.unknown:
             self._enqueue(target, now)
         return verdict
+
+    def _targets(self, chain: Sequence[x509.Certificate]) -> tuple[RevocationTarget, ...]:
+        """`chain_targets`, with each issuer's key digest remembered by object identity.
+
+        Hashing an issuer's key is most of a lookup's cost, and a handshake's issuers are
+        mostly the same objects (the bundle's roots, cached intermediates). The cache
+        holds the issuer itself, so its `id` cannot be reused while the entry lives.
+        """
+        targets = []
+        for i in range(len(chain) - 1):
+            certificate, issuer = chain[i], chain[i + 1]
+            held = self._issuer_keys.get(id(issuer))
+            if held is None or held[0] is not issuer:
+                held = (issuer, issuer_key_digest(issuer))
+                self._issuer_keys.put(id(issuer), held)
+            ref = CertRef(held[1], certificate.serial_number)
+            targets.append(RevocationTarget(certificate, issuer, ref))
+        return tuple(targets)
 
     def _enqueue(self, target: RevocationTarget, now: datetime) -> None:
         ref = target.ref
