@@ -9,10 +9,12 @@ judged by `judge_crl`; the HTTP fetch itself is tested against ``openssl ocsp`` 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from typing import cast
 
 import pytest
 import trio
@@ -25,7 +27,7 @@ from prometheus_client import CollectorRegistry
 from meshtls._crl import CrlError, JudgedCrl, judge_crl
 from meshtls._errors import MeshError
 from meshtls._metrics import NodeMetrics
-from meshtls._prefetch import BACKOFF_CAP, Revocations, crl_urls, ocsp_urls, responder_of
+from meshtls._prefetch import BACKOFF_CAP, Fetcher, Revocations, crl_urls, ocsp_urls, responder_of
 from meshtls._revocation import RevocationCache, RevocationTarget, StatusRecord, chain_targets
 from meshtls.testing import CA
 
@@ -62,7 +64,7 @@ class FakeFetchError(MeshError):
     def __init__(self, kind: str, result: str, problem: str, url: str) -> None:
         super().__init__(f"{problem} at {url}")
         self.kind, self.result, self.problem, self.url = kind, result, problem, url
-        self.detail = problem
+        self.detail = "the port is closed"
 
 
 @dataclass
@@ -133,7 +135,8 @@ def world() -> World:
 
 
 def revocations(world: World, **options: object) -> Revocations:
-    return Revocations(metrics=world.metrics, clock=clock, fetcher=world.table, **options)  # type: ignore[arg-type]
+    fetcher = cast("Fetcher", world.table)  # answers shaped as OcspAnswer
+    return Revocations(metrics=world.metrics, clock=clock, fetcher=fetcher, **options)  # type: ignore[arg-type]
 
 
 def test_P_4_urls_come_from_aia_and_crl_distribution_points(world: World) -> None:
@@ -247,7 +250,7 @@ async def test_P_4_a_failing_responder_backs_off_alone_is_listed_and_recovers(
                 "responder": "http://bad.test:80",
                 "since": T.isoformat(),
                 "failures": len(times),
-                "last_error": "connect: connect at bad",
+                "last_error": "connect: the port is closed",
                 "retry_at": (T + timedelta(seconds=times[-1]) + BACKOFF_CAP).isoformat(),
             }
         ]
@@ -353,7 +356,7 @@ async def test_P_4_add_crl_judges_and_keeps_a_crl_and_refuses_an_untrusted_one(
     world: World, autojump_clock: trio.testing.MockClock
 ) -> None:
     cache = RevocationCache()
-    room = Revocations(cache=cache, clock=clock, fetcher=world.table)
+    room = Revocations(cache=cache, clock=clock, fetcher=cast("Fetcher", world.table))
     chain = world.leaf(ocsp=None)
     crl = make_crl(world.inter, [chain[0].serial_number], this_update=T, next_update=T + MINUTE)
     judged = room.add_crl(crl.public_bytes(Encoding.PEM), world.inter.certificate, origin="file:x")
@@ -403,3 +406,61 @@ def test_the_lookup_benchmark_runs() -> None:
     report = revocation_lookup.measure(rounds=1, calls=10)
     assert report["lookup_us"] > 0
     assert report["ratio"] > 1
+
+
+async def serve_files(nursery: trio.Nursery, files: dict[str, bytes], hits: list[str]) -> int:
+    """A plain HTTP/1.1 file server on 127.0.0.1 (port 0): 200 with the file, else 404."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 8192:
+                if not (chunk := await stream.receive_some()):
+                    return
+                head += chunk
+            path = head.split(b" ")[1].decode()
+            hits.append(path)
+            body = files.get(path)
+            status = b"200 OK" if body is not None else b"404 Not Found"
+            body = body if body is not None else b""
+            await stream.send_all(
+                b"HTTP/1.1 " + status + b"\r\nContent-Length: " + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n" + body
+            )  # fmt: skip
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def test_P_4_the_real_fetcher_reads_a_crl_over_http_and_counts_a_missing_one(
+    nursery: trio.Nursery,
+) -> None:
+    pytest.importorskip("meshtls._fetch")  # written by the ocsp helper; runs once merged
+    now = datetime.now(UTC)
+    root = CA("example.org", now=now)
+    crl = make_crl(root, [], this_update=now - MINUTE, next_update=now + 60 * MINUTE)
+    hits: list[str] = []
+    port = await serve_files(nursery, {"/root.crl": crl.public_bytes(Encoding.DER)}, hits)
+    base = f"http://127.0.0.1:{port}"
+    served = root.issue(ocsp_url=None, crl_url=f"{base}/root.crl").leaf
+    other = CA("example.org", now=now, label="other root")  # its own CRL is not served
+    missing = other.issue(ocsp_url=None, crl_url=f"{base}/gone.crl").leaf
+    metrics = NodeMetrics(CollectorRegistry(), clock=lambda: datetime.now(UTC))
+    room = Revocations(metrics=metrics)  # the default: meshtls._fetch over httpx
+    await nursery.start(room.run)
+    for chain in ([served, root.certificate], [missing, other.certificate]):
+        verdict = room.lookup(chain, datetime.now(UTC))
+        await room.fetched(verdict.unknown, wait=10)
+    assert room.lookup([served, root.certificate], datetime.now(UTC)).status == "good"
+    assert hits == ["/root.crl", "/gone.crl"]
+    count = metrics.registry.get_sample_value
+    assert count("meshtls_revocation_fetch_total", {"kind": "crl", "result": "ok"}) == 1
+    assert count("meshtls_revocation_fetch_total", {"kind": "crl", "result": "error"}) == 1
+    listed = room.status()["failing_responders"]
+    assert isinstance(listed, list)
+    assert len(listed) == 1
+    failing = listed[0]
+    assert isinstance(failing, dict)
+    assert failing["responder"] == f"http://127.0.0.1:{port}"
+    assert str(failing["last_error"]).startswith("http_status")

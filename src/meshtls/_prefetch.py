@@ -463,7 +463,12 @@ class Revocations:
         fetch_kind, result = _classify(exc, kind)
         self._count_fetch(fetch_kind, result)
         now = self.clock()
-        detail = f"{getattr(exc, 'problem', type(exc).__name__)}: {exc}"
+        problem: object = getattr(exc, "problem", None)
+        said: object = getattr(exc, "detail", None)
+        if isinstance(problem, str) and isinstance(said, str):  # a FetchError, a judge's error
+            detail = f"{problem}: {said}"
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
         failing = self._failing.get(responder)
         failures = 1 if failing is None else failing.failures + 1
         backoff = min(BACKOFF_BASE * 2 ** min(failures - 1, 32), BACKOFF_CAP)
