@@ -234,6 +234,7 @@ async def test_P_4_a_failing_responder_backs_off_alone_is_listed_and_recovers(
         # A first contact whose responder fails: tried once, then no handshake waits for it.
         verdict = room.lookup(bad, clock())
         assert verdict.status == "unknown"
+        assert room.status()["queued"] == 0  # not queued again while its responder backs off
         await room.fetched(verdict.unknown, wait=10)
         assert trio.current_time() == 1  # nothing pending: returned at once
 
