@@ -465,3 +465,19 @@ async def test_P_4_the_real_fetcher_reads_a_crl_over_http_and_counts_a_missing_o
     assert isinstance(failing, dict)
     assert failing["responder"] == f"http://127.0.0.1:{port}"
     assert str(failing["last_error"]).startswith("http_status")
+
+
+async def test_P_4_a_failing_live_chains_callback_does_not_stop_the_prefetcher(
+    world: World, autojump_clock: trio.testing.MockClock
+) -> None:
+    def broken() -> list[list[x509.Certificate]]:
+        raise RuntimeError("the node's connection table is being rebuilt")
+
+    room = revocations(world, live_chains=broken)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(room.run)
+        await trio.sleep(600)
+        chain = world.leaf()
+        await room.fetched(room.lookup(chain, clock()).unknown, wait=5)
+        assert room.lookup(chain, clock()).status == "good"
+        nursery.cancel_scope.cancel()

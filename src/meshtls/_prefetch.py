@@ -45,7 +45,6 @@ from ._revocation import (
     RevocationTarget,
     StatusRecord,
     chain_status,
-    chain_targets,
     issuer_key_digest,
 )
 
@@ -359,21 +358,28 @@ class Revocations:
         due: list[RevocationTarget] = []
         next_due = now + self.refresh_interval
         seen: set[CertRef] = set()
-        for chain in self._live_chains():
-            for target in chain_targets(chain):
-                if target.ref in seen or target.ref in self._in_flight:
-                    continue
-                seen.add(target.ref)
-                record = self.cache.lookup(target.ref, now)
-                if record is not None:
-                    self._transition(target, record)
-                when = self._due(target.ref, record, now)
-                if when <= now:
-                    due.append(target)
-                else:
-                    next_due = min(next_due, when)
+        for target in self._live_targets():
+            if target.ref in seen or target.ref in self._in_flight:
+                continue
+            seen.add(target.ref)
+            record = self.cache.lookup(target.ref, now)
+            if record is not None:
+                self._transition(target, record)
+            when = self._due(target.ref, record, now)
+            if when <= now:
+                due.append(target)
+            else:
+                next_due = min(next_due, when)
         due.reverse()  # popped from the end: first seen, first fetched
         return due, next_due
+
+    def _live_targets(self) -> list[RevocationTarget]:
+        """Every target of `live_chains()`; none when that callback fails (logged)."""
+        try:
+            return [t for chain in self._live_chains() for t in self._targets(chain)]
+        except Exception as exc:
+            event(logger, logging.ERROR, "revocation: live_chains failed", exc_info=exc)
+            return []
 
     def _due(self, ref: CertRef, record: StatusRecord | None, now: datetime) -> datetime:
         """When a live certificate must be fetched again: at 3/4 of its record's life and
