@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 from prometheus_client import CollectorRegistry
 
+from meshtls import _prefetch as prefetch
 from meshtls._crl import CrlError, JudgedCrl, judge_crl
 from meshtls._errors import MeshError
 from meshtls._metrics import NodeMetrics
@@ -480,4 +481,24 @@ async def test_P_4_a_failing_live_chains_callback_does_not_stop_the_prefetcher(
         chain = world.leaf()
         await room.fetched(room.lookup(chain, clock()).unknown, wait=5)
         assert room.lookup(chain, clock()).status == "good"
+        nursery.cancel_scope.cancel()
+
+
+async def test_P_4_failing_responders_are_remembered_up_to_a_bound(
+    world: World, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prefetch, "FAILING_LIMIT", 2)
+    room = revocations(world)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(room.run)
+        for name in ("a", "b", "c"):
+            url = f"http://{name}.test/"
+            world.table.failing[url] = FakeFetchError("ocsp", "error", "timeout", url)
+            await room.fetched(room.lookup(world.leaf(ocsp=url), clock()).unknown, wait=5)
+        listed = room.status()["failing_responders"]
+        assert isinstance(listed, list)
+        assert [entry["responder"] for entry in listed] == [  # type: ignore[call-overload,index]
+            "http://b.test:80",
+            "http://c.test:80",
+        ]
         nursery.cancel_scope.cancel()

@@ -67,6 +67,8 @@ DEFAULT_QUEUE_LIMIT: Final = 1024
 #: A responder's first backoff after a failure; each further failure doubles it, up to the cap.
 BACKOFF_BASE: Final = timedelta(seconds=5)
 BACKOFF_CAP: Final = timedelta(minutes=5)
+#: Failing responders remembered (for backoff and `/status`); past it, the least recent goes.
+FAILING_LIMIT: Final = 256
 #: Issuers whose key digest `lookup` remembers.
 ISSUER_MEMO_LIMIT: Final = 256
 #: The least time between two fetches about one certificate.
@@ -484,7 +486,10 @@ class Revocations:
             last_error=detail,
             retry_at=now + backoff,
         )
+        self._failing.pop(responder, None)  # most recently failed last
         self._failing[responder] = state
+        while len(self._failing) > FAILING_LIMIT:  # forget the longest quiet one
+            del self._failing[next(iter(self._failing))]
         event(
             logger,
             logging.WARNING,
