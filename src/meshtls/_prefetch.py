@@ -217,7 +217,7 @@ class Revocations:
         #: No fetch about this certificate before then (just fetched, or its responders back off).
         self._not_before: dict[CertRef, datetime] = {}
         self._failing: dict[str, _Failing] = {}
-        self._revoked: set[CertRef] = set()  # told `on_revoked` already
+        self._revoked: dict[CertRef, None] = {}  # told `on_revoked` already, oldest first
         self._wake = trio.Event()
         self._issuer_keys: LruCache[int, tuple[x509.Certificate, bytes]] = LruCache(
             ISSUER_MEMO_LIMIT
@@ -511,14 +511,16 @@ class Revocations:
         if record.status == "revoked":
             if target.ref in self._revoked:
                 return
-            self._revoked.add(target.ref)
+            self._revoked[target.ref] = None
+            if len(self._revoked) > self.cache.limit:  # bounded like the cache it mirrors
+                del self._revoked[next(iter(self._revoked))]
             if self._on_revoked is not None:
                 try:
                     self._on_revoked(target, record)
                 except Exception as exc:
                     event(logger, logging.ERROR, "on_revoked failed", exc_info=exc)
         elif record.status == "good":
-            self._revoked.discard(target.ref)
+            self._revoked.pop(target.ref, None)
 
     def _prune(self) -> None:
         """Keep `_not_before` bounded: drop past entries, then the oldest, past the limit."""
