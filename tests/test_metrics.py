@@ -195,6 +195,7 @@ def exercise(metrics: NodeMetrics) -> None:
     metrics.connection_opened("server")
     metrics.revocation_check("cache", "good")
     metrics.revocation_fetch("crl", "error")
+    metrics.watch_revocations(lambda: 3, lambda: 42.5)
 
 
 # ------------------------------------------------------------------ exposition over HTTP
@@ -402,6 +403,30 @@ async def test_certificate_gauges_move_with_rotation(endpoint: Endpoint) -> None
     assert value(text, "meshtls_certificate_expiry_seconds") == 3600
     assert value(text, "meshtls_certificate_age_seconds") == 0
     assert value(text, "meshtls_certificate_rotations_total") == 1
+
+
+async def test_P_4_revocation_cache_gauges_are_read_from_their_callbacks_at_each_scrape(
+    endpoint: Endpoint,
+) -> None:
+    text = await endpoint.scrape()
+    # Until a prefetcher names its cache, the gauges are declared without samples.
+    assert types_of(text)["meshtls_revocation_cache_entries"] == "gauge"
+    assert types_of(text)["meshtls_revocation_cache_age_seconds"] == "gauge"
+    assert not [key for key in series(text) if key.startswith("meshtls_revocation_cache_")]
+
+    entries: list[int] = [0]
+    age: list[float | None] = [None]
+    endpoint.metrics.watch_revocations(lambda: entries[0], lambda: age[0])
+    empty = await endpoint.scrape()
+    await promtool(empty)
+    assert value(empty, "meshtls_revocation_cache_entries") == 0
+    assert "meshtls_revocation_cache_age_seconds" not in series(empty)  # no entry, no age
+
+    entries[0], age[0] = 7, 90.0
+    full = await endpoint.scrape()
+    await promtool(full)
+    assert value(full, "meshtls_revocation_cache_entries") == 7
+    assert value(full, "meshtls_revocation_cache_age_seconds") == 90.0
 
 
 def test_nodes_on_separate_registries_do_not_interfere() -> None:

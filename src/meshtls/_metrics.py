@@ -169,6 +169,45 @@ class _CertificateGauges:
         return [expiry, age]
 
 
+class _RevocationGauges:
+    """Collector for the revocation cache gauges, read at scrape time from callbacks.
+
+    Absent (help and type only) until `NodeMetrics.watch_revocations` names the cache;
+    the age is absent while the cache is empty.
+    """
+
+    ENTRIES_HELP: Final = "Entries (OCSP answers and CRLs) held in the revocation cache."
+    AGE_HELP: Final = (
+        "Seconds since the oldest entry of the revocation cache was fetched;"
+        " absent while the cache is empty."
+    )
+
+    def __init__(self, prefix: str) -> None:
+        self.entries_name = f"{prefix}_revocation_cache_entries"
+        self.age_name = f"{prefix}_revocation_cache_age_seconds"
+        self.sources: tuple[Callable[[], int], Callable[[], float | None]] | None = None
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(self.entries_name, self.ENTRIES_HELP),
+            GaugeMetricFamily(self.age_name, self.AGE_HELP),
+        )
+
+    def describe(self) -> Iterable[Metric]:
+        """The families without samples: lets the registry refuse duplicate names."""
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        entries, age = self._families()
+        sources = self.sources  # one read: a concurrent watch cannot tear it
+        if sources is not None:
+            count, oldest_age = sources
+            entries.add_metric([], float(count()))
+            if (seconds := oldest_age()) is not None:
+                age.add_metric([], seconds)
+        return [entries, age]
+
+
 class NodeMetrics:
     """Every metric of one node, created on `registry` (never the global registry).
 
@@ -270,6 +309,8 @@ class NodeMetrics:
             for kind in _FETCH_KINDS
             for result in _FETCH_RESULTS
         }
+        self._revocation_gauges = _RevocationGauges(prefix)
+        registry.register(self._revocation_gauges)
         self._listener_families: _ListenerFamilies | None = None
         self._listeners: dict[str, ListenerMetrics] = {}
 
@@ -350,6 +391,16 @@ class NodeMetrics:
     def revocation_fetch(self, kind: FetchKind, result: FetchResult) -> None:
         """Count one fetch of an OCSP response or a CRL and how it ended."""
         _lookup(self._fetches, (kind, result), "revocation fetch kind/result").inc()
+
+    def watch_revocations(
+        self, cache_entries: Callable[[], int], oldest_age: Callable[[], float | None]
+    ) -> None:
+        """Read the revocation cache gauges from these callbacks at each scrape.
+
+        `cache_entries` gives the number of entries; `oldest_age` the seconds since the
+        oldest was fetched, or None when the cache is empty. A second call replaces them.
+        """
+        self._revocation_gauges.sources = (cache_entries, oldest_age)
 
     # ------------------------------------------------------------------ per listener
 
