@@ -182,14 +182,22 @@ class OcspResponder:
         if self._process is None and not self._launch():
             raise RuntimeError(f"openssl ocsp could not bind port {self.port} again")
 
-    def revoke(self, serial: int, *, at: datetime, reason: str | None = None) -> None:
-        """Mark `serial` revoked (reason as OpenSSL names it, e.g. ``keyCompromise``); the
-        next answer says so."""
-        self.revoked[serial] = Revoked(at, reason)
+    def add(self, certificate: x509.Certificate) -> None:
+        """Answer for `certificate` too (good until revoked)."""
+        self.certificates.append(certificate)
+        self._reindex()
+
+    def _reindex(self) -> None:
         write_index(self.index, self.certificates, self.revoked)
         if self._process is not None:
             self.stop()
             self.start()
+
+    def revoke(self, serial: int, *, at: datetime, reason: str | None = None) -> None:
+        """Mark `serial` revoked (reason as OpenSSL names it, e.g. ``keyCompromise``); the
+        next answer says so."""
+        self.revoked[serial] = Revoked(at, reason)
+        self._reindex()
 
 
 @dataclass
@@ -197,7 +205,9 @@ class HttpFiles:
     """A tiny HTTP server on 127.0.0.1:0 serving `files` by path, to GET and POST alike.
 
     ``down``: every connection is closed unanswered. ``hang``: requests are read and never
-    answered until the server stops. ``status`` overrides the HTTP status of answers.
+    answered until the server stops. ``status`` overrides the HTTP status of answers;
+    ``refuse_post`` answers every POST 405. A key ending in ``*`` serves
+    every path it begins (an OCSP GET puts the request in the path).
     ``requests`` records (method, path, content type) of each request.
     """
 
@@ -205,9 +215,18 @@ class HttpFiles:
     down: bool = False
     hang: bool = False
     status: int = 200
+    refuse_post: bool = False
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _released: threading.Event = field(default_factory=threading.Event)
+
+    def lookup(self, path: str) -> bytes | None:
+        if path in self.files:
+            return self.files[path]
+        for key, body in self.files.items():
+            if key.endswith("*") and path.startswith(key[:-1]):
+                return body
+        return None
 
     def url(self, path: str) -> str:
         assert self._server is not None
@@ -231,8 +250,12 @@ class HttpFiles:
                 if owner.hang:
                     owner._released.wait()
                     return
-                body = owner.files.get(self.path)
-                status = owner.status if body is not None else 404
+                if method == "POST" and owner.refuse_post:
+                    body: bytes | None = b""
+                    status = 405
+                else:
+                    body = owner.lookup(self.path)
+                    status = owner.status if body is not None else 404
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body or b"")))
                 self.end_headers()
@@ -246,7 +269,9 @@ class HttpFiles:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
         return self
 
     def __exit__(
