@@ -263,8 +263,20 @@ async def test_P_4_a_hanging_responder_times_out_within_the_bound(
     assert 2.0 <= waited < 5.0  # one timeout (2 s), not retried by GET
 
 
-@pytest.mark.parametrize("url", ["ldap://ocsp.example.org/", "file:///etc/passwd", "nonsense"])
-async def test_P_4_a_url_that_is_not_http_is_never_fetched(
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ldap://ocsp.example.org/",
+        "file:///etc/passwd",
+        "nonsense",
+        "http://",
+        "http://[::1/",
+        "http://exa mple.org/\r\nX: y",
+        "http://127.0.0.1:99999/",
+        "http://\udcff.example/",
+    ],
+)
+async def test_P_4_a_url_that_is_not_http_or_broken_is_a_connect_error(
     url: str, target: RevocationTarget
 ) -> None:
     error = await failed_ocsp(url, target)

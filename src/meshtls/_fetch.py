@@ -20,10 +20,11 @@ from datetime import datetime, timedelta
 from typing import Final, Literal
 
 import httpx
+import trio
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from ._boundary import printable
+from ._boundary import describe_error, printable
 from ._crl import CrlError, JudgedCrl, judge_crl, load_crl
 from ._errors import MeshError
 from ._ocsp import OcspAnswer, OcspError, judge_ocsp, ocsp_request
@@ -36,6 +37,7 @@ FetchResult = Literal["error", "invalid"]
 MAX_BODY: Final = 1 << 20
 DEFAULT_TIMEOUT: Final = 5.0
 _SCHEMES: Final = ("http://", "https://")
+_OCSP_REQUEST: Final = {"Content-Type": "application/ocsp-request"}
 
 
 class FetchError(MeshError):
@@ -93,37 +95,57 @@ def http_client(*, timeout: float = DEFAULT_TIMEOUT) -> httpx.AsyncClient:
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         trust_env=False,
-        headers={"User-Agent": "meshtls"},
+        headers={"User-Agent": "meshtls", "Accept-Encoding": "identity"},
     )
 
 
 async def _body(
-    client: httpx.AsyncClient, kind: FetchKind, url: str, request: httpx.Request
+    client: httpx.AsyncClient,
+    kind: FetchKind,
+    url: str,
+    method: str,
+    request_url: str,
+    *,
+    content: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> bytes:
-    """The 200 body of `request`, at most `MAX_BODY` bytes; `FetchError` for anything else."""
+    """The 200 body of one request, at most `MAX_BODY` bytes; `FetchError` for anything else.
+
+    The whole exchange is bounded by the client's read timeout, so a peer that drips its
+    answer cannot hold a fetch longer than that; the body is read raw (no decoding).
+    """
+    total = client.timeout.read or DEFAULT_TIMEOUT
     try:
-        response = await client.send(request, stream=True)
-        try:
-            if response.status_code != 200:
-                raise FetchError(kind, "error", "http_status", f"HTTP {response.status_code}", url)
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-                raise FetchError(kind, "error", "too_large", f"{declared} bytes declared", url)
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_raw():
-                size += len(chunk)
-                if size > MAX_BODY:
-                    raise FetchError(kind, "error", "too_large", f"over {MAX_BODY} bytes", url)
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            await response.aclose()
+        with trio.move_on_after(total):
+            request = client.build_request(method, request_url, content=content, headers=headers)
+            response = await client.send(request, stream=True)
+            try:
+                return await _read(response, kind, url)
+            finally:
+                await response.aclose()
+        raise FetchError(kind, "error", "timeout", f"no answer within {total:g} s", url)
+    except FetchError:
+        raise
     except httpx.TimeoutException as exc:
         raise FetchError(kind, "error", "timeout", type(exc).__name__, url) from exc
-    except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
-        raise FetchError(kind, "error", "connect", printable(str(exc) or type(exc).__name__, 120),
-                         url) from exc  # fmt: skip
+    except Exception as exc:  # refused, reset, a bad URL, a broken HTTP answer: no answer
+        raise FetchError(kind, "error", "connect", describe_error(exc), url) from exc
+
+
+async def _read(response: httpx.Response, kind: FetchKind, url: str) -> bytes:
+    if response.status_code != 200:
+        raise FetchError(kind, "error", "http_status", f"HTTP {response.status_code}", url)
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise FetchError(kind, "error", "too_large", f"{declared} bytes declared", url)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise FetchError(kind, "error", "too_large", f"over {MAX_BODY} bytes", url)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def fetch_ocsp(
@@ -139,20 +161,17 @@ async def fetch_ocsp(
     Raises `FetchError` ("error" when no answer came, "invalid" when `judge_ocsp` refused it).
     """
     der = ocsp_request(target)
-    post = httpx.Request(
-        "POST", url, content=der, headers={"Content-Type": "application/ocsp-request"}
-    ) if url.lower().startswith(_SCHEMES) else None  # fmt: skip
-    if post is None:
+    if not url.lower().startswith(_SCHEMES):
         raise FetchError("ocsp", "error", "connect", "not an http(s) URL", url)
     try:
-        data = await _body(client, "ocsp", url, post)
+        data = await _body(client, "ocsp", url, "POST", url, content=der, headers=_OCSP_REQUEST)
     except FetchError as failed:
         if failed.problem not in ("connect", "http_status"):
             raise
         encoded = urllib.parse.quote(base64.b64encode(der).decode("ascii"), safe="")
         get_url = url + ("" if url.endswith("/") else "/") + encoded
         try:
-            data = await _body(client, "ocsp", url, httpx.Request("GET", get_url))
+            data = await _body(client, "ocsp", url, "GET", get_url)
         except FetchError:
             raise failed from None
     try:
@@ -175,7 +194,7 @@ async def fetch_crl(
     """
     if not url.lower().startswith(_SCHEMES):
         raise FetchError("crl", "error", "connect", "not an http(s) URL", url)
-    data = await _body(client, "crl", url, httpx.Request("GET", url))
+    data = await _body(client, "crl", url, "GET", url)
     try:
         return judge_crl(load_crl(data), issuer, now=now, skew=skew)
     except CrlError as exc:

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.x509 import ocsp
@@ -204,7 +204,10 @@ def _signer(
 
 def _check_signature(response: ocsp.OCSPResponse, signer: x509.Certificate) -> None:
     key = signer.public_key()
-    algorithm = response.signature_hash_algorithm
+    try:
+        algorithm = response.signature_hash_algorithm
+    except UnsupportedAlgorithm as exc:
+        raise OcspError("unsupported", "a signature algorithm we do not verify") from exc
     try:
         if isinstance(key, rsa.RSAPublicKey) and algorithm is not None:
             key.verify(
