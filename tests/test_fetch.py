@@ -287,7 +287,7 @@ async def test_P_4_a_url_that_is_not_http_or_broken_is_a_connect_error(
 
 
 async def test_P_4_a_crl_is_fetched_and_judged(ca: CA) -> None:
-    leaf = ca.issue(crl_url="http://placeholder/").leaf
+    leaf = ca.issue().leaf
     with HttpFiles({"/ca.crl": crl_der(ca, [leaf.serial_number])}) as files:
         async with http_client() as client:
             judged = await fetch_crl(

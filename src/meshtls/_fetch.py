@@ -27,11 +27,12 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 from ._boundary import describe_error, printable
 from ._crl import CrlError, JudgedCrl, judge_crl, load_crl
 from ._errors import MeshError
+from ._metrics import FetchKind
 from ._ocsp import OcspAnswer, OcspError, judge_ocsp, ocsp_request
 from ._revocation import RevocationTarget
 
-FetchKind = Literal["ocsp", "crl"]
-FetchResult = Literal["error", "invalid"]
+#: What a failed fetch brought: nothing ("error"), or an answer its judge refused ("invalid").
+FetchFailure = Literal["error", "invalid"]
 
 #: The largest body read from a responder or distribution point.
 MAX_BODY: Final = 1 << 20
@@ -45,11 +46,11 @@ class FetchError(MeshError):
     "http_status", "too_large", or the judge's problem when ``result`` is "invalid"."""
 
     def __init__(
-        self, kind: FetchKind, result: FetchResult, problem: str, detail: str, url: str
+        self, kind: FetchKind, result: FetchFailure, problem: str, detail: str, url: str
     ) -> None:
         super().__init__(f"{kind} {printable(url, 120)}: {problem}: {detail}")
         self.kind: FetchKind = kind
-        self.result: FetchResult = result
+        self.result: FetchFailure = result
         self.problem = problem
         self.detail = detail
         self.url = url
