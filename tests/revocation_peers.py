@@ -89,7 +89,8 @@ class OcspResponder:
     """The real ``openssl ocsp`` answering for `issuer`'s certificates `certificates`.
 
     Signs with the issuer's key, or with a delegated responder (`signer`, `signer_key`).
-    ``next_update_minutes`` sets nextUpdate (``-nmin``). `revoke` rewrites the index and
+    nextUpdate is ``next_update_minutes`` (``-nmin``) or ``next_update_days`` (``-ndays``)
+    after thisUpdate. `revoke` rewrites the index and
     restarts the process on the same port, since ``openssl ocsp`` rereads its index only
     after the next request. Owns its process; `stop` ends it, `start` brings it back.
     """
@@ -104,6 +105,7 @@ class OcspResponder:
         signer: x509.Certificate | None = None,
         signer_key: AnyPrivateKey | None = None,
         next_update_minutes: int = 1,
+        next_update_days: int | None = None,
     ) -> None:
         assert OPENSSL is not None
         self.directory = directory
@@ -126,7 +128,11 @@ class OcspResponder:
                 serialization.NoEncryption(),
             ),
         )
-        self.next_update_minutes = next_update_minutes
+        self.next_update = (
+            ["-ndays", str(next_update_days)]
+            if next_update_days is not None
+            else ["-nmin", str(next_update_minutes)]
+        )
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
         write_index(self.index, self.certificates, self.revoked)
@@ -152,7 +158,7 @@ class OcspResponder:
         command = [
             OPENSSL, "ocsp", "-index", str(self.index), "-port", str(self.port),
             "-rsigner", str(self.signer_pem), "-rkey", str(self.signer_key_pem),
-            "-CA", str(self.issuer_pem), "-nmin", str(self.next_update_minutes),
+            "-CA", str(self.issuer_pem), *self.next_update,
             "-timeout", "5",
         ]  # fmt: skip
         self._process = subprocess.Popen(

@@ -206,7 +206,7 @@ def test_P_4_a_delegated_responder_outside_its_validity_is_refused(tmp_path: Pat
     leaf = ca.issue().leaf
     with OcspResponder(
         tmp_path, ca.certificate, ca.key, [leaf], signer=cert, signer_key=key,  # type: ignore[arg-type]
-        next_update_minutes=60,
+        next_update_days=1,
     ) as running:  # fmt: skip
         target = RevocationTarget.of(leaf, ca.certificate)
         data = ask(running.url, target)
