@@ -43,6 +43,8 @@ import trio
 import trio.testing
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 from hypothesis import HealthCheck, Phase, assume, given, seed, settings
 from hypothesis import strategies as st
@@ -64,6 +66,8 @@ from meshtls._config import parse_config
 from meshtls._crl import CrlError, judge_crl, load_crl
 from meshtls._duration import parse_duration, parse_optional_duration
 from meshtls._metrics import NodeMetrics, _Answers, _serve_one
+from meshtls._ocsp import OcspError, judge_ocsp
+from meshtls._revocation import RevocationTarget
 from meshtls._status import Readiness
 from meshtls._svid import verify_handshake_chain
 from meshtls._workload import read_message, split_der
@@ -1107,6 +1111,84 @@ def check_crl(data: bytes) -> str:
     return outcome(judge_all, (CrlError,))
 
 
+# ---------------------------------------------------------------- OCSP responses
+
+
+@functools.cache
+def _ocsp_cases() -> tuple[tuple[bytes, RevocationTarget], ...]:
+    """DER OCSP responses with the target each is about: a good one signed by the issuer
+    (EC), a revoked one (RSA), and a good one signed by a delegated responder it includes."""
+    found = material()
+    delegate = found.ca.issue(uris=(), eku=(ExtendedKeyUsageOID.OCSP_SIGNING,))
+    cases = (
+        (found.leaves[0], found.ca, found.ca.certificate, found.ca.key, ocsp.OCSPCertStatus.GOOD),
+        (found.leaves[3], found.rsa, found.rsa.certificate, found.rsa.key,
+         ocsp.OCSPCertStatus.REVOKED),
+        (found.leaves[0], found.ca, delegate.leaf, delegate.private_key, ocsp.OCSPCertStatus.GOOD),
+    )  # fmt: skip
+    out = []
+    for leaf, ca, signer, key, status in cases:
+        revoked = status == ocsp.OCSPCertStatus.REVOKED
+        builder = (
+            ocsp.OCSPResponseBuilder()
+            .add_response(
+                cert=leaf.leaf,
+                issuer=ca.certificate,
+                algorithm=hashes.SHA1(),  # noqa: S303 - the CertID hash
+                cert_status=status,
+                this_update=T,
+                next_update=T + timedelta(hours=1),
+                revocation_time=T if revoked else None,
+                revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
+            )
+            .responder_id(ocsp.OCSPResponderEncoding.HASH, signer)
+        )
+        if signer is not ca.certificate:
+            builder = builder.certificates([signer])
+        response = builder.sign(cast("CertificateIssuerPrivateKeyTypes", key), hashes.SHA256())
+        target = RevocationTarget.of(leaf.leaf, ca.certificate)
+        out.append((response.public_bytes(serialization.Encoding.DER), target))
+    return tuple(out)
+
+
+@st.composite
+def ocsp_responses(draw: st.DrawFn) -> bytes:
+    data, _ = draw(st.sampled_from(_ocsp_cases()))
+    form = draw(st.sampled_from(("der-edit", "der-edit", "der-edit", "garbage")))
+    if form == "garbage":
+        return draw(st.binary(max_size=200))
+    return draw(mutated(data))
+
+
+def check_ocsp(data: bytes) -> str:
+    """judge_ocsp against each case's target: a refusal is an `OcspError`; an answer judged
+    good must carry, byte for byte, the signed part (tbsResponseData) it was built with."""
+    cases = _ocsp_cases()
+    signed = {
+        ocsp.load_der_ocsp_response(good).tbs_response_bytes: target for good, target in cases
+    }
+
+    def judge_all() -> None:
+        refusal: OcspError | None = None
+        accepted = False
+        for _, target in cases:
+            try:
+                judge_ocsp(data, target, now=T, skew=timedelta(seconds=30))
+            except OcspError as exc:
+                refusal = exc
+                continue
+            tbs = ocsp.load_der_ocsp_response(data).tbs_response_bytes
+            if signed.get(tbs) != target:
+                raise EscapeError("an OCSP answer whose signed part was changed was accepted")
+            accepted = True
+        if (
+            not accepted and refusal is not None
+        ):  # refused for every target: the outcome is a refusal
+            raise refusal
+
+    return outcome(judge_all, (OcspError,))
+
+
 TARGETS: Final = {
     target.name: target
     for target in (
@@ -1134,6 +1216,7 @@ TARGETS: Final = {
         ),
         Target("split-der", "_workload.split_der", _bind(der_streams(), check_split_der)),
         Target("crl", "load_crl, judge_crl", _bind(crls(), check_crl)),
+        Target("ocsp", "judge_ocsp", _bind(ocsp_responses(), check_ocsp)),
         Target(
             "workload-message",
             "_workload.read_message (mutated protobuf bytes)",

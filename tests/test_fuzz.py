@@ -407,6 +407,7 @@ BUDGET = {
     "federated-bundle": 15,
     "split-der": 30,
     "crl": 25,
+    "ocsp": 25,
     "workload-message": 20,
     "svid-load": 20,
     "http": 25,
@@ -449,6 +450,7 @@ def test_every_check_accepts_its_good_input(ca: CA) -> None:
     assert fuzz.check_svid_load((good_leaf.chain_pem, good_leaf.key_pem)) == "accepted"
     assert fuzz.check_http(fuzz._GOOD_REQUEST) == "200"
     assert fuzz.check_verify((list(good_leaf.chain), False)) == "accepted"
+    assert all(fuzz.check_ocsp(good) == "accepted" for good, _ in fuzz._ocsp_cases())
 
 
 def test_an_escape_is_reported_not_hidden() -> None:

@@ -254,6 +254,8 @@ class CA:
         name_constraints: x509.NameConstraints | None = None,
         signing_key: AnyPrivateKey | None = None,
         extensions: Sequence[ExtraExtension] = (),
+        ocsp_url: str | None = None,
+        crl_url: str | None = None,
     ) -> None:
         self.trust_domain = (
             trust_domain if isinstance(trust_domain, TrustDomain) else TrustDomain(trust_domain)
@@ -275,6 +277,8 @@ class CA:
             key_usage_critical=key_usage_critical,
             eku=None,
             name_constraints=name_constraints,
+            ocsp_url=ocsp_url,
+            crl_url=crl_url,
             extensions=extensions,
         )
         issuer = parent if parent is not None else self
@@ -315,8 +319,13 @@ class CA:
         name_constraints: x509.NameConstraints | None = None,
         signing_key: AnyPrivateKey | None = None,
         extensions: Sequence[ExtraExtension] = (),
+        ocsp_url: str | None = None,
+        crl_url: str | None = None,
     ) -> CA:
-        """A CA signed by this one (or forged with `signing_key`), in the same trust domain."""
+        """A CA signed by this one (or forged with `signing_key`), in the same trust domain.
+
+        `ocsp_url` / `crl_url` put this one's OCSP responder and CRL distribution point in it.
+        """
         return CA(
             self.trust_domain,
             now=self.now,
@@ -332,6 +341,8 @@ class CA:
             name_constraints=name_constraints,
             signing_key=signing_key,
             extensions=extensions,
+            ocsp_url=ocsp_url,
+            crl_url=crl_url,
         )
 
     def issue(
