@@ -780,12 +780,24 @@ def verify_svid(
     """
     policy = policy or DEFAULT_POLICY
     now = _resolve_now(now)
+    peer = _verify_without_revocation(chain, bundles, policy, now, role)
+    revocation_is_not_known_bad(peer, policy, now, revocation)
+    return peer
+
+
+def _verify_without_revocation(
+    chain: Sequence[x509.Certificate],
+    bundles: BundleSet,
+    policy: ValidationPolicy,
+    now: datetime,
+    role: Role | None,
+) -> VerifiedPeer:
+    """`STEPS` on a chain in hand, without P-4: `verify_svid`'s pipeline, and our own
+    SVID's check (which never looks up revocation)."""
     with mapped(malformed("chain")), quiet():
         _check_chain_length(len(chain))
         j = Judgement(read_facts(chain[0], leaf=True), role, bundles, policy, now)
-        peer = _judge(j, _BuiltPaths(chain[1:]))
-    revocation_is_not_known_bad(peer, policy, now, revocation)
-    return peer
+        return _judge(j, _BuiltPaths(chain[1:]))
 
 
 def check_svid_offline(
@@ -946,5 +958,8 @@ class X509Svid:
         policy: ValidationPolicy | None = None,
         now: datetime | None = None,
     ) -> VerifiedPeer:
-        """Verify our own SVID as a peer would, against `bundles`. Raises `VerificationError`."""
-        return verify_svid(self.chain, bundles, policy=policy, now=now)
+        """Verify our own SVID as a peer would, against `bundles`, but without P-4 (our own
+        certificate's revocation is not looked up). Raises `VerificationError`."""
+        return _verify_without_revocation(
+            self.chain, bundles, policy or DEFAULT_POLICY, _resolve_now(now), None
+        )

@@ -1,0 +1,293 @@
+"""P-4 in the verification pipeline and the streams: real TLS 1.3 over 127.0.0.1.
+
+The revocation view is `tests.revocation_view.CacheView` (a real `RevocationCache` read by
+`chain_status`); the test plays the prefetcher, storing what a fetch would have learned.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+import trio
+import trio.testing
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+
+import meshtls
+from meshtls._ca import IssuedCertificate
+from meshtls._metrics import NodeMetrics
+from meshtls._revocation import RevocationPendingError, RevocationTarget, chain_targets
+from meshtls._svid import check_svid_offline
+
+from .meshnet import Mesh
+from .revocation_view import CacheView
+
+HARD = meshtls.ValidationPolicy(revocation="hard-fail", hard_fail_wait=timedelta(seconds=5))
+SOFT = meshtls.ValidationPolicy(revocation="soft-fail")
+OFF = meshtls.ValidationPolicy(revocation="off")
+
+
+@dataclass
+class Net:
+    """A mesh whose client SVID comes through an intermediate, with the issued chains kept."""
+
+    mesh: Mesh = field(default_factory=Mesh)
+    client_cert: IssuedCertificate = field(init=False)
+    server_cert: IssuedCertificate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client_cert = self.mesh.ca.intermediate().issue("spiffe://example.org/client")
+        self.server_cert = self.mesh.ca.issue("spiffe://example.org/server")
+
+    def source(self, issued: IssuedCertificate) -> meshtls.StaticSource:
+        return meshtls.StaticSource(issued.svid(), self.mesh.bundles)
+
+    def full(self, issued: IssuedCertificate) -> tuple[x509.Certificate, ...]:
+        return (*issued.chain, self.mesh.ca.certificate)
+
+    def targets(self, issued: IssuedCertificate) -> tuple[RevocationTarget, ...]:
+        return chain_targets(self.full(issued))
+
+
+@asynccontextmanager
+async def server(
+    net: Net,
+    *,
+    policy: meshtls.ValidationPolicy = SOFT,
+    view: CacheView | None = None,
+    handshake_timeout: float = 10.0,
+) -> AsyncIterator[tuple[int, list[meshtls.HandshakeError], list[meshtls.MeshStream]]]:
+    """`serve` on 127.0.0.1:0 with `view`; yields its port, its rejections, its streams."""
+    refused: list[meshtls.HandshakeError] = []
+    served: list[meshtls.MeshStream] = []
+
+    async def echo(stream: meshtls.MeshStream) -> None:
+        served.append(stream)
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(
+            meshtls.serve,
+            echo,
+            0,
+            host="127.0.0.1",
+            source=net.source(net.server_cert),
+            authorize=meshtls.authorize_member_of("example.org"),
+            policy=policy,
+            revocation=view,
+            handshake_timeout=handshake_timeout,
+            on_rejected=refused.append,
+        )
+        listeners: list[trio.SocketListener] = await nursery.start(serve)
+        yield listeners[0].socket.getsockname()[1], refused, served
+        nursery.cancel_scope.cancel()
+
+
+async def dial(
+    net: Net,
+    port: int,
+    *,
+    policy: meshtls.ValidationPolicy = SOFT,
+    view: CacheView | None = None,
+) -> meshtls.MeshStream:
+    return await meshtls.connect(
+        "127.0.0.1",
+        port,
+        source=net.source(net.client_cert),
+        authorize=meshtls.authorize_any(),
+        policy=policy,
+        revocation=view,
+    )
+
+
+async def echoes(stream: meshtls.MeshStream) -> bool:
+    """Whether the server echoes: False when it refused us (an error, never a clean EOF)."""
+    try:
+        await stream.send_all(b"ping")
+        return await stream.receive_some() == b"ping"
+    except trio.BrokenResourceError:
+        return False
+
+
+async def refused_by_server(net: Net, port: int, **kwargs: object) -> None:
+    stream = await dial(net, port, **kwargs)  # type: ignore[arg-type]
+    async with stream:
+        assert not await echoes(stream)
+
+
+# ---------------------------------------------------------------- verify_svid, no network
+
+
+def test_P_4_verify_svid_refuses_a_revoked_leaf_naming_it_its_source_and_reason() -> None:
+    net = Net()
+    view = CacheView()
+    now = net.mesh.now
+    view.good(net.full(net.client_cert), now)
+    record = view.revoke(net.targets(net.client_cert)[0], now)
+    chain = net.client_cert.chain
+    with pytest.raises(meshtls.VerificationError) as caught:
+        meshtls.verify_svid(chain, net.mesh.bundles, now=now, revocation=view)
+    assert caught.value.reason == "revoked"
+    assert caught.value.rule == "P-4"
+    detail = caught.value.detail
+    assert detail.startswith("leaf")
+    assert f"{net.client_cert.leaf.serial_number:#x}" in detail
+    assert "keyCompromise" in detail
+    assert f"ocsp from {record.origin}" in detail
+
+
+def test_P_4_without_a_view_hard_fail_refuses_and_soft_fail_accepts() -> None:
+    net = Net()
+    chain, bundles, now = net.client_cert.chain, net.mesh.bundles, net.mesh.now
+    with pytest.raises(meshtls.VerificationError) as caught:
+        meshtls.verify_svid(chain, bundles, now=now, policy=HARD)
+    assert caught.value.reason == "revocation_unknown"
+    assert not isinstance(caught.value, RevocationPendingError)  # nothing to wait for
+    meshtls.verify_svid(chain, bundles, now=now, policy=SOFT)
+    meshtls.verify_svid(chain, bundles, now=now, policy=OFF)
+
+
+def test_P_4_with_a_view_unknown_is_pending_under_hard_fail_and_accepted_under_soft_fail() -> None:
+    net = Net()
+    view = CacheView()
+    chain, bundles, now = net.client_cert.chain, net.mesh.bundles, net.mesh.now
+    with pytest.raises(RevocationPendingError) as caught:
+        meshtls.verify_svid(chain, bundles, now=now, policy=HARD, revocation=view)
+    assert caught.value.reason == "revocation_unknown"
+    assert caught.value.targets == net.targets(net.client_cert)  # leaf and intermediate
+    peer = meshtls.verify_svid(chain, bundles, now=now, policy=SOFT, revocation=view)
+    assert peer.spiffe_id == meshtls.SpiffeId.parse("spiffe://example.org/client")
+
+
+def test_P_4_mode_off_does_not_look_and_own_svid_checks_never_do() -> None:
+    net = Net()
+    view = CacheView()
+    now = net.mesh.now
+    view.revoke(net.targets(net.client_cert)[0], now)
+    chain = net.client_cert.chain
+    meshtls.verify_svid(chain, net.mesh.bundles, now=now, policy=OFF, revocation=view)
+    check_svid_offline(chain, now=now, policy=HARD)
+    net.client_cert.svid().check(net.mesh.bundles, now=now, policy=HARD)
+    assert view.lookups == 0
+
+
+# ---------------------------------------------------------------- the handshake, both roles
+
+
+async def test_P_4_a_revoked_client_leaf_is_refused_by_the_server() -> None:
+    net = Net()
+    view = CacheView()
+    view.good(net.full(net.client_cert), net.mesh.now)
+    view.revoke(net.targets(net.client_cert)[0], net.mesh.now)
+    async with server(net, view=view) as (port, refused, _):
+        await refused_by_server(net, port)
+    assert [e.reason for e in refused] == ["revoked"]
+    assert "leaf" in refused[0].detail
+
+
+async def test_P_4_a_revoked_server_leaf_is_refused_by_the_client() -> None:
+    net = Net()
+    view = CacheView()
+    view.revoke(net.targets(net.server_cert)[0], net.mesh.now)
+    async with server(net) as (port, _, _):
+        with pytest.raises(meshtls.HandshakeError) as caught:
+            await dial(net, port, view=view)
+    assert caught.value.reason == "revoked"
+
+
+async def test_P_4_a_revoked_intermediate_refuses_the_leaf_under_it() -> None:
+    net = Net()
+    view = CacheView()
+    now = net.mesh.now
+    view.good(net.full(net.client_cert), now)
+    view.revoke(net.targets(net.client_cert)[1], now)  # the intermediate
+    async with server(net, view=view) as (port, refused, _):
+        await refused_by_server(net, port)
+    assert [e.reason for e in refused] == ["revoked"]
+    assert refused[0].detail.startswith("certificate 1")
+
+
+async def test_P_4_soft_fail_accepts_an_unknown_status_counts_it_and_queues_a_fetch() -> None:
+    net = Net()
+    metrics = NodeMetrics(CollectorRegistry(), clock=net.mesh.clock)
+    view = CacheView(metrics)
+    async with server(net, view=view) as (port, refused, _):
+        stream = await dial(net, port)
+        async with stream:
+            assert await echoes(stream)
+    assert refused == []
+    counted = metrics.registry.get_sample_value(
+        "meshtls_revocation_checks_total", {"source": "cache", "result": "unknown"}
+    )
+    assert counted == 1
+    assert view.queued == list(net.targets(net.client_cert))
+    assert view.waits == []  # soft-fail never waits
+
+
+async def test_P_4_hard_fail_waits_hard_fail_wait_then_refuses_revocation_unknown(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    mock_clock.autojump_threshold = 0.1  # jumps only while every task waits (the fetch)
+    net = Net()
+    view = CacheView()
+    async with server(net, view=view, policy=HARD, handshake_timeout=30) as (port, refused, _):
+        started = trio.current_time()
+        await refused_by_server(net, port)
+        waited = trio.current_time() - started
+    assert [e.reason for e in refused] == ["revocation_unknown"]
+    assert "after waiting 5s" in refused[0].detail
+    assert view.waits == [5.0]
+    assert 5 <= waited < 30  # bounded by hard_fail_wait, well inside the handshake timeout
+
+
+async def test_P_4_hard_fail_accepts_when_the_status_arrives_during_the_wait() -> None:
+    net = Net()
+    view = CacheView()
+
+    async with (
+        server(net, view=view, policy=HARD) as (port, refused, _),
+        trio.open_nursery() as nursery,
+    ):
+
+        async def prefetcher() -> None:
+            await view.waiting.wait()
+            view.good(net.full(net.client_cert), net.mesh.now)
+
+        nursery.start_soon(prefetcher)
+        stream = await dial(net, port)
+        async with stream:
+            assert await echoes(stream)
+    assert refused == []
+    assert view.waits == [5.0]
+
+
+async def test_P_4_mode_off_skips_the_lookup_on_both_roles() -> None:
+    net = Net()
+    view = CacheView()
+    view.revoke(net.targets(net.client_cert)[0], net.mesh.now)
+    view.revoke(net.targets(net.server_cert)[0], net.mesh.now)
+    async with server(net, view=view, policy=OFF) as (port, refused, _):
+        stream = await dial(net, port, view=view, policy=OFF)
+        async with stream:
+            assert await echoes(stream)
+    assert refused == []
+    assert view.lookups == 0
+
+
+async def test_P_4_the_leaf_facts_cache_never_skips_revocation() -> None:
+    net = Net()
+    view = CacheView()
+    view.good(net.full(net.client_cert), net.mesh.now)
+    async with server(net, view=view) as (port, refused, _):
+        stream = await dial(net, port)
+        async with stream:
+            assert await echoes(stream)
+        view.revoke(net.targets(net.client_cert)[0], net.mesh.now)  # same leaf, now revoked
+        await refused_by_server(net, port)
+    assert [e.reason for e in refused] == ["revoked"]
