@@ -22,6 +22,7 @@ import meshtls
 from meshtls._ca import IssuedCertificate
 from meshtls._metrics import NodeMetrics
 from meshtls._revocation import RevocationPendingError, RevocationTarget, chain_targets
+from meshtls._rotation import Rotation
 from meshtls._svid import check_svid_offline
 
 from .meshnet import Mesh
@@ -113,6 +114,12 @@ async def echoes(stream: meshtls.MeshStream) -> bool:
         return await stream.receive_some() == b"ping"
     except trio.BrokenResourceError:
         return False
+
+
+async def read_to_end(stream: meshtls.MeshStream) -> None:
+    """Read until a clean end (returns) or an error (raises)."""
+    while await stream.receive_some():
+        pass
 
 
 async def refused_by_server(net: Net, port: int, **kwargs: object) -> None:
@@ -291,3 +298,72 @@ async def test_P_4_the_leaf_facts_cache_never_skips_revocation() -> None:
         view.revoke(net.targets(net.client_cert)[0], net.mesh.now)  # same leaf, now revoked
         await refused_by_server(net, port)
     assert [e.reason for e in refused] == ["revoked"]
+
+
+# ---------------------------------------------------------------- live connections
+
+
+async def test_P_4_close_revoked_resets_the_revoked_peer_and_leaves_another_open(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    net = Net()
+    other = net.mesh.ca.issue("spiffe://example.org/other")  # no intermediate
+    registry = CollectorRegistry()
+    metrics = NodeMetrics(registry, clock=net.mesh.clock)
+    rotation = Rotation(policy=SOFT, metrics=metrics, clock=net.mesh.clock)
+    rotation.begin(meshtls.Identity(net.server_cert.svid(), net.mesh.bundles))
+
+    async def tracked_echo(stream: meshtls.MeshStream) -> None:
+        with rotation.track(stream, "server", listener="mesh"):
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        serve = functools.partial(
+            meshtls.serve,
+            tracked_echo,
+            0,
+            host="127.0.0.1",
+            source=rotation,
+            authorize=meshtls.authorize_member_of("example.org"),
+        )
+        listeners: list[trio.SocketListener] = await nursery.start(serve)
+        port = listeners[0].socket.getsockname()[1]
+        revoked = await dial(net, port)
+        kept = await meshtls.connect(
+            "127.0.0.1",
+            port,
+            source=net.source(other),
+            authorize=meshtls.authorize_any(),
+        )
+        assert await echoes(revoked)
+        assert await echoes(kept)
+        chains = rotation.live_chains()
+        assert sorted(len(c) for c in chains) == [2, 3]
+
+        assert rotation.close_revoked(net.targets(other)[0]) == 1  # the leaf of `kept`
+        with pytest.raises(trio.BrokenResourceError):  # a reset, never a clean EOF
+            await read_to_end(kept)
+        assert await echoes(revoked)  # the other connection is untouched
+        # an intermediate: every connection through it goes
+        assert rotation.close_revoked(net.targets(net.client_cert)[1]) == 1
+        with pytest.raises(trio.BrokenResourceError):
+            await read_to_end(revoked)
+        assert rotation.close_revoked(net.targets(net.client_cert)[1]) == 0
+        await revoked.aclose()
+        await kept.aclose()
+        nursery.cancel_scope.cancel()
+    counted = registry.get_sample_value(
+        "meshtls_peer_verification_failures_total", {"reason": "revoked"}
+    )
+    assert counted == 2
+    lines = [r for r in caplog.records if "revoked" in r.getMessage()]
+    assert len(lines) == 2
+
+
+def test_P_4_rotation_never_looks_up_revocation_for_our_own_svid() -> None:
+    net = Net()
+    metrics = NodeMetrics(CollectorRegistry(), clock=net.mesh.clock)
+    rotation = Rotation(policy=HARD, metrics=metrics, clock=net.mesh.clock)
+    rotation.begin(meshtls.Identity(net.server_cert.svid(), net.mesh.bundles))  # no refusal
+    assert rotation.svid_problem is None
