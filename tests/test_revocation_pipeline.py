@@ -11,22 +11,29 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import CollectorRegistry
 
 import meshtls
 from meshtls._ca import IssuedCertificate
+from meshtls._config import NodeConfig, parse_config
 from meshtls._metrics import NodeMetrics
+from meshtls._node import _live_changes, needs_restart
 from meshtls._revocation import RevocationPendingError, RevocationTarget, chain_targets
 from meshtls._rotation import Rotation
 from meshtls._svid import check_svid_offline
+from meshtls.testing import CA
 
 from .meshnet import Mesh
 from .revocation_view import CacheView
+from .test_crl import T as CONFIG_T
+from .test_crl import make_crl
 
 HARD = meshtls.ValidationPolicy(revocation="hard-fail", hard_fail_wait=timedelta(seconds=5))
 SOFT = meshtls.ValidationPolicy(revocation="soft-fail")
@@ -367,3 +374,83 @@ def test_P_4_rotation_never_looks_up_revocation_for_our_own_svid() -> None:
     rotation = Rotation(policy=HARD, metrics=metrics, clock=net.mesh.clock)
     rotation.begin(meshtls.Identity(net.server_cert.svid(), net.mesh.bundles))  # no refusal
     assert rotation.svid_problem is None
+
+
+# ---------------------------------------------------------------- config
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path) -> Path:
+    """Real SVID files and two CRL files (PEM and DER) where the config's paths point."""
+    ca = CA("example.org", now=CONFIG_T)
+    issued = ca.issue("spiffe://example.org/node/a")
+    (tmp_path / "svid.pem").write_bytes(issued.chain_pem)
+    (tmp_path / "svid.key").write_bytes(issued.key_pem)
+    (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
+    crl = make_crl(ca, [issued.leaf.serial_number])
+    (tmp_path / "ca.crl.pem").write_bytes(crl.public_bytes(Encoding.PEM))
+    (tmp_path / "ca.crl").write_bytes(crl.public_bytes(Encoding.DER))
+    (tmp_path / "junk.crl").write_bytes(b"-----BEGIN X509 CRL-----\nnot base64\n")
+    (tmp_path / "crls").mkdir()
+    return tmp_path
+
+
+FILES = '[identity]\ncert = "svid.pem"\nkey = "svid.key"\nbundle = "bundle.pem"\n'
+
+
+def parse(revocation: str, base_dir: Path) -> NodeConfig:
+    return parse_config(FILES + "[revocation]\n" + revocation, base_dir=base_dir, source="n.toml")
+
+
+def test_P_4_config_hard_fail_wait_and_crl_files_parse(conf_dir: Path) -> None:
+    config = parse(
+        'mode = "hard-fail"\nhard_fail_wait = "500ms"\ncrl_files = ["ca.crl.pem", "ca.crl"]\n',
+        conf_dir,
+    )
+    assert config.policy.hard_fail_wait == timedelta(milliseconds=500)
+    assert config.revocation.hard_fail_wait == timedelta(milliseconds=500)
+    assert config.revocation.crl_files == (conf_dir / "ca.crl.pem", conf_dir / "ca.crl")
+    default = parse("", conf_dir)
+    assert default.policy.hard_fail_wait == timedelta(seconds=2)
+    assert default.revocation.crl_files == ()
+    assert parse('hard_fail_wait = "0s"\n', conf_dir).policy.hard_fail_wait == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ('hard_fail_wait = "61s"', "[revocation] hard_fail_wait: 1m1s is over 1m"),
+        ('hard_fail_wait = "soon"', "[revocation] hard_fail_wait:"),
+        ("hard_fail_wait = 2", "[revocation] hard_fail_wait: expected a duration string"),
+        ('crl_files = "ca.crl"', "[revocation] crl_files: expected an array of CRL file paths"),
+        ("crl_files = [1]", "[revocation] crl_files: item 1: expected an array"),
+        ('crl_files = ["absent.crl"]', "[revocation] crl_files: no such file:"),
+        ('crl_files = ["crls"]', "[revocation] crl_files:"),
+        ('crl_files = ["junk.crl"]', "[revocation] crl_files:"),
+        ('crl_files = ["svid.pem"]', "[revocation] crl_files:"),
+    ],
+)
+def test_P_4_config_refuses_bad_revocation_values(conf_dir: Path, line: str, words: str) -> None:
+    with pytest.raises(meshtls.ConfigError) as caught:
+        parse(line + "\n", conf_dir)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"n.toml: {words}"), message
+
+
+def test_P_4_hard_fail_wait_is_bounded_in_the_policy_and_must_agree_in_a_config() -> None:
+    for bad in (timedelta(seconds=-1), timedelta(seconds=61)):
+        with pytest.raises(meshtls.ConfigError, match="hard_fail_wait"):
+            meshtls.ValidationPolicy(hard_fail_wait=bad)
+    meshtls.ValidationPolicy(hard_fail_wait=timedelta(seconds=60))
+
+
+def test_P_4_a_reload_applies_hard_fail_wait_and_needs_a_restart_for_crl_files(
+    conf_dir: Path,
+) -> None:
+    old = parse("", conf_dir)
+    waits = parse('hard_fail_wait = "5s"\n', conf_dir)
+    files = parse('crl_files = ["ca.crl"]\n', conf_dir)
+    assert needs_restart(old, waits) == []
+    assert _live_changes(old, waits) == ["[revocation] hard_fail_wait"]
+    assert needs_restart(old, files) == ["[revocation] crl_files"]
