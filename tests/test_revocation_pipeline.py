@@ -247,7 +247,7 @@ async def test_P_4_soft_fail_accepts_an_unknown_status_counts_it_and_queues_a_fe
 async def test_P_4_hard_fail_waits_hard_fail_wait_then_refuses_revocation_unknown(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    mock_clock.autojump_threshold = 0.1  # jumps only while every task waits (the fetch)
+    mock_clock.autojump_threshold = 0.5  # jumps only while every task waits (the fetch)
     net = Net()
     view = CacheView()
     async with server(net, view=view, policy=HARD, handshake_timeout=30) as (port, refused, _):
@@ -279,6 +279,36 @@ async def test_P_4_hard_fail_accepts_when_the_status_arrives_during_the_wait() -
             assert await echoes(stream)
     assert refused == []
     assert view.waits == [5.0]
+
+
+async def test_P_4_a_hard_fail_client_waits_too_and_accepts_what_arrives() -> None:
+    net = Net()
+    view = CacheView()
+    async with server(net) as (port, _, _), trio.open_nursery() as nursery:
+
+        async def prefetcher() -> None:
+            await view.waiting.wait()
+            view.good(net.full(net.server_cert), net.mesh.now)
+
+        nursery.start_soon(prefetcher)
+        stream = await dial(net, port, view=view, policy=HARD)
+        async with stream:
+            assert await echoes(stream)
+    assert view.waits == [5.0]
+
+
+async def test_P_4_the_hard_fail_wait_counts_against_the_handshake_timeout(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    mock_clock.autojump_threshold = 0.5
+    net = Net()
+    view = CacheView()
+    async with server(net, view=view, policy=HARD, handshake_timeout=3) as (port, refused, _):
+        started = trio.current_time()
+        await refused_by_server(net, port)
+        waited = trio.current_time() - started
+    assert [e.reason for e in refused] == ["handshake_timeout"]
+    assert 3 <= waited < 5
 
 
 async def test_P_4_mode_off_skips_the_lookup_on_both_roles() -> None:
