@@ -38,7 +38,9 @@ apply to the next handshake at once. `recheck` then judges every live connection
 as a handshake now would (the chain against the bundles in force, under the policy in
 force, then its listener's gate), and closes those that fail: each is counted
 (``peer_verification_failures_total{reason}``) and logged with its listener, peer
-address and SPIFFE id.
+address and SPIFFE id. That recheck leaves revocation out: `close_revoked` closes the
+live connections through a certificate the revocation prefetcher found revoked (same
+reset, count and line), and `live_chains` tells the prefetcher which chains to keep warm.
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ unreadable) or our own ``ValueError`` subclasses leave it. Dates are clamped as 
 The handshake path caches the facts of each leaf and signing certificate by DER, in
 bounded `LruCache`s: peers reconnect with the same SVID until it rotates. Facts never
 depend on time, role, bundles or policy, so every step still runs on every handshake.
+
+Revocation (P-4, `revocation_is_not_known_bad`) runs once on the path that passed, after
+the steps and before the authorizer, reading a `RevocationView` (a cache, never the
+network); it is never cached with the facts. Our own SVID's checks never run it.
 """
 
 from __future__ import annotations
