@@ -28,6 +28,7 @@ from meshtls._node import _live_changes, needs_restart
 from meshtls._revocation import RevocationPendingError, RevocationTarget, chain_targets
 from meshtls._rotation import Rotation
 from meshtls._svid import check_svid_offline
+from meshtls._tunnel import expose, forward
 from meshtls.testing import CA
 
 from .meshnet import Mesh
@@ -484,3 +485,96 @@ def test_P_4_a_reload_applies_hard_fail_wait_and_needs_a_restart_for_crl_files(
     assert needs_restart(old, waits) == []
     assert _live_changes(old, waits) == ["[revocation] hard_fail_wait"]
     assert needs_restart(old, files) == ["[revocation] crl_files"]
+
+
+# ---------------------------------------------------------------- tunnels
+
+
+class Verdicts:
+    """An `Observer` that keeps each handshake's rejection reason (None: accepted)."""
+
+    def __init__(self) -> None:
+        self.reasons: list[str | None] = []
+
+    def handshake(self, role: str, *, seconds: float, error: meshtls.HandshakeError | None) -> None:
+        self.reasons.append(error.reason if error else None)
+
+    def opened(self, role: str) -> None:
+        pass
+
+    def closed(self, role: str) -> None:
+        pass
+
+    def began(self, access: object) -> None:
+        pass
+
+    def ended(self, access: object) -> None:
+        pass
+
+
+class ObservedView(CacheView):
+    """A view that also observes the handshakes of the tunnel it serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.verdicts = Verdicts()
+
+
+async def through_tunnels(net: Net, expose_view: ObservedView, forward_view: ObservedView) -> bytes:
+    """Plaintext -> forward -> expose -> echo backend; what comes back for one ping."""
+
+    async def echo(stream: trio.SocketStream) -> None:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+    async with trio.open_nursery() as nursery:
+        backend = await nursery.start(functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1"))
+        exposed = await nursery.start(
+            functools.partial(
+                expose,
+                ("127.0.0.1", 0),
+                ("127.0.0.1", backend[0].socket.getsockname()[1]),
+                source=net.source(net.server_cert),
+                authorize=meshtls.authorize_member_of("example.org"),
+                revocation=expose_view,
+                observer=expose_view.verdicts,
+            )
+        )
+        forwarded = await nursery.start(
+            functools.partial(
+                forward,
+                ("127.0.0.1", 0),
+                ("127.0.0.1", exposed[0].socket.getsockname()[1]),
+                source=net.source(net.client_cert),
+                authorize=meshtls.authorize_member_of("example.org"),
+                revocation=forward_view,
+                observer=forward_view.verdicts,
+            )
+        )
+        client = await trio.open_tcp_stream("127.0.0.1", forwarded[0].socket.getsockname()[1])
+        got = b""
+        async with client:
+            try:  # a refused tunnel resets the plaintext client
+                await client.send_all(b"ping")
+                await client.send_eof()
+                while data := await client.receive_some():
+                    got += data
+            except trio.BrokenResourceError:
+                pass
+        nursery.cancel_scope.cancel()
+    return got
+
+
+async def test_P_4_expose_and_forward_pass_revocation_through() -> None:
+    net = Net()
+    good, bad_client, bad_server = ObservedView(), ObservedView(), ObservedView()
+    for view in (good, bad_client, bad_server):
+        view.good(net.full(net.client_cert), net.mesh.now)
+        view.good(net.full(net.server_cert), net.mesh.now)
+    bad_client.revoke(net.targets(net.client_cert)[0], net.mesh.now)
+    bad_server.revoke(net.targets(net.server_cert)[0], net.mesh.now)
+    assert await through_tunnels(net, good, good) == b"ping"
+    assert await through_tunnels(net, bad_client, good) == b""  # expose refuses the client
+    assert "revoked" in bad_client.verdicts.reasons
+    assert await through_tunnels(net, good, bad_server) == b""  # forward refuses the server
+    assert bad_server.verdicts.reasons == ["revoked"]
