@@ -58,9 +58,10 @@ from ._authorize import (
 )
 from ._boundary import describe_error, mapped, shown
 from ._ca import DEFAULT_CA_TTL
+from ._crl import CrlError, load_crl
 from ._duration import format_duration, parse_duration
 from ._errors import ConfigError, SpiffeIdError
-from ._policy import REVOCATION_MODES, RevocationMode, ValidationPolicy
+from ._policy import MAX_HARD_FAIL_WAIT, REVOCATION_MODES, RevocationMode, ValidationPolicy
 from ._spiffeid import SCHEME_PREFIX, SpiffeId, TrustDomain
 
 Address = tuple[str, int]
@@ -230,12 +231,16 @@ class MetricsSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RevocationSettings:
-    """``[revocation]``: the mode (also `ValidationPolicy.revocation`) and the cache timings."""
+    """``[revocation]``: the mode and hard-fail wait (also in `ValidationPolicy`), the cache
+    timings, and CRL files (each checked to exist and parse when the config is read; the
+    node judges them against their issuer when it loads them)."""
 
     mode: RevocationMode = "soft-fail"
     refresh_interval: timedelta = timedelta(minutes=5)
     ocsp_cache_ttl: timedelta = timedelta(hours=1)
     crl_cache_ttl: timedelta = timedelta(hours=6)
+    hard_fail_wait: timedelta = timedelta(seconds=2)
+    crl_files: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in REVOCATION_MODES:
@@ -244,6 +249,10 @@ class RevocationSettings:
             )
         for name in ("refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"):
             _longer_than_zero("revocation", name, getattr(self, name))
+        if not timedelta(0) <= self.hard_fail_wait <= MAX_HARD_FAIL_WAIT:
+            raise ConfigError(
+                f"revocation hard_fail_wait must be between 0s and 60s, not {self.hard_fail_wait}"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -488,7 +497,8 @@ class NodeConfig:
     `default_config`, or by hand.
 
     ``policy.revocation`` and ``revocation.mode`` must agree (both come from
-    ``[revocation] mode``). ``source`` is the file the config was read from, if any.
+    ``[revocation] mode``), and so must their ``hard_fail_wait``. ``source`` is the file
+    the config was read from, if any.
     ``notes`` are lines the node should log at start, such as a normalised trust domain.
     """
 
@@ -510,6 +520,12 @@ class NodeConfig:
             raise ConfigError(
                 f"policy revocation {self.policy.revocation!r} and revocation mode"
                 f" {self.revocation.mode!r} disagree; set both to the same mode"
+            )
+        if self.policy.hard_fail_wait != self.revocation.hard_fail_wait:
+            raise ConfigError(
+                f"policy hard_fail_wait {format_duration(self.policy.hard_fail_wait)} and"
+                f" revocation hard_fail_wait {format_duration(self.revocation.hard_fail_wait)}"
+                " disagree; set both to the same duration"
             )
 
 
@@ -639,7 +655,14 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "metrics": ("prefix",),
     "policy": ("max_ttl", "max_age", "clock_skew"),
-    "revocation": ("mode", "refresh_interval", "ocsp_cache_ttl", "crl_cache_ttl"),
+    "revocation": (
+        "mode",
+        "refresh_interval",
+        "ocsp_cache_ttl",
+        "crl_cache_ttl",
+        "hard_fail_wait",
+        "crl_files",
+    ),
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
     "expose": (
@@ -775,6 +798,10 @@ class _Table:
         if value is not None and not value:
             raise self.error(key, f"is empty: expected {expected}")
         return value
+
+    def array(self, key: str, expected: str) -> list[object] | None:
+        """An array, its items unchecked (None when the key is absent)."""
+        return self._typed(key, list, expected)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._typed(key, bool, "true or false")
@@ -980,7 +1007,7 @@ class _Table:
 # ---------------------------------------------------------------- the tables
 
 
-def _policy(table: _Table, mode: RevocationMode) -> ValidationPolicy:
+def _policy(table: _Table, revocation: RevocationSettings) -> ValidationPolicy:
     max_ttl = table.optional_duration("max_ttl", timedelta(hours=1))
     max_age = table.optional_duration("max_age", None)
     clock_skew = table.duration("clock_skew", timedelta(seconds=30), zero_ok=True)
@@ -992,7 +1019,11 @@ def _policy(table: _Table, mode: RevocationMode) -> ValidationPolicy:
         )
     try:
         return ValidationPolicy(
-            max_ttl=max_ttl, max_age=max_age, clock_skew=clock_skew, revocation=mode
+            max_ttl=max_ttl,
+            max_age=max_age,
+            clock_skew=clock_skew,
+            revocation=revocation.mode,
+            hard_fail_wait=revocation.hard_fail_wait,
         )
     except ConfigError as exc:  # pragma: no cover - every case is caught above
         raise table.reader.error(table.label, str(exc)) from None
@@ -1020,6 +1051,8 @@ def _revocation(table: _Table) -> RevocationSettings:
         refresh_interval=table.duration("refresh_interval", timedelta(minutes=5)),
         ocsp_cache_ttl=table.duration("ocsp_cache_ttl", timedelta(hours=1)),
         crl_cache_ttl=table.duration("crl_cache_ttl", timedelta(hours=6)),
+        hard_fail_wait=_hard_fail_wait(table),
+        crl_files=_crl_files(table),
     )
     for name, ttl in (
         ("ocsp_cache_ttl", settings.ocsp_cache_ttl),
@@ -1032,6 +1065,51 @@ def _revocation(table: _Table) -> RevocationSettings:
                 f" {format_duration(ttl)}: cached statuses would expire before a refresh",
             )
     return settings
+
+
+def _hard_fail_wait(table: _Table) -> timedelta:
+    wait = table.duration("hard_fail_wait", timedelta(seconds=2), zero_ok=True)
+    if wait > MAX_HARD_FAIL_WAIT:
+        raise table.error(
+            "hard_fail_wait",
+            f"{format_duration(wait)} is over {format_duration(MAX_HARD_FAIL_WAIT)}:"
+            " a handshake must not wait that long for a revocation fetch",
+        )
+    return wait
+
+
+#: The largest CRL file read at load time.
+MAX_CRL_FILE: Final = 16 * 1024 * 1024
+
+
+def _crl_files(table: _Table) -> tuple[Path, ...]:
+    """``crl_files``: an array of paths (relative to the config's directory), each an
+    existing file holding one CRL (PEM or DER) that parses."""
+    key, expected = "crl_files", 'an array of CRL file paths, such as ["ca.crl.pem"]'
+    items = table.array(key, expected)
+    if items is None:
+        return ()
+    paths: list[Path] = []
+    for index, item in enumerate(items, 1):
+        if not isinstance(item, str) or not item:
+            raise table.error(key, f"item {index}: expected {expected}, not {_describe(item)}")
+        path = table.file(key, expected, item)
+        shown_path = shown(str(path), 200)
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_CRL_FILE + 1)
+        except OSError as exc:
+            raise table.error(key, f"cannot read {shown_path}: {exc.strerror}") from None
+        if len(data) > MAX_CRL_FILE:
+            raise table.error(key, f"{shown_path} is over {MAX_CRL_FILE} bytes; not a CRL")
+        try:
+            load_crl(data)
+        except CrlError as exc:
+            raise table.error(
+                key, f"{shown_path} is not a CRL (PEM or DER): {exc.detail}"
+            ) from None
+        paths.append(path)
+    return tuple(paths)
 
 
 _FILE_FORM: Final = ("cert", "key", "bundle")
@@ -1591,7 +1669,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         return reader.table(name, _label(name), document.get(name, {}), _TABLES[name])
 
     revocation = _revocation(table("revocation"))
-    policy = _policy(table("policy"), revocation.mode)
+    policy = _policy(table("policy"), revocation)
     if "identity" not in document:
         raise reader.error("[identity]", f"missing: {_FORMS_HINT}")
     identity = _identity(table("identity"), policy)

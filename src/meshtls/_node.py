@@ -511,7 +511,8 @@ class Node:
         """Apply `config` at once, all or nothing; then judge the live connections again.
 
         Applied live: ``[authorize]``, ``[[expose]] allow``, ``[[forward]] expect``,
-        ``[policy]``, ``[revocation] mode`` and ``[node] shutdown_timeout``. New handshakes
+        ``[policy]``, ``[revocation] mode`` and ``hard_fail_wait``, and ``[node]
+        shutdown_timeout``. New handshakes
         use them at once; each live connection whose peer no longer passes is closed,
         counted and logged (`Rotation.recheck`). The identity files (a file identity) are
         read again at once. Logs one summary event.
@@ -579,6 +580,9 @@ _JUDGED: frozenset[str] = frozenset(
 )
 #: ``[node]`` keys a reload applies (the shutdown timeout is read when the drain starts).
 _LIVE_NODE_KEYS: frozenset[str] = frozenset({"shutdown_timeout"})
+#: ``[revocation]`` keys a reload applies: both are in the policy each handshake reads.
+#: ``crl_files`` needs a restart (they are loaded into the revocation cache at start).
+_LIVE_REVOCATION_KEYS: frozenset[str] = frozenset({"mode", "hard_fail_wait"})
 
 
 def _differing(old: DataclassInstance, new: DataclassInstance) -> list[str]:
@@ -625,7 +629,9 @@ def needs_restart(old: NodeConfig, new: NodeConfig) -> list[str]:
         found += [f"[identity] {name}" for name in _differing(old.identity, new.identity)]
     found += [f"[node] {n}" for n in _differing(old.node, new.node) if n not in _LIVE_NODE_KEYS]
     found += [
-        f"[revocation] {n}" for n in _differing(old.revocation, new.revocation) if n != "mode"
+        f"[revocation] {n}"
+        for n in _differing(old.revocation, new.revocation)
+        if n not in _LIVE_REVOCATION_KEYS
     ]
     found += _tunnel_changes("expose", old.expose, new.expose, "allow")
     found += _tunnel_changes("forward", old.forward, new.forward, "expect")
@@ -636,9 +642,12 @@ def needs_restart(old: NodeConfig, new: NodeConfig) -> list[str]:
 def _live_changes(old: NodeConfig, new: NodeConfig) -> list[str]:
     """The changes a reload applies, named as `needs_restart` names the others."""
     changed = [f"[policy] {name}" for name in _differing(old.policy, new.policy)]
-    changed = [c for c in changed if c != "[policy] revocation"]
-    if old.revocation.mode != new.revocation.mode:
-        changed.append("[revocation] mode")
+    changed = [c for c in changed if c not in ("[policy] revocation", "[policy] hard_fail_wait")]
+    changed += [
+        f"[revocation] {n}"
+        for n in _differing(old.revocation, new.revocation)
+        if n in _LIVE_REVOCATION_KEYS
+    ]
     changed += [f"[authorize] {name}" for name in _differing(old.authorize, new.authorize)]
     if old.node.shutdown_timeout != new.node.shutdown_timeout:
         changed.append("[node] shutdown_timeout")

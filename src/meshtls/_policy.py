@@ -14,6 +14,8 @@ from ._errors import ConfigError
 
 RevocationMode = Literal["soft-fail", "hard-fail", "off"]
 REVOCATION_MODES: Final[tuple[str, ...]] = get_args(RevocationMode)
+#: The longest a hard-fail handshake may wait for a revocation fetch.
+MAX_HARD_FAIL_WAIT: Final = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -26,12 +28,15 @@ class ValidationPolicy:
     - ``clock_skew``: tolerance when comparing ``now`` with validity windows (P-3).
     - ``revocation``: what an unknown revocation status means (P-4): ``"soft-fail"`` accepts,
       ``"hard-fail"`` rejects, ``"off"`` does not look.
+    - ``hard_fail_wait``: how long a hard-fail handshake may wait for the prefetcher to
+      fetch an unknown status before it rejects (``revocation_unknown``); 0 to 60 s.
     """
 
     max_ttl: timedelta | None = timedelta(hours=1)
     max_age: timedelta | None = None
     clock_skew: timedelta = timedelta(seconds=30)
     revocation: RevocationMode = "soft-fail"
+    hard_fail_wait: timedelta = timedelta(seconds=2)
 
     def __post_init__(self) -> None:
         for name in ("max_ttl", "max_age"):
@@ -48,6 +53,14 @@ class ValidationPolicy:
             raise ConfigError(f"policy clock_skew must not be negative, not {self.clock_skew}")
         if self.clock_skew > timedelta(hours=1):
             raise ConfigError(f"policy clock_skew {self.clock_skew} is over the 1h sanity bound")
+        if not isinstance(self.hard_fail_wait, timedelta):
+            raise ConfigError(
+                f"policy hard_fail_wait must be a timedelta, not {self.hard_fail_wait!r}"
+            )
+        if not timedelta(0) <= self.hard_fail_wait <= MAX_HARD_FAIL_WAIT:
+            raise ConfigError(
+                f"policy hard_fail_wait must be between 0s and 60s, not {self.hard_fail_wait}"
+            )
         if self.revocation not in REVOCATION_MODES:
             raise ConfigError(
                 f"policy revocation must be one of {', '.join(REVOCATION_MODES)},"

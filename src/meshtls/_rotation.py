@@ -38,19 +38,22 @@ apply to the next handshake at once. `recheck` then judges every live connection
 as a handshake now would (the chain against the bundles in force, under the policy in
 force, then its listener's gate), and closes those that fail: each is counted
 (``peer_verification_failures_total{reason}``) and logged with its listener, peer
-address and SPIFFE id.
+address and SPIFFE id. That recheck leaves revocation out: `close_revoked` closes the
+live connections through a certificate the revocation prefetcher found revoked (same
+reset, count and line), and `live_chains` tells the prefetcher which chains to keep warm.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final, NoReturn
 
 import trio
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._authorize import Authorizer
@@ -61,6 +64,7 @@ from ._identity import Identity, NoIdentityError
 from ._logs import event
 from ._metrics import CERTIFICATE_REASONS, NodeMetrics
 from ._policy import ValidationPolicy
+from ._revocation import RevocationTarget, chain_targets
 from ._sources import IdentityCell
 from ._stream import MeshStream, OurRole
 from ._svid import Role, VerifiedPeer, X509Svid, verify_svid
@@ -234,7 +238,7 @@ class Rotation:
         try:
             with mapped(_malformed):
                 judged_by = policy or self.policy
-                verify_svid(svid.chain, bundles, policy=judged_by, now=self._clock())
+                svid.check(bundles, policy=judged_by, now=self._clock())  # never P-4
         except VerificationError as exc:
             return exc
         except MeshError as exc:
@@ -445,7 +449,10 @@ class Rotation:
         role: Role = "client" if entry.role == "server" else "server"  # the PEER's role
         try:
             with mapped(_malformed):
-                verify_svid(peer.chain, bundles, policy=self.policy, now=now, role=role)
+                # P-4 is `close_revoked`'s, driven by the revocation prefetcher: a reload
+                # does not turn an unknown status into a closed connection.
+                unrevoked = replace(self.policy, revocation="off")
+                verify_svid(peer.chain, bundles, policy=unrevoked, now=now, role=role)
         except VerificationError as exc:
             return exc
         except MeshError as exc:
@@ -461,6 +468,41 @@ class Rotation:
                 "unauthorized", f"the authorizer failed ({describe_error(exc)})"
             )
         return None
+
+    def live_chains(self) -> list[Sequence[x509.Certificate]]:
+        """The verified chains (leaf first, root last) of the tracked live connections, for
+        the revocation prefetcher to keep their statuses warm (duplicates once)."""
+        chains: dict[tuple[x509.Certificate, ...], None] = {}
+        for entry in self._live:
+            if not entry.scope.cancel_called:
+                chains[entry.stream.peer.chain] = None
+        return list(chains)
+
+    def close_revoked(self, target: RevocationTarget) -> int:
+        """Close every live connection whose peer chain holds `target`'s certificate (its
+        leaf or an intermediate, matched by issuer key and serial): P-4 on live
+        connections, called when a status turns ``revoked``. Each is reset (the peer reads
+        an error, never a clean end), counted as ``revoked`` and logged on one line.
+        Returns how many were closed."""
+        closed = 0
+        for entry in list(self._live):
+            if entry.scope.cancel_called:
+                continue
+            chain = entry.stream.peer.chain
+            found = next((t for t in chain_targets(chain) if t.ref == target.ref), None)
+            if found is None:
+                continue
+            index = chain.index(found.certificate)
+            where = "leaf" if index == 0 else f"certificate {index}"
+            self._cut(
+                entry,
+                "closing a live connection whose certificate was revoked",
+                reason="revoked",
+                peer=_peer_address(entry.stream),
+                detail=f"{where} (serial {target.ref.serial:#x}) was revoked",
+            )
+            closed += 1
+        return closed
 
     def cut_live(self) -> int:
         """Mark every live connection as cut off (`MeshStream.cut_off`), so that closing it

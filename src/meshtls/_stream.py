@@ -13,7 +13,8 @@ contract): the fast paths end with `trio.lowlevel.checkpoint()`.
 
 Verification happens before the stream exists. `connect` and `serve` run the
 handshake, then `verify_handshake_chain` on the chain OpenSSL verified (trust-domain
-binding, SPIFFE rules, time, policy), then the authorizer. Only a stream that passed
+binding, SPIFFE rules, time, policy, then revocation from the view's cache, with one
+bounded wait under hard-fail: `_judge_chain`), then the authorizer. Only a stream that passed
 all of that is returned to the caller or handed to the handler; anything else is
 closed, logged on one line and raised (or, in `serve`, counted and dropped).
 
@@ -30,6 +31,7 @@ client's certificate. So a server's rejection reaches `connect`'s caller later: 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -51,6 +53,7 @@ from ._errors import HandshakeError, Reason, VerificationError
 from ._identity import IdentitySource
 from ._logs import Throttle, context_fields, event, log_context, throttled
 from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._revocation import RevocationPendingError, RevocationView
 from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
 from ._tls import TlsError, TlsSession, alert_reason
 
@@ -678,7 +681,9 @@ def _diagnose_client_side(
         try:
             with quiet():
                 certs = [x509.load_der_x509_certificate(der) for der in chain]
-            verify_svid(certs, ctx.bundles, policy=ctx.policy, now=ctx.clock(), role="server")
+            # what OpenSSL refused is in the certificates: P-4 (off here) cannot name it
+            policy = dataclasses.replace(ctx.policy, revocation="off")
+            verify_svid(certs, ctx.bundles, policy=policy, now=ctx.clock(), role="server")
         except VerificationError as precise:
             return HandshakeError(
                 precise.reason, precise.detail, peer=ctx.address, claimed_id=claimed
@@ -696,7 +701,7 @@ def _diagnose_client_side(
 class _HandshakeContext:
     """What one handshake needs: who we are, whom we trust, and the policy."""
 
-    __slots__ = ("address", "authorize", "bundles", "clock", "policy", "role")
+    __slots__ = ("address", "authorize", "bundles", "clock", "policy", "revocation", "role")
 
     def __init__(
         self,
@@ -707,6 +712,7 @@ class _HandshakeContext:
         authorize: Authorizer,
         clock: Clock,
         role: Role,
+        revocation: RevocationView | None = None,
     ) -> None:
         self.address = address
         self.bundles = bundles
@@ -714,6 +720,42 @@ class _HandshakeContext:
         self.authorize = authorize
         self.clock = clock
         self.role = role  # the PEER's role
+        self.revocation = revocation  # P-4's statuses (the cache only); None: none known
+
+
+async def _judge_chain(
+    verified: list[bytes], session: TlsSession, ctx: _HandshakeContext
+) -> VerifiedPeer:
+    """`verify_handshake_chain`, and P-4's one bounded wait: under hard-fail, a chain whose
+    status is unknown waits (at most ``policy.hard_fail_wait``, inside the caller's
+    handshake timeout) for the view's prefetcher, then is judged once more; still
+    unknown, it is refused with ``revocation_unknown``. Raises `VerificationError`."""
+
+    def judge() -> VerifiedPeer:
+        return verify_handshake_chain(
+            verified,
+            ctx.bundles,
+            policy=ctx.policy,
+            now=ctx.clock(),
+            role=ctx.role,
+            sent=session.sent_chain_length(),
+            sent_chain=session.unverified_chain,
+            revocation=ctx.revocation,
+        )
+
+    try:
+        return judge()
+    except RevocationPendingError as pending:
+        if ctx.revocation is None:  # cannot happen: without a view nothing is pending
+            raise
+        wait = ctx.policy.hard_fail_wait.total_seconds()
+        await ctx.revocation.fetched(pending.targets, wait=wait)
+        try:
+            return judge()
+        except RevocationPendingError as still:
+            raise VerificationError(
+                "revocation_unknown", f"{still.detail}, after waiting {wait:g}s", rule="P-4"
+            ) from still
 
 
 async def _establish(
@@ -741,15 +783,7 @@ async def _establish(
     verified: list[bytes] = []
     try:
         verified = session.verified_chain()
-        peer = verify_handshake_chain(
-            verified,
-            ctx.bundles,
-            policy=ctx.policy,
-            now=ctx.clock(),
-            role=ctx.role,
-            sent=session.sent_chain_length(),
-            sent_chain=session.unverified_chain,
-        )
+        peer = await _judge_chain(verified, session, ctx)
     except VerificationError as exc:
         claimed = _claimed_id(verified)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
@@ -885,6 +919,7 @@ async def connect(
     policy: PolicyRead | None = None,
     clock: Clock | None = None,
     observer: Observer | None = None,
+    revocation: RevocationView | None = None,
 ) -> MeshStream:
     """Dial `host:port`, run TLS 1.3 mutual TLS, verify the server's SVID and authorize it.
 
@@ -896,7 +931,9 @@ async def connect(
     finish first, so a server that rejects us closes the connection afterwards, and the
     first `receive_some` (or a later `send_all`) raises `PeerRejectedError`.
 
-    Timeouts belong to the caller: wrap the call in `trio.fail_after`.
+    `revocation` holds the statuses P-4 reads (see `_judge_chain`: under hard-fail an
+    unknown status waits at most ``policy.hard_fail_wait``). Timeouts belong to the
+    caller: wrap the call in `trio.fail_after`.
     """
     contexts = source.identity().contexts()
     started = trio.current_time()
@@ -908,6 +945,7 @@ async def connect(
         authorize=authorize,
         clock=clock or _wall_clock,
         role="server",
+        revocation=revocation,
     )
     watch: tuple[Observer, OurRole] | None = (observer, "client") if observer else None
     try:
@@ -1034,6 +1072,7 @@ async def serve(
     clock: Clock | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
+    revocation: RevocationView | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept mTLS connections on `port` and run ``handler(stream)`` for each verified peer.
@@ -1050,7 +1089,8 @@ async def serve(
 
     A rejected peer is closed and logged, `on_rejected` (if given) is called with the
     `HandshakeError`, and the handler never runs. `clock` gives the time that certificates
-    are checked against (default: the wall clock). The handler owns
+    are checked against (default: the wall clock). `revocation` holds the statuses P-4
+    reads; a hard-fail wait for a fetch counts against `handshake_timeout`. The handler owns
     the stream; it is closed when the handler returns. An exception from a handler is
     logged with its traceback (a bug), resets the connection (`MeshStream.abort`: the
     peer sees an error, not an EOF) and does not stop the server; a
@@ -1114,6 +1154,7 @@ async def serve(
                     authorize=authorize,
                     clock=now,
                     role="client",
+                    revocation=revocation,
                 )
                 session = contexts.session(server_side=True)
                 session.feed(first)

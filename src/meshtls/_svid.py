@@ -37,6 +37,10 @@ unreadable) or our own ``ValueError`` subclasses leave it. Dates are clamped as 
 The handshake path caches the facts of each leaf and signing certificate by DER, in
 bounded `LruCache`s: peers reconnect with the same SVID until it rotates. Facts never
 depend on time, role, bundles or policy, so every step still runs on every handshake.
+
+Revocation (P-4, `revocation_is_not_known_bad`) runs once on the path that passed, after
+the steps and before the authorizer, reading a `RevocationView` (a cache, never the
+network); it is never cached with the facts. Our own SVID's checks never run it.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ from ._certs import (
 from ._duration import format_duration
 from ._errors import ConfigError, SpiffeIdError, VerificationError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._revocation import RevocationPendingError, RevocationView
 from ._spiffeid import SpiffeId
 
 __all__ = [
@@ -486,6 +491,54 @@ def _judge(j: Judgement, path_step: _PathStep) -> VerifiedPeer:
     raise first or path_step.none_found(j)
 
 
+def revocation_is_not_known_bad(
+    peer: VerifiedPeer,
+    policy: ValidationPolicy,
+    now: datetime,
+    revocation: RevocationView | None,
+) -> None:
+    """P-4, run once on the chosen path (after time and policy, before the authorizer).
+
+    Mode ``off`` does not look. Without a view nothing is known: hard-fail refuses
+    (``revocation_unknown``), soft-fail accepts. With a view, only its cache is read
+    (`RevocationView.lookup` never blocks): ``revoked`` refuses with ``revoked``, naming
+    the certificate, its source and reason; ``unknown`` under hard-fail raises
+    `RevocationPendingError` (the handshake may wait for a fetch and judge again),
+    under soft-fail it is accepted (the view counted it and queued the fetch).
+    """
+    mode = policy.revocation
+    if mode == "off":
+        return
+    if revocation is None:
+        if mode == "hard-fail":
+            raise VerificationError(
+                "revocation_unknown",
+                f"{describe(peer.leaf, 0)}: hard-fail and no revocation status source",
+                rule="P-4",
+            )
+        return
+    status = revocation.lookup(peer.chain, now)
+    if status.revoked is not None:
+        target, record = status.revoked
+        index = next((i for i, cert in enumerate(peer.chain) if cert == target.certificate), 0)
+        reason = f" ({record.reason})" if record.reason else ""
+        when = f" at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if record.revoked_at else ""
+        raise fail(
+            "revoked",
+            target.certificate,
+            index,
+            f"revoked{when}{reason}, says {record.source} from {record.origin}",
+            "P-4",
+        )
+    if status.unknown and mode == "hard-fail":
+        names = ", ".join(
+            describe(t.certificate, peer.chain.index(t.certificate)) for t in status.unknown
+        )
+        raise RevocationPendingError(
+            f"hard-fail and no revocation status known for {names}", status.unknown
+        )
+
+
 # ---------------------------------------------------------------- the path search
 
 
@@ -718,16 +771,33 @@ def verify_svid(
     policy: ValidationPolicy | None = None,
     now: datetime | None = None,
     role: Role | None = None,
+    revocation: RevocationView | None = None,
 ) -> VerifiedPeer:
     """Verify a peer's X509-SVID chain (leaf first, the rest in any order) and return the peer.
 
     `role` is the peer's TLS role, for the extended-key-usage rule (L-8); with None, an
     EKU must allow clientAuth or serverAuth. `now` defaults to the wall clock and must be
     timezone-aware (else ``ValueError``). Raises `VerificationError` whose ``reason`` is one
-    of `REASONS`; the message names the certificate and the rule. Never does I/O.
+    of `REASONS`; the message names the certificate and the rule. `revocation` is read for
+    P-4 (`revocation_is_not_known_bad`; a `RevocationPendingError` under hard-fail when a
+    status is unknown). Never does I/O.
     """
     policy = policy or DEFAULT_POLICY
     now = _resolve_now(now)
+    peer = _verify_without_revocation(chain, bundles, policy, now, role)
+    revocation_is_not_known_bad(peer, policy, now, revocation)
+    return peer
+
+
+def _verify_without_revocation(
+    chain: Sequence[x509.Certificate],
+    bundles: BundleSet,
+    policy: ValidationPolicy,
+    now: datetime,
+    role: Role | None,
+) -> VerifiedPeer:
+    """`STEPS` on a chain in hand, without P-4: `verify_svid`'s pipeline, and our own
+    SVID's check (which never looks up revocation)."""
     with mapped(malformed("chain")), quiet():
         _check_chain_length(len(chain))
         j = Judgement(read_facts(chain[0], leaf=True), role, bundles, policy, now)
@@ -793,13 +863,16 @@ def verify_handshake_chain(
     role: Role,
     sent: int = 0,
     sent_chain: Callable[[], Sequence[bytes]] | None = None,
+    revocation: RevocationView | None = None,
 ) -> VerifiedPeer:
     """`STEPS` on a chain OpenSSL verified in a handshake (DER, leaf first, root last).
 
     `sent` is how many certificates the peer sent, held to the same limit as `verify_svid`.
     `sent_chain` gives what the peer sent (DER, leaf first), read only when OpenSSL's chain
     does not end at an authority of the leaf's own trust domain or fails a step: the path
-    is then searched as `verify_svid` searches it. Raises `VerificationError`.
+    is then searched as `verify_svid` searches it. P-4 then runs on the chosen path on
+    every handshake (the facts caches never skip it), reading `revocation`. Raises
+    `VerificationError` (`RevocationPendingError`: hard-fail, a status unknown).
     """
     if not verified:
         raise VerificationError("no_client_certificate", "the peer sent no certificate")
@@ -810,7 +883,9 @@ def verify_handshake_chain(
     with mapped(malformed("chain")):
         j = Judgement(_cached(_LEAVES, verified[0], 0), role, bundles, policy, now)
         openssl = tuple(_cached(_SIGNERS, der, i) for i, der in enumerate(verified[1:], start=1))
-        return _judge(j, _HandshakePaths(openssl, verified[-1], sent_chain))
+        peer = _judge(j, _HandshakePaths(openssl, verified[-1], sent_chain))
+    revocation_is_not_known_bad(peer, policy, now, revocation)
+    return peer
 
 
 # ---------------------------------------------------------------- our own SVID
@@ -887,5 +962,8 @@ class X509Svid:
         policy: ValidationPolicy | None = None,
         now: datetime | None = None,
     ) -> VerifiedPeer:
-        """Verify our own SVID as a peer would, against `bundles`. Raises `VerificationError`."""
-        return verify_svid(self.chain, bundles, policy=policy, now=now)
+        """Verify our own SVID as a peer would, against `bundles`, but without P-4 (our own
+        certificate's revocation is not looked up). Raises `VerificationError`."""
+        return _verify_without_revocation(
+            self.chain, bundles, policy or DEFAULT_POLICY, _resolve_now(now), None
+        )

@@ -49,6 +49,7 @@ from ._boundary import describe_error
 from ._errors import HandshakeError
 from ._identity import IdentitySource
 from ._logs import Throttle, event, log_context, throttled
+from ._revocation import RevocationView
 from ._spiffeid import SpiffeId
 from ._stream import (
     DEFAULT_HANDSHAKE_TIMEOUT,
@@ -224,6 +225,7 @@ async def expose(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     clock: Clock | None = None,
+    revocation: RevocationView | None = None,
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
@@ -237,7 +239,8 @@ async def expose(
     cap). A backend that refuses the connection, or does not accept it within
     `connect_timeout` seconds, resets the peer's stream (logged). `track` wraps each
     tunnel (the node's deadlines); `clock` gives the time certificates are judged at
-    (default: the wall clock). With `proxy_protocol`, the backend first gets a PROXY v2
+    (default: the wall clock), `revocation` the statuses P-4 reads (`serve`'s). With
+    `proxy_protocol`, the backend first gets a PROXY v2
     header naming the peer (`proxy_header`); without it, nothing but the peer's bytes.
     Runs until cancelled.
     """
@@ -305,6 +308,7 @@ async def expose(
         handshake_timeout=handshake_timeout,
         max_connections=max_connections,
         clock=clock,
+        revocation=revocation,
         on_rejected=on_rejected,
         observer=observer,
         task_status=task_status,
@@ -321,6 +325,7 @@ async def forward(
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     clock: Clock | None = None,
+    revocation: RevocationView | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
@@ -333,7 +338,8 @@ async def forward(
     completed its TCP connect and handshake within `connect_timeout` seconds: the
     plaintext client is reset (logged). At most `max_connections` clients at once; one
     more is reset at once. `clock` gives the time certificates are judged at (default:
-    the wall clock). ``started()`` gives the listeners. Each client is one line: the
+    the wall clock), `revocation` the statuses P-4 reads (`connect`'s). ``started()``
+    gives the listeners. Each client is one line: the
     rejection (`connect`'s) or the failure (rate-limited per reason, like `serve`'s), or
     its `Access` to the observer, whose bytes are the plaintext client's.
     """
@@ -378,6 +384,7 @@ async def forward(
                     authorize=authorize,
                     policy=policy,
                     clock=clock,
+                    revocation=revocation,
                     observer=observer,
                 )
         except HandshakeError as exc:  # connect logged it: one line per event
