@@ -41,10 +41,12 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, NoReturn
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from ._authorize import Authorizer
@@ -59,11 +61,14 @@ from ._config import (
     WorkloadApiIdentity,
     format_address,
 )
+from ._crlfeed import CrlFeed, CrlPlace
 from ._duration import format_duration
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity, NoIdentityError
 from ._logs import event, event_fields, log_context
 from ._metrics import ListenerMetrics, NodeMetrics, add_process_collectors, serve_http
+from ._prefetch import Revocations
+from ._revocation import RevocationCache, RevocationTarget, StatusRecord
 from ._rotation import DRAIN_MARGIN, ClosedConnection, Gate, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
 from ._status import (
@@ -143,6 +148,17 @@ class Node:
         self.metrics = NodeMetrics(self.registry, clock=self._clock, prefix=config.metrics.prefix)
         add_process_collectors(self.registry)
         self.rotation = Rotation(policy=config.policy, metrics=self.metrics, clock=self._clock)
+        settings = config.revocation
+        #: The revocation room (P-4): the cache every handshake reads, and its prefetcher.
+        self.revocations = Revocations(
+            cache=RevocationCache(ocsp_ttl=settings.ocsp_cache_ttl, crl_ttl=settings.crl_cache_ttl),
+            metrics=self.metrics,
+            clock=self._clock,
+            refresh_interval=settings.refresh_interval,
+            skew=config.policy.clock_skew,
+            live_chains=self._revocation_chains,
+            on_revoked=self._revoked,
+        )
         self.listeners: dict[str, list[trio.SocketListener]] = {}
         self._ready = False  # started and not draining (`drain` clears it)
         self._started = False
@@ -174,7 +190,12 @@ class Node:
 
     def status(self) -> dict[str, Json]:
         """The ``/status`` document: who we are, what we trust, what runs (no secrets)."""
-        return status(self.state())
+        document = status(self.state())
+        document["revocation"] = {
+            "mode": self.rotation.policy.revocation,
+            **self.revocations.status(),
+        }
+        return document
 
     def state(self) -> NodeState:
         """A snapshot of what health depends on, at the node clock's now."""
@@ -251,6 +272,46 @@ class Node:
         identity = self.config.identity
         return read_crl_pem(identity.directory) if isinstance(identity, LocalCAIdentity) else None
 
+    # ------------------------------------------------------------ revocation (P-4)
+
+    def _revocation_chains(self) -> list[Sequence[x509.Certificate]]:
+        """The live chains whose statuses the prefetcher keeps warm: none with mode off."""
+        if self.rotation.policy.revocation == "off":
+            return []
+        return self.rotation.live_chains()
+
+    def _revoked(self, target: RevocationTarget, record: StatusRecord) -> None:
+        """A status turned ``revoked``: close every live connection it authenticated."""
+        if self.rotation.policy.revocation != "off":
+            self.rotation.close_revoked(target)
+
+    def _crl_places(self, source: LiveSource) -> list[CrlPlace]:
+        """Where CRLs come from without a fetch: ``[revocation] crl_files``, our local CA's
+        ``crl.pem``, and the CRLs the Workload API sends with our SVID."""
+        places = [
+            CrlPlace(f"file:{path}", functools.partial(_read_file, path))
+            for path in self.config.revocation.crl_files
+        ]
+        identity = self.config.identity
+        if isinstance(identity, LocalCAIdentity):
+            directory = identity.directory
+            places.append(CrlPlace(f"local-ca:{directory}", lambda: _some(read_crl_pem(directory))))
+        if isinstance(identity, WorkloadApiIdentity):
+            places.append(CrlPlace("workload-api", lambda: source.identity().crls))
+        return places
+
+    def _authorities(self) -> list[x509.Certificate]:
+        """The certificates that may sign a CRL we are given: our bundles' authorities,
+        our own chain, and the issuers in the chains of live connections."""
+        identity = self.rotation.identity()
+        found: dict[x509.Certificate, None] = {}
+        for bundle in identity.bundles.values():
+            found.update(dict.fromkeys(bundle.authorities))
+        found.update(dict.fromkeys(identity.svid.chain[1:]))
+        for chain in self.rotation.live_chains():
+            found.update(dict.fromkeys(chain[1:]))
+        return list(found)
+
     def _build_source(self) -> LiveSource:
         identity = self.config.identity
         on_invalid = self.rotation.refused
@@ -316,6 +377,15 @@ class Node:
             raise NodeError(f"our SVID {first.svid.spiffe_id} is refused: {exc}") from None
         nursery.start_soon(self.rotation.follow, source.cell, generation)
         nursery.start_soon(self._watch_identity, first)
+        await nursery.start(self.revocations.run)
+        feed = CrlFeed(
+            self.revocations,
+            self._crl_places(source),
+            self._authorities,
+            metrics=self.metrics,
+            interval=min(self.config.revocation.refresh_interval, CRL_FEED_INTERVAL),
+        )
+        await nursery.start(feed.run)
         if self.config.write:  # [[write]]: our SVID on disk for other programs (_write)
             from ._write import start_writers  # noqa: PLC0415 - only nodes that write
 
@@ -339,6 +409,7 @@ class Node:
                     source=rotation,
                     authorize=mesh_gate,
                     policy=rotation.current_policy,
+                    revocation=self.revocations,
                     handshake_timeout=settings.handshake_timeout.total_seconds(),
                     max_handshakes=settings.max_handshakes,
                     max_connections=settings.max_connections,
@@ -357,6 +428,7 @@ class Node:
                         source=rotation,
                         authorize=gate,
                         policy=rotation.current_policy,
+                        revocation=self.revocations,
                         max_connections=item.max_connections,
                         handshake_timeout=settings.handshake_timeout.total_seconds(),
                         connect_timeout=item.connect_timeout.total_seconds(),
@@ -378,6 +450,7 @@ class Node:
                         authorize=gate,
                         source=rotation,
                         policy=rotation.current_policy,
+                        revocation=self.revocations,
                         max_connections=fwd.max_connections,
                         connect_timeout=fwd.connect_timeout.total_seconds(),
                         clock=self._clock,
@@ -583,6 +656,18 @@ _LIVE_NODE_KEYS: frozenset[str] = frozenset({"shutdown_timeout"})
 #: ``[revocation]`` keys a reload applies: both are in the policy each handshake reads.
 #: ``crl_files`` needs a restart (they are loaded into the revocation cache at start).
 _LIVE_REVOCATION_KEYS: frozenset[str] = frozenset({"mode", "hard_fail_wait"})
+
+
+#: The longest time between two reads of the CRLs given without a fetch.
+CRL_FEED_INTERVAL: Final = timedelta(seconds=5)
+
+
+def _read_file(path: Path) -> tuple[bytes]:
+    return (path.read_bytes(),)
+
+
+def _some(data: bytes | None) -> tuple[bytes, ...]:
+    return () if data is None else (data,)
 
 
 def _differing(old: DataclassInstance, new: DataclassInstance) -> list[str]:

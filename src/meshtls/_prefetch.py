@@ -162,6 +162,11 @@ async def _http_fetcher(skew: timedelta) -> AsyncIterator[HttpFetcher]:
         yield HttpFetcher(client, skew=skew)
 
 
+def _rfc3339(moment: datetime) -> str:
+    """As ``/status`` writes every time: ``2030-01-01T00:15:00Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass(slots=True)
 class _Failing:
     """A responder that failed: since when, how often in a row, why, and when to retry."""
@@ -300,16 +305,16 @@ class Revocations:
         failing: list[Json] = [
             {
                 "responder": responder,
-                "since": state.since.isoformat(),
+                "since": _rfc3339(state.since),
                 "failures": state.failures,
                 "last_error": state.last_error,
-                "retry_at": state.retry_at.isoformat(),
+                "retry_at": _rfc3339(state.retry_at),
             }
             for responder, state in sorted(self._failing.items())
         ]
         return {
             "entries": len(self.cache),
-            "oldest": None if oldest is None else oldest.isoformat(),
+            "oldest": None if oldest is None else _rfc3339(oldest),
             "oldest_age_seconds": self._oldest_age(),
             "queued": len(self._queue),
             "dropped": self.dropped,
