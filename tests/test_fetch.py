@@ -35,7 +35,17 @@ from meshtls._revocation import RevocationTarget
 from meshtls.testing import CA
 from tests.revocation_peers import HttpFiles, OcspResponder, closed_port, needs_openssl
 
-WALL: Final = datetime.now(UTC).replace(microsecond=0)
+WALL = datetime.now(UTC).replace(microsecond=0)  # read again as each module starts: below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _wall() -> None:
+    """The wall-clock instant this module judges at, read as it starts (the whole suite
+    imports every module long before it runs this one, and openssl stamps the present)."""
+    global WALL  # noqa: PLW0603 - one instant per module, read by every test here
+    WALL = datetime.now(UTC).replace(microsecond=0)
+
+
 SKEW: Final = timedelta(seconds=30)
 
 
@@ -84,10 +94,12 @@ def ocsp_der(ca: CA, target: RevocationTarget) -> bytes:
     return response.public_bytes(serialization.Encoding.DER)
 
 
-async def failed_ocsp(url: str, target: RevocationTarget, now: datetime = WALL) -> FetchError:
+async def failed_ocsp(
+    url: str, target: RevocationTarget, now: datetime | None = None
+) -> FetchError:
     async with http_client(timeout=2.0) as client:
         with pytest.raises(FetchError) as caught:
-            await fetch_ocsp(client, url, target, now=now, skew=SKEW)
+            await fetch_ocsp(client, url, target, now=WALL if now is None else now, skew=SKEW)
     assert caught.value.kind == "ocsp"
     assert caught.value.url == url
     return caught.value

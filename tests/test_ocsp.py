@@ -26,7 +26,17 @@ from meshtls._revocation import RevocationTarget
 from meshtls.testing import CA
 from tests.revocation_peers import OcspResponder, needs_openssl
 
-WALL: Final = datetime.now(UTC).replace(microsecond=0)
+WALL = datetime.now(UTC).replace(microsecond=0)  # read again as each module starts: below
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _wall() -> None:
+    """The wall-clock instant this module judges at, read as it starts (the whole suite
+    imports every module long before it runs this one, and openssl stamps the present)."""
+    global WALL  # noqa: PLW0603 - one instant per module, read by every test here
+    WALL = datetime.now(UTC).replace(microsecond=0)
+
+
 SKEW: Final = timedelta(seconds=30)
 
 
@@ -40,9 +50,9 @@ def ask(url: str, target: RevocationTarget) -> bytes:
         return body
 
 
-def refused(data: bytes, target: RevocationTarget, now: datetime = WALL) -> str:
+def refused(data: bytes, target: RevocationTarget, now: datetime | None = None) -> str:
     with pytest.raises(OcspError) as caught:
-        judge_ocsp(data, target, now=now, skew=SKEW)
+        judge_ocsp(data, target, now=WALL if now is None else now, skew=SKEW)
     return caught.value.problem
 
 
