@@ -18,6 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 import meshtls
 from meshtls._cli import main
+from meshtls._fetch import DEFAULT_TIMEOUT
+from meshtls._revocation import RevocationTarget
+from meshtls._revocation_report import report_chain, report_lines
 from meshtls.testing import CA
 
 from .meshnet import start_server
@@ -251,3 +254,50 @@ async def test_P_4_check_with_the_responder_down_prints_the_error_and_passes(
     (line,) = revocation_lines(out)
     assert fields(line)["result"] == "error:connect"
     assert out.splitlines()[-1].startswith("verdict: ok (")
+
+
+# ---------------------------------------------------------------- the bounds, on trio's clock
+
+
+async def test_P_4_report_gives_each_url_its_timeout_then_asks_the_next(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A hanging OCSP responder costs its 5 s, then the hanging CRL its 5 s: the first
+    error (OCSP's) is shown. Only hanging peers here: on the autojump clock a real answer
+    (or even a request reaching the server) could lose a race with a jump to the timeout."""
+    root = CA(now=WALL)
+    with HttpFiles(hang=True) as hanging:
+        leaf = root.issue(ocsp_url=hanging.url("/o"), crl_url=hanging.url("/c")).leaf
+        start = trio.current_time()
+        (found,) = await report_chain(
+            [RevocationTarget.of(leaf, root.certificate)], skew=timedelta(seconds=30), now=WALL
+        )
+        waited = trio.current_time() - start
+    assert (found.result, found.source) == ("error:timeout", f"ocsp:{hanging.url('/o')}")
+    assert waited == pytest.approx(2 * DEFAULT_TIMEOUT, abs=0.05)
+
+
+async def test_P_4_report_is_bounded_as_a_whole(autojump_clock: trio.abc.Clock) -> None:
+    """Two hanging URLs per certificate, 5 s each, a 7 s deadline: every certificate still
+    unanswered at 7 s is ``error:timeout``, and the report returns then."""
+    root = CA(now=WALL)
+    middle = root.intermediate()
+    with HttpFiles(hang=True) as hanging:
+        ocsp_url, crl_url = hanging.url("/o"), hanging.url("/c")
+        leaf = middle.issue(ocsp_url=ocsp_url, crl_url=crl_url).leaf
+        inter = root.intermediate(ocsp_url=ocsp_url, crl_url=crl_url)
+        targets = [
+            RevocationTarget.of(leaf, middle.certificate),
+            RevocationTarget.of(inter.certificate, root.certificate),
+        ]
+        start = trio.current_time()
+        report = await report_chain(targets, skew=timedelta(seconds=30), now=WALL, deadline=7)
+        waited = trio.current_time() - start
+    assert waited == pytest.approx(7, abs=0.05)
+    assert [(r.result, r.serial) for r in report] == [
+        ("error:timeout", leaf.serial_number),
+        ("error:timeout", inter.certificate.serial_number),
+    ]
+    assert report_lines(report)[1].startswith(
+        f"revocation: 1 serial={inter.certificate.serial_number:#x} result=error:timeout source=-"
+    )

@@ -478,7 +478,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
+    except Exception:  # another issuer, an unreadable key, an unsupported algorithm
         return False
     return True
 
@@ -489,13 +489,20 @@ def _inspect_targets(
     """What `inspect --revocation` asks about: each certificate with the next one as its
     issuer; the last with the --bundle root that signed it, or alone (no issuer known). A
     self-signed last certificate is a root and is not asked about."""
-    targets: list[RevocationTarget | x509.Certificate] = [
-        RevocationTarget.of(cert, chain[index + 1]) for index, cert in enumerate(chain[:-1])
-    ]
+    issuers: list[x509.Certificate | None] = list(chain[1:])
     last = chain[-1]
-    if not _issued_by(last, last):
-        issuer = next((root for root in roots if _issued_by(last, root)), None)
-        targets.append(RevocationTarget.of(last, issuer) if issuer is not None else last)
+    if _issued_by(last, last):
+        issuers.append(last)  # a root: not asked about
+    else:
+        issuers.append(next((root for root in roots if _issued_by(last, root)), None))
+    targets: list[RevocationTarget | x509.Certificate] = []
+    for cert, issuer in zip(chain, issuers, strict=True):
+        if issuer is last and cert is last:
+            break
+        try:
+            targets.append(RevocationTarget.of(cert, issuer) if issuer is not None else cert)
+        except Exception:  # an issuer key that cannot be read: no issuer to ask about
+            targets.append(cert)
     return targets
 
 

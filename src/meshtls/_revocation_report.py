@@ -60,7 +60,11 @@ def certificate_name(cert: x509.Certificate) -> str:
     try:
         return str(leaf_spiffe_id(cert))
     except VerificationError:
+        pass
+    try:
         return printable(cert.subject.rfc4514_string(), 120) or "-"
+    except Exception:  # a subject cryptography cannot render
+        return "-"
 
 
 def no_issuer(cert: x509.Certificate) -> CertRevocation:
@@ -94,6 +98,9 @@ async def _one(
                 reason = entry.reason if entry is not None else None
         except FetchError as exc:
             failed = failed or CertRevocation(name, serial, source, f"error:{exc.problem}")
+            continue
+        except Exception:  # a request that cannot be built for these certificates
+            failed = failed or CertRevocation(name, serial, source, "error:unsupported")
             continue
         found = CertRevocation(name, serial, source, status, this, next_, reason)
         if status != "unknown":
