@@ -128,6 +128,26 @@ def test_P_4_inspect_with_the_responder_down_prints_the_error_and_passes(
     assert out.splitlines()[-1] == "verdict: ok"
 
 
+@needs_openssl
+def test_P_4_inspect_an_unknown_answer_is_printed_and_passes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The responder does not know the leaf (not in its index): ``unknown``, with the
+    answer's times, exit 0."""
+    ca = CA(now=WALL)
+    with OcspResponder(tmp_path, ca.certificate, ca.key, []) as running:
+        issued = ca.issue(ocsp_url=running.url)
+        code, out, err = inspect(
+            capsys, tmp_path, ca, issued.chain_pem, "--bundle", str(tmp_path / "bundle.pem")
+        )
+    assert code == 0, (out, err)
+    (line,) = revocation_lines(out)
+    got = fields(line)
+    assert (got["result"], got["source"]) == ("unknown", f"ocsp:{running.url}")
+    assert got["this_update"] != "-"
+    assert out.splitlines()[-1] == "verdict: ok"
+
+
 def test_P_4_inspect_a_revoked_intermediate_from_its_crl_after_a_missing_ocsp(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
