@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, NoReturn
 
@@ -51,6 +52,8 @@ from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import BundleError, ConfigError, MeshError, SpiffeIdError, VerificationError
 from ._node import NodeError
 from ._policy import DEFAULT_POLICY, ValidationPolicy
+from ._revocation import RevocationTarget, chain_targets
+from ._revocation_report import CertRevocation, no_issuer, report_chain, report_lines
 from ._service import run_node
 from ._signals import HeldSignals, signals_held
 from ._sources import FileSource, load_bundle_file
@@ -367,6 +370,12 @@ def _add_inspect(commands: _Subcommands) -> None:
         metavar="ISO8601",
         help="verify at this time instead of now (UTC when no offset is given)",
     )
+    inspect.add_argument(
+        "--revocation",
+        action="store_true",
+        help="fetch and print each certificate's revocation status (OCSP, then CRL);"
+        " a revoked one fails the verdict",
+    )
     inspect.set_defaults(run=_cmd_inspect)
 
 
@@ -441,6 +450,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     skew_note = _skew_note(not_before, not_after, now, policy.clock_skew)
     if skew_note:
         print(f"note: {skew_note}")
+    rejected: VerificationError | None = None
     try:
         if spiffe_id is None or (own is None and not named):
             check_svid_offline(chain, policy=policy, now=now)
@@ -448,11 +458,73 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         else:
             verify_svid(chain, _bundle_set(own, named, spiffe_id), policy=policy, now=now)
     except VerificationError as exc:
-        print(f"verdict: rejected reason={exc.reason}")
-        print(f"detail: {_one_line(str(exc).removeprefix(f'{exc.reason}: '))}")
+        rejected = exc
+    revoked = None
+    if args.revocation:
+        roots = [*(own or ()), *(r for rs in named.values() for r in rs)]
+        revoked = _print_revocation(_inspect_targets(chain, roots), policy.clock_skew)
+    if rejected is not None:
+        print(f"verdict: rejected reason={rejected.reason}")
+        print(f"detail: {_one_line(str(rejected).removeprefix(f'{rejected.reason}: '))}")
+        return EXIT_FAILED
+    if revoked is not None:
+        print("verdict: revoked")
+        print(f"detail: {revoked}")
         return EXIT_FAILED
     print(f"verdict: ok{note}")
     return EXIT_OK
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except Exception:  # another issuer, an unreadable key, an unsupported algorithm
+        return False
+    return True
+
+
+def _inspect_targets(
+    chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate]
+) -> list[RevocationTarget | x509.Certificate]:
+    """What `inspect --revocation` asks about: each certificate with the next one as its
+    issuer; the last with the --bundle root that signed it, or alone (no issuer known). A
+    self-signed last certificate is a root and is not asked about."""
+    issuers: list[x509.Certificate | None] = list(chain[1:])
+    last = chain[-1]
+    if _issued_by(last, last):
+        issuers.append(last)  # a root: not asked about
+    else:
+        issuers.append(next((root for root in roots if _issued_by(last, root)), None))
+    targets: list[RevocationTarget | x509.Certificate] = []
+    for cert, issuer in zip(chain, issuers, strict=True):
+        if issuer is last and cert is last:
+            break
+        try:
+            targets.append(RevocationTarget.of(cert, issuer) if issuer is not None else cert)
+        except Exception:  # an issuer key that cannot be read: no issuer to ask about
+            targets.append(cert)
+    return targets
+
+
+def _print_revocation(
+    targets: Sequence[RevocationTarget | x509.Certificate], skew: timedelta
+) -> str | None:
+    """Fetch and print the revocation lines of `targets` (a bare certificate: its issuer is
+    unknown); a detail naming the first revoked one, or None."""
+    askable = [t for t in targets if isinstance(t, RevocationTarget)]
+    found = iter(trio.run(partial(report_chain, askable, skew=skew)))
+    report = [next(found) if isinstance(t, RevocationTarget) else no_issuer(t) for t in targets]
+    for line in report_lines(report):
+        print(line)
+    return _revoked_detail(report)
+
+
+def _revoked_detail(report: Sequence[CertRevocation]) -> str | None:
+    for index, entry in enumerate(report):
+        if entry.revoked:
+            why = f" ({entry.reason})" if entry.reason else ""
+            return f"certificate {index} ({entry.name}) is revoked{why}, says {entry.source}"
+    return None
 
 
 def _skew_note(
@@ -508,6 +580,11 @@ def _add_check(commands: _Subcommands) -> None:
     check.add_argument(
         "--timeout", type=_duration_arg, default=timedelta(seconds=10), metavar="DURATION"
     )
+    check.add_argument(
+        "--no-revocation",
+        action="store_true",
+        help="do not fetch and print the peer chain's revocation status (OCSP, then CRL)",
+    )
     check.set_defaults(run=_cmd_check)
 
 
@@ -542,6 +619,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
             )
             if skew_note:
                 print(f"note: the peer's certificate: {skew_note}")
+        revoked = None
+        if result.peer is not None and not args.no_revocation:
+            report = await report_chain(
+                chain_targets(result.peer.chain), skew=DEFAULT_POLICY.clock_skew
+            )
+            for line in report_lines(report):
+                print(line)
+            revoked = _revoked_detail(report)
+        if result.ok and revoked is not None:
+            print("verdict: rejected reason=revoked")
+            print(f"detail: {revoked}")
+            return EXIT_FAILED
         if result.ok:
             print(f"verdict: ok ({result.detail})")
             return EXIT_OK
