@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trio
+from cryptography.hazmat.primitives import serialization
 
 import meshtls
 from meshtls._bundle import BundleSet
@@ -34,6 +35,7 @@ from meshtls._svid import X509Svid
 from meshtls.testing import CA, IssuedCertificate
 
 from .revocation_peers import OcspResponder, closed_port, needs_openssl
+from .test_crl import make_crl
 
 NODE_ID = "spiffe://example.org/node"
 
@@ -108,7 +110,7 @@ def sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-def write_node(directory: Path, ca: CA, ocsp_url: str) -> None:
+def write_node(directory: Path, ca: CA, ocsp_url: str | None) -> None:
     issued = ca.issue(NODE_ID, ttl=timedelta(minutes=30), ocsp_url=ocsp_url)
     (directory / "node.pem").write_bytes(issued.chain_pem)
     (directory / "node.key").write_bytes(issued.key_pem)
@@ -271,3 +273,31 @@ member_of = "example.org"
             await echo_once(port(node, "mesh"), svid, bundles)
         text = await scrape(node)
         assert sample(text, "meshtls_peer_verification_failures_total", reason="revoked") >= 1
+
+
+async def test_P_4_hard_fail_node_reads_its_crl_files(tmp_path: Path) -> None:
+    """``crl_files``: a listed client is refused as revoked, an unlisted one is accepted at
+    once (the file's CRL says good: no fetch, no URL at all)."""
+    now = datetime.now(UTC)
+    ca = CA("example.org", now=now - timedelta(minutes=1))
+    write_node(tmp_path, ca, None)
+    alice = ca.issue("spiffe://example.org/alice", ttl=timedelta(minutes=30))
+    bob = ca.issue("spiffe://example.org/bob", ttl=timedelta(minutes=30))
+    crl = make_crl(
+        ca, [alice.leaf.serial_number], this_update=now - timedelta(minutes=1),
+        next_update=now + timedelta(hours=1),
+    )  # fmt: skip
+    (tmp_path / "revoked.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    async with echo_backend() as backend:
+        toml = node_toml(backend, "hard-fail").replace(
+            'hard_fail_wait = "3s"', 'hard_fail_wait = "3s"\ncrl_files = ["revoked.pem"]'
+        )
+        config = parse_config(toml, base_dir=tmp_path)
+        async with open_node(config) as node:
+            with trio.fail_after(2):  # no wait on any fetch: the CRL is in the cache
+                await echo_once(expose_port(node), bob.svid(), ca.bundle_set())
+            with pytest.raises((meshtls.HandshakeError, trio.BrokenResourceError)):
+                await echo_once(expose_port(node), alice.svid(), ca.bundle_set())
+            text = await scrape(node)
+            assert sample(text, "meshtls_peer_verification_failures_total", reason="revoked") == 1
+            assert sample(text, "meshtls_revocation_fetch_total", kind="crl", result="ok") == 0
