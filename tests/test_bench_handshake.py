@@ -160,3 +160,35 @@ def test_chart_draws_a_png(report: dict[str, object], tmp_path: Path) -> None:
     source.write_text(json.dumps(report))
     assert chart.main([str(source), str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_P_4_warm_cache_row_looks_up_on_every_handshake(tmp_path: Path) -> None:
+    """The revocation-on row is honest: each handshake (warm-up included) runs the cache
+    lookup on both sides, and every verdict is a cached ``good``."""
+    stack = handshake.MeshtlsRevocationStack()
+    identity = handshake.make_identity(tmp_path)
+    count = 7
+    step = stack.run(identity, 2, count, lambda: None)
+    assert step.errors == 0, step.first_error
+    assert len(step.latencies) == count
+    handshakes = count + handshake.WARMUP
+    assert stack.cache_checks("good") == 2 * handshakes  # server and client each look up
+    assert stack.cache_checks("unknown") == 0
+    assert stack.cache_checks("revoked") == 0
+
+
+def test_P_4_revocation_on_is_compared_to_off_in_the_same_run(tmp_path: Path) -> None:
+    out = tmp_path / "handshake.json"
+    argv = ["--count", "5", "--rounds", "2", "--concurrency", "1", "--quiet", "--no-memory"]
+    argv += ["--stacks", "meshtls,meshtls-rev", "--json", str(out)]
+    assert handshake.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [r["stack"] for r in report["results"]] == ["meshtls", "meshtls-rev"]
+    (entry,) = report["revocation"]
+    assert entry["concurrency"] == 1
+    assert entry["ratio"] > 0
+    assert len(entry["per_round"]) == 2
+    assert entry["p50_ratio"] > 0
+    names = [target["name"] for target in report["targets"]]
+    assert "meshtls revocation on / off handshakes/s at concurrency 1" in names
+    assert "revocation on (soft-fail, warm cache) / off" in handshake.render(report)

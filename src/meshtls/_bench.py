@@ -1,7 +1,7 @@
 """Handshakes per second and latency: meshtls against bare trio.SSLStream, asyncio and blocking ssl.
 
     meshtls bench handshake [--count 300] [--rounds 3] [--concurrency 1,16,64]
-        [--stacks meshtls,trio,asyncio,blocking] [--json FILE] [--no-memory] [--quiet]
+        [--stacks meshtls,meshtls-rev,trio,asyncio,blocking] [--json FILE] [--no-memory] [--quiet]
 
 Theory of operation. Every stack runs its own server and its own clients in this
 process, over 127.0.0.1 with a port the kernel picks, with the same ECDSA P-256
@@ -20,6 +20,12 @@ time with a fresh server and `count` handshakes after a short warm-up. So machin
 noise lands on all stacks alike. We report the median over rounds of each
 stack's throughput, latency percentiles over all the samples of all rounds, and
 meshtls as a ratio of medians to each baseline.
+
+Revocation (issue 9): ``meshtls-rev`` is meshtls with revocation on, soft-fail, each
+side reading one `Revocations` whose cache was filled with ``good`` OCSP statuses for
+both chains before timing (a warm cache, no network). The plain ``meshtls`` row has no
+revocation view, so P-4 looks nothing up: it is revocation off. Both rows are measured
+in the same rounds, and reported as the on/off ratio of medians.
 
 Idle memory: 1,000 client streams connected to a server whose handler holds each
 one idle; both ends live in this process, so a connection's cost is the two
@@ -66,14 +72,22 @@ from typing import Final, Literal, Protocol, TextIO, cast
 
 import cryptography
 import trio
+from cryptography import x509
+from prometheus_client import CollectorRegistry
 
 import meshtls
 
+from ._metrics import NodeMetrics
+from ._prefetch import Revocations
+from ._revocation import chain_targets
 from .testing import CA
 
 HOST: Final = "127.0.0.1"
 TRUST_DOMAIN: Final = "example.org"
-STACKS: Final = ("meshtls", "trio", "asyncio", "blocking")
+STACKS: Final = ("meshtls", "meshtls-rev", "trio", "asyncio", "blocking")
+BASELINES: Final = ("trio", "asyncio", "blocking")
+#: meshtls with revocation on (soft-fail, a warm cache) and the meshtls row it is compared to.
+REVOCATION_STACK: Final = "meshtls-rev"
 MEMORY_STACKS: Final = ("meshtls", "trio")
 WARMUP: Final = 3  # handshakes before each measured step, not counted
 IDLE_CONNECTIONS: Final = 1000
@@ -82,6 +96,8 @@ IDLE_OPENERS: Final = 32  # connections opened in parallel while filling the idl
 TARGET_RATIO_TRIO: Final = {1: 1.3, 64: 1.0}
 TARGET_P99_OVER_P50: Final = 2.0
 TARGET_BYTES_PER_STREAM: Final = 64 * 1024
+#: Issue 9: handshakes/s with revocation on (warm cache) at least this share of it off.
+TARGET_REVOCATION_RATIO: Final = 0.95
 
 Role = Literal["server", "client"]
 Tick = Callable[[], None]
@@ -443,6 +459,76 @@ class MeshtlsStack(_TrioFlavour):
             raise RuntimeError(f"meshtls stream has no VerifiedPeer: {peer!r}")
         if str(peer.spiffe_id) != Identity.spiffe_id("server"):
             raise RuntimeError(f"meshtls verified the wrong peer: {peer.spiffe_id}")
+
+
+class MeshtlsRevocationStack(MeshtlsStack):
+    """`MeshtlsStack` with revocation on: soft-fail, and a `Revocations` (with its own
+    `NodeMetrics`) shared by server and client whose cache already holds ``good`` OCSP
+    statuses for both chains, stored in `setup` before anything is timed. Every handshake
+    looks up on both sides, as a node would; nothing is fetched (no prefetcher runs)."""
+
+    name = REVOCATION_STACK
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._policy = meshtls.ValidationPolicy(revocation="soft-fail")
+        self.revocations = self._warm_room(None)
+
+    def _warm_room(self, identity: Identity | None) -> Revocations:
+        now = datetime.now(UTC)
+        room = Revocations(metrics=NodeMetrics(CollectorRegistry(), clock=lambda: now))
+        if identity is None:
+            return room
+        (root,) = x509.load_pem_x509_certificates(identity.bundle.read_bytes())
+        roles: tuple[Role, ...] = ("server", "client")
+        for role in roles:
+            leaf = x509.load_pem_x509_certificates(identity.cert(role).read_bytes())[0]
+            for target in chain_targets((leaf, root)):
+                room.cache.store_ocsp(
+                    target.ref,
+                    "good",
+                    this_update=now - timedelta(minutes=1),
+                    next_update=now + timedelta(hours=1),
+                    now=now,
+                    origin="bench",
+                )
+        return room
+
+    def cache_checks(self, result: str = "good") -> float:
+        """``revocation_checks_total{source="cache", result}`` of the current room."""
+        metrics = self.revocations.metrics
+        assert metrics is not None
+        value = metrics.registry.get_sample_value(
+            f"{metrics.prefix}_revocation_checks_total", {"source": "cache", "result": result}
+        )
+        return value or 0.0
+
+    def setup(self, identity: Identity) -> None:
+        super().setup(identity)
+        self.revocations = self._warm_room(identity)
+
+    async def serve(self, nursery: trio.Nursery, handler: StreamHandler, tally: Tally) -> int:
+        serve = functools.partial(
+            meshtls.serve,
+            handler,
+            0,
+            host=HOST,
+            source=self._server_source,
+            authorize=self._authorize,
+            policy=self._policy,
+            revocation=self.revocations,
+        )
+        return _port_of(await nursery.start(serve))
+
+    async def dial(self, port: int) -> trio.abc.Stream:
+        return await meshtls.connect(
+            HOST,
+            port,
+            source=self._client_source,
+            authorize=self._authorize,
+            policy=self._policy,
+            revocation=self.revocations,
+        )
 
 
 def _port_of(listeners: object) -> int:
@@ -848,7 +934,7 @@ def compare(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     for (stack, concurrency), mesh in by_key.items():
         if stack != "meshtls":
             continue
-        for baseline in STACKS[1:]:
+        for baseline in BASELINES:
             other = by_key.get((baseline, concurrency))
             if other is None or _rate(other) <= 0:
                 continue
@@ -869,13 +955,52 @@ def compare(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     return ratios
 
 
+def compare_revocation(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Revocation on (warm cache) over off: handshakes/s (ratio of medians, and per round)
+    and p50 latency, at each concurrency both rows were measured."""
+    by_key = {(cast(str, r["stack"]), cast(int, r["concurrency"])): r for r in results}
+    ratios: list[dict[str, object]] = []
+    for (stack, concurrency), on in by_key.items():
+        off = by_key.get(("meshtls", concurrency))
+        if stack != REVOCATION_STACK or off is None or _rate(off) <= 0:
+            continue
+        on_rounds = cast(list[dict[str, float]], on["rounds"])
+        off_rounds = cast(list[dict[str, float]], off["rounds"])
+        p50_off = _latency(off, "p50")
+        ratios.append(
+            {
+                "concurrency": concurrency,
+                "ratio": round(_rate(on) / _rate(off), 3),
+                "per_round": [
+                    round(a["handshakes_per_second"] / b["handshakes_per_second"], 3)
+                    for a, b in zip(on_rounds, off_rounds, strict=True)
+                    if b["handshakes_per_second"] > 0
+                ],
+                "p50_ratio": round(_latency(on, "p50") / p50_off, 3) if p50_off > 0 else None,
+            }
+        )
+    return ratios
+
+
 def judge(
     results: Sequence[dict[str, object]],
     ratios: Sequence[dict[str, object]],
     memory: Sequence[dict[str, object]],
+    revocation: Sequence[dict[str, object]] = (),
 ) -> list[dict[str, object]]:
-    """Issue 3's targets for meshtls that this run measured, each with its verdict."""
+    """Issue 3's and 9's targets for meshtls that this run measured, each with its verdict."""
     targets: list[dict[str, object]] = []
+    for entry in revocation:
+        value = cast(float, entry["ratio"])
+        targets.append(
+            {
+                "name": f"meshtls revocation on / off handshakes/s at concurrency"
+                f" {entry['concurrency']}",
+                "value": value,
+                "target": f">= {TARGET_REVOCATION_RATIO}",
+                "met": value >= TARGET_REVOCATION_RATIO,
+            }
+        )
     for ratio in ratios:
         concurrency = cast(int, ratio["concurrency"])
         if ratio["baseline"] == "trio" and concurrency in TARGET_RATIO_TRIO:
@@ -1013,6 +1138,8 @@ def build_stacks(names: Sequence[str]) -> list[Stack]:
             continue
         if name == "meshtls":
             stacks.append(MeshtlsStack())
+        elif name == REVOCATION_STACK:
+            stacks.append(MeshtlsRevocationStack())
         elif name == "trio":
             stacks.append(TrioSSLStack())
         elif name == "asyncio":
@@ -1062,6 +1189,7 @@ def run_benchmark(options: Options, progress: Progress | None = None) -> dict[st
         for stack in stacks
     ]
     ratios = compare(results)
+    revocation = compare_revocation(results)
     return {
         "benchmark": "handshake",
         "environment": environment(),
@@ -1076,8 +1204,9 @@ def run_benchmark(options: Options, progress: Progress | None = None) -> dict[st
         },
         "results": results,
         "ratios": ratios,
+        "revocation": revocation,
         "memory": memory,
-        "targets": judge(results, ratios, memory),
+        "targets": judge(results, ratios, memory, revocation),
     }
 
 
@@ -1095,7 +1224,7 @@ def render(report: dict[str, object]) -> str:
         f" {options['rounds']} rounds x {options['count']} handshakes"
     )
     lines.append(
-        f"{'stack':9s} {'conc':>4s} {'hs/s':>8s} {'rounds (hs/s)':>20s} {'cpu ms/hs':>9s}"
+        f"{'stack':11s} {'conc':>4s} {'hs/s':>8s} {'rounds (hs/s)':>20s} {'cpu ms/hs':>9s}"
         f" {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'p99/p50':>7s} {'errors':>6s}"
     )
     for entry in cast(list[dict[str, object]], report["results"]):
@@ -1105,7 +1234,7 @@ def render(report: dict[str, object]) -> str:
         spread = f"{p99 / p50:7.2f}" if p50 > 0 else f"{'-':>7s}"
         cpu = cast(float, entry["cpu_ms_per_handshake"])
         lines.append(
-            f"{entry['stack']!s:9s} {entry['concurrency']!s:>4s} {_rate(entry):8.1f}"
+            f"{entry['stack']!s:11s} {entry['concurrency']!s:>4s} {_rate(entry):8.1f}"
             f" {per_round:>20s} {cpu:9.3f} {p50:8.3f} {p90:8.3f} {p99:8.3f}"
             f" {spread} {entry['errors']!s:>6s}"
         )
@@ -1118,6 +1247,19 @@ def render(report: dict[str, object]) -> str:
             lines.append(
                 f"  c={ratio['concurrency']!s:>3s} vs {ratio['baseline']!s:9s}"
                 f" {ratio['ratio']!s:>6s}  [{per_round}]"
+            )
+    revocation = cast(list[dict[str, object]], report.get("revocation", []))
+    if revocation:
+        lines.append("")
+        lines.append(
+            "meshtls revocation on (soft-fail, warm cache) / off, handshakes/s as a ratio of"
+            " medians (per round in brackets):"
+        )
+        for entry in revocation:
+            per_round = ", ".join(map(str, cast(list[float], entry["per_round"])))
+            lines.append(
+                f"  c={entry['concurrency']!s:>3s} {entry['ratio']!s:>6s}  [{per_round}]"
+                f"  p50 latency on/off {entry['p50_ratio']}"
             )
     memory = cast(list[dict[str, object]], report["memory"])
     if memory:
@@ -1138,7 +1280,7 @@ def render(report: dict[str, object]) -> str:
     targets = cast(list[dict[str, object]], report["targets"])
     if targets:
         lines.append("")
-        lines.append("targets (issue 3):")
+        lines.append("targets (issues 3 and 9):")
         for target in targets:
             verdict = "met" if target["met"] else "NOT MET"
             lines.append(
