@@ -100,6 +100,11 @@ def test_P_4_a_crl_no_known_authority_signed_is_refused_counted_and_logged_once(
         for _ in range(3):
             assert feed.refresh() == 0
     assert room.fetches("invalid") == 1
+    why = "bad_signature" if stranger == "same name, other key" else "wrong_issuer"
+    counted = room.registry.get_sample_value(
+        "meshtls_revocation_refused_total", {"kind": "crl", "problem": why}
+    )
+    assert counted == 1
     refused = [r for r in caplog.records if r.getMessage().startswith("CRL refused")]
     assert len(refused) == 1, caplog.text
     assert fields(refused[0])["origin"] == "workload-api"

@@ -9,6 +9,7 @@ from collections import Counter as Tally
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import get_args
 
 import httpx
 import pytest
@@ -759,3 +760,14 @@ async def test_status_is_404_without_a_report_and_500_when_the_report_fails(
         assert (await client.get(f"http://127.0.0.1:{other}/readyz")).status_code == 200
     assert "status report broke" in caplog.text
     nursery.cancel_scope.cancel()
+
+
+def test_P_4_refusal_problems_are_every_judge_problem() -> None:
+    """The ``problem`` label of ``revocation_refused_total`` names every check the OCSP and
+    CRL judges can refuse with, and nothing else but ``other``."""
+    from meshtls._crl import CrlProblem
+    from meshtls._metrics import REFUSAL_PROBLEMS
+    from meshtls._ocsp import OcspProblem
+
+    judged = set(get_args(OcspProblem)) | set(get_args(CrlProblem))
+    assert set(REFUSAL_PROBLEMS) == judged | {"other"}

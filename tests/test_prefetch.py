@@ -283,6 +283,7 @@ async def test_P_4_hostile_failures_are_counted_and_the_prefetcher_keeps_running
             await room.fetched(room.lookup(chain, clock()).unknown, wait=5)
         assert world.count("revocation_fetch_total", kind="ocsp", result="error") == 1
         assert world.count("revocation_fetch_total", kind="ocsp", result="invalid") == 1
+        assert world.count("revocation_refused_total", kind="ocsp", problem="bad_signature") == 1
         later = world.leaf(ocsp="http://fine.test/")
         await room.fetched(room.lookup(later, clock()).unknown, wait=5)
         assert room.lookup(later, clock()).status == "good"

@@ -82,6 +82,8 @@ class CrlFeed:
                 refusals[data] = problem
                 if data not in before:  # logged and counted once per distinct content
                     self._count("invalid")
+                    if self._metrics is not None:
+                        self._metrics.revocation_refused("crl", problem.split(":", 1)[0])
                     event(logger, logging.WARNING, "CRL refused", origin=place.origin,
                           problem=problem)  # fmt: skip
             self._refusals[place.origin] = refusals
@@ -93,7 +95,7 @@ class CrlFeed:
             issuer_name = load_crl(data).issuer
         except CrlError as exc:
             return str(exc)
-        problem = f"no known authority is named {issuer_name.rfc4514_string()!r}"
+        problem = f"wrong_issuer: no known authority is named {issuer_name.rfc4514_string()!r}"
         for issuer in self._issuers():
             if issuer.subject != issuer_name:
                 continue

@@ -90,6 +90,13 @@ _REVOCATION_SOURCES: Final[tuple[RevocationSource, ...]] = get_args(RevocationSo
 _REVOCATION_RESULTS: Final[tuple[RevocationResult, ...]] = get_args(RevocationResult)
 _FETCH_KINDS: Final[tuple[FetchKind, ...]] = get_args(FetchKind)
 _FETCH_RESULTS: Final[tuple[FetchResult, ...]] = get_args(FetchResult)
+#: Why a fetched OCSP response or CRL was not trusted: every `OcspProblem` and `CrlProblem`
+#: (tests/test_metrics.py holds the two in step), and ``other`` for anything else.
+REFUSAL_PROBLEMS: Final[tuple[str, ...]] = (
+    "malformed", "unsuccessful", "wrong_certificate", "bad_signature", "unauthorized_signer",
+    "delegate_without_eku", "not_yet_valid", "stale", "unsupported", "wrong_issuer",
+    "issuer_cannot_sign_crls", "no_next_update", "other",
+)  # fmt: skip
 
 #: The reasons that are not about a certificate: a peer can be rejected for them, but no
 #: certificate "failed validation" because of them.
@@ -309,6 +316,18 @@ class NodeMetrics:
             for kind in _FETCH_KINDS
             for result in _FETCH_RESULTS
         }
+        refused = Counter(
+            f"{prefix}_revocation_refused_total",
+            "Fetched OCSP responses and CRLs that were not trusted, by kind and by the check"
+            " that refused them (bad_signature, stale, wrong_certificate, ...).",
+            ["kind", "problem"],
+            registry=registry,
+        )
+        self._refusals = {
+            (kind, problem): refused.labels(kind, problem)
+            for kind in _FETCH_KINDS
+            for problem in REFUSAL_PROBLEMS
+        }
         self._revocation_gauges = _RevocationGauges(prefix)
         registry.register(self._revocation_gauges)
         self._listener_families: _ListenerFamilies | None = None
@@ -391,6 +410,12 @@ class NodeMetrics:
     def revocation_fetch(self, kind: FetchKind, result: FetchResult) -> None:
         """Count one fetch of an OCSP response or a CRL and how it ended."""
         _lookup(self._fetches, (kind, result), "revocation fetch kind/result").inc()
+
+    def revocation_refused(self, kind: FetchKind, problem: str) -> None:
+        """Count one fetched response or CRL that failed a check (``problem``: which one;
+        a name outside `REFUSAL_PROBLEMS` counts as ``other``)."""
+        label = problem if problem in REFUSAL_PROBLEMS else "other"
+        _lookup(self._refusals, (kind, label), "revocation refusal kind/problem").inc()
 
     def watch_revocations(
         self, cache_entries: Callable[[], int], oldest_age: Callable[[], float | None]

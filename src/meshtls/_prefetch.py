@@ -478,6 +478,10 @@ class Revocations:
         now = self.clock()
         problem: object = getattr(exc, "problem", None)
         said: object = getattr(exc, "detail", None)
+        if result == "invalid" and self.metrics is not None:
+            self.metrics.revocation_refused(
+                fetch_kind, problem if isinstance(problem, str) else "other"
+            )
         if isinstance(problem, str) and isinstance(said, str):  # a FetchError, a judge's error
             detail = f"{problem}: {said}"
         else:
