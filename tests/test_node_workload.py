@@ -19,6 +19,8 @@ import grpc  # type: ignore[import-untyped]
 import httpx
 import pytest
 import trio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from spiffe._proto import workload_pb2
 
 import meshtls
@@ -352,3 +354,58 @@ async def test_an_svid_with_no_expiry_does_not_stop_rotation(
         assert node.contexts().svid.leaf == certs.node2.leaf
         async with dial(node, certs, certs.client1) as stream:
             assert stream.peer.chain[0] == certs.node2.leaf
+
+
+def _crl_listing(ca: CA, *serials: int) -> bytes:
+    """A DER CRL of `ca` listing `serials`, fresh on the wall clock."""
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(datetime.now(UTC) - timedelta(minutes=1))
+        .next_update(datetime.now(UTC) + timedelta(hours=1))
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(datetime.now(UTC) - timedelta(minutes=1))
+            .build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+async def _first_read(node: meshtls.Node, certs: Certs, issued: IssuedCertificate) -> None:
+    async with dial(node, certs, issued) as stream:
+        await stream.send_all(b"x")
+        await stream.receive_some()
+
+
+async def _until_broken(stream: meshtls.MeshStream) -> None:
+    while True:
+        assert await stream.receive_some() != b"", "a reset connection read as a clean end"
+
+
+async def test_P_4_workload_api_crl_revokes_a_peer(
+    tmp_path: Path, server: WorkloadApiServer, certs: Certs
+) -> None:
+    """A CRL the Workload API sends with our SVID reaches the node's revocation cache: a
+    client it lists is refused as revoked; a CRL that arrives later resets a live
+    connection of a client it lists, and the others go on."""
+    bundle = [certs.ca.certificate, certs.ca2.certificate]
+    listing = _crl_listing(certs.ca, certs.client1.leaf.serial_number)
+    server.push(x509_response([svid_message(certs.node, bundle)], crls=[listing]))
+    with trio.fail_after(3 * WAIT):
+        async with meshtls.open_node(node_config(server.address, tmp_path)) as node:
+            with pytest.raises(trio.BrokenResourceError):  # refused: seen on first read
+                await _first_read(node, certs, certs.client1)
+            assert metric(node, PEER_FAILURES, reason="revoked") == 1
+
+            client3 = certs.ca.issue("spiffe://example.org/client3")
+            async with dial(node, certs, client3) as live:
+                later = _crl_listing(
+                    certs.ca, certs.client1.leaf.serial_number, client3.leaf.serial_number
+                )
+                server.push(x509_response([svid_message(certs.node, bundle)], crls=[later]))
+                with pytest.raises(trio.BrokenResourceError):  # reset, never a clean end
+                    await _until_broken(live)
+            assert metric(node, PEER_FAILURES, reason="revoked") == 2
