@@ -27,8 +27,9 @@ from prometheus_client import CollectorRegistry
 from meshtls import _prefetch as prefetch
 from meshtls._crl import CrlError, JudgedCrl, judge_crl
 from meshtls._errors import MeshError
+from meshtls._fetch import crl_urls, ocsp_urls
 from meshtls._metrics import NodeMetrics
-from meshtls._prefetch import BACKOFF_CAP, Fetcher, Revocations, crl_urls, ocsp_urls, responder_of
+from meshtls._prefetch import BACKOFF_CAP, Fetcher, Revocations, responder_of
 from meshtls._revocation import RevocationCache, RevocationTarget, StatusRecord, chain_targets
 from meshtls.testing import CA
 
@@ -443,7 +444,6 @@ async def serve_files(nursery: trio.Nursery, files: dict[str, bytes], hits: list
 async def test_P_4_the_real_fetcher_reads_a_crl_over_http_and_counts_a_missing_one(
     nursery: trio.Nursery,
 ) -> None:
-    pytest.importorskip("meshtls._fetch")  # written by the ocsp helper; runs once merged
     now = datetime.now(UTC)
     root = CA("example.org", now=now)
     crl = make_crl(root, [], this_update=now - MINUTE, next_update=now + 60 * MINUTE)

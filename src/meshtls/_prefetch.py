@@ -33,11 +33,12 @@ from urllib.parse import urlsplit
 
 import trio
 from cryptography import x509
-from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ._cache import LruCache
 from ._crl import CrlError, JudgedCrl, judge_crl, load_crl
+from ._fetch import FetchError, crl_urls, fetch_crl, fetch_ocsp, http_client, ocsp_urls
 from ._logs import event
+from ._ocsp import OcspAnswer, OcspError
 from ._revocation import (
     CertRef,
     ChainStatus,
@@ -52,10 +53,9 @@ if TYPE_CHECKING:
     import httpx
 
     from ._metrics import FetchKind, FetchResult, NodeMetrics
-    from ._ocsp import OcspAnswer  # type: ignore[import-not-found, unused-ignore]
     from ._status import Json
 
-__all__ = ["BACKOFF_CAP", "Fetcher", "HttpFetcher", "Revocations", "crl_urls", "ocsp_urls"]
+__all__ = ["BACKOFF_CAP", "Fetcher", "HttpFetcher", "Revocations"]
 
 logger = logging.getLogger("meshtls")
 
@@ -79,36 +79,6 @@ _Kind = Literal["ocsp", "crl"]
 
 def _wall_clock() -> datetime:
     return datetime.now(UTC)
-
-
-def ocsp_urls(cert: x509.Certificate) -> tuple[str, ...]:
-    """The http(s) OCSP responder URLs of `cert`'s Authority Information Access."""
-    try:
-        aia = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
-    except (x509.ExtensionNotFound, ValueError):
-        return ()
-    return tuple(
-        d.access_location.value
-        for d in aia.value
-        if d.access_method == AuthorityInformationAccessOID.OCSP
-        and isinstance(d.access_location, x509.UniformResourceIdentifier)
-        and d.access_location.value.lower().startswith(("http://", "https://"))
-    )
-
-
-def crl_urls(cert: x509.Certificate) -> tuple[str, ...]:
-    """The http(s) fullName URIs of `cert`'s CRL distribution points."""
-    try:
-        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
-    except (x509.ExtensionNotFound, ValueError):
-        return ()
-    return tuple(
-        name.value
-        for point in points.value
-        for name in point.full_name or ()
-        if isinstance(name, x509.UniformResourceIdentifier)
-        and name.value.lower().startswith(("http://", "https://"))
-    )
 
 
 def responder_of(url: str) -> str:
@@ -137,28 +107,15 @@ class HttpFetcher:
         self._skew = skew
 
     async def ocsp(self, url: str, target: RevocationTarget, now: datetime) -> OcspAnswer:
-        from . import _fetch  # type: ignore[attr-defined, unused-ignore]  # noqa: PLC0415
-
-        answer: OcspAnswer = await _fetch.fetch_ocsp(
-            self._client, url, target, now=now, skew=self._skew
-        )
-        return answer
+        return await fetch_ocsp(self._client, url, target, now=now, skew=self._skew)
 
     async def crl(self, url: str, issuer: x509.Certificate, now: datetime) -> JudgedCrl:
-        from . import _fetch  # type: ignore[attr-defined, unused-ignore]  # noqa: PLC0415
-
-        judged: JudgedCrl = await _fetch.fetch_crl(
-            self._client, url, issuer, now=now, skew=self._skew
-        )
-        return judged
+        return await fetch_crl(self._client, url, issuer, now=now, skew=self._skew)
 
 
 @contextlib.asynccontextmanager
 async def _http_fetcher(skew: timedelta) -> AsyncIterator[HttpFetcher]:
-    from . import _fetch  # type: ignore[attr-defined, unused-ignore]  # noqa: PLC0415
-
-    client: httpx.AsyncClient = _fetch.http_client()
-    async with client:
+    async with http_client() as client:
         yield HttpFetcher(client, skew=skew)
 
 
@@ -544,12 +501,6 @@ class Revocations:
 def _classify(exc: Exception, kind: _Kind) -> tuple[FetchKind, FetchResult]:
     """The kind and result a failure is counted as: a `FetchError` says both; a judge's
     refusal (`CrlError`, `OcspError`) is ``invalid``; anything else ``error``."""
-    said: object = getattr(exc, "kind", None)
-    told: object = getattr(exc, "result", None)
-    fetch_kind: FetchKind = "crl" if said == "crl" else "ocsp" if said == "ocsp" else kind
-    if told == "invalid":
-        return fetch_kind, "invalid"
-    if told == "error":
-        return fetch_kind, "error"
-    judged = isinstance(exc, CrlError) or type(exc).__name__ == "OcspError"
-    return fetch_kind, "invalid" if judged else "error"
+    if isinstance(exc, FetchError):
+        return exc.kind, exc.result
+    return kind, "invalid" if isinstance(exc, (CrlError, OcspError)) else "error"
