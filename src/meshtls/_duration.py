@@ -6,7 +6,7 @@ Pure functions, shared by the command line, the config loader and error messages
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from ._boundary import shown
@@ -66,3 +66,9 @@ def format_duration(value: timedelta) -> str:
     minutes, seconds = divmod(seconds, 60)
     units = zip((days, hours, minutes, seconds), "dhms", strict=True)
     return "".join(f"{amount}{unit}" for amount, unit in units if amount)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC to the second, as ``2030-01-01T00:15:00Z``: how `/status`, the
+    CLI and the logs write a time."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

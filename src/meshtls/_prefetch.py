@@ -36,6 +36,7 @@ from cryptography import x509
 
 from ._cache import LruCache
 from ._crl import CrlError, JudgedCrl, judge_crl, load_crl
+from ._duration import format_time
 from ._fetch import FetchError, crl_urls, fetch_crl, fetch_ocsp, http_client, ocsp_urls
 from ._logs import event
 from ._ocsp import OcspAnswer, OcspError
@@ -117,11 +118,6 @@ class HttpFetcher:
 async def _http_fetcher(skew: timedelta) -> AsyncIterator[HttpFetcher]:
     async with http_client() as client:
         yield HttpFetcher(client, skew=skew)
-
-
-def _rfc3339(moment: datetime) -> str:
-    """As ``/status`` writes every time: ``2030-01-01T00:15:00Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(slots=True)
@@ -262,16 +258,16 @@ class Revocations:
         failing: list[Json] = [
             {
                 "responder": responder,
-                "since": _rfc3339(state.since),
+                "since": format_time(state.since),
                 "failures": state.failures,
                 "last_error": state.last_error,
-                "retry_at": _rfc3339(state.retry_at),
+                "retry_at": format_time(state.retry_at),
             }
             for responder, state in sorted(self._failing.items())
         ]
         return {
             "entries": len(self.cache),
-            "oldest": None if oldest is None else _rfc3339(oldest),
+            "oldest": None if oldest is None else format_time(oldest),
             "oldest_age_seconds": self._oldest_age(),
             "queued": len(self._queue),
             "dropped": self.dropped,

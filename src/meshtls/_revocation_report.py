@@ -19,6 +19,7 @@ import trio
 from cryptography import x509
 
 from ._boundary import printable
+from ._duration import format_time
 from ._errors import VerificationError
 from ._fetch import (
     DEFAULT_TIMEOUT,
@@ -143,7 +144,7 @@ async def report_chain(
 
 
 def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else "-"
+    return format_time(value) if value is not None else "-"
 
 
 def report_lines(report: Sequence[CertRevocation]) -> list[str]:

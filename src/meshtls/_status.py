@@ -24,14 +24,14 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._boundary import clamp_time
-from ._duration import format_duration
+from ._duration import format_duration, format_time
 from ._identity import Identity
 from ._svid import X509Svid
 
@@ -111,7 +111,7 @@ def readiness(state: NodeState) -> Readiness:
         ago = seconds_expired(svid, state.now)
         return Readiness(
             False,
-            f"our SVID {svid.spiffe_id} expired at {_time(svid.not_after)} ({ago}s ago) and"
+            f"our SVID {svid.spiffe_id} expired at {format_time(svid.not_after)} ({ago}s ago) and"
             " no renewal came: no valid SVID to present",
         )
     if state.max_age is not None and state.now - svid.not_before > state.max_age:
@@ -158,7 +158,7 @@ def status(state: NodeState) -> dict[str, Json]:
         "ready": verdict.ready,
         "reason": verdict.reason,
         "phase": state.phase,
-        "time": _time(state.now),
+        "time": format_time(state.now),
         "svid": None if identity is None else _svid(identity.svid, state.now),
         "bundles": {} if identity is None else _bundles(identity),
         "listeners": dict(state.listeners),
@@ -174,8 +174,8 @@ def _svid(svid: X509Svid, now: datetime) -> dict[str, Json]:
         "spiffe_id": str(svid.spiffe_id),
         "serial": format(leaf.serial_number, "x"),
         "sha256": _fingerprint(leaf),
-        "not_before": _time(svid.not_before),
-        "not_after": _time(svid.not_after),
+        "not_before": format_time(svid.not_before),
+        "not_after": format_time(svid.not_after),
         "seconds_left": seconds_left(svid, now),
     }
 
@@ -195,7 +195,7 @@ def _root(root: x509.Certificate) -> dict[str, Json]:
     return {
         "subject": subject,
         "sha256": _fingerprint(root),
-        "not_after": _time(clamp_time(root.not_valid_after_utc)),
+        "not_after": format_time(clamp_time(root.not_valid_after_utc)),
     }
 
 
@@ -203,7 +203,7 @@ def _rotation(last: LastRotation | None) -> Json:
     if last is None:
         return None
     return {
-        "time": _time(last.time),
+        "time": format_time(last.time),
         "svid": "new" if last.svid_changed else "kept",
         "bundles": "changed" if last.bundles_changed else "kept",
     }
@@ -211,8 +211,3 @@ def _rotation(last: LastRotation | None) -> Json:
 
 def _fingerprint(certificate: x509.Certificate) -> str:
     return hashlib.sha256(certificate.public_bytes(Encoding.DER)).hexdigest()
-
-
-def _time(moment: datetime) -> str:
-    """RFC 3339 in UTC to the second, as ``2030-01-01T00:15:00Z``."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
