@@ -252,3 +252,27 @@ def test_P_4_a_crl_is_judged_against_the_authority_whose_key_signed_it() -> None
     assert room.status(alice, ca) == "revoked"
     assert room.status(bob, twin) == "revoked"
     assert room.fetches("invalid") == 0
+
+
+def test_P_4_a_fault_judging_one_crl_is_counted_and_the_pass_goes_on() -> None:
+    """Whatever goes wrong judging a CRL (here: the node's list of authorities raises)
+    refuses that CRL only: counted once, and the feed's task never ends on it."""
+    ca = CA("example.org", now=T)
+    room = Room()
+
+    def broken() -> list[x509.Certificate]:
+        raise RuntimeError("a bug listing the authorities")
+
+    feed = CrlFeed(
+        room.revocations, [CrlPlace("file:x", holding(pem(make_crl(ca))))], broken,
+        metrics=room.metrics,
+    )  # fmt: skip
+    assert feed.refresh() == 0
+    assert feed.refresh() == 0
+    assert room.fetches("invalid") == 1
+    assert (
+        room.registry.get_sample_value(
+            "meshtls_revocation_refused_total", {"kind": "crl", "problem": "other"}
+        )
+        == 1
+    )

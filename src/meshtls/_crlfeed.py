@@ -7,7 +7,7 @@ against the first known authority that names its issuer and whose key signed it:
 authorities of our bundles, our own chain, and the chains of live connections. A CRL that
 no authority accepts is counted (``revocation_fetch_total{kind="crl",result="invalid"}``)
 and logged once per distinct content (a kept CRL is not counted: nothing was fetched);
-it never stops the feed or the node. A reader that
+it never stops the feed or the node, whatever goes wrong judging it. A reader that
 raises is counted as ``error`` and tried again at the next pass.
 """
 
@@ -75,7 +75,10 @@ class CrlFeed:
             before = self._refusals.get(place.origin, {})
             refusals: dict[bytes, str] = {}
             for data in found:
-                problem = self._keep(place.origin, data)
+                try:
+                    problem = self._keep(place.origin, data)
+                except Exception as exc:  # a fault judging one CRL is that CRL's alone
+                    problem = f"other: {describe_error(exc)}"
                 if problem is None:
                     kept += 1
                     continue
