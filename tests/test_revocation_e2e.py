@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 import trio
 from cryptography.hazmat.primitives import serialization
@@ -36,6 +35,7 @@ from meshtls.testing import CA, IssuedCertificate
 
 from .revocation_peers import OcspResponder, closed_port, needs_openssl
 from .test_crl import make_crl
+from .test_node import port, scrape
 
 NODE_ID = "spiffe://example.org/node"
 
@@ -82,21 +82,8 @@ async def echo_backend() -> AsyncIterator[int]:
         nursery.cancel_scope.cancel()
 
 
-def port(node: Node, name: str) -> int:
-    (listener, *_) = node.listeners[name]
-    number: int = listener.socket.getsockname()[1]
-    return number
-
-
 def expose_port(node: Node) -> int:
     return port(node, next(k for k in node.listeners if k.startswith("expose:")))
-
-
-async def scrape(node: Node) -> str:
-    async with httpx.AsyncClient() as client:
-        response = await client.get(f"http://127.0.0.1:{port(node, 'metrics')}/metrics")
-    assert response.status_code == 200
-    return response.text
 
 
 def sample(text: str, name: str, **labels: str) -> float:
