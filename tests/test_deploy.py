@@ -18,6 +18,7 @@ import argparse
 import copy
 import re
 import shlex
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,6 +38,8 @@ from meshtls._cli import build_parser
 from meshtls._config import NodeConfig, WorkloadApiIdentity, parse_config
 from meshtls.testing import CA
 
+from .logfmt import parse_json
+from .test_node_cli import SLACK, bound_ports, node_process
 from .workload_server import WorkloadApiServer, svid_message, x509_response
 
 ROOT: Final = Path(__file__).parent.parent
@@ -705,3 +708,40 @@ async def test_the_embedded_config_runs_against_the_workload_api(
     families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
     (expiry,) = families["meshtls_certificate_expiry_seconds"].samples
     assert 29 * 60 < expiry.value <= 30 * 60
+
+
+async def test_the_containers_command_runs_and_stops_within_the_grace_period(
+    workload: Workload, tmp_path: Path, agent: WorkloadApiServer
+) -> None:
+    """The container's own args (only --config moved), as a process: ready, then SIGTERM."""
+    config = workload.config(tmp_path)
+    assert config.authorize.member_of is not None
+    spiffe_id = spiffe_id_of(workload, config.authorize.member_of.name)
+    ca = CA(config.authorize.member_of, now=NOW)
+    issued = ca.issue(
+        spiffe_id, not_before=NOW - SPIRE_BACKDATE, not_after=NOW + timedelta(minutes=30)
+    )
+    agent.push(x509_response([svid_message(issued, [ca.certificate])]))
+    node_toml = tmp_path / workload.config_key
+    node_toml.write_text(rewritten(workload.toml, agent.path), encoding="utf-8")
+    args = [text(a, "arg") for a in items(workload.container["args"], "args")]
+    assert args[0] == "node"
+    args[args.index("--config") + 1] = str(node_toml)
+    assert args[args.index("--log-format") + 1] == "json"  # one JSON object per line
+
+    async with node_process(tmp_path, *args[1:]) as (process, lines):
+        with trio.fail_after(WAIT):
+            ready = parse_json(
+                await lines.until(lambda line: parse_json(line)["msg"] == "node ready")
+            )
+        assert ready["id"] == spiffe_id
+        ports = bound_ports(ready)
+        async with httpx.AsyncClient() as http:
+            answer = await http.get(f"http://127.0.0.1:{ports['metrics']}/readyz")
+        assert answer.status_code == 200
+        process.send_signal(signal.SIGTERM)  # what the kubelet sends first
+        grace = workload.pod_spec["terminationGracePeriodSeconds"]
+        assert isinstance(grace, int)
+        with trio.fail_after(min(config.node.shutdown_timeout.total_seconds() + SLACK, grace)):
+            code = await process.wait()
+    assert code == 0, await lines.rest()
