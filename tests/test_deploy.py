@@ -700,7 +700,8 @@ async def test_the_embedded_config_runs_against_the_workload_api(
                 status = (await http.get(f"{base}/status")).json()
                 scraped = await http.get(f"{base}/metrics")
                 alive = await http.get(f"{base}/healthz")
-    assert (ready.status_code, ready.text.strip()) == (200, "ready")
+    assert ready.status_code == 200
+    assert ready.text.startswith("ready")  # the dialer pool adds "; peers N/M connected"
     assert alive.status_code == 200
     assert status["svid"]["spiffe_id"] == spiffe_id
     assert status["svid"]["serial"] == format(issued.leaf.serial_number, "x")
