@@ -678,10 +678,11 @@ async def test_the_embedded_config_runs_against_the_workload_api(
     config = workload.config(tmp_path)
     assert config.authorize.member_of is not None
     spiffe_id = spiffe_id_of(workload, config.authorize.member_of.name)
-    ca = CA(config.authorize.member_of, now=NOW)
+    now = datetime.now(UTC)  # not the module's NOW: the suite may reach this test minutes later
+    ca = CA(config.authorize.member_of, now=now)
     # What SPIRE hands out for the guide's entry: not_before 10 s back, 30 min TTL.
     issued = ca.issue(
-        spiffe_id, not_before=NOW - SPIRE_BACKDATE, not_after=NOW + timedelta(minutes=30)
+        spiffe_id, not_before=now - SPIRE_BACKDATE, not_after=now + timedelta(minutes=30)
     )
     agent.push(x509_response([svid_message(issued, [ca.certificate])]))
 
@@ -718,9 +719,10 @@ async def test_the_containers_command_runs_and_stops_within_the_grace_period(
     config = workload.config(tmp_path)
     assert config.authorize.member_of is not None
     spiffe_id = spiffe_id_of(workload, config.authorize.member_of.name)
-    ca = CA(config.authorize.member_of, now=NOW)
+    now = datetime.now(UTC)
+    ca = CA(config.authorize.member_of, now=now)
     issued = ca.issue(
-        spiffe_id, not_before=NOW - SPIRE_BACKDATE, not_after=NOW + timedelta(minutes=30)
+        spiffe_id, not_before=now - SPIRE_BACKDATE, not_after=now + timedelta(minutes=30)
     )
     agent.push(x509_response([svid_message(issued, [ca.certificate])]))
     node_toml = tmp_path / workload.config_key
