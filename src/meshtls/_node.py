@@ -6,10 +6,19 @@ Theory of operation. `open_node` starts, in this order: the health and metrics e
 task, with a wait bounded by ``[node] startup_timeout``), the rotation task
 (`meshtls._rotation`) and the identity watch (`Node._watch_identity`: the last rotation
 for ``/status``, a warning at 80 % of our SVID's lifetime, an error at its expiry), the
-mesh listener, and every ``[[expose]]`` and ``[[forward]]`` listener. The node is *ready*
-(``/readyz`` 200) once all of them are up, and for as long as our SVID has not expired
-(`meshtls._status.readiness`). The dialer pool and the revocation prefetcher will join the
-same nursery.
+mesh listener, every ``[[expose]]`` and ``[[forward]]`` listener, and last the dialer pool
+(`meshtls._dialer.Dialer.run`: a nursery of its own with one keeper task per ``[[peers]]``
+entry or `Node.add_peer`). The node is *ready* (``/readyz`` 200) once all of them are up,
+and for as long as our SVID has not expired (`meshtls._status.readiness`); the peers never
+decide readiness, ``/readyz`` only names how many are connected.
+
+Messages. Without ``handler=``, the mesh listener runs a server message link
+(`meshtls._channel.run_link`) on each verified connection and registers it, so `Node.send`
+can answer a peer that only dialled us; the pool's keepers run client links to their peers.
+Every incoming message goes to one bounded `Inbox` (`Node.messages`, or the `PeerChannel`
+open for its sender). `Node.send` never dials: the pool's decisions are `meshtls._pool`'s
+plain functions, the I/O is `meshtls._dialer`'s. With ``handler=``, the mesh listener hands
+each verified `MeshStream` to it instead.
 
 The node only supervises. What identity its listeners use is the rotation's business:
 the listeners take the `Rotation` as their `IdentitySource`, the source reports what it
@@ -21,9 +30,10 @@ Reload and drain. Each listener judges peers through a `Gate` (its authorizer, w
 node swaps) and reads the rotation's policy at every handshake. `Node.reload` applies a
 new config all or nothing, without a checkpoint: it refuses (`ReloadError`) a change it
 cannot apply live, else swaps the policy and the rules, re-reads the identity files and
-has the rotation judge every live connection again. `Node.drain` closes every listening
-socket but the metrics endpoint's (new connections are refused at once), then waits for
-the live connections to end.
+has the rotation judge every live connection again; ``[[peers]]`` changes add, remove or
+move pooled peers. `Node.drain` closes every listening socket but the metrics endpoint's
+(new connections are refused at once) and stops the dialer pool, then waits for the live
+connections to end.
 
 Errors: a fault in one connection never stops the node. Every start-up failure, whatever
 its type (an identity the policy refuses, no first identity in time, a Workload API that
