@@ -31,15 +31,15 @@ import logging
 import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 
 from ._authorize import authorize_id
 from ._boundary import describe_error
-from ._channel import ChannelSettings, Inbox, Link, LinkEnd, SendError, run_link
+from ._channel import ChannelSettings, Inbox, Link, LinkEnd, run_link
 from ._config import Address, MeshSettings, PeerSettings, format_address
-from ._errors import HandshakeError
+from ._errors import HandshakeError, SendError
 from ._logs import event
 from ._metrics import MeshMetrics
 from ._pool import (
@@ -70,6 +70,8 @@ if TYPE_CHECKING:
 __all__ = ["Dialer", "channel_settings"]
 
 logger = logging.getLogger("meshtls")
+#: How long a replaced link stays open for the sends begun on it before the swap.
+RETIRE_GRACE: Final = 1.0
 
 
 def channel_settings(mesh: MeshSettings) -> ChannelSettings:
@@ -244,10 +246,21 @@ class Dialer:
         return True
 
     def close(self) -> None:
-        """Stop the pool (the node drains or stops): every keeper and pooled link ends."""
+        """Stop the pool for a drain: no more dials; every pooled and inbound link is closed
+        on purpose (a WebSocket close, bounded by ``keepalive_timeout``), so the drain ends
+        once they have, and their peers read a clean end. Calling it again does nothing."""
+        if self._closed or self._nursery is None:
+            return
         self._closed = True
-        for peer_id in list(self._peers):
-            self.remove(peer_id)
+        for peer in self._peers.values():
+            if peer.link is not None and not peer.link.closed:
+                self._nursery.start_soon(peer.link.aclose)
+            else:
+                peer.scope.cancel()  # dialling or backing off: stop now
+        for links in self._inbound.values():
+            for link in links:
+                self._nursery.start_soon(link.aclose)
+        self._pulse()
 
     def _pulse(self) -> None:
         self._changed.set()
@@ -263,7 +276,7 @@ class Dialer:
     async def _keep(self, peer: _Peer) -> None:
         """The keeper of one peer (see the module docstring); ends when the peer is removed."""
         with peer.scope:
-            while True:
+            while not self._closed:
                 step = keeper_step(peer.state, trio.current_time())
                 if not isinstance(step, Dial):
                     await trio.sleep_until(step.until)
@@ -352,6 +365,7 @@ class Dialer:
                     await slot.done.wait()
                     break
                 slot.replaced = True
+                links.start_soon(self._retire, slot)
                 slot = new
             links.cancel_scope.cancel()  # links replaced and not yet finished: none normally
             return slot.reason, ""
@@ -368,9 +382,21 @@ class Dialer:
             return None
         before, after = old.stream.closes_at, new.stream.closes_at
         if before is not None and after is not None and after <= before:
-            new.scope.cancel()  # no later than the old one: of no use
+            assert new.link is not None
+            await new.link.aclose()  # no later than the old one: of no use
             return None
         return new
+
+    async def _retire(self, old: _Slot) -> None:
+        """Close a replaced link on purpose, once the sends begun on it before the swap
+        have had a moment to get their acknowledgement (else it drains at its deadline)."""
+        closes_at = old.stream.closes_at
+        grace = RETIRE_GRACE
+        if closes_at is not None:
+            grace = min(grace, max(0.0, (closes_at - self._clock()).total_seconds() / 2))
+        await trio.sleep(grace)
+        if old.link is not None:
+            await old.link.aclose()
 
     async def _run_slot(self, peer: _Peer, slot: _Slot) -> None:
         """Run one client link under the rotation's tracking; set `slot.done` at its end."""
@@ -467,14 +493,14 @@ class Dialer:
             )
             if isinstance(decision, Fail):
                 self._metrics.send_failed(decision.reason)
-                raise SendError(str(peer_id), decision.reason)
+                raise SendError(decision.reason, str(peer_id))
             link = None
             if isinstance(decision, Use):
                 link = inbound if decision.via == "inbound" else peer.link if peer else None
             if link is None or link.closed:  # wait: the keeper's next change, or the deadline
                 if now >= deadline:
                     self._metrics.send_failed("timeout")
-                    raise SendError(str(peer_id), "timeout")
+                    raise SendError("timeout", str(peer_id))
                 changed = self._changed
                 with trio.move_on_at(deadline):
                     await changed.wait()
@@ -483,7 +509,7 @@ class Dialer:
                 await link.send(message)
                 return
             self._metrics.send_failed("timeout")
-            raise SendError(str(peer_id), "timeout")
+            raise SendError("timeout", str(peer_id))
 
     # ------------------------------------------------------------ ChannelObserver
 
