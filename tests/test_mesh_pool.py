@@ -466,3 +466,27 @@ async def test_add_and_remove_peers_at_run_time_and_by_reload(tmp_path: Path) ->
         result = a.reload(world.config("a", None))
         assert result.changed == (f"[[peers]] {B} removed",)
         assert a.peers() == []
+
+
+async def test_a_draining_node_closes_its_links_on_purpose_and_stops_dialling(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        with trio.fail_after(3):
+            await a.drain()  # not shutdown_timeout: its links were closed, not waited for
+        await until(lambda: state(b, A).state != "connected")
+        text = await scrape(b)
+        assert (
+            sample(text, "meshtls_channel_links_ended_total", reason="closed", role="client") == 1
+        )
+        assert (
+            sample(text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 1
+        )
+        dials = state(a, B).dials
+        with pytest.raises(SendError) as info:
+            await a.send(B, b"x", timeout=0.5)
+        assert info.value.reason == "unavailable"
+        await trio.sleep(0.3)
+        assert state(a, B).dials == dials  # the pool stopped
+        await until(lambda: state(b, A).failures >= 1)  # b's redial is refused: a drains
