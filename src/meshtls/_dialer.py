@@ -424,7 +424,8 @@ class Dialer:
         finally:
             slot.stream.abort()  # closed already, normally; else reset, never a clean end
             slot.reason = _classify(slot)
-            self._metrics.link_ended("client", slot.reason)
+            if slot.link is not None:  # one that never came up is a failed dial
+                self._metrics.link_ended("client", slot.reason)
             slot.up.set()
             slot.done.set()
             self._pulse()
@@ -455,7 +456,7 @@ class Dialer:
             if not links:
                 self._inbound.pop(peer_id, None)
             slot.reason = _classify(slot)
-            self._metrics.link_ended("server", slot.reason)
+            self._metrics.link_ended("server", slot.reason)  # a failed upgrade too
             self._pulse()
 
     def _registered(self, peer_id: SpiffeId, link: Link) -> None:
