@@ -457,6 +457,11 @@ async def test_add_and_remove_peers_at_run_time_and_by_reload(tmp_path: Path) ->
         with pytest.raises(KeyError):
             a.remove_peer(B)
         await until(lambda: not b.dialer.inbound_peers())
+        b_text = await scrape(b)  # a closed its link on purpose: b read a clean end
+        assert (
+            sample(b_text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 1
+        )
+        await trio.sleep(0.2)
         assert "meshtls_peer_connected{" not in await scrape(a)  # its series are gone
 
         reloaded = world.config("a", None, peers={B: port(b, "mesh")})
