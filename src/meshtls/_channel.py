@@ -703,9 +703,12 @@ class Link:
                         await ws.ping(self._next_ping())
                     if not wait.cancelled_caught:
                         continue
-                    stalled = self._delivering or self._last_delivered > sent_at
-                    if stalled or transport.last_received > sent_at:
-                        continue  # our reader was held by our inbox: not the peer's fault
+                    # Bytes since the ping say the peer lives (">=": on a frozen clock they
+                    # may share its instant; `due` put every earlier byte an interval back).
+                    if transport.last_received >= sent_at:
+                        continue
+                    if self._delivering or self._last_delivered >= sent_at:
+                        continue  # our reader was held by our own full inbox: not the peer
                     self._decide(
                         LinkEnd(False, "keepalive_timeout", f"no answer to a ping in {timeout:g}s")
                     )
