@@ -73,6 +73,19 @@ class LinkServer:
     links: trio.MemoryReceiveChannel[Link]
     handled: list[meshtls.MeshStream]
     rejected: list[meshtls.HandshakeError]
+    changed: list[trio.Event]  # the one current event, set on each handler run or rejection
+
+    def _note(self) -> None:
+        self.changed[0].set()
+        self.changed[0] = trio.Event()
+
+    async def wait_handled(self, count: int) -> None:
+        while len(self.handled) < count:
+            await self.changed[0].wait()
+
+    async def wait_rejected(self, count: int) -> None:
+        while len(self.rejected) < count:
+            await self.changed[0].wait()
 
 
 async def start_link_server(
@@ -92,9 +105,19 @@ async def start_link_server(
     send_links, links = trio.open_memory_channel[Link](100)
     handled: list[meshtls.MeshStream] = []
     rejected: list[meshtls.HandshakeError] = []
+    server: LinkServer | None = None
+
+    def note() -> None:
+        if server is not None:
+            server._note()
+
+    def on_rejected(error: meshtls.HandshakeError) -> None:
+        rejected.append(error)
+        note()
 
     async def handler(stream: meshtls.MeshStream) -> None:
         handled.append(stream)
+        note()
         async with trio.open_nursery() as inner:
             try:
                 link = await start_link(
@@ -109,9 +132,10 @@ async def start_link_server(
         handler,
         source=mesh.server,
         authorize=authorize,
-        on_rejected=rejected.append,
+        on_rejected=on_rejected,
     )
-    return LinkServer(port, inbox, observer, links, handled, rejected)
+    server = LinkServer(port, inbox, observer, links, handled, rejected, [trio.Event()])
+    return server
 
 
 @dataclass
