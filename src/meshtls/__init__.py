@@ -38,9 +38,11 @@ if TYPE_CHECKING:
     from ._identity import IdentitySource as IdentitySource
     from ._node import Node as Node
     from ._node import NodeError as NodeError
+    from ._node import PeerChannel as PeerChannel
     from ._node import ReloadError as ReloadError
     from ._node import open_node as open_node
     from ._policy import ValidationPolicy as ValidationPolicy
+    from ._pool import PeerStatus as PeerStatus
     from ._sources import FileSource as FileSource
     from ._sources import LocalCASource as LocalCASource
     from ._sources import StaticSource as StaticSource
@@ -88,9 +90,11 @@ _HOMES: Final[dict[str, str]] = {
     "IdentitySource": "._identity",
     "Node": "._node",
     "NodeError": "._node",
+    "PeerChannel": "._node",
     "ReloadError": "._node",
     "open_node": "._node",
     "ValidationPolicy": "._policy",
+    "PeerStatus": "._pool",
     "FileSource": "._sources",
     "LocalCASource": "._sources",
     "StaticSource": "._sources",
@@ -125,7 +129,9 @@ __all__ = [
     "Node",
     "NodeConfig",
     "NodeError",
+    "PeerChannel",
     "PeerRejectedError",
+    "PeerStatus",
     "Reason",
     "ReloadError",
     "SendError",
