@@ -30,6 +30,7 @@ from meshtls._node import Node, open_node
 from meshtls.testing import CA
 
 from .test_crl import make_crl
+from .test_metrics import promtool
 from .test_node import port, sample, scrape
 
 TD = "example.org"
@@ -223,6 +224,7 @@ async def test_two_nodes_peer_each_other_and_exchange_messages_both_ways(tmp_pat
         assert sample(text, "meshtls_peer_dials_total", peer=B, result="ok") == 1
         assert sample(text, "meshtls_messages_sent_total") == 3  # a sent three
         assert sample(text, "meshtls_messages_received_total") == 2
+        await promtool(text)  # the mesh families pass `promtool check metrics` too
 
 
 async def test_a_node_answers_a_peer_that_only_dialled_it(tmp_path: Path) -> None:
