@@ -359,7 +359,10 @@ class Dialer:
         await slot.up.wait()
         if slot.link is None:
             await slot.done.wait()
-            raise _DialFailedError(f"link failed: {slot.reason}")
+            detail = slot.end.detail if slot.end is not None else None
+            raise _DialFailedError(
+                f"link failed: {slot.reason}" + (f": {detail}" if detail else "")
+            )
         self._dialed(peer, ok=True)
         return slot
 
