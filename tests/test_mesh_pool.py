@@ -597,3 +597,23 @@ async def test_a_peer_that_does_not_speak_websocket_ends_its_own_connection_only
         )
         await b.send(A, b"still serving")  # the node and its other links go on
         assert (await receive(a)).data == b"still serving"
+
+
+async def test_a_peer_that_refuses_our_certificate_is_a_failed_dial_saying_so(
+    tmp_path: Path,
+) -> None:
+    """TLS 1.3 lets the client finish first: the refusal shows in the upgrade, and the pool
+    counts it as a failed dial whose last_error says the peer rejected us."""
+    world = World(tmp_path)
+    strict = world.config("a", A, extra='[authorize]\nids = ["spiffe://example.org/node/z"]')
+    async with open_node(strict) as a:
+        config = world.config("b", B, peers={A: port(a, "mesh")})
+        async with open_node(config) as b:
+            await until(lambda: state(b, A).failures >= 2)
+            status = state(b, A)
+            assert status.connected_total == 0
+            assert status.last_error is not None
+            assert "rejects our certificate" in status.last_error
+            text = await scrape(b)
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="failed") >= 2
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="ok") == 0
