@@ -617,3 +617,12 @@ async def test_a_peer_that_refuses_our_certificate_is_a_failed_dial_saying_so(
             text = await scrape(b)
             assert sample(text, "meshtls_peer_dials_total", peer=A, result="failed") >= 2
             assert sample(text, "meshtls_peer_dials_total", peer=A, result="ok") == 0
+
+
+async def test_messages_end_once_the_node_has_stopped_and_they_were_read(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        await a.send(B, b"last words")
+    with trio.fail_after(5):  # without the inbox closed at the end, this never ends
+        got = [message.data async for message in b.messages()]
+    assert got == [b"last words"]
