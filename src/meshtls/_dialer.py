@@ -57,6 +57,8 @@ from ._pool import (
     link_ended,
     new_peer,
     replace_at,
+    replacement_failed,
+    replacement_started,
 )
 from ._spiffeid import SpiffeId
 from ._stream import MeshStream, Observer, OurRole, connect
@@ -425,9 +427,12 @@ class Dialer:
     async def _replacement(self, peer: _Peer, old: _Slot, links: trio.Nursery) -> _Slot | None:
         """A new link to `peer` that outlives `old`, made before `old` must close; None
         when it cannot be made or would close no later (no certificate rotated yet)."""
+        self._set(peer, replacement_started(peer.state))
         try:
             new = await self._open(peer, links)
         except _DialFailedError as exc:
+            self._dialed(peer, ok=False)
+            self._set(peer, replacement_failed(peer.state, str(exc)))
             event(
                 logger, logging.INFO, "link replacement failed", peer=str(peer.id), error=str(exc)
             )
