@@ -6,6 +6,7 @@ import math
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import meshtls
@@ -323,3 +324,27 @@ async def _slow_consumer(mock_clock: trio.testing.MockClock) -> None:
             await done.wait()
         assert [(await anext(messages)).data for _ in range(2)] == [b"2", b"3"]
         assert pair.client_observer.ends == pair.server_observer.ends == []
+
+
+async def test_a_send_cancelled_after_its_frame_was_held_still_sends_it() -> None:
+    """`send` holds the message back to write it with its ping (one TLS record). Cancelled
+    in between, the held message still leaves (never half a frame, never stuck)."""
+    with trio.fail_after(10):
+        async with link_pair(Mesh()) as pair:
+            transport = pair.client._transport
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_once_held() -> None:
+                        while not transport._held:
+                            await trio.lowlevel.checkpoint()
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_once_held)
+                    await pair.client.send(b"held")
+            assert scope.cancelled_caught
+            got = await anext(aiter(pair.server_inbox.messages()))
+            assert got.data == b"held"
+            assert not pair.client.closed
+            await pair.client.send(b"after")
+            assert (await anext(aiter(pair.server_inbox.messages()))).data == b"after"

@@ -102,6 +102,35 @@ async def test_websockets_exchanges_messages_both_ways_with_the_verified_id(
     assert closed == [1000]
 
 
+async def test_a_send_is_acknowledged_even_when_websockets_closes_on_reading_it(
+    tmp_path: Path,
+) -> None:
+    """The message and its ping leave in one TLS record, so websockets answers the ping
+    before its application can close on reading the message (else that send would raise
+    `closed` although the message arrived). Twenty rounds: the race is not left to luck."""
+    mesh = Mesh()
+    context = client_context(tmp_path, mesh, mesh.ca)
+
+    def client(port: int) -> None:
+        with connect(port, context) as ws:
+            ws.recv(timeout=TIMEOUT)
+            ws.recv(timeout=TIMEOUT)
+        # and close at once
+
+    with trio.fail_after(6 * TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            server = await start_link_server(nursery, mesh)
+            for _ in range(20):
+                nursery.start_soon(trio.to_thread.run_sync, client, server.port)
+                link = await server.links.receive()
+                await link.send(b"one")
+                await link.send(b"two")  # would raise SendError("closed") if it lost the race
+                await link.wait_closed()
+                assert link.end is not None
+                assert link.end.reason == "closed"
+            nursery.cancel_scope.cancel()
+
+
 async def test_websockets_asking_for_another_path_gets_404(tmp_path: Path) -> None:
     mesh = Mesh()
     context = client_context(tmp_path, mesh, mesh.ca)
