@@ -348,3 +348,41 @@ async def test_a_send_cancelled_after_its_frame_was_held_still_sends_it() -> Non
             assert not pair.client.closed
             await pair.client.send(b"after")
             assert (await anext(aiter(pair.server_inbox.messages()))).data == b"after"
+
+
+# ---------------------------------------------------------------- the inbox alone
+
+
+async def test_a_subscribed_channel_claims_its_peers_messages_and_returns_leftovers() -> None:
+    a, b = meshtls.SpiffeId.parse(CLIENT_ID), meshtls.SpiffeId.parse(SERVER_ID)
+    inbox = Inbox(2)
+    with inbox.subscribe(a) as channel:
+        with pytest.raises(trio.BusyResourceError), inbox.subscribe(a):
+            pass  # one channel per peer
+        await inbox.deliver(Message(a, b"a1"))
+        await inbox.deliver(Message(b, b"b1"))
+        await inbox.deliver(Message(a, b"a2"))
+        assert inbox.queued == 3
+        assert channel.receive_nowait() == Message(a, b"a1")
+    # a2 was left unread: it goes back to the shared queue
+    messages = inbox.messages()
+    assert [await anext(messages), await anext(messages)] == [
+        Message(b, b"b1"),
+        Message(a, b"a2"),
+    ]
+    await inbox.deliver(Message(a, b"a3"))  # no channel: the shared queue
+    inbox.close()
+    assert [m.data async for m in inbox.messages()] == [b"a3"]  # drained, then the end
+    with pytest.raises(trio.ClosedResourceError):
+        await inbox.deliver(Message(a, b"late"))
+
+
+async def test_a_full_inbox_makes_deliver_wait() -> None:
+    peer = meshtls.SpiffeId.parse(CLIENT_ID)
+    inbox = Inbox(1)
+    await inbox.deliver(Message(peer, b"1"))
+    with trio.move_on_after(0.05) as waited:
+        await inbox.deliver(Message(peer, b"2"))
+    assert waited.cancelled_caught
+    assert inbox.queued == 1
+    assert not inbox.deliver_nowait(Message(peer, b"3"))

@@ -457,8 +457,9 @@ class Link:
 
     @property
     def closed(self) -> bool:
-        """Whether the link has ended (sends fail with ``SendError("closed")``)."""
-        return self._end is not None
+        """Whether the link takes no more sends (they raise ``SendError("closed")``): it
+        has ended, or its end is under way (a close handshake, say)."""
+        return self._end is not None or self._verdict is not None or self._close_code is not None
 
     @property
     def end(self) -> LinkEnd | None:
