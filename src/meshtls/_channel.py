@@ -339,20 +339,32 @@ class _Transport(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._cork is not None and self._cork is trio.lowlevel.current_task():
             self._cork = None
-            self._held += data
-            await trio.lowlevel.cancel_shielded_checkpoint()  # held: it will leave
-            return
-        async with self._lock:
+            self._held += data  # it leaves with the next write (no checkpoint: the caller
+            return  # took trio-websocket's lock, which was one)
+        await self._acquire()
+        try:
             if self._held:
                 data, self._held = self._held + data, b""
             await self._write(data)
+        finally:
+            self._lock.release()
 
     async def flush(self) -> None:
         """Send the bytes held back, if any."""
-        async with self._lock:
+        await self._acquire()
+        try:
             if self._held:
                 data, self._held = self._held, b""
                 await self._write(data)
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        """The write lock, without a checkpoint when it is free (the write is one)."""
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
 
     async def _write(self, data: bytes | bytearray | memoryview) -> None:
         try:
