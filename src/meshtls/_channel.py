@@ -8,7 +8,7 @@ message is one binary frame; a text frame from a foreign client arrives as its U
 Each incoming message becomes a `Message` tagged with the peer's *verified* SPIFFE ID (the
 stream's, never anything the peer wrote) and goes into the node's `Inbox`.
 
-`run_link` owns the stream and one nursery of three tasks, and nothing it runs raises
+`run_link` owns the stream and one nursery of four tasks, and nothing it runs raises
 into that nursery (so a peer's fault never becomes an exception group):
 
 - the *reader* (trio-websocket's, started through `_Tasks` so that it runs under
@@ -23,7 +23,9 @@ into that nursery (so a peer's fault never becomes an exception group):
   sends a ping; no byte within `keepalive_timeout` ends the link (``keepalive_timeout``).
   Time while our own forwarder waits on a full inbox does not count against the peer
   (our reader cannot read its answer then), and such a stalled side keeps pinging, which
-  tells the peer that it is alive, only slow.
+  tells the peer that it is alive, only slow;
+- the *flusher*: sends a message frame that a cancelled `Link.send` left held back
+  (see Acknowledgement below).
 
 The body of `run_link` does the upgrade (client: ``GET /mesh``; server: only ``/mesh``,
 else 404), bounded by `upgrade_timeout`, calls ``task_status.started(link)``, then waits
@@ -35,16 +37,17 @@ then decides one `LinkEnd`, wakes every waiting `Link.send` with ``SendError("cl
 closes the stream, tells the observer, and returns once the forwarder has queued the one
 message it may hold (it was acknowledged already). The stream is closed gracefully when
 the peer was told why the link ended (a WebSocket close frame or an HTTP error
-answer), and reset otherwise (timeouts, a broken stream, our own bug, cancellation), so
-a cut link never reads as a clean end.
+answer), and reset otherwise (timeouts, a broken stream, a protocol error trio-websocket
+sent no close frame for, our own bug, cancellation), so a cut link never reads as a clean
+end.
 
 Acknowledgement: `Link.send` writes the message, then a ping, and returns when the pong
 arrives. The peer's reader handles frames in order and answers a ping only after it
 handed over the messages before it (to the forwarder, which queues it), so a pong means
 the peer node holds the message. The message and its ping leave in one TLS record
 (`_Transport.corked`): a peer reads them together, so one that closes as soon as it reads
-the message has answered the ping already. A send that does not return normally raised: the message
-may or may not have arrived (at-least-once for a caller that retries).
+the message has answered the ping already. A send that does not return normally raised:
+the message may or may not have arrived (at-least-once for a caller that retries).
 
 Any exception from serving one link ends that link with ``internal_error`` (logged with its
 traceback); `run_link` returns a `LinkEnd` for every fault of the peer and raises only
