@@ -6,6 +6,7 @@ import math
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 import meshtls
@@ -323,3 +324,65 @@ async def _slow_consumer(mock_clock: trio.testing.MockClock) -> None:
             await done.wait()
         assert [(await anext(messages)).data for _ in range(2)] == [b"2", b"3"]
         assert pair.client_observer.ends == pair.server_observer.ends == []
+
+
+async def test_a_send_cancelled_after_its_frame_was_held_still_sends_it() -> None:
+    """`send` holds the message back to write it with its ping (one TLS record). Cancelled
+    in between, the held message still leaves (never half a frame, never stuck)."""
+    with trio.fail_after(10):
+        async with link_pair(Mesh()) as pair:
+            transport = pair.client._transport
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_once_held() -> None:
+                        while not transport._held:
+                            await trio.lowlevel.checkpoint()
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_once_held)
+                    await pair.client.send(b"held")
+            assert scope.cancelled_caught
+            got = await anext(aiter(pair.server_inbox.messages()))
+            assert got.data == b"held"
+            assert not pair.client.closed
+            await pair.client.send(b"after")
+            assert (await anext(aiter(pair.server_inbox.messages()))).data == b"after"
+
+
+# ---------------------------------------------------------------- the inbox alone
+
+
+async def test_a_subscribed_channel_claims_its_peers_messages_and_returns_leftovers() -> None:
+    a, b = meshtls.SpiffeId.parse(CLIENT_ID), meshtls.SpiffeId.parse(SERVER_ID)
+    inbox = Inbox(2)
+    with inbox.subscribe(a) as channel:
+        with pytest.raises(trio.BusyResourceError), inbox.subscribe(a):
+            pass  # one channel per peer
+        await inbox.deliver(Message(a, b"a1"))
+        await inbox.deliver(Message(b, b"b1"))
+        await inbox.deliver(Message(a, b"a2"))
+        assert inbox.queued == 3
+        assert channel.receive_nowait() == Message(a, b"a1")
+    # a2 was left unread: it goes back to the shared queue
+    messages = inbox.messages()
+    assert [await anext(messages), await anext(messages)] == [
+        Message(b, b"b1"),
+        Message(a, b"a2"),
+    ]
+    await inbox.deliver(Message(a, b"a3"))  # no channel: the shared queue
+    inbox.close()
+    assert [m.data async for m in inbox.messages()] == [b"a3"]  # drained, then the end
+    with pytest.raises(trio.ClosedResourceError):
+        await inbox.deliver(Message(a, b"late"))
+
+
+async def test_a_full_inbox_makes_deliver_wait() -> None:
+    peer = meshtls.SpiffeId.parse(CLIENT_ID)
+    inbox = Inbox(1)
+    await inbox.deliver(Message(peer, b"1"))
+    with trio.move_on_after(0.05) as waited:
+        await inbox.deliver(Message(peer, b"2"))
+    assert waited.cancelled_caught
+    assert inbox.queued == 1
+    assert not inbox.deliver_nowait(Message(peer, b"3"))
