@@ -640,3 +640,21 @@ async def test_messages_end_once_the_node_has_stopped_and_they_were_read(tmp_pat
     with trio.fail_after(5):  # without the inbox closed at the end, this never ends
         got = [message.data async for message in b.messages()]
     assert got == [b"last words"]
+
+
+async def test_a_reload_that_moves_a_peer_redials_it_at_its_new_address(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    old_b = world.config("b", B)
+    new_b = world.config("b2", B)
+    async with open_node(old_b) as b1, open_node(new_b) as b2:
+        config = world.config("a", A, peers={B: port(b1, "mesh")})
+        async with open_node(config) as a:
+            await until(connected(a, B))
+            moved = world.config("a", None, peers={B: port(b2, "mesh")})
+            result = a.reload(moved)
+            assert result.changed == (f"[[peers]] {B} moved to 127.0.0.1:{port(b2, 'mesh')}",)
+            await until(lambda: state(a, B).address == f"127.0.0.1:{port(b2, 'mesh')}")
+            await until(connected(a, B))
+            await a.send(B, b"to the new address")
+            assert (await receive(b2)).data == b"to the new address"
+            await until(lambda: not b1.dialer.inbound_peers())  # the old link was closed
