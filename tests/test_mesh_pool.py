@@ -190,6 +190,9 @@ async def test_two_nodes_peer_each_other_and_exchange_messages_both_ways(tmp_pat
             assert message.data == b"on the channel"
             await channel.send(b"reply")
             assert (await receive(a)).data == b"reply"
+            with pytest.raises(trio.BusyResourceError):  # one channel per peer at a time
+                async with b.channel(A):
+                    pass
         await a.send(B, b"after the channel")
         assert (await receive(b)).data == b"after the channel"
 

@@ -173,8 +173,9 @@ class PeerChannel:
     async def __aenter__(self) -> PeerChannel:
         if self._subscription is not None:
             raise RuntimeError("this channel is open already")
-        self._subscription = self.node.inbox.subscribe(self.peer)
-        self._receive = self._subscription.__enter__()
+        subscription = self.node.inbox.subscribe(self.peer)
+        self._receive = subscription.__enter__()  # trio.BusyResourceError: one is open
+        self._subscription = subscription
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
