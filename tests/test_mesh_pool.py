@@ -400,17 +400,42 @@ async def test_a_link_drained_at_rotation_is_replaced_before_it_closes(tmp_path:
         world.write("b", B)
         assert a.reload(a_config).rotated
         assert b.reload(b_config).rotated
-        await until(lambda: state(a, B).connected_total == 2, seconds=8)
+        sent = 0
+        received: list[int] = []
+
+        stop = trio.Event()
+
+        async def keep_sending() -> None:  # across the swap: every send confirmed
+            nonlocal sent
+            while not stop.is_set():
+                await a.send(B, str(sent))
+                sent += 1
+                await trio.sleep(0.01)
+
+        async def keep_reading() -> None:
+            async for message in b.messages():
+                received.append(int(message.data))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_reading)
+            async with trio.open_nursery() as senders:
+                senders.start_soon(keep_sending)
+                await until(lambda: state(a, B).connected_total == 2, seconds=8)
+                assert first is not None
+                with trio.fail_after(5):
+                    await first.wait_closed()  # retired on purpose, a moment after the swap
+                stop.set()  # the sender finishes its send in flight, then returns
+            await until(lambda: len(received) == sent)
+            nursery.cancel_scope.cancel()
         assert state(a, B).failures == 0  # never backing off: made before broken
         assert a.dialer._peers[meshtls.SpiffeId.parse(B)].link is not first
-        await a.send(B, b"on the new link")
-        assert (await receive(b)).data == b"on the new link"
-        assert first is not None
-        with trio.fail_after(5):
-            await first.wait_closed()  # retired on purpose, a moment after the swap
         assert first.end is not None
         assert first.end.clean
         assert state(a, B).state == "connected"
+        assert sent > 50
+        assert received == list(range(sent))  # none lost, none twice, in order
+        text = await scrape(a)
+        assert sample(text, "meshtls_message_send_failures_total", reason="closed") == 0
 
 
 async def test_a_revoked_peer_is_closed_redialled_refused_and_back_once_renewed(
