@@ -17,6 +17,7 @@ from tests.linknet import (
     WatchedInbox,
     link_pair,
     silent_websocket_server,
+    start_link_server,
 )
 from tests.meshnet import Mesh, start_server
 
@@ -380,3 +381,43 @@ async def test_a_full_inbox_makes_deliver_wait() -> None:
     assert waited.cancelled_caught
     assert inbox.queued == 1
     assert not inbox.deliver_nowait(Message(peer, b"3"))
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+async def test_a_link_its_owner_cancels_ends_with_a_reset_and_the_owners_reason(
+    revoked: bool,
+) -> None:
+    """A node cuts a link by cancelling `run_link` (a revoked peer: `MeshStream.reject`
+    first). The observer hears `cancelled` or the owner's reason; the peer sees a reset
+    (`broken`), never a clean end."""
+    mesh = Mesh()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await start_link_server(nursery, mesh)
+            stream = await meshtls.connect(
+                "127.0.0.1", server.port, source=mesh.client, authorize=meshtls.authorize_any()
+            )
+            observer = Recorder()
+            with trio.CancelScope() as owner:
+                async with trio.open_nursery() as links:
+                    link = await start_link(
+                        links,
+                        stream,
+                        role="client",
+                        inbox=Inbox(4),
+                        settings=ChannelSettings(),
+                        observer=observer,
+                    )
+                    await link.send(b"before")
+                    if revoked:
+                        stream.reject("revoked")
+                    owner.cancel()
+            assert link.closed
+            want = "revoked" if revoked else "cancelled"
+            assert [(role, end.reason, end.clean) for role, end in observer.ends] == [
+                ("client", want, False)
+            ]
+            ends = await server.observer.wait_ends(1)
+            assert [(end.reason, end.clean) for _, end in ends] == [("broken", False)]
+            assert (await anext(aiter(server.inbox.messages()))).data == b"before"
+            nursery.cancel_scope.cancel()
