@@ -6,7 +6,6 @@ import math
 
 import pytest
 import trio
-import trio.lowlevel
 import trio.testing
 
 import meshtls
@@ -18,6 +17,7 @@ from tests.linknet import (
     WatchedInbox,
     link_pair,
     silent_websocket_server,
+    start_link_server,
 )
 from tests.meshnet import Mesh, start_server
 
@@ -326,25 +326,20 @@ async def _slow_consumer(mock_clock: trio.testing.MockClock) -> None:
         assert pair.client_observer.ends == pair.server_observer.ends == []
 
 
-async def test_a_send_cancelled_after_its_frame_was_held_still_sends_it() -> None:
-    """`send` holds the message back to write it with its ping (one TLS record). Cancelled
-    in between, the held message still leaves (never half a frame, never stuck)."""
+async def test_a_frame_held_for_its_ping_is_sent_even_if_the_ping_never_comes() -> None:
+    """`send` holds the message back to write it with its ping (one TLS record). A send
+    that gives up in between (its deadline passed, say) leaves the frame held: the link's
+    flusher sends it, whole, so it is never stuck or cut."""
     with trio.fail_after(10):
         async with link_pair(Mesh()) as pair:
-            transport = pair.client._transport
-            with trio.CancelScope() as scope:
-                async with trio.open_nursery() as nursery:
-
-                    async def cancel_once_held() -> None:
-                        while not transport._held:
-                            await trio.lowlevel.checkpoint()
-                        scope.cancel()
-
-                    nursery.start_soon(cancel_once_held)
-                    await pair.client.send(b"held")
-            assert scope.cancelled_caught
+            transport, ws = pair.client._transport, pair.client._ws
+            assert ws is not None
+            with transport.corked():
+                await ws.send_message(b"held")
+                assert transport._held  # held back, waiting for a ping that will not come
             got = await anext(aiter(pair.server_inbox.messages()))
             assert got.data == b"held"
+            assert not transport._held
             assert not pair.client.closed
             await pair.client.send(b"after")
             assert (await anext(aiter(pair.server_inbox.messages()))).data == b"after"
@@ -386,3 +381,43 @@ async def test_a_full_inbox_makes_deliver_wait() -> None:
     assert waited.cancelled_caught
     assert inbox.queued == 1
     assert not inbox.deliver_nowait(Message(peer, b"3"))
+
+
+@pytest.mark.parametrize("revoked", [False, True])
+async def test_a_link_its_owner_cancels_ends_with_a_reset_and_the_owners_reason(
+    revoked: bool,
+) -> None:
+    """A node cuts a link by cancelling `run_link` (a revoked peer: `MeshStream.reject`
+    first). The observer hears `cancelled` or the owner's reason; the peer sees a reset
+    (`broken`), never a clean end."""
+    mesh = Mesh()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            server = await start_link_server(nursery, mesh)
+            stream = await meshtls.connect(
+                "127.0.0.1", server.port, source=mesh.client, authorize=meshtls.authorize_any()
+            )
+            observer = Recorder()
+            with trio.CancelScope() as owner:
+                async with trio.open_nursery() as links:
+                    link = await start_link(
+                        links,
+                        stream,
+                        role="client",
+                        inbox=Inbox(4),
+                        settings=ChannelSettings(),
+                        observer=observer,
+                    )
+                    await link.send(b"before")
+                    if revoked:
+                        stream.reject("revoked")
+                    owner.cancel()
+            assert link.closed
+            want = "revoked" if revoked else "cancelled"
+            assert [(role, end.reason, end.clean) for role, end in observer.ends] == [
+                ("client", want, False)
+            ]
+            ends = await server.observer.wait_ends(1)
+            assert [(end.reason, end.clean) for _, end in ends] == [("broken", False)]
+            assert (await anext(aiter(server.inbox.messages()))).data == b"before"
+            nursery.cancel_scope.cancel()
