@@ -1,0 +1,204 @@
+"""``meshtls demo``: the TTL rule and the plan, the views rendered from a snapshot, and
+whole runs in a subprocess (the summary, ``--duration``, SIGINT and bad flags)."""
+
+from __future__ import annotations
+
+import io
+import re
+from datetime import timedelta
+
+import pytest
+from rich.console import Console
+
+from meshtls._demo import (
+    MIN_DURATION,
+    MIN_SVID_TTL,
+    NodeView,
+    PairView,
+    PeerView,
+    Plan,
+    Snapshot,
+    plain_lines,
+    render,
+    summary_lines,
+    svid_ttl,
+)
+from meshtls._errors import ConfigError
+
+# ---------------------------------------------------------------- the TTL rule
+
+
+@pytest.mark.parametrize(
+    ("duration", "requested", "expected"),
+    [
+        (None, None, timedelta(minutes=2)),  # no end: the default
+        (600.0, None, timedelta(minutes=2)),  # 80 % of 600 s is 480 s: the default fits
+        (100.0, None, timedelta(seconds=80)),  # 80 % of the duration
+        (20.0, None, timedelta(seconds=16)),  # the README's run
+        (20.0, timedelta(seconds=15), timedelta(seconds=15)),  # asked for less: kept
+        (20.0, timedelta(hours=1), timedelta(seconds=16)),  # asked for more: cut
+        (12.0, None, MIN_SVID_TTL),  # 80 % is 9.6 s: the floor wins
+        (20.7, None, timedelta(seconds=16)),  # whole seconds
+        (None, timedelta(hours=5), timedelta(hours=5)),  # no end: as asked
+    ],
+)
+def test_svid_ttl_rule(
+    duration: float | None, requested: timedelta | None, expected: timedelta
+) -> None:
+    assert svid_ttl(duration, requested) == expected
+
+
+@pytest.mark.parametrize("duration", [MIN_DURATION, 12.0, 19.0, 20.0, 45.5, 300.0, 3600.0])
+def test_the_ttl_lets_every_node_rotate_before_the_end(duration: float) -> None:
+    """A local CA renews by 55 % of the lifetime (0.5 + 0.05 jitter): before the end."""
+    ttl = svid_ttl(duration).total_seconds()
+    assert ttl * 0.55 < duration
+    assert ttl >= MIN_SVID_TTL.total_seconds()
+
+
+def test_a_ttl_under_the_floor_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"--svid-ttl 14s is under 15s"):
+        svid_ttl(20.0, timedelta(seconds=14))
+
+
+@pytest.mark.parametrize("duration", [9.9, 0.0, -5.0, float("nan")])
+def test_a_duration_too_short_for_the_story_is_refused(duration: float) -> None:
+    with pytest.raises(ConfigError, match="too short"):
+        Plan.make(duration)
+
+
+def test_plan_puts_the_restart_before_the_revocation_and_renews_after_the_feed() -> None:
+    plan = Plan.make(20.0)
+    assert (plan.restart_at, plan.revoke_at, plan.renew_after, plan.renew_at) == (
+        7.0,
+        10.0,
+        2.0,
+        12.0,
+    )
+    open_ended = Plan.make(None)
+    assert (open_ended.restart_at, open_ended.revoke_at, open_ended.renew_at) == (21.0, 30.0, 36.0)
+
+
+# ---------------------------------------------------------------- the views
+
+PLAN = Plan.make(20.0)
+SNAPSHOT = Snapshot(
+    elapsed=11.25,
+    plan=PLAN,
+    nodes=(
+        NodeView(
+            name="a",
+            spiffe_id="spiffe://demo.meshtls.local/node/a",
+            address="127.0.0.1:4001",
+            up=True,
+            peers=(
+                PeerView("b", "backing_off", 0.6, "handshake refused: revoked"),
+                PeerView("c", "connected", 3.2),
+            ),
+            handshakes_ok=7,
+            handshakes_failed=2,
+            rotations=1,
+            refused_revoked=3,
+            expires_in=9.4,
+            rate=9.5,
+        ),
+        NodeView(
+            name="b",
+            spiffe_id="spiffe://demo.meshtls.local/node/b",
+            address="127.0.0.1:4002",
+            up=True,
+            revocations=1,
+            rotations=2,
+        ),
+        NodeView(
+            name="c",
+            spiffe_id="spiffe://demo.meshtls.local/node/c",
+            address="127.0.0.1:4003",
+            up=False,
+            restarts=1,
+        ),
+    ),
+    pairs={
+        ("a", "b"): PairView(sent=40, failed=3, received=41, failures={"timeout": 2, "closed": 1}),
+        ("b", "a"): PairView(sent=44, received=44),
+    },
+    events=tuple(f"t={n}.0s event {n}" for n in range(12)),
+)
+
+
+def rendered(width: int = 200) -> str:
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=False, color_system=None).print(render(SNAPSHOT))
+    return out.getvalue()
+
+
+def test_the_table_shows_each_node_its_peers_and_counts() -> None:
+    text = rendered()
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "127.0.0.1:" in line}
+    assert set(rows) == {"a", "b", "c (down)"}
+    row_a = [cell.strip() for cell in rows["a"].split("│")]
+    assert row_a[1:9] == [
+        "a",
+        "127.0.0.1:4001",
+        "b backing_off 1s (handshake refused: revoked)",
+        "7 / 2",
+        "1",
+        "0 / 3",
+        "9s",
+        "9.5",
+    ]
+    assert "c connected 3s" in text
+    assert "restarts 1" in text
+    assert "11s of 20s" in text
+    assert "revoke b at 10s" in text
+    assert re.search(r"a -> b\s*│\s*40\s*│\s*3 \(closed 1, timeout 2\)\s*│\s*41", text)
+    # the last 8 events, oldest first; the earlier ones scrolled away
+    assert "t=4.0s event 4" in text
+    assert "t=11.0s event 11" in text
+    assert "t=3.0s event 3" not in text
+
+
+def test_plain_lines_have_one_line_per_node_and_no_ansi() -> None:
+    lines = plain_lines(SNAPSHOT)
+    assert lines[0] == (
+        "t=11.2s node=a up peers=b:backing_off,c:connected handshakes=7/2 rotations=1"
+        " revocations=0 refused_revoked=3 expires_in=9s msg_per_s=9.5"
+    )
+    assert lines[2].startswith("t=11.2s node=c down peers=- ")
+    assert len(lines) == 3
+    assert not any("\x1b" in line for line in lines)
+
+
+def test_summary_lines_are_key_value_words() -> None:
+    lines = summary_lines(SNAPSHOT)
+    assert lines[0] == ("summary elapsed=11.2s svid_ttl=16s restart=c@7s revoke=b@10s renew=b@12s")
+    assert lines[1] == (
+        "node=a rotations=1 revocations=0 refused_revoked=3 restarts=0"
+        " handshakes_ok=7 handshakes_failed=2"
+    )
+    assert lines[2].startswith("node=b rotations=2 revocations=1 ")
+    assert lines[3].startswith("node=c ")
+    assert " restarts=1 " in lines[3]
+    assert lines[4:] == [
+        "pair=a->b sent=40 failed=3 received=41 failures=closed:1,timeout:2",
+        "pair=b->a sent=44 failed=0 received=44 failures=-",
+    ]
+    assert parse_summary("\n".join(lines))["pair"]["a->b"]["received"] == 41
+
+
+def parse_summary(text: str) -> dict[str, dict[str, dict[str, int]]]:
+    """The summary's ``node=`` and ``pair=`` lines: {"node": {"a": {"rotations": 1, ...}}}."""
+    found: dict[str, dict[str, dict[str, int]]] = {"node": {}, "pair": {}}
+    for line in text.splitlines():
+        words = line.split()
+        if not words or "=" not in words[0]:
+            continue
+        kind, name = words[0].split("=", 1)
+        if kind not in found:
+            continue
+        found[kind][name] = {
+            key: int(value)
+            for key, value in (word.split("=", 1) for word in words[1:])
+            if value.isdigit()
+        }
+    return found
