@@ -8,6 +8,7 @@ import pytest
 
 from meshtls._pool import (
     REPLACE_LEAD,
+    STABLE,
     Dial,
     Fail,
     PeerState,
@@ -103,12 +104,18 @@ def test_connected_resets_the_backoff_and_keeps_the_last_error() -> None:
     assert state.last_error == "refused"  # history for /status, until the next failure
 
 
-@pytest.mark.parametrize("reason", ["drained", "revoked", "closed", "replaced"])
+@pytest.mark.parametrize("reason", ["drained", "revoked", "rejected", "closed", "replaced"])
 def test_reconnect_now_after_a_drain_revocation_or_clean_close(reason: str) -> None:
     state = link_ended(CONNECTED, 7.0, reason, 3.0)
     assert (state.phase, state.since, state.retry_at) == ("connecting", 7.0, None)
     assert (state.attempt, state.failures) == (0, 0)
     assert keeper_step(state, 7.0) == Dial()
+
+
+def test_a_link_that_ends_at_once_backs_off_whatever_the_reason() -> None:
+    state = link_ended(connected(CONNECTING, 7.0), 7.0 + STABLE / 2, "closed", 0.5)
+    assert (state.phase, state.retry_at) == ("backing_off", 7.0 + STABLE / 2 + 0.5)
+    assert state.last_error == "link ended: closed"
 
 
 @pytest.mark.parametrize("reason", ["broken", "keepalive_timeout", "internal_error"])

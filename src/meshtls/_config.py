@@ -662,6 +662,14 @@ def _address_error(text: str, *, listen: bool) -> tuple[Address | None, str]:
     return (host, int(port)), ""
 
 
+def parse_address(text: str) -> Address:
+    """``host:port`` or ``[v6]:port`` as a peer's address; `ConfigError` saying what is wrong."""
+    address, problem = _address_error(text, listen=False)
+    if address is None:
+        raise ConfigError(f"bad address {problem}")
+    return address
+
+
 def format_address(address: Address) -> str:
     """``host:port``, with an IPv6 host in brackets: the inverse of the config's parsing."""
     host, port = address

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Final, Literal
+
+from ._spiffeid import SpiffeId
 
 Phase = Literal["connecting", "connected", "backing_off"]
 
@@ -35,7 +38,10 @@ Phase = Literal["connecting", "connected", "backing_off"]
 REPLACE_LEAD: Final = 10.0
 #: Link-end reasons after which the peer is redialled at once: the next connection does not
 #: meet the same fate (our or its certificate rotated; a revoked peer presents a new SVID).
-RECONNECT_NOW: Final = frozenset({"drained", "revoked", "closed", "replaced"})
+RECONNECT_NOW: Final = frozenset({"drained", "revoked", "rejected", "closed", "replaced"})
+#: A link that ends sooner than this after it was made backs off, whatever the reason: a
+#: peer that accepts and at once closes cannot drive the keeper into a hot loop.
+STABLE: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,27 @@ class PeerState:
     dials: int = 0
     failures: int = 0
     connected_total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """One pooled peer, as `Node.peers` and ``/status`` show it (dates on the node's clock).
+
+    `state` and `since`: where the peer's keeper is and since when; `last_error`: the last
+    dial or link failure, one line (kept after a reconnect, as history); `retry_at`: when
+    the next dial is due, while backing off; `dials`, `failures` and `connected_total`
+    count dials begun, failures (dials and broken links) and links made.
+    """
+
+    id: SpiffeId
+    address: str
+    state: Phase
+    since: datetime
+    last_error: str | None
+    retry_at: datetime | None
+    dials: int
+    failures: int
+    connected_total: int
 
 
 def new_peer(now: float) -> PeerState:
@@ -130,10 +157,10 @@ def connected(state: PeerState, now: float) -> PeerState:
 
 
 def link_ended(state: PeerState, now: float, reason: str, delay: float) -> PeerState:
-    """The connected link ended for `reason`: redial now for a reason in `RECONNECT_NOW`,
-    else back off for `delay` (from `backoff` at attempt 0) and keep the reason as the
-    last error."""
-    if reason in RECONNECT_NOW:
+    """The connected link ended for `reason`: redial now for a reason in `RECONNECT_NOW`
+    once the link had lived `STABLE` seconds, else back off for `delay` (from `backoff` at
+    ``state.attempt``) and keep the reason as the last error."""
+    if reason in RECONNECT_NOW and now - state.since >= STABLE:
         return replace(state, phase="connecting", since=now, retry_at=None)
     return replace(
         state,
