@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import io
 import re
+import signal
+import subprocess
+import sys
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 from rich.console import Console
 
+from meshtls._cli import main
 from meshtls._demo import (
     MIN_DURATION,
     MIN_SVID_TTL,
@@ -18,6 +26,7 @@ from meshtls._demo import (
     PeerView,
     Plan,
     Snapshot,
+    _Events,
     plain_lines,
     render,
     summary_lines,
@@ -37,7 +46,7 @@ from meshtls._errors import ConfigError
         (20.0, None, timedelta(seconds=16)),  # the README's run
         (20.0, timedelta(seconds=15), timedelta(seconds=15)),  # asked for less: kept
         (20.0, timedelta(hours=1), timedelta(seconds=16)),  # asked for more: cut
-        (12.0, None, MIN_SVID_TTL),  # 80 % is 9.6 s: the floor wins
+        (15.0, None, MIN_SVID_TTL),  # 80 % is 12 s: the floor wins
         (20.7, None, timedelta(seconds=16)),  # whole seconds
         (None, timedelta(hours=5), timedelta(hours=5)),  # no end: as asked
     ],
@@ -48,11 +57,13 @@ def test_svid_ttl_rule(
     assert svid_ttl(duration, requested) == expected
 
 
-@pytest.mark.parametrize("duration", [MIN_DURATION, 12.0, 19.0, 20.0, 45.5, 300.0, 3600.0])
+@pytest.mark.parametrize("duration", [MIN_DURATION, 16.0, 19.0, 20.0, 45.5, 300.0, 3600.0])
 def test_the_ttl_lets_every_node_rotate_before_the_end(duration: float) -> None:
-    """A local CA renews by 55 % of the lifetime (0.5 + 0.05 jitter): before the end."""
-    ttl = svid_ttl(duration).total_seconds()
-    assert ttl * 0.55 < duration
+    """A local CA renews by 55 % of the lifetime (0.5 + 0.05 jitter): before the end, for
+    the restarted node too (its new SVID starts at the restart), with a second to spare."""
+    plan = Plan.make(duration)
+    ttl = plan.ttl.total_seconds()
+    assert plan.restart_at + ttl * 0.55 < duration - 1
     assert ttl >= MIN_SVID_TTL.total_seconds()
 
 
@@ -61,7 +72,7 @@ def test_a_ttl_under_the_floor_is_refused() -> None:
         svid_ttl(20.0, timedelta(seconds=14))
 
 
-@pytest.mark.parametrize("duration", [9.9, 0.0, -5.0, float("nan")])
+@pytest.mark.parametrize("duration", [14.9, 0.0, -5.0, float("nan")])
 def test_a_duration_too_short_for_the_story_is_refused(duration: float) -> None:
     with pytest.raises(ConfigError, match="too short"):
         Plan.make(duration)
@@ -101,6 +112,7 @@ SNAPSHOT = Snapshot(
             refused_revoked=3,
             expires_in=9.4,
             rate=9.5,
+            links_ended={"revoked": 1, "drained": 2},
         ),
         NodeView(
             name="b",
@@ -120,7 +132,7 @@ SNAPSHOT = Snapshot(
     ),
     pairs={
         ("a", "b"): PairView(sent=40, failed=3, received=41, failures={"timeout": 2, "closed": 1}),
-        ("b", "a"): PairView(sent=44, received=44),
+        ("b", "a"): PairView(sent=44, received=44, late=3),
     },
     events=tuple(f"t={n}.0s event {n}" for n in range(12)),
 )
@@ -137,16 +149,18 @@ def test_the_table_shows_each_node_its_peers_and_counts() -> None:
     rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "127.0.0.1:" in line}
     assert set(rows) == {"a", "b", "c (down)"}
     row_a = [cell.strip() for cell in rows["a"].split("│")]
-    assert row_a[1:9] == [
+    assert row_a[1:10] == [
         "a",
         "127.0.0.1:4001",
         "b backing_off 1s (handshake refused: revoked)",
         "7 / 2",
         "1",
         "0 / 3",
+        "drained 2",
         "9s",
         "9.5",
     ]
+    assert "revoked 1" in text
     assert "c connected 3s" in text
     assert "restarts 1" in text
     assert "11s of 20s" in text
@@ -174,14 +188,14 @@ def test_summary_lines_are_key_value_words() -> None:
     assert lines[0] == ("summary elapsed=11.2s svid_ttl=16s restart=c@7s revoke=b@10s renew=b@12s")
     assert lines[1] == (
         "node=a rotations=1 revocations=0 refused_revoked=3 restarts=0"
-        " handshakes_ok=7 handshakes_failed=2"
+        " handshakes_ok=7 handshakes_failed=2 links_ended=drained:2,revoked:1"
     )
     assert lines[2].startswith("node=b rotations=2 revocations=1 ")
     assert lines[3].startswith("node=c ")
     assert " restarts=1 " in lines[3]
     assert lines[4:] == [
-        "pair=a->b sent=40 failed=3 received=41 failures=closed:1,timeout:2",
-        "pair=b->a sent=44 failed=0 received=44 failures=-",
+        "pair=a->b sent=40 failed=3 received=41 after_renew=0 failures=closed:1,timeout:2",
+        "pair=b->a sent=44 failed=0 received=44 after_renew=3 failures=-",
     ]
     assert parse_summary("\n".join(lines))["pair"]["a->b"]["received"] == 41
 
@@ -202,3 +216,126 @@ def parse_summary(text: str) -> dict[str, dict[str, dict[str, int]]]:
             if value.isdigit()
         }
     return found
+
+
+# ---------------------------------------------------------------- whole runs
+
+
+def demo_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "meshtls", "demo", *args]
+
+
+#: The subprocess run's length: the smallest that still shows the whole story (see
+#: `test_a_whole_run_shows_rotation_a_restart_and_one_revocation`).
+STORY_SECONDS = 15
+
+
+def test_a_whole_run_shows_rotation_a_restart_and_one_revocation() -> None:
+    """``meshtls demo --duration N`` (stdout a pipe: plain lines) exits 0 and its summary
+    shows every node rotating, the restart, exactly one revocation, the revoked node refused
+    and then back, and messages in all six ordered pairs, also after the renewal."""
+    started = time.monotonic()
+    done = subprocess.run(
+        demo_command("--duration", str(STORY_SECONDS)),
+        capture_output=True,
+        text=True,
+        timeout=STORY_SECONDS + 30,
+        check=False,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert "\x1b" not in done.stdout  # not a terminal: no ANSI
+    assert STORY_SECONDS <= took < STORY_SECONDS + 10
+    print(done.stdout)  # shown when an assertion below fails
+    summary = parse_summary(done.stdout)
+    nodes, pairs = summary["node"], summary["pair"]
+    assert set(nodes) == {"a", "b", "c"}
+    assert all(node["rotations"] >= 1 for node in nodes.values()), nodes
+    assert {name: node["revocations"] for name, node in nodes.items()} == {"a": 0, "b": 1, "c": 0}
+    assert nodes["a"]["refused_revoked"] + nodes["c"]["refused_revoked"] >= 1
+    assert {name: node["restarts"] for name, node in nodes.items()} == {"a": 0, "b": 0, "c": 1}
+    assert set(pairs) == {"a->b", "a->c", "b->a", "b->c", "c->a", "c->b"}
+    for name, pair in pairs.items():
+        assert pair["sent"] > 0, name
+        assert pair["received"] > 0, name
+        assert pair["after_renew"] > 0, name  # b reconnected once renewed; c is back
+    events = [line for line in done.stdout.splitlines() if line.startswith("event ")]
+    assert any("c: back on" in line for line in events)
+    assert any("b: certificate" in line and "revoked" in line for line in events)
+    assert any("b: renewed early" in line for line in events)
+    (ca_line,) = [line for line in events if "local CA in " in line]
+    ca_dir = Path(ca_line.split("local CA in ", 1)[1].split(" (", 1)[0])
+    assert not ca_dir.exists()  # the temporary CA was removed at exit
+    assert re.search(r"^t=\d+\.\ds node=a up peers=b:\w+,c:\w+ ", done.stdout, re.M)
+
+
+def test_sigint_ends_the_demo_cleanly_with_its_summary() -> None:
+    process = subprocess.Popen(
+        demo_command(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 20
+        for line in process.stdout:  # the mesh formed: the nodes are up and sending
+            if "mesh formed" in line or time.monotonic() > deadline:
+                break
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=15)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert err == ""
+    assert "SIGINT: stopping" in out
+    summary = parse_summary(out)
+    assert set(summary["node"]) == {"a", "b", "c"}
+    assert sum(pair["received"] for pair in summary["pair"].values()) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--duration", "soon"], "argument --duration: 'soon' is not a number"),
+        (["--duration", "0"], "argument --duration: '0' must be a number above 0"),
+        (["--duration", "14"], "--duration 14 is too short"),
+        (["--svid-ttl", "10s"], "--svid-ttl 10s is under 15s"),
+        (["--svid-ttl", "2 minutes"], "argument --svid-ttl: bad duration"),
+        (["--rate", "-1"], "argument --rate: '-1' must be a number above 0"),
+        (["--rate", "5000"], "--rate must be more than 0 and at most 1000"),
+        (["--nodes", "4"], "unrecognized arguments: --nodes 4"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", *args]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("meshtls: error: ")
+    assert message in err
+
+
+async def test_events_count_a_repeated_line_on_its_first_line(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = _Events(trio.current_time())
+    events.add("a: handshake rejected (reason=revoked)")
+    await trio.sleep(1)
+    events.add("c: handshake rejected (reason=revoked)")
+    events.add("a: handshake rejected (reason=revoked)")  # 1 s later: counted
+    await trio.sleep(2.5)
+    events.add("a: handshake rejected (reason=revoked)")  # 2.5 s after the last: counted
+    await trio.sleep(3)
+    events.add("a: handshake rejected (reason=revoked)")  # 3 s after the last: new line
+    assert events.lines == [
+        "t=0.0s a: handshake rejected (reason=revoked) (x3)",
+        "t=1.0s c: handshake rejected (reason=revoked)",
+        "t=6.5s a: handshake rejected (reason=revoked)",
+    ]

@@ -33,19 +33,39 @@ always with the summary and exit 0. Errors: a node that cannot start is a `NodeE
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections.abc import Mapping
+import signal
+import tempfile
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Final
+from pathlib import Path
+from typing import Final, TextIO
 
-from rich.console import Group, RenderableType
+import trio
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from ._errors import ConfigError
-from ._spiffeid import TrustDomain
+from ._ca import LocalCA
+from ._config import (
+    AuthorizeSettings,
+    LocalCAIdentity,
+    MeshSettings,
+    NodeConfig,
+    NodeSettings,
+    RevocationSettings,
+)
+from ._errors import ConfigError, SendError
+from ._logs import log_context, record_fields
+from ._node import Node, open_node
+from ._signals import STOP_SIGNALS, HeldSignals
+from ._spiffeid import SpiffeId, TrustDomain
 
 __all__ = [
     "DEFAULT_RATE",
@@ -59,6 +79,7 @@ __all__ = [
     "Snapshot",
     "plain_lines",
     "render",
+    "run_demo",
     "summary_lines",
     "svid_ttl",
 ]
@@ -78,8 +99,9 @@ MIN_SVID_TTL: Final = timedelta(seconds=15)
 RENEW_LATEST: Final = 0.55
 #: The TTL is at most this share of ``--duration``: the first renewal comes by 44 % of it.
 TTL_SHARE: Final = 0.8
-#: The shortest ``--duration`` that holds a rotation (0.55 x 15 s) and the whole story.
-MIN_DURATION: Final = 10.0
+#: The shortest ``--duration`` in which the restarted node rotates too: it restarts at 35 %
+#: and renews by 0.55 x 15 s later (0.35 x 15 + 8.25 = 13.5 s).
+MIN_DURATION: Final = 15.0
 #: How long the story lasts when no ``--duration`` is given (the nodes run on after it).
 OPEN_STORY: Final = 60.0
 DEFAULT_RATE: Final = 5.0
@@ -91,6 +113,8 @@ RATE_WINDOW: Final = 3.0
 PLAIN_INTERVAL: Final = 2.0
 LIVE_INTERVAL: Final = 0.25
 EVENTS_SHOWN: Final = 8
+#: An event line that repeats within this many seconds is counted on its first line.
+REPEAT_WINDOW: Final = 3.0
 
 
 # ---------------------------------------------------------------- the plan (pure)
@@ -174,7 +198,8 @@ class NodeView:
 
     `revocations`: how many of this node's certificates the CA revoked. `refused_revoked`:
     the peers this node refused, or whose live connections it closed, as revoked.
-    `expires_in`: seconds our SVID has left (None while the node is down).
+    `expires_in`: seconds our SVID has left (None while the node is down). `links_ended`:
+    its message links that ended, by reason (``revoked``, ``drained``, ``broken``, ...).
     """
 
     name: str
@@ -190,16 +215,18 @@ class NodeView:
     restarts: int = 0
     expires_in: float | None = None
     rate: float = 0.0
+    links_ended: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class PairView:
-    """Messages from one node to another: confirmed sends, failed sends by reason, and
-    what the receiver got."""
+    """Messages from one node to another: confirmed sends, failed sends by reason, what
+    the receiver got, and how much of it after the revoked node was renewed (`late`)."""
 
     sent: int = 0
     failed: int = 0
     received: int = 0
+    late: int = 0
     failures: Mapping[str, int] = field(default_factory=dict)
 
 
@@ -246,6 +273,7 @@ def render(snapshot: Snapshot) -> RenderableType:
     for header in ("node", "listen", "peers", "handshakes ok/failed", "rotations"):
         nodes.add_column(header)
     nodes.add_column("revoked / refused as revoked")
+    nodes.add_column("links ended")
     nodes.add_column("SVID expires in", justify="right")
     nodes.add_column("msg/s in", justify="right")
     for node in snapshot.nodes:
@@ -264,6 +292,7 @@ def render(snapshot: Snapshot) -> RenderableType:
             f"{node.handshakes_ok} / {node.handshakes_failed}",
             str(node.rotations),
             f"{node.revocations} / {node.refused_revoked}",
+            "\n".join(f"{reason} {n}" for reason, n in sorted(node.links_ended.items())) or "-",
             _seconds(node.expires_in),
             f"{node.rate:.1f}",
         )
@@ -311,11 +340,448 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
             f"node={node.name} rotations={node.rotations} revocations={node.revocations}"
             f" refused_revoked={node.refused_revoked} restarts={node.restarts}"
             f" handshakes_ok={node.handshakes_ok} handshakes_failed={node.handshakes_failed}"
+            f" links_ended={_reasons(node.links_ended)}"
         )
     for (source, target), pair in sorted(snapshot.pairs.items()):
-        failures = ",".join(f"{k}:{v}" for k, v in sorted(pair.failures.items())) or "-"
         lines.append(
             f"pair={source}->{target} sent={pair.sent} failed={pair.failed}"
-            f" received={pair.received} failures={failures}"
+            f" received={pair.received} after_renew={pair.late}"
+            f" failures={_reasons(pair.failures)}"
         )
     return lines
+
+
+def _reasons(counts: Mapping[str, int]) -> str:
+    """``revoked:2,timeout:1`` (sorted; ``-`` for none): one word of a summary line."""
+    return ",".join(f"{k}:{v}" for k, v in sorted(counts.items())) or "-"
+
+
+# ---------------------------------------------------------------- the run (I/O)
+
+
+@dataclass(slots=True)
+class _Pair:
+    sent: int = 0
+    failed: int = 0
+    received: int = 0
+    late: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+
+    def view(self) -> PairView:
+        return PairView(self.sent, self.failed, self.received, self.late, dict(self.failures))
+
+
+#: The metric samples a node's row adds up (summed over their labels), by our key.
+_COUNTED: Final = {
+    "handshakes_ok": ("handshakes_total", {"result": "ok"}),
+    "handshakes_failed": ("handshakes_total", {"result": "failed"}),
+    "rotations": ("certificate_rotations_total", {}),
+    "refused_revoked": ("peer_verification_failures_total", {"reason": "revoked"}),
+}
+
+
+def _counted(node: Node) -> Counter[str]:
+    """This node's counts from its registry: `_COUNTED`, and ``links_ended:<reason>``."""
+    prefix = node.metrics.prefix
+    found: Counter[str] = Counter()
+    wanted = {f"{prefix}_{name}": name for name, _ in _COUNTED.values()}
+    links = f"{prefix}_channel_links_ended_total"
+    for family in node.registry.collect():
+        for sample in family.samples:
+            if sample.name == links:
+                found[f"links_ended:{sample.labels.get('reason', '?')}"] += int(sample.value)
+            if sample.name not in wanted:
+                continue
+            for key, (name, labels) in _COUNTED.items():
+                if wanted[sample.name] == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    found[key] += int(sample.value)
+    return found
+
+
+class _Slot:
+    """One of the demo's nodes across its restarts: its id, its port (0 until the first
+    start binds one; kept for every restart), and counts that outlive each `Node`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.spiffe_id = SpiffeId(TRUST_DOMAIN, f"/node/{name}")
+        self.port = 0
+        self.node: Node | None = None
+        self.restarts = 0
+        self.revocations = 0
+        self.before: Counter[str] = Counter()  # what the nodes before this one counted
+        self.restart = trio.Event()
+        self.received = 0
+        self.samples: deque[tuple[float, int]] = deque()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def counted(self) -> Counter[str]:
+        now = _counted(self.node) if self.node is not None else Counter()
+        return self.before + now
+
+    def rate(self, now: float) -> float:
+        """Messages received a second over the last `RATE_WINDOW` seconds."""
+        self.samples.append((now, self.received))
+        while len(self.samples) > 1 and self.samples[0][0] < now - RATE_WINDOW:
+            self.samples.popleft()
+        start, count = self.samples[0]
+        return 0.0 if now <= start else (self.received - count) / (now - start)
+
+
+class _Events(logging.Handler):
+    """The demo's event list: its own story lines, and the nodes' warnings (a node's own
+    log lines would tear the live table)."""
+
+    def __init__(self, start: float) -> None:
+        super().__init__(logging.WARNING)
+        self.start = start
+        self.lines: list[str] = []
+        self._recent: dict[str, tuple[int, float, int]] = {}  # text: line, latest, count
+
+    def add(self, text: str) -> None:
+        """Add one line; the same text again within `REPEAT_WINDOW` seconds of its last
+        time bumps the count on its line instead (a refused peer redials many times)."""
+        now = trio.current_time() - self.start
+        seen = self._recent.get(text)
+        if seen is not None and now - seen[1] < REPEAT_WINDOW:
+            index, _, count = seen
+            self._recent[text] = (index, now, count + 1)
+            self.lines[index] = f"{self.lines[index].split(' (x', 1)[0]} (x{count + 1})"
+            return
+        self._recent[text] = (len(self.lines), now, 1)
+        self.lines.append(f"t={now:.1f}s {text}")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = record_fields(record)
+        node = fields.get("node")
+        detail = " ".join(
+            f"{k}={fields[k]}" for k in ("reason", "spiffe_id", "claimed_id") if k in fields
+        )
+        try:
+            text = f"{node or '-'}: {record.getMessage()}" + (f" ({detail})" if detail else "")
+            self.add(text)
+        except RuntimeError:  # logged outside Trio (at exit): nothing to show it in
+            pass
+
+
+class _Demo:
+    """One run: the CA directory, the three slots, the counts, and the story."""
+
+    def __init__(self, plan: Plan, directory: Path, *, rate: float) -> None:
+        self.plan = plan
+        self.rate = rate
+        self.ca_dir = directory / "ca"
+        self.ca = LocalCA.init(self.ca_dir, TRUST_DOMAIN)
+        self.slots = {name: _Slot(name) for name in NAMES}
+        self.by_id = {slot.spiffe_id: slot.name for slot in self.slots.values()}
+        self.pairs = {(a, b): _Pair() for a in NAMES for b in NAMES if a != b}
+        self.stop = trio.Event()
+        self.start = trio.current_time()
+        self.events = _Events(self.start)
+        self.formed = trio.Event()  # set once every node has added the other two
+
+    def config(self, slot: _Slot) -> NodeConfig:
+        return NodeConfig(
+            identity=LocalCAIdentity(
+                directory=self.ca_dir, spiffe_id=slot.spiffe_id, ttl=self.plan.ttl
+            ),
+            node=NodeSettings(
+                listen=("127.0.0.1", slot.port),
+                metrics=("127.0.0.1", 0),
+                access_log=False,
+                shutdown_timeout=timedelta(0),
+            ),
+            revocation=RevocationSettings(refresh_interval=timedelta(seconds=1)),
+            authorize=AuthorizeSettings(member_of=TRUST_DOMAIN),
+            mesh=MeshSettings(
+                send_timeout=timedelta(seconds=SEND_TIMEOUT),
+                keepalive_interval=timedelta(seconds=2),
+                keepalive_timeout=timedelta(seconds=2),
+                dial_timeout=timedelta(seconds=2),
+                backoff_initial=timedelta(milliseconds=200),
+                backoff_max=timedelta(seconds=1),
+            ),
+        )
+
+    def elapsed(self) -> float:
+        return trio.current_time() - self.start
+
+    # ------------------------------------------------------------ nodes
+
+    async def run_slot(
+        self, slot: _Slot, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run `slot`'s node until cancelled; restart it (same port) when asked."""
+        first = True
+        while True:
+            with log_context(node=slot.name):
+                async with open_node(self.config(slot)) as node:
+                    slot.port = int(node.listeners["mesh"][0].socket.getsockname()[1])
+                    slot.node = node
+                    if first:
+                        task_status.started()
+                        first = False
+                        await self.formed.wait()
+                    else:
+                        self.add_peers(slot)
+                        self.events.add(f"{slot.name}: back on {slot.address}, new SVID")
+                    try:
+                        async with trio.open_nursery() as traffic:
+                            traffic.start_soon(self.receive_loop, slot, node)
+                            for other in self.slots.values():
+                                if other is not slot:
+                                    traffic.start_soon(self.send_loop, slot, node, other)
+                            await slot.restart.wait()
+                            traffic.cancel_scope.cancel()
+                    finally:
+                        slot.before = slot.counted()
+                        slot.node = None
+            slot.restart = trio.Event()
+            slot.restarts += 1
+            self.events.add(f"{slot.name}: stopped (its open_node block ended); starting again")
+
+    def add_peers(self, slot: _Slot) -> None:
+        """`slot`'s node dials the other two (its log lines name it: the keepers it starts
+        inherit this task's log context)."""
+        assert slot.node is not None
+        with log_context(node=slot.name):
+            for other in self.slots.values():
+                if other is not slot:
+                    slot.node.add_peer(other.spiffe_id, other.address)
+
+    async def send_loop(self, slot: _Slot, node: Node, target: _Slot) -> None:
+        """Send to `target` `rate` times a second, each send awaited; count the outcome."""
+        pair = self.pairs[(slot.name, target.name)]
+        period = 1.0 / self.rate
+        due = trio.current_time()
+        sequence = 0
+        while True:
+            sequence += 1
+            try:
+                await node.send(
+                    target.spiffe_id, f"{slot.name}->{target.name} #{sequence}".encode()
+                )
+            except SendError as exc:
+                pair.failed += 1
+                pair.failures[exc.reason] += 1
+            else:
+                pair.sent += 1
+            due = max(due + period, trio.current_time())
+            await trio.sleep_until(due)
+
+    async def receive_loop(self, slot: _Slot, node: Node) -> None:
+        async for message in node.messages():
+            sender = self.by_id.get(message.sender)
+            if sender is not None:
+                pair = self.pairs[(sender, slot.name)]
+                pair.received += 1
+                if self.elapsed() >= self.plan.renew_at:
+                    pair.late += 1
+            slot.received += 1
+
+    # ------------------------------------------------------------ the story
+
+    async def story(self) -> None:
+        """Restart one node, revoke another's certificate, renew it early; see the module."""
+        plan = self.plan
+        await trio.sleep_until(self.start + plan.restart_at)
+        self.events.add(f"{RESTARTED}: restarting (same port)")
+        self.slots[RESTARTED].restart.set()
+        await trio.sleep_until(self.start + plan.revoke_at)
+        slot = self.slots[REVOKED]
+        node = slot.node
+        if node is None:  # only c restarts, and it is up again by now
+            return
+        serial = node.identity().svid.leaf.serial_number
+        self.ca.revoke(serial)
+        slot.revocations += 1
+        self.events.add(f"{REVOKED}: certificate {serial:#x} revoked (crl.pem rewritten)")
+        await trio.sleep_until(self.start + plan.renew_at)
+        node = slot.node
+        if node is None:
+            return
+        current = node.identity().svid.leaf.serial_number
+        if current == serial:
+            current = node.renew().svid.leaf.serial_number
+            self.events.add(f"{REVOKED}: renewed early, new certificate {current:#x}")
+        else:
+            self.events.add(f"{REVOKED}: renewed on schedule already, new certificate {current:#x}")
+
+    def snapshot(self) -> Snapshot:
+        now = trio.current_time()
+        views = []
+        for slot in self.slots.values():
+            counted = slot.counted()
+            node = slot.node
+            peers: tuple[PeerView, ...] = ()
+            expires_in = None
+            if node is not None:
+                wall = node.now()
+                peers = tuple(
+                    PeerView(
+                        self.by_id.get(peer.id, str(peer.id)),
+                        peer.state,
+                        (wall - peer.since).total_seconds(),
+                        peer.last_error,
+                    )
+                    for peer in node.peers()
+                )
+                expires_in = (node.identity().svid.not_after - wall).total_seconds()
+            views.append(
+                NodeView(
+                    name=slot.name,
+                    spiffe_id=str(slot.spiffe_id),
+                    address=slot.address,
+                    up=node is not None,
+                    peers=peers,
+                    handshakes_ok=counted["handshakes_ok"],
+                    handshakes_failed=counted["handshakes_failed"],
+                    rotations=counted["rotations"],
+                    revocations=slot.revocations,
+                    refused_revoked=counted["refused_revoked"],
+                    restarts=slot.restarts,
+                    expires_in=expires_in,
+                    rate=slot.rate(now),
+                    links_ended={
+                        key.split(":", 1)[1]: n
+                        for key, n in counted.items()
+                        if key.startswith("links_ended:") and n
+                    },
+                )
+            )
+        return Snapshot(
+            elapsed=now - self.start,
+            plan=self.plan,
+            nodes=tuple(views),
+            pairs={key: pair.view() for key, pair in self.pairs.items()},
+            events=tuple(self.events.lines),
+        )
+
+    # ------------------------------------------------------------ the whole run
+
+    async def run(self, out: TextIO, *, live: bool) -> Snapshot:
+        """Start the nodes, form the mesh, play the story and show it until the duration
+        ends or `stop` is set; return the last snapshot (taken before the nodes stop)."""
+        async with trio.open_nursery() as nursery:
+            for slot in self.slots.values():
+                await nursery.start(self.run_slot, slot)
+            for slot in self.slots.values():
+                self.add_peers(slot)
+            self.formed.set()
+            self.events.add(f"local CA in {self.ca_dir} (removed at exit)")
+            self.events.add("mesh formed: a, b and c each dial the other two")
+            nursery.start_soon(self.story)
+            deadline = math.inf if self.plan.duration is None else self.plan.duration
+            with trio.move_on_at(self.start + deadline):
+                await self.show(out, live=live)
+            final = self.snapshot()
+            nursery.cancel_scope.cancel()
+        return final
+
+    async def show(self, out: TextIO, *, live: bool) -> None:
+        """Refresh the view until `stop`: a rich live table, or plain lines."""
+        if live:
+            console = Console(file=out)
+            with Live(console=console, auto_refresh=False, transient=False) as view:
+                while not self.stop.is_set():
+                    view.update(render(self.snapshot()), refresh=True)
+                    with trio.move_on_after(LIVE_INTERVAL):
+                        await self.stop.wait()
+                view.update(render(self.snapshot()), refresh=True)
+            return
+        shown = 0
+        last = -math.inf
+        try:
+            while not self.stop.is_set():
+                lines = self.events.lines
+                for line in lines[shown:]:
+                    print(f"event {line}", file=out)
+                shown = len(lines)
+                if trio.current_time() - last >= PLAIN_INTERVAL:
+                    last = trio.current_time()
+                    for line in plain_lines(self.snapshot()):
+                        print(line, file=out)
+                out.flush()
+                with trio.move_on_after(0.5):
+                    await self.stop.wait()
+        finally:  # the events since the last pass (a stop signal's among them)
+            for line in self.events.lines[shown:]:
+                print(f"event {line}", file=out)
+
+
+@contextmanager
+def _quiet_logs(handler: logging.Handler) -> Iterator[None]:
+    """The nodes' log lines go to `handler` only, while the demo runs."""
+    meshtls = logging.getLogger("meshtls")
+    saved = meshtls.handlers[:], meshtls.propagate, meshtls.level
+    meshtls.handlers[:] = [handler]
+    meshtls.propagate = False
+    meshtls.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        meshtls.handlers[:], meshtls.propagate = saved[0], saved[1]
+        meshtls.setLevel(saved[2])
+
+
+async def _main(
+    plan: Plan, directory: Path, *, rate: float, out: TextIO, live: bool, held: HeldSignals
+) -> Snapshot:
+    demo = _Demo(plan, directory, rate=rate)
+    run_scope = trio.CancelScope()
+    with _quiet_logs(demo.events), trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                pending = [signum for signum in held.pending if signum in STOP_SIGNALS]
+                held.pending.clear()  # a SIGHUP held meanwhile means nothing to the demo
+                for signum in pending:
+                    on_signal(signum)
+                async for received in signals:
+                    on_signal(received)
+
+            def on_signal(signum: int) -> None:
+                if not demo.stop.is_set():
+                    demo.events.add(f"{signal.Signals(signum).name}: stopping")
+                    demo.stop.set()
+                else:  # a second one: at once (the summary is still printed)
+                    run_scope.cancel()
+
+            nursery.start_soon(watch)
+            with run_scope:
+                final = await demo.run(out, live=live)
+            if run_scope.cancelled_caught:
+                final = demo.snapshot()
+            nursery.cancel_scope.cancel()
+    return final
+
+
+def run_demo(
+    plan: Plan,
+    *,
+    rate: float = DEFAULT_RATE,
+    out: TextIO,
+    held: HeldSignals,
+    live: bool | None = None,
+) -> Snapshot:
+    """Run the demo to its end (the plan's duration, or a stop signal) and print the
+    summary to `out`. `live`: the rich table (default: when `out` is a terminal).
+
+    `held` holds SIGINT and SIGTERM (`signals_held`), entered before the imports. Raises
+    `NodeError` if a node cannot start, `ConfigError` for a bad rate.
+    """
+    if not 0 < rate <= MAX_RATE:
+        raise ConfigError(f"--rate must be more than 0 and at most {MAX_RATE:g}, not {rate:g}")
+    if live is None:
+        live = out.isatty()
+    with tempfile.TemporaryDirectory(prefix="meshtls-demo-") as directory:
+        run = functools.partial(_main, rate=rate, out=out, live=live, held=held)
+        final = trio.run(run, plan, Path(directory))
+    for line in summary_lines(final):
+        print(line, file=out)
+    return final
