@@ -220,11 +220,16 @@ class Dialer:
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @property
+    def running(self) -> bool:
+        """Whether peers can be added: started, and not stopped for a drain."""
+        return self._nursery is not None and not self._closed
+
     def add(self, peer_id: SpiffeId, address: Address) -> None:
         """Start keeping a link to `peer_id` at `address`. Raises `ValueError` if it is
         pooled already, `RuntimeError` if the pool does not run (yet, or any more)."""
         if self._nursery is None or self._closed:
-            raise RuntimeError("the dialer pool is not running")
+            raise RuntimeError("the dialer pool is not running (not started, or draining)")
         if peer_id in self._peers:
             raise ValueError(f"{peer_id} is already a pooled peer")
         peer = _Peer(peer_id, address, trio.current_time(), self._clock())
@@ -419,7 +424,8 @@ class Dialer:
         finally:
             slot.stream.abort()  # closed already, normally; else reset, never a clean end
             slot.reason = _classify(slot)
-            self._metrics.link_ended("client", slot.reason)
+            if slot.link is not None:  # one that never came up is a failed dial
+                self._metrics.link_ended("client", slot.reason)
             slot.up.set()
             slot.done.set()
             self._pulse()
@@ -450,7 +456,7 @@ class Dialer:
             if not links:
                 self._inbound.pop(peer_id, None)
             slot.reason = _classify(slot)
-            self._metrics.link_ended("server", slot.reason)
+            self._metrics.link_ended("server", slot.reason)  # a failed upgrade too
             self._pulse()
 
     def _registered(self, peer_id: SpiffeId, link: Link) -> None:
@@ -476,12 +482,16 @@ class Dialer:
         Waits for the pool's link (a dial in flight, or a retry due in time) at most
         `timeout` seconds (default ``[mesh] send_timeout``), the peer's ack included.
         Raises `SendError`: ``unknown_peer`` (neither pooled nor linked to us),
-        ``unavailable`` (the next retry is after the deadline), ``timeout``, or the link's
+        ``unavailable`` (the next retry is after the deadline, or the node is draining),
+        ``timeout``, or the link's
         own (``closed``, ``too_large``).
         """
         seconds = self.mesh.send_timeout.total_seconds() if timeout is None else timeout
         deadline = trio.current_time() + seconds
         while True:
+            if self._closed:
+                self._metrics.send_failed("unavailable")
+                raise SendError("unavailable", str(peer_id), "the node is draining")
             peer = self._peers.get(peer_id)
             inbound = self._inbound_link(peer_id)
             now = trio.current_time()

@@ -724,7 +724,9 @@ class Node:
         self, moves: Sequence[tuple[SpiffeId, str]], addresses: dict[SpiffeId, Address]
     ) -> None:
         """Apply a reload's ``[[peers]]`` changes to the pool (a moved peer is redialled; a
-        peer added already with `add_peer` is kept, or moved)."""
+        peer added already with `add_peer` is kept, or moved). Nothing while draining."""
+        if not self.dialer.running:
+            return
         for sid, what in moves:
             if what != "added":
                 self.dialer.remove(sid)
