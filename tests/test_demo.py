@@ -19,6 +19,7 @@ from rich.console import Console
 
 from meshtls._cli import main
 from meshtls._demo import (
+    DEFAULT_SVID_TTL,
     MIN_DURATION,
     MIN_SVID_TTL,
     NodeView,
@@ -46,7 +47,7 @@ from meshtls._errors import ConfigError
         (20.0, None, timedelta(seconds=16)),  # the README's run
         (20.0, timedelta(seconds=15), timedelta(seconds=15)),  # asked for less: kept
         (20.0, timedelta(hours=1), timedelta(seconds=16)),  # asked for more: cut
-        (15.0, None, MIN_SVID_TTL),  # 80 % is 12 s: the floor wins
+        (15.0, None, MIN_SVID_TTL),  # 80 % is 12 s: the floor wins (for --duration, too short)
         (20.7, None, timedelta(seconds=16)),  # whole seconds
         (None, timedelta(hours=5), timedelta(hours=5)),  # no end: as asked
     ],
@@ -57,14 +58,20 @@ def test_svid_ttl_rule(
     assert svid_ttl(duration, requested) == expected
 
 
-@pytest.mark.parametrize("duration", [MIN_DURATION, 16.0, 19.0, 20.0, 45.5, 300.0, 3600.0])
+@pytest.mark.parametrize("duration", [MIN_DURATION, 19.5, 20.0, 45.5, 149.0, 300.0, 3600.0])
 def test_the_ttl_lets_every_node_rotate_before_the_end(duration: float) -> None:
-    """A local CA renews by 55 % of the lifetime (0.5 + 0.05 jitter): before the end, for
-    the restarted node too (its new SVID starts at the restart), with a second to spare."""
+    """A local CA renews between 45 % and 55 % of the lifetime (0.5 +/- 0.05 jitter):
+    every node rotates before the end, the restarted one too (its new SVID starts at the
+    restart), with a second to spare; and the revoked node's own renewals stay clear of
+    the time from its revocation to a second after its early renewal."""
     plan = Plan.make(duration)
     ttl = plan.ttl.total_seconds()
     assert plan.restart_at + ttl * 0.55 < duration - 1
     assert ttl >= MIN_SVID_TTL.total_seconds()
+    if plan.ttl < DEFAULT_SVID_TTL:  # TTL 80 % of the run: b renews twice at most
+        first_renewal_latest, second_renewal_earliest = ttl * 0.55, ttl * 0.45 * 2
+        assert first_renewal_latest < plan.revoke_at
+        assert plan.renew_at + 1 < second_renewal_earliest
 
 
 def test_a_ttl_under_the_floor_is_refused() -> None:
@@ -72,7 +79,7 @@ def test_a_ttl_under_the_floor_is_refused() -> None:
         svid_ttl(20.0, timedelta(seconds=14))
 
 
-@pytest.mark.parametrize("duration", [14.9, 0.0, -5.0, float("nan")])
+@pytest.mark.parametrize("duration", [18.9, 0.0, -5.0, float("nan")])
 def test_a_duration_too_short_for_the_story_is_refused(duration: float) -> None:
     with pytest.raises(ConfigError, match="too short"):
         Plan.make(duration)
@@ -87,7 +94,8 @@ def test_plan_puts_the_restart_before_the_revocation_and_renews_after_the_feed()
         12.0,
     )
     open_ended = Plan.make(None)
-    assert (open_ended.restart_at, open_ended.revoke_at, open_ended.renew_at) == (21.0, 30.0, 36.0)
+    assert (open_ended.restart_at, open_ended.revoke_at, open_ended.renew_at) == (21.0, 30.0, 35.0)
+    assert Plan.make(3600.0).renew_after == 5.0  # its own renewal is never far: at most 5 s
 
 
 # ---------------------------------------------------------------- the views
@@ -135,6 +143,8 @@ SNAPSHOT = Snapshot(
         ("b", "a"): PairView(sent=44, received=44, late=3),
     },
     events=tuple(f"t={n}.0s event {n}" for n in range(12)),
+    revoked_at=10.04,
+    renewed_at=None,
 )
 
 
@@ -185,7 +195,7 @@ def test_plain_lines_have_one_line_per_node_and_no_ansi() -> None:
 
 def test_summary_lines_are_key_value_words() -> None:
     lines = summary_lines(SNAPSHOT)
-    assert lines[0] == ("summary elapsed=11.2s svid_ttl=16s restart=c@7s revoke=b@10s renew=b@12s")
+    assert lines[0] == ("summary elapsed=11.2s svid_ttl=16s restart=c@7s revoke=b@10.0s renew=b@-")
     assert lines[1] == (
         "node=a rotations=1 revocations=0 refused_revoked=3 restarts=0"
         " handshakes_ok=7 handshakes_failed=2 links_ended=drained:2,revoked:1"
@@ -225,9 +235,8 @@ def demo_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshtls", "demo", *args]
 
 
-#: The subprocess run's length: the smallest that still shows the whole story (see
-#: `test_a_whole_run_shows_rotation_a_restart_and_one_revocation`).
-STORY_SECONDS = 15
+#: The subprocess run's length: the issue's own ``--duration 20`` (19 is the least allowed).
+STORY_SECONDS = 20
 
 
 def test_a_whole_run_shows_rotation_a_restart_and_one_revocation() -> None:
@@ -254,6 +263,10 @@ def test_a_whole_run_shows_rotation_a_restart_and_one_revocation() -> None:
     assert all(node["rotations"] >= 1 for node in nodes.values()), nodes
     assert {name: node["revocations"] for name, node in nodes.items()} == {"a": 0, "b": 1, "c": 0}
     assert nodes["a"]["refused_revoked"] + nodes["c"]["refused_revoked"] >= 1
+    # a's and c's links to b were closed as revoked (and b's own ends are not "revoked")
+    ended = dict(re.findall(r"^node=(\w) .* links_ended=(\S+)$", done.stdout, re.M))
+    assert "revoked:" in ended["a"] + ended["c"], ended
+    assert "revoked:" not in ended["b"], ended
     assert {name: node["restarts"] for name, node in nodes.items()} == {"a": 0, "b": 0, "c": 1}
     assert set(pairs) == {"a->b", "a->c", "b->a", "b->c", "c->a", "c->b"}
     for name, pair in pairs.items():
@@ -263,7 +276,7 @@ def test_a_whole_run_shows_rotation_a_restart_and_one_revocation() -> None:
     events = [line for line in done.stdout.splitlines() if line.startswith("event ")]
     assert any("c: back on" in line for line in events)
     assert any("b: certificate" in line and "revoked" in line for line in events)
-    assert any("b: renewed early" in line for line in events)
+    assert any("b: renewed early, new certificate" in line for line in events)
     (ca_line,) = [line for line in events if "local CA in " in line]
     ca_dir = Path(ca_line.split("local CA in ", 1)[1].split(" (", 1)[0])
     assert not ca_dir.exists()  # the temporary CA was removed at exit
@@ -303,7 +316,7 @@ def test_sigint_ends_the_demo_cleanly_with_its_summary() -> None:
     [
         (["--duration", "soon"], "argument --duration: 'soon' is not a number"),
         (["--duration", "0"], "argument --duration: '0' must be a number above 0"),
-        (["--duration", "14"], "--duration 14 is too short"),
+        (["--duration", "18"], "--duration 18 is too short"),
         (["--svid-ttl", "10s"], "--svid-ttl 10s is under 15s"),
         (["--svid-ttl", "2 minutes"], "argument --svid-ttl: bad duration"),
         (["--rate", "-1"], "argument --rate: '-1' must be a number above 0"),

@@ -17,7 +17,8 @@ story (`Plan`, a pure value) then happens on Trio's clock:
 - at 50 % node ``b``'s current certificate is revoked through the local CA (`LocalCA.revoke`
   writes ``crl.pem``; every node's CRL feed reads it within ``[revocation]
   refresh_interval``, 1 s here): the others close their links to ``b`` (reason
-  ``revoked``) and refuse its handshakes;
+  ``revoked``) and refuse its handshakes (with the default TTL, b's own renewals come at
+  about 40 % and 80 % of the run, clear of this);
 - `Plan.renew_after` later, ``b`` is renewed early (`Node.renew`): a new SVID, not
   revoked, and the pools reconnect.
 
@@ -99,9 +100,9 @@ MIN_SVID_TTL: Final = timedelta(seconds=15)
 RENEW_LATEST: Final = 0.55
 #: The TTL is at most this share of ``--duration``: the first renewal comes by 44 % of it.
 TTL_SHARE: Final = 0.8
-#: The shortest ``--duration`` in which the restarted node rotates too: it restarts at 35 %
-#: and renews by 0.55 x 15 s later (0.35 x 15 + 8.25 = 13.5 s).
-MIN_DURATION: Final = 15.0
+#: The shortest ``--duration`` whose TTL is 80 % of it (not the 15 s floor): then b renews
+#: by 44 % and again from 72 %, clear of its revocation at 50 % and early renewal at 60 %.
+MIN_DURATION: Final = 19.0
 #: How long the story lasts when no ``--duration`` is given (the nodes run on after it).
 OPEN_STORY: Final = 60.0
 DEFAULT_RATE: Final = 5.0
@@ -170,7 +171,7 @@ class Plan:
             ttl=svid_ttl(duration, requested_ttl),
             restart_at=round(story * 0.35, 1),
             revoke_at=round(story * 0.5, 1),
-            renew_after=round(max(2.0, story * 0.1), 1),
+            renew_after=round(min(max(2.0, story * 0.1), 5.0), 1),
         )
 
     @property
@@ -232,13 +233,16 @@ class PairView:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The whole demo at one instant, `elapsed` seconds after it started."""
+    """The whole demo at one instant, `elapsed` seconds after it started; `revoked_at` and
+    `renewed_at`: when the revocation and the renewal after it happened (None: not yet)."""
 
     elapsed: float
     plan: Plan
     nodes: tuple[NodeView, ...]
     pairs: Mapping[tuple[str, str], PairView]
     events: tuple[str, ...] = ()
+    revoked_at: float | None = None
+    renewed_at: float | None = None
 
 
 def _seconds(value: float | None) -> str:
@@ -332,8 +336,8 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
     plan = snapshot.plan
     lines = [
         f"summary elapsed={snapshot.elapsed:.1f}s svid_ttl={plan.ttl.total_seconds():g}s"
-        f" restart={RESTARTED}@{plan.restart_at:g}s revoke={REVOKED}@{plan.revoke_at:g}s"
-        f" renew={REVOKED}@{plan.renew_at:g}s"
+        f" restart={RESTARTED}@{plan.restart_at:g}s revoke={REVOKED}@{_at(snapshot.revoked_at)}"
+        f" renew={REVOKED}@{_at(snapshot.renewed_at)}"
     ]
     for node in snapshot.nodes:
         lines.append(
@@ -349,6 +353,10 @@ def summary_lines(snapshot: Snapshot) -> list[str]:
             f" failures={_reasons(pair.failures)}"
         )
     return lines
+
+
+def _at(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f}s"
 
 
 def _reasons(counts: Mapping[str, int]) -> str:
@@ -484,6 +492,8 @@ class _Demo:
         self.start = trio.current_time()
         self.events = _Events(self.start)
         self.formed = trio.Event()  # set once every node has added the other two
+        self.revoked_at: float | None = None  # when the story did it (seconds from start)
+        self.renewed_at: float | None = None
 
     def config(self, slot: _Slot) -> NodeConfig:
         return NodeConfig(
@@ -580,7 +590,7 @@ class _Demo:
             if sender is not None:
                 pair = self.pairs[(sender, slot.name)]
                 pair.received += 1
-                if self.elapsed() >= self.plan.renew_at:
+                if self.renewed_at is not None:
                     pair.late += 1
             slot.received += 1
 
@@ -600,17 +610,16 @@ class _Demo:
         serial = node.identity().svid.leaf.serial_number
         self.ca.revoke(serial)
         slot.revocations += 1
+        self.revoked_at = self.elapsed()
         self.events.add(f"{REVOKED}: certificate {serial:#x} revoked (crl.pem rewritten)")
-        await trio.sleep_until(self.start + plan.renew_at)
-        node = slot.node
-        if node is None:
-            return
+        await trio.sleep(plan.renew_after)
         current = node.identity().svid.leaf.serial_number
         if current == serial:
             current = node.renew().svid.leaf.serial_number
             self.events.add(f"{REVOKED}: renewed early, new certificate {current:#x}")
         else:
-            self.events.add(f"{REVOKED}: renewed on schedule already, new certificate {current:#x}")
+            self.events.add(f"{REVOKED}: renewed on schedule, new certificate {current:#x}")
+        self.renewed_at = self.elapsed()
 
     def snapshot(self) -> Snapshot:
         now = trio.current_time()
@@ -660,6 +669,8 @@ class _Demo:
             nodes=tuple(views),
             pairs={key: pair.view() for key, pair in self.pairs.items()},
             events=tuple(self.events.lines),
+            revoked_at=self.revoked_at,
+            renewed_at=self.renewed_at,
         )
 
     # ------------------------------------------------------------ the whole run
