@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ import trio.testing
 from rich.console import Console
 
 from meshtls._cli import main
+from meshtls._config import FileIdentity, LocalCAIdentity, NodeConfig, NodeSettings
 from meshtls._demo import (
     DEFAULT_SVID_TTL,
     MIN_DURATION,
@@ -34,6 +35,9 @@ from meshtls._demo import (
     svid_ttl,
 )
 from meshtls._errors import ConfigError
+from meshtls._node import NodeError, open_node
+from meshtls._spiffeid import SpiffeId
+from meshtls.testing import CA
 
 # ---------------------------------------------------------------- the TTL rule
 
@@ -352,3 +356,41 @@ async def test_events_count_a_repeated_line_on_its_first_line(
         "t=1.0s c: handshake rejected (reason=revoked)",
         "t=6.5s a: handshake rejected (reason=revoked)",
     ]
+
+
+async def test_node_renew_swaps_in_a_new_svid_from_the_local_ca(tmp_path: Path) -> None:
+    """`Node.renew` (the demo's early renewal of a revoked SVID): a new certificate from
+    the same CA, swapped in by the rotation (counted), before its scheduled renewal."""
+    config = NodeConfig(
+        identity=LocalCAIdentity(
+            directory=tmp_path / "ca", spiffe_id=SpiffeId.parse("spiffe://meshtls.local/b")
+        ),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
+    )
+    async with open_node(config) as node:
+        before = node.identity().svid
+        with trio.fail_after(5):
+            renewed = node.renew()
+            while node.identity().svid is before:
+                await node.changed()
+        assert node.identity().svid.chain == renewed.svid.chain
+        assert renewed.svid.leaf.serial_number != before.leaf.serial_number
+        assert renewed.svid.spiffe_id == before.spiffe_id
+        assert node.registry.get_sample_value("meshtls_certificate_rotations_total") == 1
+
+
+async def test_node_renew_refuses_an_identity_it_cannot_renew(tmp_path: Path) -> None:
+    ca = CA("example.org", now=datetime.now(UTC))
+    issued = ca.issue("spiffe://example.org/b")
+    (tmp_path / "svid.pem").write_bytes(issued.chain_pem)
+    (tmp_path / "svid.key").write_bytes(issued.key_pem)
+    (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
+    config = NodeConfig(
+        identity=FileIdentity(
+            cert=tmp_path / "svid.pem", key=tmp_path / "svid.key", bundle=tmp_path / "bundle.pem"
+        ),
+        node=NodeSettings(listen=("127.0.0.1", 0), metrics=None),
+    )
+    async with open_node(config) as node:
+        with pytest.raises(NodeError, match="only a local CA identity can be renewed"):
+            node.renew()
