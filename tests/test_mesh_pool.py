@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import random
 import socket
@@ -30,7 +31,9 @@ from meshtls._node import Node, open_node
 from meshtls.testing import CA
 
 from .test_crl import make_crl
+from .test_metrics import promtool
 from .test_node import port, sample, scrape
+from .test_reload import events
 
 TD = "example.org"
 A = f"spiffe://{TD}/node/a"
@@ -223,6 +226,7 @@ async def test_two_nodes_peer_each_other_and_exchange_messages_both_ways(tmp_pat
         assert sample(text, "meshtls_peer_dials_total", peer=B, result="ok") == 1
         assert sample(text, "meshtls_messages_sent_total") == 3  # a sent three
         assert sample(text, "meshtls_messages_received_total") == 2
+        await promtool(text)  # the mesh families pass `promtool check metrics` too
 
 
 async def test_a_node_answers_a_peer_that_only_dialled_it(tmp_path: Path) -> None:
@@ -315,8 +319,11 @@ async def test_send_while_the_peer_is_down_raises_within_the_timeout(tmp_path: P
         assert (readyz.status_code, readyz.text) == (200, "ready; peers 0/1 connected\n")
 
 
-async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(tmp_path: Path) -> None:
-    """b's address answers with c's SVID: refused as unauthorized, counted, backing off."""
+async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b's address answers with c's SVID: refused as unauthorized, counted, backing off;
+    one warning line for the streak, not one per retry."""
     world = World(tmp_path)
     async with open_node(world.config("b", C)) as impostor:
         config = world.config("a", A, peers={B: port(impostor, "mesh")})
@@ -332,12 +339,18 @@ async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(tmp_path:
                 sample(text, "meshtls_peer_verification_failures_total", reason="unauthorized") >= 2
             )
             assert sample(text, "meshtls_peer_dials_total", peer=B, result="failed") >= 2
+            (line,) = events(caplog, "peer unavailable, retrying with backoff")
+            assert (line["peer"], line["address"]) == (B, status.address)
+            assert str(line["error"]).startswith("unauthorized:")
 
 
 # ---------------------------------------------------------------- reconnects
 
 
-async def test_a_restarted_peer_is_reconnected_and_messages_resume(tmp_path: Path) -> None:
+async def test_a_restarted_peer_is_reconnected_and_messages_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshtls")
     world = World(tmp_path)
     b_port = free_port()
     async with open_node(world.config("a", A, peers={B: b_port})) as a:
@@ -357,6 +370,9 @@ async def test_a_restarted_peer_is_reconnected_and_messages_resume(tmp_path: Pat
         status = state(a, B)
         assert status.connected_total == 2
         assert status.failures >= 1
+        connects = events(caplog, "peer connected")
+        assert [line["peer"] for line in connects] == [B, B]
+        assert int(str(connects[1]["after_failures"])) >= 1
 
 
 async def test_a_link_drained_at_rotation_is_replaced_before_it_closes(tmp_path: Path) -> None:
@@ -457,6 +473,11 @@ async def test_add_and_remove_peers_at_run_time_and_by_reload(tmp_path: Path) ->
         with pytest.raises(KeyError):
             a.remove_peer(B)
         await until(lambda: not b.dialer.inbound_peers())
+        b_text = await scrape(b)  # a closed its link on purpose: b read a clean end
+        assert (
+            sample(b_text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 1
+        )
+        await trio.sleep(0.2)
         assert "meshtls_peer_connected{" not in await scrape(a)  # its series are gone
 
         reloaded = world.config("a", None, peers={B: port(b, "mesh")})
@@ -590,3 +611,32 @@ async def test_a_peer_that_does_not_speak_websocket_ends_its_own_connection_only
         )
         await b.send(A, b"still serving")  # the node and its other links go on
         assert (await receive(a)).data == b"still serving"
+
+
+async def test_a_peer_that_refuses_our_certificate_is_a_failed_dial_saying_so(
+    tmp_path: Path,
+) -> None:
+    """TLS 1.3 lets the client finish first: the refusal shows in the upgrade, and the pool
+    counts it as a failed dial whose last_error says the peer rejected us."""
+    world = World(tmp_path)
+    strict = world.config("a", A, extra='[authorize]\nids = ["spiffe://example.org/node/z"]')
+    async with open_node(strict) as a:
+        config = world.config("b", B, peers={A: port(a, "mesh")})
+        async with open_node(config) as b:
+            await until(lambda: state(b, A).failures >= 2)
+            status = state(b, A)
+            assert status.connected_total == 0
+            assert status.last_error is not None
+            assert "rejects our certificate" in status.last_error
+            text = await scrape(b)
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="failed") >= 2
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="ok") == 0
+
+
+async def test_messages_end_once_the_node_has_stopped_and_they_were_read(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        await a.send(B, b"last words")
+    with trio.fail_after(5):  # without the inbox closed at the end, this never ends
+        got = [message.data async for message in b.messages()]
+    assert got == [b"last words"]
