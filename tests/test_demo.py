@@ -4,6 +4,7 @@ whole runs in a subprocess (the summary, ``--duration``, SIGINT and bad flags)."
 from __future__ import annotations
 
 import io
+import logging
 import re
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from meshtls._demo import (
     svid_ttl,
 )
 from meshtls._errors import ConfigError
+from meshtls._logs import event, log_context
 from meshtls._node import NodeError, open_node
 from meshtls._spiffeid import SpiffeId
 from meshtls.testing import CA
@@ -394,3 +396,32 @@ async def test_node_renew_refuses_an_identity_it_cannot_renew(tmp_path: Path) ->
     async with open_node(config) as node:
         with pytest.raises(NodeError, match="only a local CA identity can be renewed"):
             node.renew()
+
+
+async def test_events_show_a_node_warning_with_its_ids_and_reason_not_addresses(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    events = _Events(trio.current_time())
+    log = logging.getLogger("test_demo.events")
+    log.addHandler(events)
+    log.propagate = False
+    try:
+        for port in (50001, 50002):  # another connection each time: counted on one line
+            with log_context(node="a"):
+                event(
+                    log,
+                    logging.WARNING,
+                    "handshake rejected",
+                    peer=f"127.0.0.1:{port}",
+                    reason="revoked",
+                    claimed_id="spiffe://demo.meshtls.local/node/b",
+                )
+        event(log, logging.INFO, "not shown")
+        event(log, logging.WARNING, "peer unavailable", peer="spiffe://demo.meshtls.local/node/c")
+    finally:
+        log.removeHandler(events)
+    assert events.lines == [
+        "t=0.0s a: handshake rejected"
+        " (reason=revoked claimed_id=spiffe://demo.meshtls.local/node/b) (x2)",
+        "t=0.0s -: peer unavailable (peer=spiffe://demo.meshtls.local/node/c)",
+    ]

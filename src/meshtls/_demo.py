@@ -467,8 +467,10 @@ class _Events(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         fields = record_fields(record)
         node = fields.get("node")
-        detail = " ".join(
-            f"{k}={fields[k]}" for k in ("reason", "spiffe_id", "claimed_id") if k in fields
+        detail = " ".join(  # ids and reasons only: addresses (ephemeral ports) never repeat
+            f"{key}={fields[key]}"
+            for key in ("reason", "peer", "spiffe_id", "claimed_id")
+            if key in fields and (key == "reason" or str(fields[key]).startswith("spiffe://"))
         )
         try:
             text = f"{node or '-'}: {record.getMessage()}" + (f" ({detail})" if detail else "")
