@@ -164,6 +164,29 @@ async def test_local_ca_source_renews_at_exactly_the_expected_time(
     assert again.identity().bundles == source.identity().bundles
 
 
+async def test_local_ca_source_renew_issues_now_and_the_next_renewal_counts_from_it(
+    tmp_path: Path, clock: trio.testing.MockClock
+) -> None:
+    """`renew` (a revoked SVID replaced early) publishes a new SVID at once, and `run`
+    renews next at half of *that* SVID's lifetime, not at the old one's due time."""
+    ttl = timedelta(hours=1)
+    source = LocalCASource(
+        tmp_path / "ca", "spiffe://meshtls.local/node", ttl, clock=cert_time, jitter=0.0
+    )
+    first = source.identity().svid
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source.run)
+        await trio.sleep(600)
+        early = source.renew().svid
+        assert source.identity().svid is early
+        assert early.leaf.serial_number != first.leaf.serial_number
+        assert early.not_before == first.not_before + timedelta(seconds=600)
+        _, renewed = await source.cell.wait_newer(source.cell.generation)
+        assert trio.current_time() == pytest.approx(600 + 1800, abs=1e-6)  # not 1800
+        assert renewed.svid.not_before == early.not_before + timedelta(seconds=1800)
+        nursery.cancel_scope.cancel()
+
+
 def test_local_ca_source_refuses_another_trust_domain(tmp_path: Path) -> None:
     LocalCASource(tmp_path / "ca", "spiffe://meshtls.local/node")
     with pytest.raises(ConfigError, match="cannot issue"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import re
 import sys
@@ -895,11 +896,72 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE if exc.code else EXIT_OK
 
 
+def _add_demo(commands: _Subcommands) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="three nodes in one process: traffic, rotation, a restart and a revocation",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_positive_arg,
+        metavar="SECONDS",
+        help="end after this many seconds, with exit 0 (default: run until Ctrl-C;"
+        " the restart and the revocation then come at 21s and 30s)",
+    )
+    demo.add_argument(
+        "--svid-ttl",
+        type=_duration_arg,
+        metavar="DURATION",
+        help="the nodes' SVID lifetime (default: 2m; never more than 80%% of --duration,"
+        " so that each node rotates before the end; at least 15s)",
+    )
+    demo.add_argument(
+        "--rate",
+        type=_positive_arg,
+        default=5.0,
+        metavar="N",
+        help="messages a second from each node to each other node (default: 5)",
+    )
+    demo.add_argument(
+        "--plain",
+        action="store_true",
+        help="plain periodic lines instead of the live table (the default when stdout"
+        " is not a terminal)",
+    )
+    demo.set_defaults(run=_cmd_demo)
+
+
+def _positive_arg(text: str) -> float:
+    """A finite number above 0 (``--duration 20``, ``--rate 2.5``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number above 0")
+    return value
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import Plan, run_demo  # noqa: PLC0415 - rich only for the demo
+
+    with signals_held() as held:  # SIGINT and SIGTERM end the demo cleanly (exit 0)
+        plan = Plan.make(args.duration, args.svid_ttl)
+        live = False if args.plain else None
+        try:
+            run_demo(plan, rate=args.rate, out=sys.stdout, held=held, live=live)
+        except NodeError as exc:
+            _error_line(args, str(exc), EXIT_FAILED)
+            return EXIT_FAILED
+    return EXIT_OK
+
+
 _COMMANDS: Final[tuple[Callable[[_Subcommands], None], ...]] = (
     _add_ca,
     _add_inspect,
     _add_check,
     _add_node,
+    _add_demo,
     _add_bench,
 )
 

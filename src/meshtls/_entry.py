@@ -5,8 +5,8 @@ hundred milliseconds (trio, cryptography, prometheus_client); a SIGINT or SIGTER
 time used to be a KeyboardInterrupt traceback or a death without a word. So the signals
 are held (`meshtls._signals`) before anything heavy is imported, and then:
 
-- ``meshtls node`` keeps them held: its run loop acts on what arrived (a stop during
-  start-up is a clean exit 0);
+- ``meshtls node`` and ``meshtls demo`` keep them held: their run loops act on what
+  arrived (a stop during start-up is a clean exit 0);
 - any other command gets Python's handlers back, and what arrived meanwhile is acted on
   as it would have been: SIGINT is ``meshtls: interrupted`` and exit 130, SIGTERM and
   SIGHUP end the process as they do by default.
@@ -28,13 +28,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._cli import interrupted  # noqa: PLC0415 - the slow part, under the hold
         from ._cli import main as command  # noqa: PLC0415
 
-        if _command(args) == "node":
+        if _command(args) in _HOLDING:
             return command(args)
     for signum in held.pending:  # arrived during the imports: act on it now
         if signum == signal.SIGINT:
             return interrupted()
         signal.raise_signal(signum)  # the default handler is back: this ends the process
     return command(args)
+
+
+#: The commands that keep the signals held and act on them themselves.
+_HOLDING = frozenset({"node", "demo"})
 
 
 def _command(args: list[str]) -> str | None:

@@ -370,6 +370,15 @@ class Node:
         """Wait for the next identity event: a rotation, or a refused update."""
         await self.rotation.changed()
 
+    def renew(self) -> Identity:
+        """Have a local CA identity issue our next SVID now (the rotation swaps it in, as
+        at a scheduled renewal); for a certificate revoked before its time. Returns the
+        new identity. Raises `NodeError` for another identity form, or before start-up,
+        and `ConfigError` when the CA cannot issue."""
+        if not isinstance(self._source, LocalCASource):
+            raise NodeError("only a local CA identity can be renewed on demand")
+        return self._source.renew()
+
     @property
     def live_connections(self) -> int:
         return self.rotation.live_connections

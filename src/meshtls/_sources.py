@@ -407,13 +407,25 @@ class LocalCASource(_Published):
         due = svid.not_before + lifetime * fraction
         return max(0.0, (due - self._clock()).total_seconds())
 
+    def renew(self) -> Identity:
+        """Issue and publish a new SVID now, before its time (after a revocation, say);
+        `run` schedules the next renewal from the new one. Raises `ConfigError` when the
+        CA cannot issue (the current identity stays)."""
+        identity = self._issue()
+        self._cell.publish(identity)
+        return identity
+
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
         """Renew until cancelled. The first SVID was issued at construction."""
         task_status.started()
         while True:
-            await trio.sleep(self.renewal_delay())
+            generation = self._cell.generation
+            with trio.move_on_after(self.renewal_delay()) as timer:
+                await self._cell.wait_newer(generation)  # `renew` came first
+            if not timer.cancelled_caught:
+                continue
             try:
                 self._cell.publish(self._issue())
             except MeshError as exc:
