@@ -176,6 +176,7 @@ class Seen:
     sent: dict[str, list[tuple[int, float]]]  # peer -> confirmed (seq, t)
     failed: dict[str, list[tuple[int, str, float]]]  # peer -> (seq, reason, t)
     received: dict[str, dict[str, list[int]]]  # sender -> its incarnation -> seqs
+    unreadable: int  # messages that were not "INCARNATION SEQ"
 
     @classmethod
     def load(cls, path: Path) -> Seen | None:
@@ -196,6 +197,7 @@ class Seen:
                 for peer, items in data["failed"].items()
             },
             received=data["received"],
+            unreadable=data["unreadable"],
         )
 
     def lost(self, receiver: Seen, *, since: float = 0.0) -> list[int]:
@@ -470,6 +472,7 @@ async def test_five_namespaces_keep_a_mesh_through_a_kill_and_a_cut(
         print(f"multihost: {time.monotonic() - began:.1f} s; phases (s): {fleet.phases}")
         print(f"multihost: {checked} confirmed sends all received; SendErrors: {dict(reasons)}")
         assert checked >= 500
+        assert [record.unreadable for record in senders] == [0] * len(senders)
         assert set(reasons) <= {"unavailable", "closed", "timeout"}
         relinked = {
             (a, b): final[a].links[node_id(b)]
