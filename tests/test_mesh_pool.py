@@ -30,6 +30,7 @@ from meshtls._node import Node, open_node
 from meshtls.testing import CA
 
 from .test_crl import make_crl
+from .test_metrics import promtool
 from .test_node import port, sample, scrape
 
 TD = "example.org"
@@ -223,6 +224,7 @@ async def test_two_nodes_peer_each_other_and_exchange_messages_both_ways(tmp_pat
         assert sample(text, "meshtls_peer_dials_total", peer=B, result="ok") == 1
         assert sample(text, "meshtls_messages_sent_total") == 3  # a sent three
         assert sample(text, "meshtls_messages_received_total") == 2
+        await promtool(text)  # the mesh families pass `promtool check metrics` too
 
 
 async def test_a_node_answers_a_peer_that_only_dialled_it(tmp_path: Path) -> None:
@@ -457,6 +459,11 @@ async def test_add_and_remove_peers_at_run_time_and_by_reload(tmp_path: Path) ->
         with pytest.raises(KeyError):
             a.remove_peer(B)
         await until(lambda: not b.dialer.inbound_peers())
+        b_text = await scrape(b)  # a closed its link on purpose: b read a clean end
+        assert (
+            sample(b_text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 1
+        )
+        await trio.sleep(0.2)
         assert "meshtls_peer_connected{" not in await scrape(a)  # its series are gone
 
         reloaded = world.config("a", None, peers={B: port(b, "mesh")})
@@ -466,3 +473,156 @@ async def test_add_and_remove_peers_at_run_time_and_by_reload(tmp_path: Path) ->
         result = a.reload(world.config("a", None))
         assert result.changed == (f"[[peers]] {B} removed",)
         assert a.peers() == []
+
+
+async def test_a_draining_node_closes_its_links_on_purpose_and_stops_dialling(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        with trio.fail_after(3):
+            await a.drain()  # not shutdown_timeout: its links were closed, not waited for
+        await until(lambda: state(b, A).state != "connected")
+        text = await scrape(b)
+        assert (
+            sample(text, "meshtls_channel_links_ended_total", reason="closed", role="client") == 1
+        )
+        assert (
+            sample(text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 1
+        )
+        dials = state(a, B).dials
+        with pytest.raises(SendError) as info:
+            await a.send(B, b"x", timeout=0.5)
+        assert info.value.reason == "unavailable"
+        await trio.sleep(0.3)
+        assert state(a, B).dials == dials  # the pool stopped
+        await until(lambda: state(b, A).failures >= 1)  # b's redial is refused: a drains
+
+
+async def test_sends_waiting_for_a_peer_that_comes_up_share_its_one_good_dial(
+    tmp_path: Path,
+) -> None:
+    """Ten sends wait while b is down (a backs off and redials); b comes up on its port; every
+    send is confirmed, over one link made by one good dial."""
+    world = World(tmp_path)
+    b_port = free_port()
+    b_config = world.config("b", B, listen=b_port)
+    async with open_node(world.config("a", A, peers={B: b_port})) as a:
+        await until(lambda: state(a, B).failures >= 1)
+        done: list[int] = []
+
+        async def send(number: int) -> None:
+            await a.send(B, str(number), timeout=5)
+            done.append(number)
+
+        async with trio.open_nursery() as senders:
+            for number in range(10):
+                senders.start_soon(send, number)
+            await trio.sleep(0.2)
+            assert done == []  # all waiting on the keeper, none dialling
+            b = await senders.start(_serve_node, b_config)
+            with trio.fail_after(5):
+                while len(done) < 10:  # noqa: ASYNC110 - a poll, bounded
+                    await trio.sleep(0.01)
+            received = sorted([int((await receive(b)).data) for _ in range(10)])
+            senders.cancel_scope.cancel()  # b
+        assert received == list(range(10))
+        assert sorted(done) == list(range(10))
+        status = state(a, B)
+        assert status.connected_total == 1
+        text = await scrape(a)
+        assert sample(text, "meshtls_peer_dials_total", peer=B, result="ok") == 1
+        assert sample(text, "meshtls_messages_sent_total") == 10
+
+
+async def _serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[Node]) -> None:
+    """Run a node until cancelled (for `nursery.start`); started() gives the node."""
+    async with open_node(config) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
+async def test_a_link_that_cannot_be_replaced_drains_at_its_deadline_and_is_redialled(
+    tmp_path: Path,
+) -> None:
+    """No SVID is renewed: the replacement would close no later, so it is dropped; the link
+    ends at its deadline (``drained``) and is redialled at once, which fails while both
+    SVIDs are inside the drain margin (a backoff, no hot loop)."""
+    world = World(tmp_path)
+    a_svid = world.write("a", A)
+    offset = a_svid.not_after - datetime.now(UTC) - timedelta(seconds=8)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset
+
+    b_config = world.config("b", B)
+    async with open_node(b_config, clock=clock) as b:
+        a_config = world.config("a", None, peers={B: port(b, "mesh")})
+        async with open_node(a_config, clock=clock) as a:
+            await until(connected(a, B))
+            await until(lambda: state(a, B).state != "connected", seconds=6)
+            text = await scrape(a)
+            assert (
+                sample(text, "meshtls_channel_links_ended_total", reason="drained", role="client")
+                == 1
+            )
+            assert state(a, B).connected_total == 1
+            await until(lambda: state(a, B).state == "backing_off")
+            assert state(a, B).dials <= 4  # backing off, not spinning
+
+
+async def test_a_peer_that_does_not_speak_websocket_ends_its_own_connection_only(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        stranger = world.write("c", C)
+        stream = await meshtls.connect(
+            "127.0.0.1",
+            port(a, "mesh"),
+            source=meshtls.StaticSource(stranger, world.ca.bundle_set()),
+            authorize=meshtls.authorize_id(A),
+        )
+        with trio.fail_after(5):
+            await stream.send_all(b"hello, this is not an HTTP upgrade\r\n\r\n")
+            answer = b""
+            while chunk := await stream.receive_some():
+                answer += chunk
+        await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 400")
+        text = await scrape(a)
+        assert (
+            sample(text, "meshtls_channel_links_ended_total", reason="not_websocket", role="server")
+            == 1
+        )
+        await b.send(A, b"still serving")  # the node and its other links go on
+        assert (await receive(a)).data == b"still serving"
+
+
+async def test_a_peer_that_refuses_our_certificate_is_a_failed_dial_saying_so(
+    tmp_path: Path,
+) -> None:
+    """TLS 1.3 lets the client finish first: the refusal shows in the upgrade, and the pool
+    counts it as a failed dial whose last_error says the peer rejected us."""
+    world = World(tmp_path)
+    strict = world.config("a", A, extra='[authorize]\nids = ["spiffe://example.org/node/z"]')
+    async with open_node(strict) as a:
+        config = world.config("b", B, peers={A: port(a, "mesh")})
+        async with open_node(config) as b:
+            await until(lambda: state(b, A).failures >= 2)
+            status = state(b, A)
+            assert status.connected_total == 0
+            assert status.last_error is not None
+            assert "rejects our certificate" in status.last_error
+            text = await scrape(b)
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="failed") >= 2
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="ok") == 0
+
+
+async def test_messages_end_once_the_node_has_stopped_and_they_were_read(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        await a.send(B, b"last words")
+    with trio.fail_after(5):  # without the inbox closed at the end, this never ends
+        got = [message.data async for message in b.messages()]
+    assert got == [b"last words"]

@@ -61,6 +61,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, cast, get_args
 
+import h11
 import trio
 import trio_websocket
 import wsproto.utilities
@@ -98,7 +99,6 @@ _TOLD: Final = frozenset(
     {
         "closed",
         "message_too_large",
-        "protocol_error",
         "peer_error",
         "not_websocket",
         "wrong_path",
@@ -114,6 +114,9 @@ _CLOSE_REASONS: Final[dict[int, LinkEndReason]] = {
     1009: "message_too_large",
 }
 _ABNORMAL_CLOSURE: Final = 1006
+#: Close codes trio-websocket ends with without sending a close frame (wsproto found a
+#: protocol error; 1006: the stream failed): the stream is reset.
+_RESET_CODES: Final = frozenset({1002, 1003, 1006, 1007})
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,11 +341,16 @@ class _Transport(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
-        """trio-websocket closes after a close handshake, a refusal or a protocol error,
-        having told the peer why: gracefully, unless the link already ended uncleanly."""
+        """trio-websocket closes after a close handshake or an HTTP refusal (the peer was
+        told why: gracefully), or after a protocol error it sent no close frame for, or
+        once the link ended uncleanly (then with a reset)."""
         self.closed_by_websocket = True
         decided = self._link._verdict
-        if decided is not None and decided.reason not in _TOLD:
+        ws = self._link._ws
+        reason = ws.closed if ws is not None else None
+        if (decided is not None and decided.reason not in _TOLD) or (
+            reason is not None and reason.code in _RESET_CODES
+        ):
             self._stream.abort()
         else:
             self._stream.close_now()
@@ -499,6 +507,9 @@ class Link:
         except wsproto.utilities.LocalProtocolError as exc:
             if self._close_code is None:  # else: a ping answered while our close is under way
                 self._fault = self._bug("the WebSocket reader failed", exc)
+        except h11.ProtocolError as exc:  # the peer's HTTP was garbage (trio-websocket trips)
+            kind: LinkEndReason = "protocol_error" if self._ws is not None else "not_websocket"
+            self._fault = LinkEnd(False, kind, describe_error(exc))
         except Exception as exc:
             self._fault = self._bug("the WebSocket reader failed", exc)
         finally:
@@ -703,9 +714,12 @@ class Link:
                         await ws.ping(self._next_ping())
                     if not wait.cancelled_caught:
                         continue
-                    stalled = self._delivering or self._last_delivered > sent_at
-                    if stalled or transport.last_received > sent_at:
-                        continue  # our reader was held by our inbox: not the peer's fault
+                    # Bytes since the ping say the peer lives (">=": on a frozen clock they
+                    # may share its instant; `due` put every earlier byte an interval back).
+                    if transport.last_received >= sent_at:
+                        continue
+                    if self._delivering or self._last_delivered >= sent_at:
+                        continue  # our reader was held by our own full inbox: not the peer
                     self._decide(
                         LinkEnd(False, "keepalive_timeout", f"no answer to a ping in {timeout:g}s")
                     )

@@ -115,7 +115,7 @@ class _Slot:
 class _Peer:
     """One pooled peer: its keeper's state, its pooled link, and the keeper's scope."""
 
-    __slots__ = ("address", "id", "link", "scope", "state", "wall_since")
+    __slots__ = ("address", "id", "link", "removed", "scope", "state", "wall_since")
 
     def __init__(self, peer_id: SpiffeId, address: Address, now: float, wall: datetime) -> None:
         self.id = peer_id
@@ -124,6 +124,7 @@ class _Peer:
         self.wall_since = wall
         self.link: Link | None = None
         self.scope = trio.CancelScope()
+        self.removed = False
 
 
 def _classify(slot: _Slot) -> str:
@@ -220,11 +221,16 @@ class Dialer:
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @property
+    def running(self) -> bool:
+        """Whether peers can be added: started, and not stopped for a drain."""
+        return self._nursery is not None and not self._closed
+
     def add(self, peer_id: SpiffeId, address: Address) -> None:
         """Start keeping a link to `peer_id` at `address`. Raises `ValueError` if it is
         pooled already, `RuntimeError` if the pool does not run (yet, or any more)."""
         if self._nursery is None or self._closed:
-            raise RuntimeError("the dialer pool is not running")
+            raise RuntimeError("the dialer pool is not running (not started, or draining)")
         if peer_id in self._peers:
             raise ValueError(f"{peer_id} is already a pooled peer")
         peer = _Peer(peer_id, address, trio.current_time(), self._clock())
@@ -239,11 +245,27 @@ class Dialer:
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return False
-        peer.scope.cancel()
-        peer.link = None
+        peer.removed = True
         self._metrics.forget(str(peer_id))
+        self._stop(peer)
         self._pulse()
         return True
+
+    def _stop(self, peer: _Peer) -> None:
+        """End `peer`'s keeper: its link closed on purpose first (bounded by
+        ``keepalive_timeout``), at once when it has none."""
+        link = peer.link
+        if link is None or link.closed or self._nursery is None:
+            peer.scope.cancel()
+        else:
+            self._nursery.start_soon(self._close_then_stop, peer, link)
+
+    @staticmethod
+    async def _close_then_stop(peer: _Peer, link: Link) -> None:
+        try:
+            await link.aclose()
+        finally:
+            peer.scope.cancel()  # a replacement dial in flight, say
 
     def close(self) -> None:
         """Stop the pool for a drain: no more dials; every pooled and inbound link is closed
@@ -253,10 +275,7 @@ class Dialer:
             return
         self._closed = True
         for peer in self._peers.values():
-            if peer.link is not None and not peer.link.closed:
-                self._nursery.start_soon(peer.link.aclose)
-            else:
-                peer.scope.cancel()  # dialling or backing off: stop now
+            self._stop(peer)
         for links in self._inbound.values():
             for link in links:
                 self._nursery.start_soon(link.aclose)
@@ -270,13 +289,14 @@ class Dialer:
         if state.since != peer.state.since or state.phase != peer.state.phase:
             peer.wall_since = self._clock()
         peer.state = state
-        self._metrics.peer_connected(str(peer.id), state.phase == "connected")
+        if not peer.removed:  # a removed peer's series are gone: never make them again
+            self._metrics.peer_connected(str(peer.id), state.phase == "connected")
         self._pulse()
 
     async def _keep(self, peer: _Peer) -> None:
         """The keeper of one peer (see the module docstring); ends when the peer is removed."""
         with peer.scope:
-            while not self._closed:
+            while not (self._closed or peer.removed):
                 step = keeper_step(peer.state, trio.current_time())
                 if not isinstance(step, Dial):
                     await trio.sleep_until(step.until)
@@ -290,10 +310,14 @@ class Dialer:
                 peer.link = None
                 delay = self._backoff(peer.state.attempt)
                 if reason is None:
-                    self._metrics.dialed(str(peer.id), ok=False)
+                    self._dialed(peer, ok=False)
                     self._set(peer, dial_failed(peer.state, trio.current_time(), failure, delay))
                 else:
                     self._set(peer, link_ended(peer.state, trio.current_time(), reason, delay))
+
+    def _dialed(self, peer: _Peer, *, ok: bool) -> None:
+        if not peer.removed:
+            self._metrics.dialed(str(peer.id), ok=ok)
 
     def _backoff(self, attempt: int) -> float:
         return backoff(
@@ -335,8 +359,11 @@ class Dialer:
         await slot.up.wait()
         if slot.link is None:
             await slot.done.wait()
-            raise _DialFailedError(f"link failed: {slot.reason}")
-        self._metrics.dialed(str(peer.id), ok=True)
+            detail = slot.end.detail if slot.end is not None else None
+            raise _DialFailedError(
+                f"link failed: {slot.reason}" + (f": {detail}" if detail else "")
+            )
+        self._dialed(peer, ok=True)
         return slot
 
     async def _hold(self, peer: _Peer) -> tuple[str | None, str]:
@@ -419,7 +446,8 @@ class Dialer:
         finally:
             slot.stream.abort()  # closed already, normally; else reset, never a clean end
             slot.reason = _classify(slot)
-            self._metrics.link_ended("client", slot.reason)
+            if slot.link is not None:  # one that never came up is a failed dial
+                self._metrics.link_ended("client", slot.reason)
             slot.up.set()
             slot.done.set()
             self._pulse()
@@ -450,7 +478,7 @@ class Dialer:
             if not links:
                 self._inbound.pop(peer_id, None)
             slot.reason = _classify(slot)
-            self._metrics.link_ended("server", slot.reason)
+            self._metrics.link_ended("server", slot.reason)  # a failed upgrade too
             self._pulse()
 
     def _registered(self, peer_id: SpiffeId, link: Link) -> None:
@@ -476,12 +504,16 @@ class Dialer:
         Waits for the pool's link (a dial in flight, or a retry due in time) at most
         `timeout` seconds (default ``[mesh] send_timeout``), the peer's ack included.
         Raises `SendError`: ``unknown_peer`` (neither pooled nor linked to us),
-        ``unavailable`` (the next retry is after the deadline), ``timeout``, or the link's
+        ``unavailable`` (the next retry is after the deadline, or the node is draining),
+        ``timeout``, or the link's
         own (``closed``, ``too_large``).
         """
         seconds = self.mesh.send_timeout.total_seconds() if timeout is None else timeout
         deadline = trio.current_time() + seconds
         while True:
+            if self._closed:
+                self._metrics.send_failed("unavailable")
+                raise SendError("unavailable", str(peer_id), "the node is draining")
             peer = self._peers.get(peer_id)
             inbound = self._inbound_link(peer_id)
             now = trio.current_time()

@@ -160,7 +160,8 @@ class PeerChannel:
 
     While it is open, the messages from `peer` come here (``async for message in
     channel``), not to `Node.messages`; `send` is `Node.send` to `peer`. Leaving the
-    block closes it; messages queued here and not read are then dropped with it.
+    block closes it; messages queued here and not read go back to `Node.messages` as far
+    as it has room (the rest are dropped, with a warning line).
     """
 
     def __init__(self, node: Node, peer: SpiffeId) -> None:
@@ -304,7 +305,8 @@ class Node:
 
     def messages(self) -> AsyncIterator[Message]:
         """Every incoming message that no open channel claims, in arrival order, each
-        with its sender's verified SPIFFE id. Not reading them slows the senders."""
+        with its sender's verified SPIFFE id. Not reading them slows the senders. The
+        iteration ends once the node has stopped and what was queued has been read."""
         return self.inbox.messages()
 
     def add_peer(self, peer_id: SpiffeId | str, address: str) -> None:
@@ -715,7 +717,9 @@ class Node:
         self, moves: Sequence[tuple[SpiffeId, str]], addresses: dict[SpiffeId, Address]
     ) -> None:
         """Apply a reload's ``[[peers]]`` changes to the pool (a moved peer is redialled; a
-        peer added already with `add_peer` is kept, or moved)."""
+        peer added already with `add_peer` is kept, or moved). Nothing while draining."""
+        if not self.dialer.running:
+            return
         for sid, what in moves:
             if what != "added":
                 self.dialer.remove(sid)
@@ -1000,6 +1004,8 @@ async def open_node(
         if started or failed is not None or other is not None:
             raise
         failed = _start_failure(group)  # a task that failed while the node was starting
+    finally:
+        node.inbox.close()  # every link has ended: `messages` ends once it is read
     if failed is not None:
         raise failed
 
