@@ -27,11 +27,14 @@ second incarnation was ready count. A confirmation then came from the second inc
 the first was dead and reaped, and every sender had already seen a send to it fail, before
 the second was started. At the end, the pool's view shows it reconnected: each peer of the
 killed and of the cut node counts at least two links made to it (``connected_total``), and
-every `SendError` reason is one the contract names for a peer that is away.
+every `SendError` reason is one the contract names for a peer that is away. The two
+bystanders, neither killed nor cut, never saw a send to each other fail from the kill on,
+and never went more than `MAX_PAUSE` without a confirmed send to each other.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import subprocess
@@ -63,6 +66,7 @@ PORT = 7443
 INTERVAL = 0.05  # seconds between two sends to one peer
 FLOWING = 5  # a pair "keeps exchanging" when this many more sends were confirmed and received
 POLL = 0.1
+MAX_PAUSE = 2.0  # seconds: the longest a bystander pair may go without a confirmed send
 
 #: The [mesh] settings: short enough that a dead link is noticed, and redialled, in seconds.
 MESH = """\
@@ -481,6 +485,29 @@ async def test_five_namespaces_keep_a_mesh_through_a_kill_and_a_cut(
             if a != b and (b in (KILLED, CUT) or a == CUT)
         }
         assert min(relinked.values()) >= 2, relinked
+        gap = assert_bystanders_undisturbed(final, since=killed_at)
+        print(
+            f"multihost: longest pause between two confirmed sends of a bystander pair: {gap:.2f} s"
+        )
+
+
+def assert_bystanders_undisturbed(final: dict[int, Seen], *, since: float) -> float:
+    """Between the nodes neither killed nor cut, no send failed after `since` (the kill),
+    and no two confirmed sends of one pair (nor `since` and the first) were more than
+    `MAX_PAUSE` apart. Returns the longest pause seen."""
+    bystanders = [index for index in range(NODES) if index not in (KILLED, CUT)]
+    longest = 0.0
+    for a in bystanders:
+        for b in bystanders:
+            if a == b:
+                continue
+            failed = [item for item in final[a].failed.get(node_id(b), []) if item[2] > since]
+            assert failed == [], f"{a}->{b} failed while the others were out: {failed}"
+            times = [t for _, t in final[a].sent[node_id(b)] if t > since]
+            pauses = [later - earlier for earlier, later in itertools.pairwise([since, *times])]
+            longest = max(longest, *pauses)
+    assert longest <= MAX_PAUSE
+    return longest
 
 
 def assert_none_lost(senders: list[Seen], final: dict[int, Seen]) -> int:
