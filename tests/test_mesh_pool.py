@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import random
 import socket
@@ -32,6 +33,7 @@ from meshtls.testing import CA
 from .test_crl import make_crl
 from .test_metrics import promtool
 from .test_node import port, sample, scrape
+from .test_reload import events
 
 TD = "example.org"
 A = f"spiffe://{TD}/node/a"
@@ -317,8 +319,11 @@ async def test_send_while_the_peer_is_down_raises_within_the_timeout(tmp_path: P
         assert (readyz.status_code, readyz.text) == (200, "ready; peers 0/1 connected\n")
 
 
-async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(tmp_path: Path) -> None:
-    """b's address answers with c's SVID: refused as unauthorized, counted, backing off."""
+async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b's address answers with c's SVID: refused as unauthorized, counted, backing off;
+    one warning line for the streak, not one per retry."""
     world = World(tmp_path)
     async with open_node(world.config("b", C)) as impostor:
         config = world.config("a", A, peers={B: port(impostor, "mesh")})
@@ -334,12 +339,18 @@ async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(tmp_path:
                 sample(text, "meshtls_peer_verification_failures_total", reason="unauthorized") >= 2
             )
             assert sample(text, "meshtls_peer_dials_total", peer=B, result="failed") >= 2
+            (line,) = events(caplog, "peer unavailable, retrying with backoff")
+            assert (line["peer"], line["address"]) == (B, status.address)
+            assert str(line["error"]).startswith("unauthorized:")
 
 
 # ---------------------------------------------------------------- reconnects
 
 
-async def test_a_restarted_peer_is_reconnected_and_messages_resume(tmp_path: Path) -> None:
+async def test_a_restarted_peer_is_reconnected_and_messages_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshtls")
     world = World(tmp_path)
     b_port = free_port()
     async with open_node(world.config("a", A, peers={B: b_port})) as a:
@@ -359,6 +370,9 @@ async def test_a_restarted_peer_is_reconnected_and_messages_resume(tmp_path: Pat
         status = state(a, B)
         assert status.connected_total == 2
         assert status.failures >= 1
+        connects = events(caplog, "peer connected")
+        assert [line["peer"] for line in connects] == [B, B]
+        assert int(str(connects[1]["after_failures"])) >= 1
 
 
 async def test_a_link_drained_at_rotation_is_replaced_before_it_closes(tmp_path: Path) -> None:

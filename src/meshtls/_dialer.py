@@ -57,6 +57,8 @@ from ._pool import (
     link_ended,
     new_peer,
     replace_at,
+    replacement_failed,
+    replacement_started,
 )
 from ._spiffeid import SpiffeId
 from ._stream import MeshStream, Observer, OurRole, connect
@@ -288,10 +290,35 @@ class Dialer:
     def _set(self, peer: _Peer, state: PeerState) -> None:
         if state.since != peer.state.since or state.phase != peer.state.phase:
             peer.wall_since = self._clock()
+        self._log_change(peer, peer.state, state)
         peer.state = state
         if not peer.removed:  # a removed peer's series are gone: never make them again
             self._metrics.peer_connected(str(peer.id), state.phase == "connected")
         self._pulse()
+
+    def _log_change(self, peer: _Peer, old: PeerState, new: PeerState) -> None:
+        """One line per event: a link made, and the first failure of a streak (the
+        retries after it show in ``/status`` and the metrics, not in the log)."""
+        if peer.removed:
+            return
+        if new.phase == "connected" and old.phase != "connected":
+            event(
+                logger,
+                logging.INFO,
+                "peer connected",
+                peer=str(peer.id),
+                address=format_address(peer.address),
+                after_failures=old.attempt or None,
+            )
+        elif new.phase == "backing_off" and new.attempt == 1:
+            event(
+                logger,
+                logging.WARNING,
+                "peer unavailable, retrying with backoff",
+                peer=str(peer.id),
+                address=format_address(peer.address),
+                error=new.last_error,
+            )
 
     async def _keep(self, peer: _Peer) -> None:
         """The keeper of one peer (see the module docstring); ends when the peer is removed."""
@@ -400,9 +427,12 @@ class Dialer:
     async def _replacement(self, peer: _Peer, old: _Slot, links: trio.Nursery) -> _Slot | None:
         """A new link to `peer` that outlives `old`, made before `old` must close; None
         when it cannot be made or would close no later (no certificate rotated yet)."""
+        self._set(peer, replacement_started(peer.state))
         try:
             new = await self._open(peer, links)
         except _DialFailedError as exc:
+            self._dialed(peer, ok=False)
+            self._set(peer, replacement_failed(peer.state, str(exc)))
             event(
                 logger, logging.INFO, "link replacement failed", peer=str(peer.id), error=str(exc)
             )
