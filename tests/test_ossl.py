@@ -264,6 +264,23 @@ def test_bundled_defaults_would_also_pick_the_hybrid(world: World) -> None:
     assert _ossl.negotiated_group(outcome.connections["client"]) == "X25519MLKEM768"
 
 
+def test_the_hybrid_key_share_makes_the_client_hello_1_2_kb_bigger(world: World) -> None:
+    """X25519MLKEM768's key share is an ML-KEM-768 key (1,184 bytes) plus an X25519 one
+    (32): 1,393 bytes of ClientHello against 207 with X25519 alone (OpenSSL 4.0.3), as
+    issue 11's prototype measured."""
+    sizes: dict[str, int] = {}
+    for groups in (_ossl.DEFAULT_GROUPS, "X25519"):
+        client = SSL.Connection(context(world, "client", groups=groups), None)
+        client.set_connect_state()
+        with contextlib.suppress(SSL.WantReadError):
+            client.do_handshake()
+        sizes[groups] = len(_drain(client))
+    # The hybrid share carries the ML-KEM key on top of the X25519 one; supported_groups
+    # names one group more (2 bytes): 1,186 bytes in all.
+    assert 1184 <= sizes[_ossl.DEFAULT_GROUPS] - sizes["X25519"] <= 1200, sizes
+    assert sizes["X25519"] < 300, sizes
+
+
 @pytest.mark.parametrize("groups", ["NoSuchGroup", "X25519:nope", "", "X25519\0"])
 def test_a_bad_groups_list_is_refused_and_leaves_no_openssl_error(
     world: World, groups: str
