@@ -13,7 +13,7 @@ OpenSSL 4 that cryptography bundles) under trio, and keep the faster:
   ``WantWriteError`` -> ``wait_writable``.
 
 Each is a lean loop (no SPIFFE checks, no meshtls), measured with X25519 and with the
-hybrid ``X25519MLKEM768``, beside bare `trio.SSLStream` (stdlib ``ssl``, the system's
+hybrid ``X25519MLKEM768`` first, beside bare `trio.SSLStream` (stdlib ``ssl``, the system's
 OpenSSL) in the same run, rounds interleaved with a rotating start. The unit of work is
 `meshtls bench handshake`'s: connect, TLS 1.3 mutual handshake (chains verified against
 the bundle, no resumption), one byte echoed (the latency ends there), the client's
@@ -44,7 +44,7 @@ from meshtls import _ossl
 from meshtls._bench import HOST, Identity, make_identity, pyopenssl_context
 
 WARMUP: Final = 5
-GROUPS: Final = {"x25519": "X25519", "hybrid": "X25519MLKEM768"}
+GROUPS: Final = {"x25519": "X25519", "hybrid": _ossl.DEFAULT_GROUPS}  # hybrid, then X25519
 
 
 # ---------------------------------------------------------------- memory BIOs

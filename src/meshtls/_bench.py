@@ -124,7 +124,10 @@ BASELINES: Final = (
 #: Stacks measured at concurrency 1 only (issue 11's sequential rows).
 SEQUENTIAL_STACKS: Final = ("pyopenssl-membio", "pyopenssl-membio-pq", "spiffe-tls")
 #: The pyOpenSSL rows' groups: X25519 as the stdlib rows on OpenSSL 3.0, and the hybrid.
-PYOPENSSL_GROUPS: Final = {"pyopenssl-membio": "X25519", "pyopenssl-membio-pq": "X25519MLKEM768"}
+PYOPENSSL_GROUPS: Final = {
+    "pyopenssl-membio": "X25519",
+    "pyopenssl-membio-pq": _ossl.DEFAULT_GROUPS,  # X25519MLKEM768, then X25519
+}
 #: meshtls with revocation on (soft-fail, a warm cache) and the meshtls row it is compared to.
 REVOCATION_STACK: Final = "meshtls-rev"
 MEMORY_STACKS: Final = ("meshtls", "trio")
