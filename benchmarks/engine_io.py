@@ -7,7 +7,10 @@ OpenSSL 4 that cryptography bundles) under trio, and keep the faster:
 
 - ``membio``: ``Connection(ctx, None)``. The engine pumps ciphertext between OpenSSL's
   memory BIOs and a `trio.SocketStream` (``bio_read`` -> ``send_all``,
-  ``receive_some`` -> ``bio_write``), as meshtls's `_tls.TlsSession` does with the stdlib.
+  ``receive_some`` -> ``bio_write``).
+- ``membio-raw``: the same memory BIOs, but the bytes move by the nonblocking stdlib
+  socket's own ``send``/``recv``, waiting only on ``BlockingIOError``: how `MeshStream`
+  drives `_tls.TlsSession` today, so the mode an engine behind `TlsSession` would run in.
 - ``socket``: ``Connection(ctx, sock)`` on trio's nonblocking socket. OpenSSL reads and
   writes the file descriptor itself; ``WantReadError`` -> ``trio.lowlevel.wait_readable``,
   ``WantWriteError`` -> ``wait_writable``.
@@ -35,7 +38,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import Final, cast
+from typing import Final, Protocol, cast
 
 import trio
 from OpenSSL import SSL
@@ -50,6 +53,53 @@ GROUPS: Final = {"x25519": "X25519", "hybrid": _ossl.DEFAULT_GROUPS}  # hybrid, 
 # ---------------------------------------------------------------- memory BIOs
 
 
+class Pipe(Protocol):
+    """Where a memory-BIO engine's ciphertext goes and comes from."""
+
+    async def send(self, data: bytes) -> None: ...
+    async def recv(self) -> bytes: ...  # b"" at EOF
+
+
+class StreamPipe:
+    """Through trio's `SocketStream` (a checkpoint per call, even when nothing blocks)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def recv(self) -> bytes:
+        return await self.stream.receive_some(65536)
+
+
+class RawPipe:
+    """Through the nonblocking stdlib socket, waiting only on ``BlockingIOError``: the
+    loop `MeshStream` runs today (`_stream._send_all`, `_stream._recv`)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.sock = socket.socket(fileno=stream.socket.detach())
+        self.sock.setblocking(False)
+
+    async def send(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[self.sock.send(view) :]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(self.sock)
+
+    async def recv(self) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(65536)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self.sock)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def _take(conn: SSL.Connection) -> bytes:
     try:
         return conn.bio_read(65536)
@@ -57,37 +107,33 @@ def _take(conn: SSL.Connection) -> bytes:
         return b""
 
 
-async def _flush(conn: SSL.Connection, stream: trio.SocketStream) -> None:
+async def _flush(conn: SSL.Connection, pipe: Pipe) -> None:
     if data := _take(conn):
-        await stream.send_all(data)
+        await pipe.send(data)
 
 
-async def _feed(conn: SSL.Connection, stream: trio.SocketStream) -> None:
-    data = await stream.receive_some(65536)
-    if not data:
-        raise trio.BrokenResourceError("the peer closed the connection")
-    conn.bio_write(data)
-
-
-async def membio_handshake(conn: SSL.Connection, stream: trio.SocketStream) -> None:
+async def membio_handshake(conn: SSL.Connection, pipe: Pipe) -> None:
     while True:
         try:
             conn.do_handshake()
         except SSL.WantReadError:
-            await _flush(conn, stream)
-            await _feed(conn, stream)
+            await _flush(conn, pipe)
+            data = await pipe.recv()
+            if not data:
+                raise trio.BrokenResourceError("the peer closed the connection") from None
+            conn.bio_write(data)
         else:
-            await _flush(conn, stream)
+            await _flush(conn, pipe)
             return
 
 
-async def membio_recv(conn: SSL.Connection, stream: trio.SocketStream, size: int) -> bytes:
+async def membio_recv(conn: SSL.Connection, pipe: Pipe, size: int) -> bytes:
     """Plaintext, or b"" at the peer's close_notify (or EOF, which a real engine refuses)."""
     while True:
         try:
             return conn.recv(size)
         except SSL.WantReadError:
-            data = await stream.receive_some(65536)
+            data = await pipe.recv()
             if not data:
                 return b""
             conn.bio_write(data)
@@ -95,34 +141,59 @@ async def membio_recv(conn: SSL.Connection, stream: trio.SocketStream, size: int
             return b""
 
 
-async def membio_send(conn: SSL.Connection, stream: trio.SocketStream, data: bytes) -> None:
+async def membio_send(conn: SSL.Connection, pipe: Pipe, data: bytes) -> None:
     conn.sendall(data)  # memory BIOs take everything
-    await _flush(conn, stream)
+    await _flush(conn, pipe)
+
+
+async def _membio_serve(ctx: SSL.Context, pipe: Pipe) -> None:
+    conn = SSL.Connection(ctx, None)
+    conn.set_accept_state()
+    await membio_handshake(conn, pipe)
+    while data := await membio_recv(conn, pipe, 65536):
+        await membio_send(conn, pipe, data)
+
+
+async def _membio_visit(ctx: SSL.Context, pipe: Pipe, start: float) -> float:
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    await membio_handshake(conn, pipe)
+    await membio_send(conn, pipe, b"x")
+    if await membio_recv(conn, pipe, 1) != b"x":
+        raise RuntimeError("no echo")
+    latency = time.perf_counter() - start
+    conn.shutdown()
+    await _flush(conn, pipe)
+    return latency
 
 
 async def membio_server(ctx: SSL.Context, stream: trio.SocketStream) -> None:
-    conn = SSL.Connection(ctx, None)
-    conn.set_accept_state()
     async with stream:
-        await membio_handshake(conn, stream)
-        while data := await membio_recv(conn, stream, 65536):
-            await membio_send(conn, stream, data)
+        await _membio_serve(ctx, StreamPipe(stream))
 
 
 async def membio_client(ctx: SSL.Context, port: int) -> float:
     start = time.perf_counter()
     stream = await trio.open_tcp_stream(HOST, port)
     async with stream:
-        conn = SSL.Connection(ctx, None)
-        conn.set_connect_state()
-        await membio_handshake(conn, stream)
-        await membio_send(conn, stream, b"x")
-        if await membio_recv(conn, stream, 1) != b"x":
-            raise RuntimeError("no echo")
-        latency = time.perf_counter() - start
-        conn.shutdown()
-        await _flush(conn, stream)
-    return latency
+        return await _membio_visit(ctx, StreamPipe(stream), start)
+
+
+async def membio_raw_server(ctx: SSL.Context, stream: trio.SocketStream) -> None:
+    pipe = RawPipe(stream)
+    try:
+        await _membio_serve(ctx, pipe)
+    finally:
+        pipe.close()
+
+
+async def membio_raw_client(ctx: SSL.Context, port: int) -> float:
+    start = time.perf_counter()
+    pipe = RawPipe(await trio.open_tcp_stream(HOST, port))
+    try:
+        return await _membio_visit(ctx, pipe, start)
+    finally:
+        pipe.close()
 
 
 # ---------------------------------------------------------------- OpenSSL on the socket
@@ -259,6 +330,13 @@ def variants(identity: Identity) -> list[Variant]:
                 f"pyopenssl-membio-{label}",
                 functools.partial(membio_server, server_ctx),
                 functools.partial(membio_client, client_ctx),
+            )
+        )
+        found.append(
+            Variant(
+                f"pyopenssl-membio-raw-{label}",
+                functools.partial(membio_raw_server, server_ctx),
+                functools.partial(membio_raw_client, client_ctx),
             )
         )
         found.append(

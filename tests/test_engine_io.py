@@ -13,8 +13,10 @@ def test_every_io_variant_runs_and_negotiates_its_group() -> None:
     assert [row["variant"] for row in rows] == [
         "trio-sslstream",
         "pyopenssl-membio-x25519",
+        "pyopenssl-membio-raw-x25519",
         "pyopenssl-socket-x25519",
         "pyopenssl-membio-hybrid",
+        "pyopenssl-membio-raw-hybrid",
         "pyopenssl-socket-hybrid",
     ]
     assert all(row["handshakes_per_second"] > 0 for row in rows)
