@@ -206,6 +206,30 @@ def test_a_rejection_sends_the_alert_its_x509_error_maps_to(
     assert calls == [(True, 1), (True, 0)]
 
 
+@pytest.mark.parametrize("rejecter", ["server", "client"])
+def test_a_side_that_rejected_its_peer_still_holds_the_peers_chain(
+    world: World, rejecter: Side
+) -> None:
+    """Issue 11: after a rejection in the verify callback the rejecting side can still
+    read the chain OpenSSL built for the peer, so every reason can be computed from it."""
+
+    def reject_leaf(connection: SSL.Connection, ok: bool, error: int, depth: int) -> int:
+        return _ossl.REJECT["certificate_revoked"] if depth == 0 else _ossl.X509_V_OK
+
+    server_ctx, client_ctx = context(world, "server"), context(world, "client")
+    _ossl.set_verify(server_ctx if rejecter == "server" else client_ctx, reject_leaf)
+    outcome = handshake(server_ctx, client_ctx)
+    assert outcome.alerts["client" if rejecter == "server" else "server"] == ["certificate_revoked"]
+    peer = world.client if rejecter == "server" else world.server
+    conn = outcome.connections[rejecter]
+    # The chain OpenSSL built (leaf to root) survives the failure on both sides; what the
+    # peer sent survives only on the client (a server drops it with the session), so the
+    # engine must read the former.
+    assert conn.get_verified_chain(as_cryptography=True) == [peer.leaf, world.ca.certificate]
+    sent = conn.get_peer_cert_chain(as_cryptography=True)
+    assert sent == (None if rejecter == "server" else [peer.leaf])
+
+
 def test_access_denied_is_not_reachable_from_the_verify_callback() -> None:
     assert "access_denied" not in _ossl.REJECT  # not in OpenSSL's ssl_x509err2alert table
 
