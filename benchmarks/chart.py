@@ -23,6 +23,10 @@ COLOURS: Final = {
     "trio": "#00798c",
     "asyncio": "#edae49",
     "blocking": "#30638e",
+    "meshtls-rev": "#8f2d56",
+    "pyopenssl-membio": "#66a182",
+    "pyopenssl-membio-pq": "#2e4057",
+    "spiffe-tls": "#a05195",
 }
 FALLBACK_COLOUR: Final = "#777777"
 

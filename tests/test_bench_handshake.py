@@ -192,3 +192,96 @@ def test_P_4_revocation_on_is_compared_to_off_in_the_same_run(tmp_path: Path) ->
     names = [target["name"] for target in report["targets"]]
     assert "meshtls revocation on / off handshakes/s at concurrency 1" in names
     assert "revocation on (soft-fail, warm cache) / off" in handshake.render(report)
+
+
+# ---------------------------------------------------------------- issue 11's pyOpenSSL rows
+
+ENGINE_STACKS = ["trio", "pyopenssl-membio", "pyopenssl-membio-pq", "spiffe-tls"]
+
+
+@pytest.fixture(scope="module")
+def engine_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("bench") / "engine.json"
+    argv = ["--count", str(COUNT), "--rounds", str(ROUNDS), "--concurrency", "1,4"]
+    argv += ["--stacks", ",".join(ENGINE_STACKS), "--json", str(out), "--quiet", "--no-memory"]
+    assert handshake.main(argv) == 0
+    loaded: dict[str, object] = json.loads(out.read_text())
+    return loaded
+
+
+def test_pyopenssl_rows_run_at_concurrency_1_only_without_errors(
+    engine_report: dict[str, object],
+) -> None:
+    pytest.importorskip("spiffetls")
+    results = engine_report["results"]
+    assert isinstance(results, list)
+    assert sorted((r["stack"], r["concurrency"]) for r in results) == sorted(
+        [("trio", 1), ("trio", 4)] + [(stack, 1) for stack in ENGINE_STACKS[1:]]
+    )
+    for entry in results:
+        assert entry["errors"] == 0, entry["first_error"]
+        assert entry["samples"] == COUNT * ROUNDS
+    assert engine_report["unavailable"] == []
+    env = engine_report["environment"]
+    assert isinstance(env, dict)
+    assert env["pyopenssl_openssl"].startswith("OpenSSL 4.")
+
+
+def test_every_pyopenssl_row_is_a_ratio_to_trio_and_the_hybrid_to_x25519(
+    engine_report: dict[str, object],
+) -> None:
+    pytest.importorskip("spiffetls")
+    ratios = engine_report["versus_trio"]
+    assert isinstance(ratios, list)
+    assert sorted((r["stack"], r["over"]) for r in ratios) == sorted(
+        [(stack, "trio") for stack in ENGINE_STACKS[1:]]
+        + [("pyopenssl-membio-pq", "pyopenssl-membio")]
+    )
+    assert all(r["ratio"] > 0 for r in ratios)
+    text = handshake.render(engine_report)
+    for stack in ENGINE_STACKS:
+        assert f"\n{stack} " in text
+    assert "pyopenssl-membio-pq / pyopenssl-membio" in text
+
+
+def test_meshtls_is_compared_to_the_pyopenssl_rows(tmp_path: Path) -> None:
+    pytest.importorskip("spiffetls")
+    out = tmp_path / "handshake.json"
+    argv = ["--count", "5", "--rounds", "1", "--concurrency", "1,2", "--quiet", "--no-memory"]
+    argv += ["--stacks", "meshtls,pyopenssl-membio,spiffe-tls", "--json", str(out)]
+    assert handshake.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert sorted((r["concurrency"], r["baseline"]) for r in report["ratios"]) == [
+        (1, "pyopenssl-membio"),
+        (1, "spiffe-tls"),
+    ]
+    text = handshake.render(report)
+    assert "vs pyopenssl-membio" in text
+    assert "vs spiffe-tls" in text
+
+
+@pytest.mark.parametrize(
+    ("stack", "group"), [("pyopenssl-membio", "x25519"), ("pyopenssl-membio-pq", "X25519MLKEM768")]
+)
+def test_the_membio_rows_negotiate_their_labelled_group(
+    stack: str, group: str, tmp_path: Path
+) -> None:
+    row = handshake.PyOpenSSLMembioStack(stack)
+    step = row.run(handshake.make_identity(tmp_path), 1, 3, lambda: None)
+    assert step.errors == 0, step.first_error
+    assert len(step.latencies) == 3
+    assert row.last_group == group
+
+
+def test_a_missing_spiffe_tls_is_reported_unavailable_not_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handshake, "spiffe_tls_unavailable", lambda: "not here (test)")
+    out = tmp_path / "handshake.json"
+    argv = ["--count", "3", "--rounds", "1", "--concurrency", "1", "--quiet", "--no-memory"]
+    argv += ["--stacks", "trio,spiffe-tls", "--json", str(out)]
+    assert handshake.main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [r["stack"] for r in report["results"]] == ["trio"]
+    assert report["unavailable"] == [{"stack": "spiffe-tls", "reason": "not here (test)"}]
+    assert "spiffe-tls          unavailable: not here (test)" in handshake.render(report)

@@ -1,7 +1,8 @@
 """Handshakes per second and latency: meshtls against bare trio.SSLStream, asyncio and blocking ssl.
 
     meshtls bench handshake [--count 300] [--rounds 3] [--concurrency 1,16,64]
-        [--stacks meshtls,meshtls-rev,trio,asyncio,blocking] [--json FILE] [--no-memory] [--quiet]
+        [--stacks meshtls,meshtls-rev,trio,asyncio,blocking,pyopenssl-membio,
+                  pyopenssl-membio-pq,spiffe-tls] [--json FILE] [--no-memory] [--quiet]
 
 Theory of operation. Every stack runs its own server and its own clients in this
 process, over 127.0.0.1 with a port the kernel picks, with the same ECDSA P-256
@@ -26,6 +27,21 @@ side reading one `Revocations` whose cache was filled with ``good`` OCSP statuse
 both chains before timing (a warm cache, no network). The plain ``meshtls`` row has no
 revocation view, so P-4 looks nothing up: it is revocation off. Both rows are measured
 in the same rounds, and reported as the on/off ratio of medians.
+
+pyOpenSSL rows (issue 11), at concurrency 1 only, on the OpenSSL that cryptography
+bundles (4.x) rather than the system's: ``pyopenssl-membio`` is a pyOpenSSL client and
+server over memory BIOs in one thread, no sockets and no event loop: the floor of an
+engine on that OpenSSL (chain verification only, like the trio row). It offers X25519
+only, as the stdlib rows do on OpenSSL 3.0; ``pyopenssl-membio-pq`` is the same with
+the hybrid ``X25519MLKEM768`` first, so the two give the post-quantum cost. Their unit
+of work ends with the client's close_notify read by the server. ``spiffe-tls`` is
+py-spiffe's spiffe-tls (the direct competitor), with ONE reused ``create_ssl_context``
+per side (not ``dial``, which builds a context per connection) over blocking sockets, a
+server thread and TCP_NODELAY, checking the peer's SPIFFE ID; it is given X25519 too.
+None of these can send zero tickets (cryptography's binding has no
+``SSL_CTX_set_num_tickets``, see `meshtls._ossl`): each server sends two stateful,
+unusable tickets (2 x 79 bytes). Without spiffe-tls (the ``bench`` dependency group),
+its row is reported unavailable, with the reason.
 
 Idle memory: 1,000 client streams connected to a server whose handler holds each
 one idle; both ends live in this process, so a connection's cost is the two
@@ -63,6 +79,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,10 +90,12 @@ from typing import Final, Literal, Protocol, TextIO, cast
 import cryptography
 import trio
 from cryptography import x509
+from OpenSSL import SSL
 from prometheus_client import CollectorRegistry
 
 import meshtls
 
+from . import _ossl
 from ._metrics import NodeMetrics
 from ._prefetch import Revocations
 from ._revocation import chain_targets
@@ -84,8 +103,31 @@ from .testing import CA
 
 HOST: Final = "127.0.0.1"
 TRUST_DOMAIN: Final = "example.org"
-STACKS: Final = ("meshtls", "meshtls-rev", "trio", "asyncio", "blocking")
-BASELINES: Final = ("trio", "asyncio", "blocking")
+STACKS: Final = (
+    "meshtls",
+    "meshtls-rev",
+    "trio",
+    "asyncio",
+    "blocking",
+    "pyopenssl-membio",
+    "pyopenssl-membio-pq",
+    "spiffe-tls",
+)
+BASELINES: Final = (
+    "trio",
+    "asyncio",
+    "blocking",
+    "pyopenssl-membio",
+    "pyopenssl-membio-pq",
+    "spiffe-tls",
+)
+#: Stacks measured at concurrency 1 only (issue 11's sequential rows).
+SEQUENTIAL_STACKS: Final = ("pyopenssl-membio", "pyopenssl-membio-pq", "spiffe-tls")
+#: The pyOpenSSL rows' groups: X25519 as the stdlib rows on OpenSSL 3.0, and the hybrid.
+PYOPENSSL_GROUPS: Final = {
+    "pyopenssl-membio": "X25519",
+    "pyopenssl-membio-pq": _ossl.DEFAULT_GROUPS,  # X25519MLKEM768, then X25519
+}
 #: meshtls with revocation on (soft-fail, a warm cache) and the meshtls row it is compared to.
 REVOCATION_STACK: Final = "meshtls-rev"
 MEMORY_STACKS: Final = ("meshtls", "trio")
@@ -759,6 +801,253 @@ class BlockingStack:
         return Step(elapsed, cpu, latencies, tally.errors, tally.first_error)
 
 
+# ---------------------------------------------------------------- pyOpenSSL stacks (issue 11)
+
+
+def pyopenssl_context(identity: Identity, role: Role, groups: str) -> SSL.Context:
+    """A pyOpenSSL context as the stdlib rows' `Identity.ssl_context`: TLS 1.3 only, mutual,
+    the bundle as trust store, no hostname; no resumption (`_ossl.refuse_resumption`)."""
+    server = role == "server"
+    context = SSL.Context(SSL.TLS_SERVER_METHOD if server else SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.set_max_proto_version(SSL.TLS1_3_VERSION)
+    context.use_certificate_chain_file(str(identity.cert(role)))
+    context.use_privatekey_file(str(identity.key(role)))
+    context.load_verify_locations(str(identity.bundle))
+    context.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+    _ossl.refuse_resumption(context)
+    _ossl.set_groups(context, groups)
+    return context
+
+
+def _take(connection: SSL.Connection) -> bytes:
+    """Everything a memory-BIO connection has to send, or b""."""
+    try:
+        return connection.bio_read(65536)
+    except SSL.WantReadError:
+        return b""
+
+
+def _step_on(connection: SSL.Connection) -> bool:
+    """Advance a handshake; True once complete."""
+    try:
+        connection.do_handshake()
+    except SSL.WantReadError:
+        return False
+    return True
+
+
+class PyOpenSSLMembioStack:
+    """A pyOpenSSL client and server over memory BIOs in one thread: the engine floor."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.groups = PYOPENSSL_GROUPS[name]
+        self.last_group: str | None = None
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        server_context = pyopenssl_context(identity, "server", self.groups)
+        client_context = pyopenssl_context(identity, "client", self.groups)
+        tally = Tally()
+        for _ in range(WARMUP):
+            self._one(server_context, client_context)
+        latencies: list[float] = []
+        start = time.perf_counter()
+        cpu_start = time.process_time()
+        for _ in range(count):
+            try:
+                latencies.append(self._one(server_context, client_context))
+            except Exception as exc:  # counted and reported
+                tally.failed("pair", exc)
+            tick()
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        return Step(elapsed, cpu, latencies, tally.errors, tally.first_error)
+
+    def _one(self, server_context: SSL.Context, client_context: SSL.Context) -> float:
+        start = time.perf_counter()
+        client = SSL.Connection(client_context, None)
+        client.set_connect_state()
+        server = SSL.Connection(server_context, None)
+        server.set_accept_state()
+        client_done = server_done = False
+        for _ in range(8):  # a TLS 1.3 mutual handshake takes 2 flights each way
+            client_done = client_done or _step_on(client)
+            if data := _take(client):
+                server.bio_write(data)
+            server_done = server_done or _step_on(server)
+            if data := _take(server):
+                client.bio_write(data)
+            if client_done and server_done:
+                break
+        else:
+            raise RuntimeError("the memory-BIO handshake did not finish")
+        client.send(b"x")
+        server.bio_write(_take(client))
+        server.send(server.recv(1))
+        client.bio_write(_take(server))
+        if client.recv(1) != b"x":
+            raise RuntimeError("no echo from the server")
+        latency = time.perf_counter() - start
+        self.last_group = _ossl.negotiated_group(client)
+        client.shutdown()
+        server.bio_write(_take(client))
+        try:
+            server.recv(1)
+        except SSL.ZeroReturnError:
+            pass
+        else:
+            raise RuntimeError("the server read data instead of close_notify")
+        return latency
+
+
+def spiffe_tls_unavailable() -> str | None:
+    """Why the ``spiffe-tls`` row cannot run here, or None when it can."""
+    try:
+        import spiffetls  # noqa: F401, PLC0415 - optional: the bench dependency group
+    except ImportError as exc:
+        return f"spiffe-tls is not installed ({exc}); it is in the 'bench' dependency group"
+    return None
+
+
+class _StaticX509Source:
+    """What spiffe-tls reads of an ``X509Source`` (``svid``, ``bundles``), from files."""
+
+    def __init__(self, identity: Identity, role: Role) -> None:
+        from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
+        from spiffe import TrustDomain, X509Bundle, X509Svid  # noqa: PLC0415
+
+        self.svid = X509Svid.load(str(identity.cert(role)), str(identity.key(role)), Encoding.PEM)
+        bundle = X509Bundle.load(TrustDomain(TRUST_DOMAIN), str(identity.bundle), Encoding.PEM)
+        self.bundles = frozenset({bundle})
+
+    def subscribe_for_updates(self, callback: Callable[[], None]) -> None:
+        """A static source never updates."""
+
+
+class SpiffeTlsStack:
+    """py-spiffe's spiffe-tls: one reused ``create_ssl_context`` per side (the server's as
+    ``spiffetls.listen`` builds it, before its first connection so that its groups and
+    tickets can still be set), blocking sockets; each side authorizes the other's SPIFFE ID."""
+
+    name = "spiffe-tls"
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        from spiffe import SpiffeId  # noqa: PLC0415
+        from spiffe.workloadapi.x509_source import X509Source  # noqa: PLC0415
+        from spiffetls import create_ssl_context  # noqa: PLC0415
+        from spiffetls.tlsconfig.authorize import authorize_id  # noqa: PLC0415
+
+        server_source = cast(X509Source, _StaticX509Source(identity, "server"))
+        client_source = cast(X509Source, _StaticX509Source(identity, "client"))
+        with warnings.catch_warnings():
+            # spiffe-tls 0.4 passes pyOpenSSL X509 objects, which pyOpenSSL 26 deprecates.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            server_context = create_ssl_context(  # as spiffetls.listen(MTLS) builds it
+                SSL.TLS_SERVER_METHOD,
+                server_source,
+                authorize_id(SpiffeId(Identity.spiffe_id("client"))),
+                SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+            )
+            client_context = create_ssl_context(
+                SSL.TLS_CLIENT_METHOD,
+                client_source,
+                authorize_id(SpiffeId(Identity.spiffe_id("server"))),
+                SSL.VERIFY_PEER,
+            )
+        for context in (server_context, client_context):
+            _ossl.set_groups(context, "X25519")
+            _ossl.refuse_resumption(context)
+        listener = SSL.Connection(server_context, socket.create_server((HOST, 0), backlog=1024))
+        listener.set_accept_state()
+        tally = Tally()
+        server = _SpiffeTlsServer(listener, tally)
+        try:
+            for _ in range(WARMUP):
+                self._one(server.port, client_context)
+            latencies: list[float] = []
+            start = time.perf_counter()
+            cpu_start = time.process_time()
+            for _ in range(count):
+                try:
+                    latencies.append(self._one(server.port, client_context))
+                except Exception as exc:  # counted and reported
+                    tally.failed("client", exc)
+                tick()
+            elapsed = time.perf_counter() - start
+            cpu = time.process_time() - cpu_start
+        finally:
+            server.close()
+        return Step(elapsed, cpu, latencies, tally.errors, tally.first_error)
+
+    @staticmethod
+    def _one(port: int, context: SSL.Context) -> float:
+        start = time.perf_counter()
+        with socket.create_connection((HOST, port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            conn = SSL.Connection(context, sock)
+            conn.set_connect_state()
+            conn.do_handshake()  # the server's SPIFFE ID is authorized in the verify callback
+            conn.sendall(b"x")
+            if conn.recv(1) != b"x":
+                raise RuntimeError("no echo from the server")
+            latency = time.perf_counter() - start
+            conn.shutdown()
+        return latency
+
+
+class _SpiffeTlsServer:
+    """spiffe-tls's listening connection served by one thread, one connection at a time."""
+
+    def __init__(self, listener: SSL.Connection, tally: Tally) -> None:
+        self._listener = listener
+        self._tally = tally
+        listener.settimeout(0.05)  # so that the accept loop sees `_stopping`
+        self.port = int(listener.getsockname()[1])
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="bench-spiffe-tls")
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                self._tally.failed("server accept", exc)
+                return
+            try:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.do_handshake()  # the client's SPIFFE ID is authorized here
+                data = conn.recv(1)
+                conn.sendall(data)
+                while conn.recv(65536):
+                    pass
+            except SSL.ZeroReturnError:
+                pass  # the client's close_notify
+            except (SSL.Error, OSError) as exc:
+                self._tally.failed("server", exc)
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self._stopping.set()
+        self._thread.join()
+        self._listener.close()
+
+
+class UnavailableStack:
+    """A stack that cannot run here; `reason` says why. Measured as nothing."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
+
+    def run(self, identity: Identity, concurrency: int, count: int, tick: Tick) -> Step:
+        raise RuntimeError(f"{self.name} is unavailable: {self.reason}")
+
+
 # ---------------------------------------------------------------- memory
 
 
@@ -955,6 +1244,29 @@ def compare(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     return ratios
 
 
+def versus_trio(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
+    """Every other stack's median handshakes/s over bare trio's at concurrency 1 (the
+    issue 11 table), and the hybrid group's cost: pyopenssl-membio-pq over pyopenssl-membio."""
+    rates = {
+        cast(str, r["stack"]): _rate(r) for r in results if r["concurrency"] == 1 and _rate(r) > 0
+    }
+    ratios: list[dict[str, object]] = []
+    trio_rate = rates.get("trio")
+    for stack, rate in rates.items():
+        if trio_rate is not None and stack != "trio":
+            ratios.append({"stack": stack, "over": "trio", "ratio": round(rate / trio_rate, 3)})
+    x25519, hybrid = rates.get("pyopenssl-membio"), rates.get("pyopenssl-membio-pq")
+    if x25519 is not None and hybrid is not None:
+        ratios.append(
+            {
+                "stack": "pyopenssl-membio-pq",
+                "over": "pyopenssl-membio",
+                "ratio": round(hybrid / x25519, 3),
+            }
+        )
+    return ratios
+
+
 def compare_revocation(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     """Revocation on (warm cache) over off: handshakes/s (ratio of medians, and per round)
     and p50 latency, at each concurrency both rows were measured."""
@@ -1045,6 +1357,7 @@ def environment() -> dict[str, object]:
         "python": sys.version.split()[0],
         "implementation": platform.python_implementation(),
         "openssl": ssl.OPENSSL_VERSION,
+        "pyopenssl_openssl": SSL.OpenSSL_version(SSL.OPENSSL_VERSION).decode(),
         "trio": trio.__version__,
         "cryptography": cryptography.__version__,
         "meshtls": meshtls.__version__,
@@ -1144,16 +1457,38 @@ def build_stacks(names: Sequence[str]) -> list[Stack]:
             stacks.append(TrioSSLStack())
         elif name == "asyncio":
             stacks.append(AsyncioStack())
-        else:
+        elif name == "blocking":
             stacks.append(BlockingStack())
+        elif name in PYOPENSSL_GROUPS:
+            stacks.append(PyOpenSSLMembioStack(name))
+        elif (reason := spiffe_tls_unavailable()) is not None:
+            stacks.append(UnavailableStack(name, reason))
+        else:
+            stacks.append(SpiffeTlsStack())
     return stacks
+
+
+def levels_of(stack: Stack, concurrency: Sequence[int]) -> list[int]:
+    """The concurrency levels `stack` is measured at: none if unavailable, 1 if sequential."""
+    if isinstance(stack, UnavailableStack):
+        return []
+    if stack.name in SEQUENTIAL_STACKS:
+        return [level for level in concurrency if level == 1]
+    return list(concurrency)
 
 
 def run_benchmark(options: Options, progress: Progress | None = None) -> dict[str, object]:
     """Measure and return the whole report (the JSON document)."""
     raise_fd_limit()
     stacks = build_stacks(options.stacks)
-    total = options.rounds * len(options.concurrency) * len(stacks) * options.count
+    unavailable = [
+        {"stack": stack.name, "reason": stack.reason}
+        for stack in stacks
+        if isinstance(stack, UnavailableStack)
+    ]
+    stacks = [stack for stack in stacks if not isinstance(stack, UnavailableStack)]
+    steps_per_round = sum(len(levels_of(stack, options.concurrency)) for stack in stacks)
+    total = options.rounds * steps_per_round * options.count
     progress = progress or Progress(total, "off", sys.stderr)
     progress.total = max(total, 1)
     steps: dict[tuple[str, int], list[Step]] = {}
@@ -1166,6 +1501,8 @@ def run_benchmark(options: Options, progress: Progress | None = None) -> dict[st
             order = stacks[turn:] + stacks[:turn]
             for concurrency in options.concurrency:
                 for stack in order:
+                    if concurrency not in levels_of(stack, options.concurrency):
+                        continue
                     progress.start(
                         f"round {round_index + 1}/{options.rounds} {stack.name} c={concurrency}"
                     )
@@ -1187,6 +1524,7 @@ def run_benchmark(options: Options, progress: Progress | None = None) -> dict[st
         summarise(stack.name, concurrency, steps[(stack.name, concurrency)])
         for concurrency in options.concurrency
         for stack in stacks
+        if (stack.name, concurrency) in steps
     ]
     ratios = compare(results)
     revocation = compare_revocation(results)
@@ -1203,7 +1541,9 @@ def run_benchmark(options: Options, progress: Progress | None = None) -> dict[st
             "idle_connections": options.idle,
         },
         "results": results,
+        "unavailable": unavailable,
         "ratios": ratios,
+        "versus_trio": versus_trio(results),
         "revocation": revocation,
         "memory": memory,
         "targets": judge(results, ratios, memory, revocation),
@@ -1224,7 +1564,11 @@ def render(report: dict[str, object]) -> str:
         f" {options['rounds']} rounds x {options['count']} handshakes"
     )
     lines.append(
-        f"{'stack':11s} {'conc':>4s} {'hs/s':>8s} {'rounds (hs/s)':>20s} {'cpu ms/hs':>9s}"
+        f"pyOpenSSL rows: {env.get('pyopenssl_openssl', '?')}; pyopenssl-membio offers X25519,"
+        " -pq X25519MLKEM768 first; spiffe-tls reuses one context, X25519"
+    )
+    lines.append(
+        f"{'stack':19s} {'conc':>4s} {'hs/s':>8s} {'rounds (hs/s)':>20s} {'cpu ms/hs':>9s}"
         f" {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s} {'p99/p50':>7s} {'errors':>6s}"
     )
     for entry in cast(list[dict[str, object]], report["results"]):
@@ -1234,10 +1578,12 @@ def render(report: dict[str, object]) -> str:
         spread = f"{p99 / p50:7.2f}" if p50 > 0 else f"{'-':>7s}"
         cpu = cast(float, entry["cpu_ms_per_handshake"])
         lines.append(
-            f"{entry['stack']!s:11s} {entry['concurrency']!s:>4s} {_rate(entry):8.1f}"
+            f"{entry['stack']!s:19s} {entry['concurrency']!s:>4s} {_rate(entry):8.1f}"
             f" {per_round:>20s} {cpu:9.3f} {p50:8.3f} {p90:8.3f} {p99:8.3f}"
             f" {spread} {entry['errors']!s:>6s}"
         )
+    for missing in cast(list[dict[str, str]], report.get("unavailable", [])):
+        lines.append(f"{missing['stack']:19s} unavailable: {missing['reason']}")
     ratios = cast(list[dict[str, object]], report["ratios"])
     if ratios:
         lines.append("")
@@ -1245,9 +1591,15 @@ def render(report: dict[str, object]) -> str:
         for ratio in ratios:
             per_round = ", ".join(map(str, cast(list[float], ratio["per_round"])))
             lines.append(
-                f"  c={ratio['concurrency']!s:>3s} vs {ratio['baseline']!s:9s}"
+                f"  c={ratio['concurrency']!s:>3s} vs {ratio['baseline']!s:19s}"
                 f" {ratio['ratio']!s:>6s}  [{per_round}]"
             )
+    over_trio = cast(list[dict[str, object]], report.get("versus_trio", []))
+    if over_trio:
+        lines.append("")
+        lines.append("handshakes/s at concurrency 1 as a ratio of medians:")
+        for entry in over_trio:
+            lines.append(f"  {entry['stack']!s:19s} / {entry['over']!s:16s} {entry['ratio']!s:>6s}")
     revocation = cast(list[dict[str, object]], report.get("revocation", []))
     if revocation:
         lines.append("")
