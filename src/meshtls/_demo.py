@@ -14,9 +14,10 @@ story (`Plan`, a pure value) then happens on Trio's clock:
 - SVIDs are short (`svid_ttl`), so each node rotates while you watch;
 - at 35 % of the story node ``c`` is restarted: its `open_node` block ends (its links are
   reset) and a new one starts on the same port; the others' pools reconnect;
-- at 50 % node ``b``'s current certificate is revoked through the local CA (`LocalCA.revoke`
-  writes ``crl.pem``; every node's CRL feed reads it within ``[revocation]
-  refresh_interval``, 1 s here): the others close their links to ``b`` (reason
+- at 50 % node ``b`` is renewed and every link it is part of re-dialled (`_Demo.refresh`),
+  so that they all carry its new certificate; that certificate is then revoked through
+  the local CA (`LocalCA.revoke` writes ``crl.pem``; every node's CRL feed reads it
+  within ``[revocation] refresh_interval``, 1 s here): the others close their links to ``b`` (reason
   ``revoked``) and refuse its handshakes (with the default TTL, b's own renewals come at
   about 40 % and 80 % of the run, clear of this);
 - `Plan.renew_after` later, ``b`` is renewed early (`Node.renew`): a new SVID, not
@@ -100,6 +101,10 @@ MIN_SVID_TTL: Final = timedelta(seconds=15)
 RENEW_LATEST: Final = 0.55
 #: The TTL is at most this share of ``--duration``: the first renewal comes by 44 % of it.
 TTL_SHARE: Final = 0.8
+#: The longest the story waits for the revoked node's re-dialled links before revoking.
+REFRESH_WAIT: Final = 3.0
+#: How often that wait looks at the pools.
+POLL: Final = 0.05
 #: The shortest ``--duration`` whose TTL is 80 % of it (not the 15 s floor): then b renews
 #: by 44 % and again from 72 %, clear of its revocation at 50 % and early renewal at 60 %.
 MIN_DURATION: Final = 19.0
@@ -609,7 +614,7 @@ class _Demo:
         node = slot.node
         if node is None:  # only c restarts, and it is up again by now
             return
-        serial = node.identity().svid.leaf.serial_number
+        serial = await self.refresh(slot, node)
         self.ca.revoke(serial)
         slot.revocations += 1
         self.revoked_at = self.elapsed()
@@ -622,6 +627,35 @@ class _Demo:
         else:
             self.events.add(f"{REVOKED}: renewed on schedule, new certificate {current:#x}")
         self.renewed_at = self.elapsed()
+
+    async def refresh(self, slot: _Slot, node: Node) -> int:
+        """Renew `slot`'s SVID and re-dial every pooled link it is part of, so that the live
+        links carry the certificate about to be revoked; returns its serial.
+
+        Without this, the links could all still carry an earlier certificate of the node
+        (a link keeps the one it was made with until it is replaced), and the revocation
+        would close none of them. Waits at most `REFRESH_WAIT` for the links to come back.
+        """
+        serial = node.renew().svid.leaf.serial_number
+        self.events.add(f"{slot.name}: renewed, certificate {serial:#x}; its links re-dialled")
+        for other in self.slots.values():
+            if other is slot or other.node is None:
+                continue
+            for near, far in ((other, slot), (slot, other)):
+                assert near.node is not None
+                with log_context(node=near.name):
+                    near.node.remove_peer(far.spiffe_id)
+                    near.node.add_peer(far.spiffe_id, far.address)
+        for _ in range(round(REFRESH_WAIT / POLL)):  # three nodes' pools: no one event
+            if all(
+                peer.state == "connected"
+                for other in self.slots.values()
+                if other.node is not None
+                for peer in other.node.peers()
+            ):
+                break
+            await trio.sleep(POLL)
+        return serial
 
     def snapshot(self) -> Snapshot:
         now = trio.current_time()
