@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from ._authorize import authorize_path_prefix as authorize_path_prefix
     from ._bundle import BundleSet as BundleSet
     from ._bundle import X509Bundle as X509Bundle
+    from ._channel import ChannelSettings as ChannelSettings
+    from ._channel import Message as Message
     from ._config import NodeConfig as NodeConfig
     from ._config import load_config as load_config
     from ._errors import REASONS as REASONS
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from ._errors import HandshakeError as HandshakeError
     from ._errors import MeshError as MeshError
     from ._errors import Reason as Reason
+    from ._errors import SendError as SendError
     from ._errors import SpiffeIdError as SpiffeIdError
     from ._errors import UnauthorizedPeerError as UnauthorizedPeerError
     from ._errors import VerificationError as VerificationError
@@ -35,9 +38,11 @@ if TYPE_CHECKING:
     from ._identity import IdentitySource as IdentitySource
     from ._node import Node as Node
     from ._node import NodeError as NodeError
+    from ._node import PeerChannel as PeerChannel
     from ._node import ReloadError as ReloadError
     from ._node import open_node as open_node
     from ._policy import ValidationPolicy as ValidationPolicy
+    from ._pool import PeerStatus as PeerStatus
     from ._sources import FileSource as FileSource
     from ._sources import LocalCASource as LocalCASource
     from ._sources import StaticSource as StaticSource
@@ -67,6 +72,8 @@ _HOMES: Final[dict[str, str]] = {
     "authorize_path_prefix": "._authorize",
     "BundleSet": "._bundle",
     "X509Bundle": "._bundle",
+    "ChannelSettings": "._channel",
+    "Message": "._channel",
     "NodeConfig": "._config",
     "load_config": "._config",
     "REASONS": "._errors",
@@ -75,6 +82,7 @@ _HOMES: Final[dict[str, str]] = {
     "HandshakeError": "._errors",
     "MeshError": "._errors",
     "Reason": "._errors",
+    "SendError": "._errors",
     "SpiffeIdError": "._errors",
     "UnauthorizedPeerError": "._errors",
     "VerificationError": "._errors",
@@ -82,9 +90,11 @@ _HOMES: Final[dict[str, str]] = {
     "IdentitySource": "._identity",
     "Node": "._node",
     "NodeError": "._node",
+    "PeerChannel": "._node",
     "ReloadError": "._node",
     "open_node": "._node",
     "ValidationPolicy": "._policy",
+    "PeerStatus": "._pool",
     "FileSource": "._sources",
     "LocalCASource": "._sources",
     "StaticSource": "._sources",
@@ -106,6 +116,7 @@ __all__ = [
     "Authorizer",
     "BundleError",
     "BundleSet",
+    "ChannelSettings",
     "ConfigError",
     "FileSource",
     "HandshakeError",
@@ -114,12 +125,16 @@ __all__ = [
     "LocalCASource",
     "MeshError",
     "MeshStream",
+    "Message",
     "Node",
     "NodeConfig",
     "NodeError",
+    "PeerChannel",
     "PeerRejectedError",
+    "PeerStatus",
     "Reason",
     "ReloadError",
+    "SendError",
     "SpiffeId",
     "SpiffeIdError",
     "StaticSource",

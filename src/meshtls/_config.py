@@ -95,6 +95,12 @@ DEFAULT_CERT_MODE: Final = 0o644
 DEFAULT_KEY_MODE: Final = 0o600
 DEFAULT_BUNDLE_MODE: Final = 0o644
 MAX_CLOCK_SKEW: Final = timedelta(hours=1)
+#: ``[mesh] max_message_size``: the most a size may be (a message is held whole in memory).
+MAX_MESSAGE_SIZE: Final = 1 << 30
+#: ``[mesh] queue_size``: the most messages one inbox or channel may buffer.
+MAX_QUEUE_SIZE: Final = 1 << 16
+_SIZE_UNITS: Final = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+_SIZE_RE: Final = re.compile(r"([0-9]{1,10})\s*(B|KiB|MiB|GiB)?")
 
 
 def default_state_dir() -> Path:
@@ -315,6 +321,55 @@ class AuthorizeSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MeshSettings:
+    """``[mesh]``: the message channels' bounds and the dialer pool's timings.
+
+    ``max_message_size`` (bytes) and ``queue_size`` (messages per inbox or channel) bound
+    memory; ``send_timeout`` bounds one `Node.send` (a connection plus the peer's ack);
+    ``keepalive_interval`` and ``keepalive_timeout`` detect a dead peer; ``upgrade_timeout``
+    bounds the WebSocket upgrade; ``dial_timeout`` bounds one dial (TCP and handshake);
+    failed dials back off from ``backoff_initial``, doubling, to ``backoff_max``.
+    """
+
+    max_message_size: int = 1 << 20
+    queue_size: int = 64
+    send_timeout: timedelta = timedelta(seconds=10)
+    keepalive_interval: timedelta = timedelta(seconds=15)
+    keepalive_timeout: timedelta = timedelta(seconds=10)
+    upgrade_timeout: timedelta = timedelta(seconds=10)
+    dial_timeout: timedelta = timedelta(seconds=10)
+    backoff_initial: timedelta = timedelta(milliseconds=500)
+    backoff_max: timedelta = timedelta(seconds=30)
+
+    def __post_init__(self) -> None:
+        _at_least("mesh", "max_message_size", self.max_message_size, 1)
+        _at_least("mesh", "queue_size", self.queue_size, 1)
+        if self.max_message_size > MAX_MESSAGE_SIZE:
+            raise ConfigError(
+                f"mesh max_message_size must be at most 1GiB, not {self.max_message_size}"
+            )
+        if self.queue_size > MAX_QUEUE_SIZE:
+            raise ConfigError(
+                f"mesh queue_size must be at most {MAX_QUEUE_SIZE}, not {self.queue_size}"
+            )
+        for name in (
+            "send_timeout",
+            "keepalive_interval",
+            "keepalive_timeout",
+            "upgrade_timeout",
+            "dial_timeout",
+            "backoff_initial",
+            "backoff_max",
+        ):
+            _longer_than_zero("mesh", name, getattr(self, name))
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError(
+                f"mesh backoff_max {format_duration(self.backoff_max)} is shorter than"
+                f" backoff_initial {format_duration(self.backoff_initial)}"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PeerSettings:
     """``[[peers]]``: a node the dialer pool keeps a connection to."""
 
@@ -508,6 +563,7 @@ class NodeConfig:
     revocation: RevocationSettings = field(default_factory=RevocationSettings)
     authorize: AuthorizeSettings = field(default_factory=AuthorizeSettings)
     peers: tuple[PeerSettings, ...] = ()
+    mesh: MeshSettings = field(default_factory=MeshSettings)
     expose: tuple[ExposeSettings, ...] = ()
     forward: tuple[ForwardSettings, ...] = ()
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
@@ -606,6 +662,14 @@ def _address_error(text: str, *, listen: bool) -> tuple[Address | None, str]:
     return (host, int(port)), ""
 
 
+def parse_address(text: str) -> Address:
+    """``host:port`` or ``[v6]:port`` as a peer's address; `ConfigError` saying what is wrong."""
+    address, problem = _address_error(text, listen=False)
+    if address is None:
+        raise ConfigError(f"bad address {problem}")
+    return address
+
+
 def format_address(address: Address) -> str:
     """``host:port``, with an IPv6 host in brackets: the inverse of the config's parsing."""
     host, port = address
@@ -665,6 +729,17 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
+    "mesh": (
+        "max_message_size",
+        "queue_size",
+        "send_timeout",
+        "keepalive_interval",
+        "keepalive_timeout",
+        "upgrade_timeout",
+        "dial_timeout",
+        "backoff_initial",
+        "backoff_max",
+    ),
     "expose": (
         "listen",
         "backend",
@@ -814,6 +889,26 @@ class _Table:
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}, not {value}")
         return value
+
+    def size(self, key: str, default: int, *, maximum: int) -> int:
+        """A size in bytes: a whole number, or a string such as ``"64KiB"`` or ``"1MiB"``
+        (binary units B, KiB, MiB, GiB); at least 1, at most `maximum`."""
+        expected = 'a size such as 65536, "64KiB" or "1MiB"'
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            match = _SIZE_RE.fullmatch(value.strip())
+            if match is None:
+                raise self.error(key, f"{shown(value)} is not {expected} (units B, KiB, MiB, GiB)")
+            size = int(match[1]) * _SIZE_UNITS[match[2] or ""]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        else:
+            raise self.error(key, f"expected {expected}, not {_describe(value)}")
+        if not 1 <= size <= maximum:
+            raise self.error(key, f"must be between 1 byte and {maximum} bytes, not {size}")
+        return size
 
     def _duration_text(self, key: str) -> str | None:
         return self.string(key, 'a duration string such as "30s", "10m" or "1h"')
@@ -1272,6 +1367,33 @@ def _authorize(table: _Table) -> AuthorizeSettings:
     )
 
 
+def _mesh(table: _Table) -> MeshSettings:
+    d = MeshSettings()
+    initial = table.duration("backoff_initial", d.backoff_initial)
+    most = table.duration("backoff_max", d.backoff_max)
+    if most < initial:
+        raise table.error(
+            "backoff_max",
+            f"{format_duration(most)} is shorter than backoff_initial {format_duration(initial)}",
+        )
+    queue_size = table.integer("queue_size", d.queue_size)
+    if queue_size > MAX_QUEUE_SIZE:
+        raise table.error("queue_size", f"must be at most {MAX_QUEUE_SIZE}, not {queue_size}")
+    return MeshSettings(
+        max_message_size=table.size(
+            "max_message_size", d.max_message_size, maximum=MAX_MESSAGE_SIZE
+        ),
+        queue_size=queue_size,
+        send_timeout=table.duration("send_timeout", d.send_timeout),
+        keepalive_interval=table.duration("keepalive_interval", d.keepalive_interval),
+        keepalive_timeout=table.duration("keepalive_timeout", d.keepalive_timeout),
+        upgrade_timeout=table.duration("upgrade_timeout", d.upgrade_timeout),
+        dial_timeout=table.duration("dial_timeout", d.dial_timeout),
+        backoff_initial=initial,
+        backoff_max=most,
+    )
+
+
 def _peer(table: _Table) -> PeerSettings:
     return PeerSettings(
         id=table.required(
@@ -1677,6 +1799,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
     metrics = _metrics(table("metrics"))
     authorize = _authorize(table("authorize")) if "authorize" in document else AuthorizeSettings()
     peers = _array(reader, document, "peers", _peer)
+    mesh = _mesh(table("mesh"))
     seen_ids: set[SpiffeId] = set()
     for peer_table, peer in peers:
         if peer.id in seen_ids:
@@ -1694,6 +1817,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         revocation=revocation,
         authorize=authorize,
         peers=tuple(peer for _, peer in peers),
+        mesh=mesh,
         expose=tuple(item for _, item in expose),
         forward=tuple(item for _, item in forward),
         metrics=metrics,

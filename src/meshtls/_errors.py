@@ -100,3 +100,27 @@ class HandshakeError(MeshError):
         self.reason: Reason = reason
         self.peer = peer
         self.claimed_id = claimed_id
+
+
+SendFailure = Literal["unknown_peer", "unavailable", "closed", "timeout", "too_large"]
+
+#: Why a send was not confirmed: the ``reason`` of `SendError` and a metric label.
+SEND_FAILURES: Final[frozenset[str]] = frozenset(get_args(SendFailure))
+
+
+class SendError(MeshError):
+    """A message send that the peer node did NOT confirm.
+
+    ``reason`` is one of `SEND_FAILURES`: ``unknown_peer`` (no pooled peer and no inbound
+    link of that id), ``unavailable`` (no link within the time left), ``closed`` (the link
+    ended before the peer's acknowledgement), ``timeout`` (the caller's time ran out),
+    ``too_large`` (refused before sending: over ``max_message_size``). ``peer`` is the
+    SPIFFE ID as text. The message may or may not have arrived: a caller that retries gets
+    at-least-once delivery. A send is never reported as done when it was not.
+    """
+
+    def __init__(self, reason: SendFailure, peer: str, detail: str | None = None) -> None:
+        super().__init__(f"{reason}: sending to {peer}" + (f": {detail}" if detail else ""))
+        self.reason: SendFailure = reason
+        self.peer = peer
+        self.detail = detail

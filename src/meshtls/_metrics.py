@@ -36,7 +36,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from http import HTTPStatus
 from typing import Final, Literal, NoReturn, TypeVar, get_args
@@ -449,6 +449,116 @@ class NodeMetrics:
         return list(self._listeners)
 
 
+#: Why a send failed (`SendError.reason`): the label values of ``message_send_failures_total``.
+SEND_FAILURES: Final[tuple[str, ...]] = (
+    "unknown_peer",
+    "unavailable",
+    "closed",
+    "timeout",
+    "too_large",
+)
+#: Why a message link ended (`LinkEnd.reason`, plus the pool's own): any other is ``other``.
+LINK_ENDS: Final[tuple[str, ...]] = (
+    "closed",
+    "drained",
+    "revoked",
+    "rejected",
+    "replaced",
+    "keepalive_timeout",
+    "message_too_large",
+    "not_websocket",
+    "upgrade_timeout",
+    "broken",
+    "internal_error",
+    "other",
+)
+
+
+class MeshMetrics:
+    """The dialer pool's and the message channels' metrics, on `registry` with `prefix`.
+
+    The ``peer`` label takes pooled peers only (``[[peers]]`` and `Node.add_peer`), so its
+    cardinality is what the operator configured; `forget` drops a removed peer's series.
+    A reason outside its fixed set counts as ``other`` (links) or raises (sends).
+    """
+
+    def __init__(self, registry: CollectorRegistry, prefix: str = DEFAULT_PREFIX) -> None:
+        self._connected = Gauge(
+            f"{prefix}_peer_connected",
+            "1 while the dialer pool holds a verified message link to the peer, else 0.",
+            ["peer"],
+            registry=registry,
+        )
+        self._dials = Counter(
+            f"{prefix}_peer_dials_total",
+            "Dials by the pool to each peer, by result (ok: a verified link; failed: not).",
+            ["peer", "result"],
+            registry=registry,
+        )
+        self._sent = Counter(
+            f"{prefix}_messages_sent_total",
+            "Messages sent and confirmed by the peer node.",
+            registry=registry,
+        )
+        self._received = Counter(
+            f"{prefix}_messages_received_total",
+            "Messages received from verified peers and queued for the application.",
+            registry=registry,
+        )
+        failures = Counter(
+            f"{prefix}_message_send_failures_total",
+            "Sends reported to the caller as failed (SendError), by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self._failures = {reason: failures.labels(reason) for reason in SEND_FAILURES}
+        ended = Counter(
+            f"{prefix}_channel_links_ended_total",
+            "Message links (WebSocket over a verified connection) that ended, by our role"
+            " (client: the pool dialled; server: a peer dialled us) and reason.",
+            ["role", "reason"],
+            registry=registry,
+        )
+        self._ended = {
+            (role, reason): ended.labels(role, reason) for role in _ROLES for reason in LINK_ENDS
+        }
+
+    def peer_added(self, peer: str) -> None:
+        """Show `peer`'s series from now on (disconnected, no dials)."""
+        self._connected.labels(peer).set(0)
+        for result in ("ok", "failed"):
+            self._dials.labels(peer, result)
+
+    def forget(self, peer: str) -> None:
+        """Drop a removed peer's series."""
+        for metric, labels in (
+            (self._connected, (peer,)),
+            (self._dials, (peer, "ok")),
+            (self._dials, (peer, "failed")),
+        ):
+            with suppress(KeyError):
+                metric.remove(*labels)
+
+    def peer_connected(self, peer: str, up: bool) -> None:
+        self._connected.labels(peer).set(1 if up else 0)
+
+    def dialed(self, peer: str, *, ok: bool) -> None:
+        self._dials.labels(peer, "ok" if ok else "failed").inc()
+
+    def message_sent(self) -> None:
+        self._sent.inc()
+
+    def message_received(self) -> None:
+        self._received.inc()
+
+    def send_failed(self, reason: str) -> None:
+        _lookup(self._failures, reason, "send failure reason").inc()
+
+    def link_ended(self, role: MetricRole, reason: str) -> None:
+        label = reason if reason in LINK_ENDS else "other"
+        _lookup(self._ended, (role, label), "role").inc()
+
+
 #: Why a listener refused a connection: a handshake's `REASONS`, or its connection cap.
 LISTENER_REFUSALS: Final[frozenset[str]] = REASONS | {"connection_limit"}
 #: Connection duration buckets, in seconds: 10 ms to 1 h.
@@ -823,9 +933,10 @@ class _Answers:
             code = 200 if document.get("ready") is True else 503  # agrees with the body
             return code, _JSON, _json(document), []
         verdict = self._ready()
+        detail = f"; {verdict.detail}" if verdict.detail else ""
         if verdict.ready:
-            return 200, _TEXT, b"ready\n", []
-        return 503, _TEXT, f"not ready: {verdict.reason or 'unknown'}\n".encode(), []
+            return 200, _TEXT, f"ready{detail}\n".encode(), []
+        return 503, _TEXT, f"not ready: {verdict.reason or 'unknown'}{detail}\n".encode(), []
 
     def _document(self) -> Mapping[str, Json]:
         """The status document; without `status`, readiness alone."""

@@ -6,10 +6,19 @@ Theory of operation. `open_node` starts, in this order: the health and metrics e
 task, with a wait bounded by ``[node] startup_timeout``), the rotation task
 (`meshtls._rotation`) and the identity watch (`Node._watch_identity`: the last rotation
 for ``/status``, a warning at 80 % of our SVID's lifetime, an error at its expiry), the
-mesh listener, and every ``[[expose]]`` and ``[[forward]]`` listener. The node is *ready*
-(``/readyz`` 200) once all of them are up, and for as long as our SVID has not expired
-(`meshtls._status.readiness`). The dialer pool and the revocation prefetcher will join the
-same nursery.
+mesh listener, every ``[[expose]]`` and ``[[forward]]`` listener, and last the dialer pool
+(`meshtls._dialer.Dialer.run`: a nursery of its own with one keeper task per ``[[peers]]``
+entry or `Node.add_peer`). The node is *ready* (``/readyz`` 200) once all of them are up,
+and for as long as our SVID has not expired (`meshtls._status.readiness`); the peers never
+decide readiness, ``/readyz`` only names how many are connected.
+
+Messages. Without ``handler=``, the mesh listener runs a server message link
+(`meshtls._channel.run_link`) on each verified connection and registers it, so `Node.send`
+can answer a peer that only dialled us; the pool's keepers run client links to their peers.
+Every incoming message goes to one bounded `Inbox` (`Node.messages`, or the `PeerChannel`
+open for its sender). `Node.send` never dials: the pool's decisions are `meshtls._pool`'s
+plain functions, the I/O is `meshtls._dialer`'s. With ``handler=``, the mesh listener hands
+each verified `MeshStream` to it instead.
 
 The node only supervises. What identity its listeners use is the rotation's business:
 the listeners take the `Rotation` as their `IdentitySource`, the source reports what it
@@ -21,9 +30,10 @@ Reload and drain. Each listener judges peers through a `Gate` (its authorizer, w
 node swaps) and reads the rotation's policy at every handshake. `Node.reload` applies a
 new config all or nothing, without a checkpoint: it refuses (`ReloadError`) a change it
 cannot apply live, else swaps the policy and the rules, re-reads the identity files and
-has the rotation judge every live connection again. `Node.drain` closes every listening
-socket but the metrics endpoint's (new connections are refused at once), then waits for
-the live connections to end.
+has the rotation judge every live connection again; ``[[peers]]`` changes add, remove or
+move pooled peers. `Node.drain` closes every listening socket but the metrics endpoint's
+(new connections are refused at once) and stops the dialer pool, then waits for the live
+connections to end.
 
 Errors: a fault in one connection never stops the node. Every start-up failure, whatever
 its type (an identity the policy refuses, no first identity in time, a Workload API that
@@ -39,7 +49,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,25 +62,38 @@ from prometheus_client import CollectorRegistry
 from ._authorize import Authorizer
 from ._boundary import describe_error
 from ._ca import read_crl_pem
+from ._channel import Inbox, Message
 from ._config import (
+    Address,
     ExposeSettings,
     FileIdentity,
     ForwardSettings,
     LocalCAIdentity,
     NodeConfig,
+    PeerSettings,
     WorkloadApiIdentity,
     format_address,
+    parse_address,
 )
 from ._crlfeed import CrlFeed, CrlPlace
+from ._dialer import Dialer
 from ._duration import format_duration
 from ._errors import HandshakeError, MeshError, VerificationError
 from ._identity import Identity, NoIdentityError
 from ._logs import event, event_fields, log_context
-from ._metrics import ListenerMetrics, NodeMetrics, add_process_collectors, serve_http
+from ._metrics import (
+    ListenerMetrics,
+    MeshMetrics,
+    NodeMetrics,
+    add_process_collectors,
+    serve_http,
+)
+from ._pool import PeerStatus
 from ._prefetch import Revocations
 from ._revocation import RevocationCache, RevocationTarget, StatusRecord
 from ._rotation import DRAIN_MARGIN, ClosedConnection, Gate, Rotation
 from ._sources import FileSource, LiveSource, LocalCASource
+from ._spiffeid import SpiffeId
 from ._status import (
     Json,
     LastRotation,
@@ -88,7 +111,15 @@ from ._tunnel import expose, forward
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["DRAIN_MARGIN", "Node", "NodeError", "Reload", "ReloadError", "open_node"]
+__all__ = [
+    "DRAIN_MARGIN",
+    "Node",
+    "NodeError",
+    "PeerChannel",
+    "Reload",
+    "ReloadError",
+    "open_node",
+]
 
 logger = logging.getLogger("meshtls")
 #: The access lines (one per served connection); a child, so it can be filtered apart.
@@ -119,10 +150,56 @@ class Reload:
     closed: tuple[ClosedConnection, ...]
 
 
-async def _discard(stream: MeshStream) -> None:
-    """The mesh listener's default handler until message channels arrive: read and drop."""
-    while await stream.receive_some():
-        pass
+def _peer_id(peer: SpiffeId | str) -> SpiffeId:
+    """A peer id given as text is parsed (`SpiffeIdError`, a `ValueError`, if bad)."""
+    return peer if isinstance(peer, SpiffeId) else SpiffeId.parse(peer)
+
+
+class PeerChannel:
+    """A two-way channel with one peer, made by `Node.channel`: an async context manager.
+
+    While it is open, the messages from `peer` come here (``async for message in
+    channel``), not to `Node.messages`; `send` is `Node.send` to `peer`. Leaving the
+    block closes it; messages queued here and not read are then dropped with it.
+    """
+
+    def __init__(self, node: Node, peer: SpiffeId) -> None:
+        self.node = node
+        self.peer = peer
+        self._subscription: AbstractContextManager[trio.MemoryReceiveChannel[Message]] | None = None
+        self._receive: trio.MemoryReceiveChannel[Message] | None = None
+
+    async def __aenter__(self) -> PeerChannel:
+        if self._subscription is not None:
+            raise RuntimeError("this channel is open already")
+        self._subscription = self.node.inbox.subscribe(self.peer)
+        self._receive = self._subscription.__enter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        subscription, self._subscription, self._receive = self._subscription, None, None
+        if subscription is not None:
+            subscription.__exit__(None, None, None)
+
+    async def send(
+        self,
+        message: bytes | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - as Node.send
+    ) -> None:
+        """`Node.send` to this channel's peer: returns once the peer node queued it."""
+        await self.node.send(self.peer, message, timeout=timeout)
+
+    def __aiter__(self) -> PeerChannel:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._receive is None:
+            raise RuntimeError("use the channel inside `async with node.channel(peer)`")
+        try:
+            return await self._receive.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
 
 
 class Node:
@@ -168,6 +245,19 @@ class Node:
         #: One gate per listener, in config order: mesh, each expose, each forward.
         self._gates: list[Gate] = []
         self._listener_metrics: dict[str, ListenerMetrics] = {}
+        #: Incoming messages (bounded: a full inbox slows the senders), and the dialer pool.
+        self.inbox = Inbox(config.mesh.queue_size)
+        self.mesh_metrics = MeshMetrics(self.registry, prefix=config.metrics.prefix)
+        self.dialer = Dialer(
+            rotation=self.rotation,
+            revocations=self.revocations,
+            clock=self._clock,
+            observer=self,
+            inbox=self.inbox,
+            mesh=config.mesh,
+            metrics=self.mesh_metrics,
+            rng=rng,
+        )
 
     # ------------------------------------------------------------ what embedders read
 
@@ -187,6 +277,52 @@ class Node:
     def readiness(self) -> Readiness:
         """Ready while started, not draining, and holding an SVID that has not expired."""
         return readiness(self.state())
+
+    # ------------------------------------------------------------ messages
+
+    async def send(
+        self,
+        peer_id: SpiffeId | str,
+        message: bytes | str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - default [mesh] send_timeout
+    ) -> None:
+        """Send `message` to the peer node `peer_id`; return once that node has queued it.
+
+        Goes over the pool's link to that peer (waiting while it is dialled or backs off,
+        never dialling twice), else over a live link that peer dialled to us. Waits at most
+        `timeout` seconds (default ``[mesh] send_timeout``), the peer's ack included.
+        Raises `SendError` when the send is not confirmed: ``unknown_peer``,
+        ``unavailable``, ``timeout``, ``closed`` or ``too_large``; the message may then
+        have arrived or not (a retry gives at-least-once). A text message goes as UTF-8.
+        """
+        await self.dialer.send(_peer_id(peer_id), message, timeout)
+
+    def channel(self, peer_id: SpiffeId | str) -> PeerChannel:
+        """A two-way channel with `peer_id`: ``async with node.channel(p) as ch:``."""
+        return PeerChannel(self, _peer_id(peer_id))
+
+    def messages(self) -> AsyncIterator[Message]:
+        """Every incoming message that no open channel claims, in arrival order, each
+        with its sender's verified SPIFFE id. Not reading them slows the senders."""
+        return self.inbox.messages()
+
+    def add_peer(self, peer_id: SpiffeId | str, address: str) -> None:
+        """Keep a link to `peer_id` at `address` (``host:port``) from now on.
+
+        Raises `ValueError` for a bad address or an id pooled already."""
+        self.dialer.add(_peer_id(peer_id), parse_address(address))
+
+    def remove_peer(self, peer_id: SpiffeId | str) -> None:
+        """Stop keeping a link to `peer_id`; its links end. Raises `KeyError` if it is not
+        a pooled peer."""
+        sid = _peer_id(peer_id)
+        if not self.dialer.remove(sid):
+            raise KeyError(f"{sid} is not a pooled peer")
+
+    def peers(self) -> list[PeerStatus]:
+        """Every pooled peer's state, in the order added."""
+        return self.dialer.statuses()
 
     def status(self) -> dict[str, Json]:
         """The ``/status`` document: who we are, what we trust, what runs (no secrets)."""
@@ -217,6 +353,7 @@ class Node:
             last_rotation=self._last_rotation,
             svid_problem=None if problem is None else str(problem),
             max_age=self.rotation.policy.max_age,
+            peers=tuple(self.dialer.statuses()),
         )
 
     @property
@@ -337,7 +474,7 @@ class Node:
 
         return WorkloadApiSource(identity.address, on_invalid=on_invalid)
 
-    async def _start(self, nursery: trio.Nursery, handler: Handler) -> None:
+    async def _start(self, nursery: trio.Nursery, handler: Handler | None) -> None:
         for note in self.config.notes:
             event(logger, logging.INFO, "config note", note=note)
         settings = self.config.node
@@ -395,9 +532,11 @@ class Node:
         self._gates = [Gate(rule) for rule in self._rules(self.config)]
         mesh_gate, *tunnel_gates = self._gates
 
+        serve_one = handler or self.dialer.serve_inbound
+
         async def mesh_handler(stream: MeshStream) -> None:
             with rotation.track(stream, "server", listener="mesh", gate=mesh_gate):
-                await handler(stream)
+                await serve_one(stream)
 
         with _binding("mesh", settings.listen), self._naming("mesh"):
             self.listeners["mesh"] = await nursery.start(
@@ -458,6 +597,7 @@ class Node:
                         track=functools.partial(rotation.track, listener=name, gate=gate),
                     ),
                 )
+        await nursery.start(self.dialer.run, self.config.peers)
         self._started = self._ready = True
         event(
             logger,
@@ -555,6 +695,7 @@ class Node:
         """
         self._ready = False
         self.stop_accepting()
+        self.dialer.close()
 
     def stop_accepting(self) -> None:
         """Close the listening sockets of the mesh, expose and forward listeners at once.
@@ -570,6 +711,20 @@ class Node:
 
     # ------------------------------------------------------------ reload
 
+    def _apply_peers(
+        self, moves: Sequence[tuple[SpiffeId, str]], addresses: dict[SpiffeId, Address]
+    ) -> None:
+        """Apply a reload's ``[[peers]]`` changes to the pool (a moved peer is redialled; a
+        peer added already with `add_peer` is kept, or moved). Nothing while draining."""
+        if not self.dialer.running:
+            return
+        for sid, what in moves:
+            if what != "added":
+                self.dialer.remove(sid)
+            if what != "removed":
+                self.dialer.remove(sid)
+                self.dialer.add(sid, addresses[sid])
+
     def _rules(self, config: NodeConfig) -> list[Authorizer]:
         """Each listener's authorizer under `config`: mesh, each expose, each forward."""
         own = self.identity().svid.spiffe_id.trust_domain
@@ -583,9 +738,9 @@ class Node:
     def reload(self, config: NodeConfig) -> Reload:
         """Apply `config` at once, all or nothing; then judge the live connections again.
 
-        Applied live: ``[authorize]``, ``[[expose]] allow``, ``[[forward]] expect``,
-        ``[policy]``, ``[revocation] mode`` and ``hard_fail_wait``, and ``[node]
-        shutdown_timeout``. New handshakes
+        Applied live: ``[[peers]]`` (added, removed, moved), ``[authorize]``, ``[[expose]]
+        allow``, ``[[forward]] expect``, ``[policy]``, ``[revocation] mode`` and
+        ``hard_fail_wait``, and ``[node] shutdown_timeout``. New handshakes
         use them at once; each live connection whose peer no longer passes is closed,
         counted and logged (`Rotation.recheck`). The identity files (a file identity) are
         read again at once. Logs one summary event.
@@ -617,6 +772,7 @@ class Node:
         except MeshError as exc:
             raise ReloadError(f"{exc}; the running config stays in force") from exc
         changed = _live_changes(self.config, config)
+        moves = _peer_changes(self.config.peers, config.peers)
         self.config = config
         self.rotation.policy = config.policy
         for gate, rule in zip(self._gates, rules, strict=True):
@@ -625,6 +781,7 @@ class Node:
         if isinstance(self._source, FileSource) and self._source.reload(force=True):
             rotated = self.rotation.apply(self._source.identity())
         closed = tuple(self.rotation.recheck())
+        self._apply_peers(moves, {peer.id: peer.address for peer in config.peers})
         event(
             logger,
             logging.INFO,
@@ -649,6 +806,8 @@ _JUDGED: frozenset[str] = frozenset(
         "forward",
         "source",
         "notes",
+        "peers",
+        "mesh",
     }
 )
 #: ``[node]`` keys a reload applies (the shutdown timeout is read when the drain starts).
@@ -718,6 +877,7 @@ def needs_restart(old: NodeConfig, new: NodeConfig) -> list[str]:
         for n in _differing(old.revocation, new.revocation)
         if n not in _LIVE_REVOCATION_KEYS
     ]
+    found += [f"[mesh] {name}" for name in _differing(old.mesh, new.mesh)]
     found += _tunnel_changes("expose", old.expose, new.expose, "allow")
     found += _tunnel_changes("forward", old.forward, new.forward, "expect")
     found += [f"[{name}]" for name in _differing(old, new) if name not in _JUDGED]
@@ -736,6 +896,7 @@ def _live_changes(old: NodeConfig, new: NodeConfig) -> list[str]:
     changed += [f"[authorize] {name}" for name in _differing(old.authorize, new.authorize)]
     if old.node.shutdown_timeout != new.node.shutdown_timeout:
         changed.append("[node] shutdown_timeout")
+    changed += [f"[[peers]] {peer} {what}" for peer, what in _peer_changes(old.peers, new.peers)]
     changed += [
         f"[[expose]] {format_address(a.listen)} allow"
         for a, b in zip(old.expose, new.expose, strict=True)
@@ -747,6 +908,21 @@ def _live_changes(old: NodeConfig, new: NodeConfig) -> list[str]:
         if a.expect != b.expect
     ]
     return changed
+
+
+def _peer_changes(
+    old: Sequence[PeerSettings], new: Sequence[PeerSettings]
+) -> list[tuple[SpiffeId, str]]:
+    """Each ``[[peers]]`` id added, removed or moved to another address."""
+    before = {peer.id: peer.address for peer in old}
+    after = {peer.id: peer.address for peer in new}
+    found = [(sid, "removed") for sid in before if sid not in after]
+    for sid, address in after.items():
+        if sid not in before:
+            found.append((sid, "added"))
+        elif before[sid] != address:
+            found.append((sid, f"moved to {format_address(address)}"))
+    return found
 
 
 @contextmanager
@@ -797,9 +973,10 @@ async def open_node(
     """Start a node and yield it once it is ready; stop it when the block ends (the
     connections still live then are reset, never closed as if they had finished).
 
-    `handler` runs for each verified peer on the mesh listener (default: read and drop
-    until the peer closes). `registry` receives the metrics (default: a new one, never
-    the global registry, so several nodes can share a process). `clock` gives
+    `handler` runs for each verified peer on the mesh listener, given its `MeshStream`
+    (default: message channels, see `Node.send` and `Node.messages`). `registry`
+    receives the metrics (default: a new one, never the global registry, so several
+    nodes can share a process). `clock` gives
     certificate time (default: the wall clock); `rng` draws the local CA's renewal jitter.
     Raises `NodeError` if it cannot start.
     """
@@ -809,7 +986,7 @@ async def open_node(
     try:
         async with trio.open_nursery() as nursery:
             try:
-                await node._start(nursery, handler or _discard)
+                await node._start(nursery, handler)
             except Exception as exc:  # every start-up failure, of any type, is one NodeError
                 failed = _start_failure(exc)
                 nursery.cancel_scope.cancel()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Literal
@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from ._boundary import clamp_time
 from ._duration import format_duration, format_time
 from ._identity import Identity
+from ._pool import PeerStatus
 from ._svid import X509Svid
 
 __all__ = [
@@ -89,18 +90,31 @@ class NodeState:
     last_rotation: LastRotation | None
     svid_problem: str | None = None
     max_age: timedelta | None = None
+    peers: Sequence[PeerStatus] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Readiness:
-    """Whether the node should get traffic; ``reason`` says why not (None when ready)."""
+    """Whether the node should get traffic; ``reason`` says why not (None when ready).
+    ``detail`` adds what does not decide readiness: how many pooled peers are connected."""
 
     ready: bool
     reason: str | None = None
+    detail: str | None = None
 
 
 def readiness(state: NodeState) -> Readiness:
-    """Ready only while running with an SVID that has not expired; else the reason."""
+    """Ready only while running with an SVID that has not expired; else the reason. The
+    pooled peers do not decide it (a peer being down is no reason to refuse traffic); the
+    detail names how many are connected."""
+    verdict = _readiness(state)
+    if not state.peers:
+        return verdict
+    up = sum(1 for peer in state.peers if peer.state == "connected")
+    return Readiness(verdict.ready, verdict.reason, f"peers {up}/{len(state.peers)} connected")
+
+
+def _readiness(state: NodeState) -> Readiness:
     if state.phase == "draining":
         return Readiness(False, "draining: the node is shutting down")
     if state.identity is None:
@@ -165,6 +179,21 @@ def status(state: NodeState) -> dict[str, Json]:
         "connections": dict(state.connections),
         "rotations": state.rotations,
         "last_rotation": _rotation(state.last_rotation),
+        "peers": [_peer(peer) for peer in state.peers],
+    }
+
+
+def _peer(peer: PeerStatus) -> dict[str, Json]:
+    return {
+        "id": str(peer.id),
+        "address": peer.address,
+        "state": peer.state,
+        "since": format_time(peer.since),
+        "last_error": peer.last_error,
+        "retry_at": None if peer.retry_at is None else format_time(peer.retry_at),
+        "dials": peer.dials,
+        "failures": peer.failures,
+        "connected_total": peer.connected_total,
     }
 
 
