@@ -15,7 +15,6 @@ import trio
 from meshtls import _bench_mesh as bench
 from meshtls._bench import MeshtlsStack, Tally, make_identity
 from meshtls._cli import main as cli_main
-from meshtls._node import Node
 from meshtls._stream import MeshStream
 
 NODES = 3
@@ -23,10 +22,6 @@ LINKS = NODES * (NODES - 1)
 COUNT = 12
 SIZES = (1024, 65536)
 LEVELS = (1, 4)
-#: Until h-pool is merged, the node has no message API; then this guard goes.
-needs_mesh = pytest.mark.skipif(
-    not hasattr(Node, "add_peer"), reason="the node's message API (issue 10) is not merged yet"
-)
 
 
 # ---------------------------------------------------------------- bench mesh
@@ -41,7 +36,6 @@ def mesh_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return loaded
 
 
-@needs_mesh
 def test_mesh_handshakes_are_counted_by_the_nodes_not_assumed(
     mesh_report: dict[str, object],
 ) -> None:
@@ -69,7 +63,6 @@ def test_mesh_handshakes_are_counted_by_the_nodes_not_assumed(
                 assert one["dials"] >= links
 
 
-@needs_mesh
 def test_mesh_rate_is_set_beside_the_single_pair_rate_of_the_same_run(
     mesh_report: dict[str, object],
 ) -> None:
@@ -103,7 +96,6 @@ def messages_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, objec
     return loaded
 
 
-@needs_mesh
 def test_messages_every_confirmed_send_arrived_once_and_was_counted(
     messages_report: dict[str, object],
 ) -> None:
@@ -123,7 +115,6 @@ def test_messages_every_confirmed_send_arrived_once_and_was_counted(
             assert entry["counted_sent"] is None
 
 
-@needs_mesh
 def test_messages_figures_are_consistent(messages_report: dict[str, object]) -> None:
     for entry in messages_report["results"]:  # type: ignore[attr-defined]
         latency = entry["latency_ms"]
@@ -146,7 +137,6 @@ def test_messages_figures_are_consistent(messages_report: dict[str, object]) -> 
     assert "\nchannel   1KiB   1 " in text
 
 
-@needs_mesh
 def test_messages_for_a_time_budget(tmp_path: Path) -> None:
     out = tmp_path / "messages.json"
     argv = ["--size", "64", "--concurrency", "2", "--seconds", "0.2", "--rounds", "1"]

@@ -515,18 +515,8 @@ class MessageStep:
         return self.sent / self.elapsed if self.elapsed > 0 else 0.0
 
 
-async def _step(
-    sender: Sender,
-    receiver: list[Recorder],
-    *,
-    size: int,
-    concurrency: int,
-    count: int | None,
-    seconds: float | None,
-) -> tuple[Recorder, int, float, float, int, str | None]:
-    """Warm up, then run `concurrency` senders until `count` sends or `seconds` passed;
-    wait until the receiver has every confirmed message. Returns the recorder, confirmed
-    sends, wall and CPU seconds, send errors and the first."""
+async def _warm_up(sender: Sender, receiver: list[Recorder], size: int) -> None:
+    """`WARMUP_MESSAGES` sends, each confirmed and received, before a step is timed."""
     filler = bytes(size)
     warm = Recorder(size)
     receiver[0] = warm
@@ -537,6 +527,21 @@ async def _step(
         await warm.wait_for(WARMUP_MESSAGES)
     if warm.errors:
         raise RuntimeError(f"warm-up: {warm.first_error}")
+
+
+async def _step(
+    sender: Sender,
+    receiver: list[Recorder],
+    *,
+    size: int,
+    concurrency: int,
+    count: int | None,
+    seconds: float | None,
+) -> tuple[Recorder, int, float, float, int, str | None]:
+    """Run `concurrency` senders until `count` sends or `seconds` passed; then wait (up to
+    30 s, untimed) until the receiver has every confirmed message. Returns the recorder,
+    confirmed sends, wall and CPU seconds, send errors and the first."""
+    filler = bytes(size)
     recorder = Recorder(size)
     receiver[0] = recorder
     next_seq = 0
@@ -704,12 +709,13 @@ async def _message_round(
                         f"round {round_index + 1}/{options.rounds} {stack} {_size_text(size)}"
                         f" k={level}"
                     )
+                    sender: Sender = channel if stack == "channel" else framed
+                    inbound = channel_in if stack == "channel" else stream_in
+                    await _warm_up(sender, inbound, size)
                     before = (
                         metric_total(a, "messages_sent_total"),
                         metric_total(b, "messages_received_total"),
                     )
-                    sender: Sender = channel if stack == "channel" else framed
-                    inbound = channel_in if stack == "channel" else stream_in
                     recorder, sent, elapsed, cpu, errors, first = await _step(
                         sender,
                         inbound,
