@@ -59,8 +59,9 @@ def test_mesh_handshakes_are_counted_by_the_nodes_not_assumed(
             assert one["handshakes_per_second"] == pytest.approx(
                 links / one["time_to_full_mesh_s"], rel=0.01
             )
-            if one["dials"] is not None:  # the pool's own count, when it keeps one
-                assert one["dials"] >= links
+            assert one["dials"] == {"ok": links}  # the pool's own count: one dial per link
+            assert one["links_ended"] == {}
+            assert one["cpu_ms_per_link"] > 0
 
 
 def test_mesh_rate_is_set_beside_the_single_pair_rate_of_the_same_run(
@@ -265,7 +266,8 @@ def test_summaries_of_failed_rounds_say_so() -> None:
         client_ok=4,
         server_ok=4,
         failed=0,
-        dials=None,
+        dials={"ok": 4},
+        links_ended={},
         fds=30,
         error="no full mesh after 60 s: 4 of 6 connected",
     )

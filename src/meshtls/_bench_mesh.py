@@ -65,6 +65,7 @@ from typing import Final, Literal, Protocol, cast
 
 import trio
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
 
 from . import _bench
 from ._bench import HOST, Progress, environment, percentile, raise_fd_limit
@@ -128,16 +129,47 @@ def mesh_address(node: MeshNode) -> str:
 
 
 def metric_total(node: MeshNode, name: str, **labels: str) -> float | None:
-    """The sum of the node's samples ``<prefix>_<name>`` whose labels include `labels`,
-    or None when no such metric exists."""
-    registry = node.registry
+    """The sum of the node's samples ``<prefix>_<name>`` whose labels include `labels`
+    (0 when the metric exists with no such sample yet), or None when it does not exist."""
+    return metric_by(node, name, **labels).get((), None) if _exists(node, name) else None
+
+
+def _exists(node: MeshNode, name: str) -> bool:
     wanted = f"{node.config.metrics.prefix}_{name}"
-    total: float | None = None
-    for family in registry.collect():
+    return any(family.name in (wanted, wanted.removesuffix("_total")) for family in _families(node))
+
+
+def _families(node: MeshNode) -> list[Metric]:
+    return list(node.registry.collect())
+
+
+def metric_by(node: MeshNode, name: str, *by: str, **labels: str) -> dict[tuple[str, ...], float]:
+    """The node's samples ``<prefix>_<name>`` whose labels include `labels`, summed by the
+    values of the labels `by` (``()`` is the key of the whole sum, always present)."""
+    wanted = f"{node.config.metrics.prefix}_{name}"
+    sums: dict[tuple[str, ...], float] = {(): 0.0} if not by else {}
+    for family in _families(node):
         for sample in family.samples:
             if sample.name == wanted and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total = (total or 0.0) + sample.value
-    return total
+                key = tuple(sample.labels.get(label, "") for label in by)
+                sums[key] = sums.get(key, 0.0) + sample.value
+    return sums
+
+
+def _tally(mesh: Sequence[MeshNode], name: str, *by: str) -> dict[str, int]:
+    """`metric_by` over every node, keyed ``"a/b"`` by the `by` label values; zeros left out."""
+    total: collections.Counter[str] = collections.Counter()
+    for node in mesh:
+        for key, value in metric_by(node, name, *by).items():
+            total["/".join(key)] += round(value)
+    return {key: value for key, value in sorted(total.items()) if value}
+
+
+def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    keys = sorted(set(after) | set(before))
+    return {
+        k: after.get(k, 0) - before.get(k, 0) for k in keys if after.get(k, 0) != before.get(k, 0)
+    }
 
 
 def _count(nodes: Sequence[MeshNode], name: str, **labels: str) -> int:
@@ -175,7 +207,8 @@ class MeshRound:
     client_ok: int
     server_ok: int
     failed: int
-    dials: int | None  # the pool's own dial counter, if it has one
+    dials: dict[str, int]  # the pool's own dial counter, by result
+    links_ended: dict[str, int]  # ``role/reason`` -> links that ended while forming
     fds: int  # open file descriptors of the process with the mesh up
     error: str | None = None
 
@@ -198,7 +231,8 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
             mesh.append(cast(MeshNode, opened))
         startup = time.perf_counter() - started
         before = _handshakes(mesh)
-        dials_before = _dials(mesh)
+        dials_before = _tally(mesh, "peer_dials_total", "result")
+        ended_before = _tally(mesh, "channel_links_ended_total", "role", "reason")
         addresses = [mesh_address(node) for node in mesh]
         error: str | None = None
         start = time.perf_counter()
@@ -220,7 +254,8 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
         with trio.move_on_after(2.0):  # untimed: a server may count its side a moment later
             await _settled(mesh, before)
         after = _handshakes(mesh)
-        dials_after = _dials(mesh)
+        dials = _minus(_tally(mesh, "peer_dials_total", "result"), dials_before)
+        ended = _minus(_tally(mesh, "channel_links_ended_total", "role", "reason"), ended_before)
         fds = open_fds()
     return MeshRound(
         nodes=nodes,
@@ -230,7 +265,8 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
         client_ok=after[0] - before[0],
         server_ok=after[1] - before[1],
         failed=after[2] - before[2],
-        dials=None if dials_after is None or dials_before is None else dials_after - dials_before,
+        dials=dials,
+        links_ended=ended,
         fds=fds,
         error=error,
     )
@@ -252,13 +288,6 @@ async def _settled(mesh: Sequence[MeshNode], before: tuple[int, int, int]) -> No
         if server - before[1] >= client - before[0]:
             return
         await trio.sleep(0.01)
-
-
-def _dials(mesh: Sequence[MeshNode]) -> int | None:
-    values = [metric_total(node, "peer_dials_total") for node in mesh]
-    if any(value is None for value in values):
-        return None
-    return round(sum(cast(float, value) for value in values))
 
 
 async def _until_full(mesh: Sequence[MeshNode], want: int | None = None) -> None:
@@ -375,12 +404,15 @@ def summarise_mesh(
     rate = statistics.median(r.rate for r in good) if good else 0.0
     elapsed = statistics.median(r.elapsed_s for r in good) if good else math.nan
     links = nodes * (nodes - 1)
+    cpu = [r.cpu_s / r.client_ok * 1000 for r in good if r.client_ok]
     return {
         "nodes": nodes,
         "links_expected": links,
         "time_to_full_mesh_s": round(elapsed, 4),
         "handshakes_per_second": round(rate, 1),
+        "links_per_second": round(links / elapsed, 1) if good and elapsed > 0 else 0.0,
         "ratio_to_single_pair": round(rate / pair_rate, 3) if pair_rate > 0 else None,
+        "cpu_ms_per_handshake": round(statistics.median(cpu), 3) if cpu else None,
         "handshakes_match_links": bool(good)
         and all(r.client_ok == links and r.server_ok == links for r in good),
         "rounds": [
@@ -392,6 +424,8 @@ def summarise_mesh(
                 "handshakes_server_ok": r.server_ok,
                 "handshakes_failed": r.failed,
                 "dials": r.dials,
+                "links_ended": r.links_ended,
+                "cpu_ms_per_link": round(r.cpu_s / r.client_ok * 1000, 3) if r.client_ok else None,
                 "open_fds": r.fds,
                 "handshakes_per_second": round(r.rate, 1),
                 "ratio_to_single_pair": round(r.rate / p, 3) if p > 0 else None,
@@ -413,9 +447,11 @@ def render_mesh(report: dict[str, object]) -> str:
         f"Mesh formation, N nodes in one process over loopback: python {env['python']},"
         f" {env['openssl']}, {env['cpus_usable']} cpus; {options['rounds']} rounds",
         f"single pair (meshtls connect/serve, sequential): {pair['handshakes_per_second']}"
-        f" handshakes/s (p50 {cast(dict[str, float], pair['latency_ms'])['p50']} ms)",
+        f" handshakes/s (p50 {cast(dict[str, float], pair['latency_ms'])['p50']} ms,"
+        f" cpu {pair['cpu_ms_per_handshake']} ms/hs)",
         f"{'nodes':>5s} {'links':>6s} {'full mesh s':>11s} {'hs/s':>8s} {'ratio':>6s}"
-        f" {'client ok':>9s} {'server ok':>9s} {'failed':>6s} {'fds':>6s} {'start s':>7s}",
+        f" {'cpu ms/hs':>9s} {'client ok':>9s} {'server ok':>9s} {'failed':>6s} {'fds':>6s}"
+        f" {'start s':>7s}",
     ]
     for entry in cast(list[dict[str, object]], report["results"]):
         rounds = cast(list[dict[str, object]], entry["rounds"])
@@ -423,7 +459,7 @@ def render_mesh(report: dict[str, object]) -> str:
         lines.append(
             f"{entry['nodes']!s:>5s} {entry['links_expected']!s:>6s}"
             f" {entry['time_to_full_mesh_s']!s:>11s} {entry['handshakes_per_second']!s:>8s}"
-            f" {entry['ratio_to_single_pair']!s:>6s}"
+            f" {entry['ratio_to_single_pair']!s:>6s} {entry['cpu_ms_per_handshake']!s:>9s}"
             f" {last.get('handshakes_client_ok')!s:>9s} {last.get('handshakes_server_ok')!s:>9s}"
             f" {last.get('handshakes_failed')!s:>6s} {last.get('open_fds')!s:>6s}"
             f" {last.get('startup_s')!s:>7s}"
@@ -433,12 +469,16 @@ def render_mesh(report: dict[str, object]) -> str:
         )
         lines.append(f"      rounds: {per_round}")
         if not entry["handshakes_match_links"]:
-            lines.append("      handshakes counted differ from N(N-1) links: see the JSON")
+            lines.append("      handshakes counted differ from N(N-1) links: links were redialled")
+        for index, one in enumerate(rounds, 1):
+            if one.get("links_ended"):
+                lines.append(f"      round {index} links ended while forming: {one['links_ended']}")
         if entry["first_error"]:
             lines.append(f"      error: {entry['first_error']}")
     lines.append(
         "ratio = aggregate handshakes/s of the mesh / single-pair sequential handshakes/s"
-        " (medians); client/server ok and fds are from the last round"
+        " (medians); cpu ms/hs: process CPU (both ends) per handshake; client/server ok,"
+        " failed, fds and start-up are from the last round"
     )
     return "\n".join(lines)
 
