@@ -65,7 +65,6 @@ from typing import Final, Literal, Protocol, cast
 
 import trio
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
 
 from . import _bench
 from ._bench import HOST, Progress, environment, percentile, raise_fd_limit
@@ -128,52 +127,57 @@ def mesh_address(node: MeshNode) -> str:
     return f"{HOST}:{int(listener.socket.getsockname()[1])}"
 
 
-def metric_total(node: MeshNode, name: str, **labels: str) -> float | None:
-    """The sum of the node's samples ``<prefix>_<name>`` whose labels include `labels`
-    (0 when the metric exists with no such sample yet), or None when it does not exist."""
-    return metric_by(node, name, **labels).get((), None) if _exists(node, name) else None
+#: The counters the benchmarks read, with the labels they are summed by.
+_COUNTED: Final = {
+    "handshakes_total": ("role", "result"),
+    "peer_dials_total": ("result",),
+    "channel_links_ended_total": ("role", "reason"),
+    "messages_sent_total": (),
+    "messages_received_total": (),
+}
 
 
-def _exists(node: MeshNode, name: str) -> bool:
-    wanted = f"{node.config.metrics.prefix}_{name}"
-    return any(family.name in (wanted, wanted.removesuffix("_total")) for family in _families(node))
-
-
-def _families(node: MeshNode) -> list[Metric]:
-    return list(node.registry.collect())
-
-
-def metric_by(node: MeshNode, name: str, *by: str, **labels: str) -> dict[tuple[str, ...], float]:
-    """The node's samples ``<prefix>_<name>`` whose labels include `labels`, summed by the
-    values of the labels `by` (``()`` is the key of the whole sum, always present)."""
-    wanted = f"{node.config.metrics.prefix}_{name}"
-    sums: dict[tuple[str, ...], float] = {(): 0.0} if not by else {}
-    for family in _families(node):
-        for sample in family.samples:
-            if sample.name == wanted and all(sample.labels.get(k) == v for k, v in labels.items()):
-                key = tuple(sample.labels.get(label, "") for label in by)
-                sums[key] = sums.get(key, 0.0) + sample.value
-    return sums
-
-
-def _tally(mesh: Sequence[MeshNode], name: str, *by: str) -> dict[str, int]:
-    """`metric_by` over every node, keyed ``"a/b"`` by the `by` label values; zeros left out."""
+def snapshot(nodes: Sequence[MeshNode]) -> collections.Counter[str]:
+    """The `_COUNTED` counters summed over `nodes`, keyed ``name/label/label``
+    (``handshakes_total/client/ok``; ``messages_sent_total/`` without labels): one collect
+    per node, as a scrape would do."""
     total: collections.Counter[str] = collections.Counter()
-    for node in mesh:
-        for key, value in metric_by(node, name, *by).items():
-            total["/".join(key)] += round(value)
-    return {key: value for key, value in sorted(total.items()) if value}
+    for node in nodes:
+        prefix = f"{node.config.metrics.prefix}_"
+        for family in node.registry.collect():
+            for sample in family.samples:
+                name = sample.name.removeprefix(prefix)
+                labels = _COUNTED.get(name) if sample.name.startswith(prefix) else None
+                if labels is not None:
+                    key = f"{name}/" + "/".join(sample.labels.get(label, "") for label in labels)
+                    total[key] += round(sample.value)
+    return total
 
 
-def _minus(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    keys = sorted(set(after) | set(before))
+def _delta(
+    after: collections.Counter[str], before: collections.Counter[str], name: str
+) -> dict[str, int]:
+    """What changed between two snapshots in counter `name`, keyed by its labels."""
+    head = f"{name}/"
+    keys = sorted(key for key in set(after) | set(before) if key.startswith(head))
     return {
-        k: after.get(k, 0) - before.get(k, 0) for k in keys if after.get(k, 0) != before.get(k, 0)
+        key.removeprefix(head): after[key] - before[key]
+        for key in keys
+        if after[key] != before[key]
     }
 
 
-def _count(nodes: Sequence[MeshNode], name: str, **labels: str) -> int:
-    return round(sum(metric_total(node, name, **labels) or 0.0 for node in nodes))
+def _delta_handshakes(
+    after: collections.Counter[str], before: collections.Counter[str]
+) -> tuple[int, int, int]:
+    now, was = _handshakes(after), _handshakes(before)
+    return now[0] - was[0], now[1] - was[1], now[2] - was[2]
+
+
+def _handshakes(counts: collections.Counter[str]) -> tuple[int, int, int]:
+    """Handshakes: client ok, server ok, failed (either role)."""
+    failed = counts["handshakes_total/client/failed"] + counts["handshakes_total/server/failed"]
+    return counts["handshakes_total/client/ok"], counts["handshakes_total/server/ok"], failed
 
 
 def connected(node: MeshNode) -> int:
@@ -230,9 +234,7 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
             opened = await stack.enter_async_context(open_node(node_config(ca_dir, index)))
             mesh.append(cast(MeshNode, opened))
         startup = time.perf_counter() - started
-        before = _handshakes(mesh)
-        dials_before = _tally(mesh, "peer_dials_total", "result")
-        ended_before = _tally(mesh, "channel_links_ended_total", "role", "reason")
+        before = snapshot(mesh)
         addresses = [mesh_address(node) for node in mesh]
         error: str | None = None
         start = time.perf_counter()
@@ -253,39 +255,31 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
         cpu = time.process_time() - cpu_start
         with trio.move_on_after(2.0):  # untimed: a server may count its side a moment later
             await _settled(mesh, before)
-        after = _handshakes(mesh)
-        dials = _minus(_tally(mesh, "peer_dials_total", "result"), dials_before)
-        ended = _minus(_tally(mesh, "channel_links_ended_total", "role", "reason"), ended_before)
+        after = snapshot(mesh)
         fds = open_fds()
+    client_ok, server_ok, failed = _delta_handshakes(after, before)
     return MeshRound(
         nodes=nodes,
         startup_s=startup,
         elapsed_s=elapsed,
         cpu_s=cpu,
-        client_ok=after[0] - before[0],
-        server_ok=after[1] - before[1],
-        failed=after[2] - before[2],
-        dials=dials,
-        links_ended=ended,
+        client_ok=client_ok,
+        server_ok=server_ok,
+        failed=failed,
+        dials=_delta(after, before, "peer_dials_total"),
+        links_ended=_delta(after, before, "channel_links_ended_total"),
         fds=fds,
         error=error,
     )
 
 
-def _handshakes(mesh: Sequence[MeshNode]) -> tuple[int, int, int]:
-    return (
-        _count(mesh, "handshakes_total", role="client", result="ok"),
-        _count(mesh, "handshakes_total", role="server", result="ok"),
-        _count(mesh, "handshakes_total", result="failed"),
-    )
-
-
-async def _settled(mesh: Sequence[MeshNode], before: tuple[int, int, int]) -> None:
+async def _settled(mesh: Sequence[MeshNode], before: collections.Counter[str]) -> None:
     """Until the server ends have counted as many handshakes as the client ends (in TLS 1.3
     the client finishes first, so the server's count can trail it)."""
+    was = _handshakes(before)
     while True:
-        client, server, _ = _handshakes(mesh)
-        if server - before[1] >= client - before[0]:
+        client, server, _ = _handshakes(snapshot(mesh))
+        if server - was[1] >= client - was[0]:
             return
         await trio.sleep(0.01)
 
@@ -752,10 +746,7 @@ async def _message_round(
                     sender: Sender = channel if stack == "channel" else framed
                     inbound = channel_in if stack == "channel" else stream_in
                     await _warm_up(sender, inbound, size)
-                    before = (
-                        metric_total(a, "messages_sent_total"),
-                        metric_total(b, "messages_received_total"),
-                    )
+                    before = (snapshot([a]), snapshot([b]))
                     recorder, sent, elapsed, cpu, errors, first = await _step(
                         sender,
                         inbound,
@@ -766,17 +757,9 @@ async def _message_round(
                     )
                     counted: tuple[int | None, int | None] = (None, None)
                     if stack == "channel":
-                        after = (
-                            metric_total(a, "messages_sent_total"),
-                            metric_total(b, "messages_received_total"),
-                        )
-                        counted = cast(
-                            tuple[int | None, int | None],
-                            tuple(
-                                None if x is None or y is None else round(y - x)
-                                for x, y in zip(before, after, strict=True)
-                            ),
-                        )
+                        sent_by_a = _delta(snapshot([a]), before[0], "messages_sent_total")
+                        got_by_b = _delta(snapshot([b]), before[1], "messages_received_total")
+                        counted = (sent_by_a.get("", 0), got_by_b.get("", 0))
                     step = MessageStep(
                         elapsed=elapsed,
                         cpu=cpu,
