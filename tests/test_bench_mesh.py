@@ -5,6 +5,7 @@ numbers agree with each other and with the nodes' own metrics. No figure is judg
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_mesh_handshakes_are_counted_by_the_nodes_not_assumed(
             assert one["dials"] == {"ok": links}  # the pool's own count: one dial per link
             assert one["links_ended"] == {}
             assert one["cpu_ms_per_link"] > 0
+            assert len(one["gc"]["collections"]) == len(one["gc"]["seconds"]) == 3
+            assert 0 <= one["gc"]["longest_s"] <= sum(one["gc"]["seconds"])
 
 
 def test_mesh_rate_is_set_beside_the_single_pair_rate_of_the_same_run(
@@ -269,6 +272,7 @@ def test_summaries_of_failed_rounds_say_so() -> None:
         dials={"ok": 4},
         links_ended={},
         fds=30,
+        gc=bench.GcWatch(),
         error="no full mesh after 60 s: 4 of 6 connected",
     )
     entry = bench.summarise_mesh(3, [failed], 400.0, [400.0])
@@ -276,3 +280,17 @@ def test_summaries_of_failed_rounds_say_so() -> None:
     assert entry["first_error"] == failed.error
     assert entry["handshakes_per_second"] == 0.0
     assert math.isnan(entry["time_to_full_mesh_s"])  # type: ignore[arg-type]
+
+
+def test_gc_watch_counts_collections_only_while_watching() -> None:
+    watch = bench.GcWatch()
+    gc.collect()  # not watched
+    with watch.watching():
+        gc.collect()
+        gc.collect(0)
+    gc.collect()
+    assert watch.collections[2] == 1  # an automatic young collection may add to [0] and [1]
+    assert watch.collections[0] >= 1
+    assert watch.seconds[2] > 0
+    assert max(watch.seconds) <= watch.longest * sum(watch.collections)
+    assert watch.report()["collections"] == watch.collections

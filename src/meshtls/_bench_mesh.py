@@ -49,6 +49,7 @@ import argparse
 import collections
 import contextlib
 import functools
+import gc
 import json
 import math
 import os
@@ -57,7 +58,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -214,11 +215,48 @@ class MeshRound:
     dials: dict[str, int]  # the pool's own dial counter, by result
     links_ended: dict[str, int]  # ``role/reason`` -> links that ended while forming
     fds: int  # open file descriptors of the process with the mesh up
+    gc: GcWatch  # Python's cyclic collector while the mesh formed
     error: str | None = None
 
     @property
     def rate(self) -> float:
         return self.client_ok / self.elapsed_s if self.elapsed_s > 0 and not self.error else 0.0
+
+
+@dataclass(slots=True)
+class GcWatch:
+    """Collections of the cyclic garbage collector, by generation, and the seconds they
+    took, while `watching` (a callback in `gc.callbacks`)."""
+
+    collections: list[int] = field(default_factory=lambda: [0, 0, 0])
+    seconds: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    longest: float = 0.0
+    _began: float = 0.0
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        took = time.perf_counter() - self._began
+        generation = info["generation"]
+        self.collections[generation] += 1
+        self.seconds[generation] += took
+        self.longest = max(self.longest, took)
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[GcWatch]:
+        gc.callbacks.append(self._callback)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self._callback)
+
+    def report(self) -> dict[str, object]:
+        return {
+            "collections": list(self.collections),
+            "seconds": [round(value, 3) for value in self.seconds],
+            "longest_s": round(self.longest, 3),
+        }
 
 
 def _formation_deadline(nodes: int) -> float:
@@ -239,8 +277,9 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
         error: str | None = None
         start = time.perf_counter()
         cpu_start = time.process_time()
+        watch = GcWatch()
         try:
-            with trio.fail_after(_formation_deadline(nodes)):
+            with watch.watching(), trio.fail_after(_formation_deadline(nodes)):
                 for i, node in enumerate(mesh):
                     for j, address in enumerate(addresses):
                         if i != j:
@@ -268,6 +307,7 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
         failed=failed,
         dials=_delta(after, before, "peer_dials_total"),
         links_ended=_delta(after, before, "channel_links_ended_total"),
+        gc=watch,
         fds=fds,
         error=error,
     )
@@ -421,6 +461,7 @@ def summarise_mesh(
                 "links_ended": r.links_ended,
                 "cpu_ms_per_link": round(r.cpu_s / r.client_ok * 1000, 3) if r.client_ok else None,
                 "open_fds": r.fds,
+                "gc": r.gc.report(),
                 "handshakes_per_second": round(r.rate, 1),
                 "ratio_to_single_pair": round(r.rate / p, 3) if p > 0 else None,
                 "error": r.error,
@@ -459,7 +500,9 @@ def render_mesh(report: dict[str, object]) -> str:
             f" {last.get('startup_s')!s:>7s}"
         )
         per_round = ", ".join(
-            f"{r['time_to_full_mesh_s']} s / {r['handshakes_per_second']} hs/s" for r in rounds
+            f"{r['time_to_full_mesh_s']} s / {r['handshakes_per_second']} hs/s"
+            f" (gc {sum(cast(dict[str, list[float]], r['gc'])['seconds']):.2f} s)"
+            for r in rounds
         )
         lines.append(f"      rounds: {per_round}")
         if not entry["handshakes_match_links"]:
@@ -471,7 +514,8 @@ def render_mesh(report: dict[str, object]) -> str:
             lines.append(f"      error: {entry['first_error']}")
     lines.append(
         "ratio = aggregate handshakes/s of the mesh / single-pair sequential handshakes/s"
-        " (medians); cpu ms/hs: process CPU (both ends) per handshake; client/server ok,"
+        " (medians); gc: seconds in Python's cyclic garbage collector while forming;"
+        " cpu ms/hs: process CPU (both ends) per handshake; client/server ok,"
         " failed, fds and start-up are from the last round"
     )
     return "\n".join(lines)
