@@ -294,3 +294,15 @@ def test_gc_watch_counts_collections_only_while_watching() -> None:
     assert watch.seconds[2] > 0
     assert max(watch.seconds) <= watch.longest * sum(watch.collections)
     assert watch.report()["collections"] == watch.collections
+
+
+def test_gc_freeze_is_undone_after_each_round(tmp_path: Path) -> None:
+    out = tmp_path / "mesh.json"
+    argv = ["--nodes", "2", "--rounds", "1", "--baseline-count", "2", "--gc-freeze", "--quiet"]
+    assert bench.main_mesh([*argv, "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["options"]["gc_freeze"] is True
+    (entry,) = report["results"]
+    assert entry["handshakes_match_links"] is True
+    assert gc.get_freeze_count() == 0
+    assert "gc.freeze() after start-up" in bench.render_mesh(report)

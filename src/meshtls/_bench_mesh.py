@@ -263,8 +263,12 @@ def _formation_deadline(nodes: int) -> float:
     return 60.0 + 0.05 * nodes * (nodes - 1)
 
 
-async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
-    """Open `nodes` nodes, then time their full mesh (see the module doc)."""
+async def form_mesh(ca_dir: Path, nodes: int, *, gc_freeze: bool = False) -> MeshRound:
+    """Open `nodes` nodes, then time their full mesh (see the module doc).
+
+    Before the clock starts, garbage is collected (so an earlier round's is not collected
+    on this round's clock); with `gc_freeze`, everything alive then is also moved out of
+    the collector's sight (`gc.freeze`) until the round ends."""
     async with contextlib.AsyncExitStack() as stack:
         started = time.perf_counter()
         mesh: list[MeshNode] = []
@@ -275,6 +279,9 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
         before = snapshot(mesh)
         addresses = [mesh_address(node) for node in mesh]
         error: str | None = None
+        gc.collect()
+        if gc_freeze:
+            gc.freeze()
         start = time.perf_counter()
         cpu_start = time.process_time()
         watch = GcWatch()
@@ -296,6 +303,8 @@ async def form_mesh(ca_dir: Path, nodes: int) -> MeshRound:
             await _settled(mesh, before)
         after = snapshot(mesh)
         fds = open_fds()
+        if gc_freeze:
+            gc.unfreeze()
     client_ok, server_ok, failed = _delta_handshakes(after, before)
     return MeshRound(
         nodes=nodes,
@@ -346,6 +355,7 @@ class MeshOptions:
     nodes: tuple[int, ...] = (10, 50)
     rounds: int = 3
     baseline_count: int = 300
+    gc_freeze: bool = False
 
 
 def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str, object]:
@@ -374,6 +384,7 @@ def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str
             for job in jobs:
                 if job is None:
                     progress.start(f"{label} single pair, {options.baseline_count} handshakes")
+                    gc.collect()  # as before each mesh: no earlier round's garbage on its clock
                     step = _bench.MeshtlsStack().run(
                         identity, 1, options.baseline_count, lambda: None
                     )
@@ -383,7 +394,9 @@ def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str
                         detail += f", {step.errors} errors ({step.first_error})"
                 else:
                     progress.start(f"{label} mesh of {job} nodes")
-                    mesh = trio.run(form_mesh, ca_dir, job)
+                    mesh = trio.run(
+                        functools.partial(form_mesh, ca_dir, job, gc_freeze=options.gc_freeze)
+                    )
                     rounds[job].append(mesh)
                     detail = mesh.error or (
                         f"{mesh.elapsed_s:7.3f} s, {mesh.client_ok} handshakes,"
@@ -409,6 +422,7 @@ def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str
             "timed": "first add_peer to every node's peers() showing N-1 connected;"
             " node start-up (CA issue, listener bind) is excluded",
             "identities": "one local CA, ECDSA P-256 leaves; metrics endpoints off",
+            "gc_freeze": options.gc_freeze,
         },
         "single_pair": {
             "what": "meshtls connect/serve, one at a time: connect, handshake, 1-byte echo,"
@@ -480,7 +494,8 @@ def render_mesh(report: dict[str, object]) -> str:
     pair = cast(dict[str, object], report["single_pair"])
     lines = [
         f"Mesh formation, N nodes in one process over loopback: python {env['python']},"
-        f" {env['openssl']}, {env['cpus_usable']} cpus; {options['rounds']} rounds",
+        f" {env['openssl']}, {env['cpus_usable']} cpus; {options['rounds']} rounds"
+        + (", gc.freeze() after start-up" if options.get("gc_freeze") else ""),
         f"single pair (meshtls connect/serve, sequential): {pair['handshakes_per_second']}"
         f" handshakes/s (p50 {cast(dict[str, float], pair['latency_ms'])['p50']} ms,"
         f" cpu {pair['cpu_ms_per_handshake']} ms/hs)",
@@ -1048,6 +1063,12 @@ def mesh_parser(
         metavar="N",
         help="single-pair handshakes per round",
     )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once the nodes have started, so the cyclic garbage collector"
+        " no longer scans them while the mesh forms",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
@@ -1099,7 +1120,12 @@ def main_mesh(
 ) -> int:
     """``bench mesh``: 0 when every mesh formed with no failed handshake, 1 otherwise."""
     args = mesh_parser(prog, kind).parse_args(argv)
-    options = MeshOptions(nodes=args.nodes, rounds=args.rounds, baseline_count=args.baseline_count)
+    options = MeshOptions(
+        nodes=args.nodes,
+        rounds=args.rounds,
+        baseline_count=args.baseline_count,
+        gc_freeze=args.gc_freeze,
+    )
     report = run_mesh(options, Progress(0, _mode(args.quiet), sys.stderr))
     print(render_mesh(report))
     _write(report, args.json)
