@@ -499,7 +499,8 @@ def render_mesh(report: dict[str, object]) -> str:
         f"single pair (meshtls connect/serve, sequential): {pair['handshakes_per_second']}"
         f" handshakes/s (p50 {cast(dict[str, float], pair['latency_ms'])['p50']} ms,"
         f" cpu {pair['cpu_ms_per_handshake']} ms/hs)",
-        f"{'nodes':>5s} {'links':>6s} {'full mesh s':>11s} {'hs/s':>8s} {'ratio':>6s}"
+        f"{'nodes':>5s} {'links':>6s} {'full mesh s':>11s} {'links/s':>8s} {'hs/s':>8s}"
+        f" {'ratio':>6s}"
         f" {'cpu ms/hs':>9s} {'client ok':>9s} {'server ok':>9s} {'failed':>6s} {'fds':>6s}"
         f" {'start s':>7s}",
     ]
@@ -508,7 +509,8 @@ def render_mesh(report: dict[str, object]) -> str:
         last = rounds[-1] if rounds else {}
         lines.append(
             f"{entry['nodes']!s:>5s} {entry['links_expected']!s:>6s}"
-            f" {entry['time_to_full_mesh_s']!s:>11s} {entry['handshakes_per_second']!s:>8s}"
+            f" {entry['time_to_full_mesh_s']!s:>11s} {entry['links_per_second']!s:>8s}"
+            f" {entry['handshakes_per_second']!s:>8s}"
             f" {entry['ratio_to_single_pair']!s:>6s} {entry['cpu_ms_per_handshake']!s:>9s}"
             f" {last.get('handshakes_client_ok')!s:>9s} {last.get('handshakes_server_ok')!s:>9s}"
             f" {last.get('handshakes_failed')!s:>6s} {last.get('open_fds')!s:>6s}"
@@ -527,12 +529,12 @@ def render_mesh(report: dict[str, object]) -> str:
                 lines.append(f"      round {index} links ended while forming: {one['links_ended']}")
         if entry["first_error"]:
             lines.append(f"      error: {entry['first_error']}")
-    lines.append(
-        "ratio = aggregate handshakes/s of the mesh / single-pair sequential handshakes/s"
-        " (medians); gc: seconds in Python's cyclic garbage collector while forming;"
-        " cpu ms/hs: process CPU (both ends) per handshake; client/server ok,"
-        " failed, fds and start-up are from the last round"
-    )
+    lines += [
+        "links/s: N(N-1) / time to full mesh; hs/s: every handshake, redials included;",
+        "ratio: mesh hs/s / single-pair hs/s (medians over rounds); gc: seconds in Python's",
+        "cyclic garbage collector while forming; cpu ms/hs: process CPU (both ends) per",
+        "handshake; client/server ok, failed, fds and start s are from the last round.",
+    ]
     return "\n".join(lines)
 
 
