@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
+import wsproto
+import wsproto.events
 
 import meshtls
 from meshtls._channel import (
@@ -19,6 +21,7 @@ from meshtls._channel import (
     Inbox,
     Link,
     LinkEnd,
+    Message,
     UpgradeError,
     start_link,
 )
@@ -70,6 +73,19 @@ class LinkServer:
     links: trio.MemoryReceiveChannel[Link]
     handled: list[meshtls.MeshStream]
     rejected: list[meshtls.HandshakeError]
+    changed: list[trio.Event]  # the one current event, set on each handler run or rejection
+
+    def _note(self) -> None:
+        self.changed[0].set()
+        self.changed[0] = trio.Event()
+
+    async def wait_handled(self, count: int) -> None:
+        while len(self.handled) < count:
+            await self.changed[0].wait()
+
+    async def wait_rejected(self, count: int) -> None:
+        while len(self.rejected) < count:
+            await self.changed[0].wait()
 
 
 async def start_link_server(
@@ -78,19 +94,30 @@ async def start_link_server(
     *,
     settings: ChannelSettings | None = None,
     queue_size: int = 64,
+    inbox: Inbox | None = None,
     authorize: meshtls.Authorizer | None = None,
 ) -> LinkServer:
     """A listener on 127.0.0.1:0 serving `run_link` (server role); each upgraded link is
     sent on ``links``; every verified stream the handler got is in ``handled``."""
     settings = settings or ChannelSettings()
-    inbox = Inbox(queue_size)
+    inbox = inbox or Inbox(queue_size)
     observer = Recorder()
     send_links, links = trio.open_memory_channel[Link](100)
     handled: list[meshtls.MeshStream] = []
     rejected: list[meshtls.HandshakeError] = []
+    server: LinkServer | None = None
+
+    def note() -> None:
+        if server is not None:
+            server._note()
+
+    def on_rejected(error: meshtls.HandshakeError) -> None:
+        rejected.append(error)
+        note()
 
     async def handler(stream: meshtls.MeshStream) -> None:
         handled.append(stream)
+        note()
         async with trio.open_nursery() as inner:
             try:
                 link = await start_link(
@@ -105,9 +132,10 @@ async def start_link_server(
         handler,
         source=mesh.server,
         authorize=authorize,
-        on_rejected=rejected.append,
+        on_rejected=on_rejected,
     )
-    return LinkServer(port, inbox, observer, links, handled, rejected)
+    server = LinkServer(port, inbox, observer, links, handled, rejected, [trio.Event()])
+    return server
 
 
 @dataclass
@@ -130,11 +158,12 @@ async def link_pair(
     server_settings: ChannelSettings | None = None,
     client_queue: int = 64,
     server_queue: int = 64,
+    server_inbox: Inbox | None = None,
 ) -> AsyncIterator[Pair]:
     """A client link dialed to a link server, both upgraded; cancelled on exit."""
     async with trio.open_nursery() as nursery:
         server = await start_link_server(
-            nursery, mesh, settings=server_settings, queue_size=server_queue
+            nursery, mesh, settings=server_settings, queue_size=server_queue, inbox=server_inbox
         )
         stream = await meshtls.connect(
             "127.0.0.1", server.port, source=mesh.client, authorize=meshtls.authorize_any()
@@ -161,3 +190,30 @@ async def link_pair(
             )
         finally:
             nursery.cancel_scope.cancel()
+
+
+class WatchedInbox(Inbox):
+    """An inbox that records the most messages it ever held at once."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.peak = 0
+
+    async def deliver(self, message: Message) -> None:
+        await super().deliver(message)
+        self.peak = max(self.peak, self.queued)
+
+
+async def silent_websocket_server(stream: meshtls.MeshStream) -> None:
+    """Accept a WebSocket upgrade (wsproto, by hand), then never read or write again: a
+    peer whose reader is stuck."""
+    ws = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    while True:
+        data = await stream.receive_some()
+        if not data:
+            return
+        ws.receive_data(data)
+        for item in ws.events():
+            if isinstance(item, wsproto.events.Request):
+                await stream.send_all(ws.send(wsproto.events.AcceptConnection()))
+                await trio.sleep_forever()

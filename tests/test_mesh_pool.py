@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import random
 import socket
@@ -30,7 +31,9 @@ from meshtls._node import Node, open_node
 from meshtls.testing import CA
 
 from .test_crl import make_crl
+from .test_metrics import promtool
 from .test_node import port, sample, scrape
+from .test_reload import events
 
 TD = "example.org"
 A = f"spiffe://{TD}/node/a"
@@ -187,6 +190,9 @@ async def test_two_nodes_peer_each_other_and_exchange_messages_both_ways(tmp_pat
             assert message.data == b"on the channel"
             await channel.send(b"reply")
             assert (await receive(a)).data == b"reply"
+            with pytest.raises(trio.BusyResourceError):  # one channel per peer at a time
+                async with b.channel(A):
+                    pass
         await a.send(B, b"after the channel")
         assert (await receive(b)).data == b"after the channel"
 
@@ -223,6 +229,7 @@ async def test_two_nodes_peer_each_other_and_exchange_messages_both_ways(tmp_pat
         assert sample(text, "meshtls_peer_dials_total", peer=B, result="ok") == 1
         assert sample(text, "meshtls_messages_sent_total") == 3  # a sent three
         assert sample(text, "meshtls_messages_received_total") == 2
+        await promtool(text)  # the mesh families pass `promtool check metrics` too
 
 
 async def test_a_node_answers_a_peer_that_only_dialled_it(tmp_path: Path) -> None:
@@ -315,8 +322,11 @@ async def test_send_while_the_peer_is_down_raises_within_the_timeout(tmp_path: P
         assert (readyz.status_code, readyz.text) == (200, "ready; peers 0/1 connected\n")
 
 
-async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(tmp_path: Path) -> None:
-    """b's address answers with c's SVID: refused as unauthorized, counted, backing off."""
+async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """b's address answers with c's SVID: refused as unauthorized, counted, backing off;
+    one warning line for the streak, not one per retry."""
     world = World(tmp_path)
     async with open_node(world.config("b", C)) as impostor:
         config = world.config("a", A, peers={B: port(impostor, "mesh")})
@@ -332,12 +342,18 @@ async def test_a_peer_presenting_the_wrong_id_is_refused_and_backs_off(tmp_path:
                 sample(text, "meshtls_peer_verification_failures_total", reason="unauthorized") >= 2
             )
             assert sample(text, "meshtls_peer_dials_total", peer=B, result="failed") >= 2
+            (line,) = events(caplog, "peer unavailable, retrying with backoff")
+            assert (line["peer"], line["address"]) == (B, status.address)
+            assert str(line["error"]).startswith("unauthorized:")
 
 
 # ---------------------------------------------------------------- reconnects
 
 
-async def test_a_restarted_peer_is_reconnected_and_messages_resume(tmp_path: Path) -> None:
+async def test_a_restarted_peer_is_reconnected_and_messages_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshtls")
     world = World(tmp_path)
     b_port = free_port()
     async with open_node(world.config("a", A, peers={B: b_port})) as a:
@@ -357,6 +373,9 @@ async def test_a_restarted_peer_is_reconnected_and_messages_resume(tmp_path: Pat
         status = state(a, B)
         assert status.connected_total == 2
         assert status.failures >= 1
+        connects = events(caplog, "peer connected")
+        assert [line["peer"] for line in connects] == [B, B]
+        assert int(str(connects[1]["after_failures"])) >= 1
 
 
 async def test_a_link_drained_at_rotation_is_replaced_before_it_closes(tmp_path: Path) -> None:
@@ -381,17 +400,42 @@ async def test_a_link_drained_at_rotation_is_replaced_before_it_closes(tmp_path:
         world.write("b", B)
         assert a.reload(a_config).rotated
         assert b.reload(b_config).rotated
-        await until(lambda: state(a, B).connected_total == 2, seconds=8)
+        sent = 0
+        received: list[int] = []
+
+        stop = trio.Event()
+
+        async def keep_sending() -> None:  # across the swap: every send confirmed
+            nonlocal sent
+            while not stop.is_set():
+                await a.send(B, str(sent))
+                sent += 1
+                await trio.sleep(0.01)
+
+        async def keep_reading() -> None:
+            async for message in b.messages():
+                received.append(int(message.data))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(keep_reading)
+            async with trio.open_nursery() as senders:
+                senders.start_soon(keep_sending)
+                await until(lambda: state(a, B).connected_total == 2, seconds=8)
+                assert first is not None
+                with trio.fail_after(5):
+                    await first.wait_closed()  # retired on purpose, a moment after the swap
+                stop.set()  # the sender finishes its send in flight, then returns
+            await until(lambda: len(received) == sent)
+            nursery.cancel_scope.cancel()
         assert state(a, B).failures == 0  # never backing off: made before broken
         assert a.dialer._peers[meshtls.SpiffeId.parse(B)].link is not first
-        await a.send(B, b"on the new link")
-        assert (await receive(b)).data == b"on the new link"
-        assert first is not None
-        with trio.fail_after(5):
-            await first.wait_closed()  # retired on purpose, a moment after the swap
         assert first.end is not None
         assert first.end.clean
         assert state(a, B).state == "connected"
+        assert sent > 50
+        assert received == list(range(sent))  # none lost, none twice, in order
+        text = await scrape(a)
+        assert sample(text, "meshtls_message_send_failures_total", reason="closed") == 0
 
 
 async def test_a_revoked_peer_is_closed_redialled_refused_and_back_once_renewed(
@@ -457,6 +501,11 @@ async def test_add_and_remove_peers_at_run_time_and_by_reload(tmp_path: Path) ->
         with pytest.raises(KeyError):
             a.remove_peer(B)
         await until(lambda: not b.dialer.inbound_peers())
+        b_text = await scrape(b)  # a closed its link on purpose: b read a clean end
+        assert (
+            sample(b_text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 1
+        )
+        await trio.sleep(0.2)
         assert "meshtls_peer_connected{" not in await scrape(a)  # its series are gone
 
         reloaded = world.config("a", None, peers={B: port(b, "mesh")})
@@ -490,3 +539,150 @@ async def test_a_draining_node_closes_its_links_on_purpose_and_stops_dialling(
         await trio.sleep(0.3)
         assert state(a, B).dials == dials  # the pool stopped
         await until(lambda: state(b, A).failures >= 1)  # b's redial is refused: a drains
+
+
+async def test_sends_waiting_for_a_peer_that_comes_up_share_its_one_good_dial(
+    tmp_path: Path,
+) -> None:
+    """Ten sends wait while b is down (a backs off and redials); b comes up on its port; every
+    send is confirmed, over one link made by one good dial."""
+    world = World(tmp_path)
+    b_port = free_port()
+    b_config = world.config("b", B, listen=b_port)
+    async with open_node(world.config("a", A, peers={B: b_port})) as a:
+        await until(lambda: state(a, B).failures >= 1)
+        done: list[int] = []
+
+        async def send(number: int) -> None:
+            await a.send(B, str(number), timeout=5)
+            done.append(number)
+
+        async with trio.open_nursery() as senders:
+            for number in range(10):
+                senders.start_soon(send, number)
+            await trio.sleep(0.2)
+            assert done == []  # all waiting on the keeper, none dialling
+            b = await senders.start(_serve_node, b_config)
+            with trio.fail_after(5):
+                while len(done) < 10:  # noqa: ASYNC110 - a poll, bounded
+                    await trio.sleep(0.01)
+            received = sorted([int((await receive(b)).data) for _ in range(10)])
+            senders.cancel_scope.cancel()  # b
+        assert received == list(range(10))
+        assert sorted(done) == list(range(10))
+        status = state(a, B)
+        assert status.connected_total == 1
+        text = await scrape(a)
+        assert sample(text, "meshtls_peer_dials_total", peer=B, result="ok") == 1
+        assert sample(text, "meshtls_messages_sent_total") == 10
+
+
+async def _serve_node(config: NodeConfig, *, task_status: trio.TaskStatus[Node]) -> None:
+    """Run a node until cancelled (for `nursery.start`); started() gives the node."""
+    async with open_node(config) as node:
+        task_status.started(node)
+        await trio.sleep_forever()
+
+
+async def test_a_link_that_cannot_be_replaced_drains_at_its_deadline_and_is_redialled(
+    tmp_path: Path,
+) -> None:
+    """No SVID is renewed: the replacement would close no later, so it is dropped; the link
+    ends at its deadline (``drained``) and is redialled at once, which fails while both
+    SVIDs are inside the drain margin (a backoff, no hot loop)."""
+    world = World(tmp_path)
+    a_svid = world.write("a", A)
+    offset = a_svid.not_after - datetime.now(UTC) - timedelta(seconds=8)
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + offset
+
+    b_config = world.config("b", B)
+    async with open_node(b_config, clock=clock) as b:
+        a_config = world.config("a", None, peers={B: port(b, "mesh")})
+        async with open_node(a_config, clock=clock) as a:
+            await until(connected(a, B))
+            await until(lambda: state(a, B).state != "connected", seconds=6)
+            text = await scrape(a)
+            assert (
+                sample(text, "meshtls_channel_links_ended_total", reason="drained", role="client")
+                == 1
+            )
+            assert state(a, B).connected_total == 1
+            await until(lambda: state(a, B).state == "backing_off")
+            assert state(a, B).dials <= 4  # backing off, not spinning
+
+
+async def test_a_peer_that_does_not_speak_websocket_ends_its_own_connection_only(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        stranger = world.write("c", C)
+        stream = await meshtls.connect(
+            "127.0.0.1",
+            port(a, "mesh"),
+            source=meshtls.StaticSource(stranger, world.ca.bundle_set()),
+            authorize=meshtls.authorize_id(A),
+        )
+        with trio.fail_after(5):
+            await stream.send_all(b"hello, this is not an HTTP upgrade\r\n\r\n")
+            answer = b""
+            while chunk := await stream.receive_some():
+                answer += chunk
+        await stream.aclose()
+        assert answer.startswith(b"HTTP/1.1 400")
+        text = await scrape(a)
+        assert (
+            sample(text, "meshtls_channel_links_ended_total", reason="not_websocket", role="server")
+            == 1
+        )
+        await b.send(A, b"still serving")  # the node and its other links go on
+        assert (await receive(a)).data == b"still serving"
+
+
+async def test_a_peer_that_refuses_our_certificate_is_a_failed_dial_saying_so(
+    tmp_path: Path,
+) -> None:
+    """TLS 1.3 lets the client finish first: the refusal shows in the upgrade, and the pool
+    counts it as a failed dial whose last_error says the peer rejected us."""
+    world = World(tmp_path)
+    strict = world.config("a", A, extra='[authorize]\nids = ["spiffe://example.org/node/z"]')
+    async with open_node(strict) as a:
+        config = world.config("b", B, peers={A: port(a, "mesh")})
+        async with open_node(config) as b:
+            await until(lambda: state(b, A).failures >= 2)
+            status = state(b, A)
+            assert status.connected_total == 0
+            assert status.last_error is not None
+            assert "rejects our certificate" in status.last_error
+            text = await scrape(b)
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="failed") >= 2
+            assert sample(text, "meshtls_peer_dials_total", peer=A, result="ok") == 0
+
+
+async def test_messages_end_once_the_node_has_stopped_and_they_were_read(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with pair(world) as (a, b):
+        await a.send(B, b"last words")
+    with trio.fail_after(5):  # without the inbox closed at the end, this never ends
+        got = [message.data async for message in b.messages()]
+    assert got == [b"last words"]
+
+
+async def test_a_reload_that_moves_a_peer_redials_it_at_its_new_address(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    old_b = world.config("b", B)
+    new_b = world.config("b2", B)
+    async with open_node(old_b) as b1, open_node(new_b) as b2:
+        config = world.config("a", A, peers={B: port(b1, "mesh")})
+        async with open_node(config) as a:
+            await until(connected(a, B))
+            moved = world.config("a", None, peers={B: port(b2, "mesh")})
+            result = a.reload(moved)
+            assert result.changed == (f"[[peers]] {B} moved to 127.0.0.1:{port(b2, 'mesh')}",)
+            await until(lambda: state(a, B).address == f"127.0.0.1:{port(b2, 'mesh')}")
+            await until(connected(a, B))
+            await a.send(B, b"to the new address")
+            assert (await receive(b2)).data == b"to the new address"
+            await until(lambda: not b1.dialer.inbound_peers())  # the old link was closed

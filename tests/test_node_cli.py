@@ -26,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import meshtls
 from meshtls._ca import LocalCA
+from meshtls._config import parse_config
+from meshtls._node import open_node
 from meshtls.testing import CA
 
 from .logfmt import PARSE
@@ -615,6 +617,33 @@ async def test_sighup_keeps_the_tunnels_given_as_flags(tmp_path: Path) -> None:
             )
         assert answer["msg"] == "config reloaded", answer
         assert answer["changed"] == "[authorize] ids", answer
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(WAIT):
+            assert await process.wait() == 0
+
+
+async def test_a_standalone_node_reads_its_messages_so_its_peers_are_never_held_up(
+    tmp_path: Path,
+) -> None:
+    """`meshtls node` with ``queue_size = 2`` takes 20 messages from an embedded node: every
+    send is confirmed (nobody reads a standalone node's inbox but the node itself)."""
+    config = tmp_path / "node.toml"
+    config.write_text(local_ca_toml() + "\n[mesh]\nqueue_size = 2\n")
+    async with node_process(tmp_path, "--config", str(config)) as (process, lines):
+        with trio.fail_after(WAIT):
+            ready = await lines.until(lambda line: MESSAGE["text"](line)["msg"] == "node ready")
+        mesh = bound_ports(MESSAGE["text"](ready))["mesh"]
+        sender = tmp_path / "sender"
+        sender.mkdir()
+        toml = (
+            f'[identity]\nlocal_ca = "{tmp_path / "ca"}"\nspiffe_id = "{CLIENT_ID}"\nttl = "10m"\n'
+            '[node]\nlisten = "127.0.0.1:0"\nmetrics = "off"\n'
+            f'[[peers]]\nid = "{NODE_ID}"\naddress = "127.0.0.1:{mesh}"\n'
+        )
+        async with open_node(parse_config(toml, base_dir=sender)) as node:
+            with trio.fail_after(WAIT):
+                for number in range(20):
+                    await node.send(NODE_ID, f"message {number}", timeout=WAIT)
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(WAIT):
             assert await process.wait() == 0

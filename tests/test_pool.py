@@ -24,6 +24,8 @@ from meshtls._pool import (
     link_ended,
     new_peer,
     replace_at,
+    replacement_failed,
+    replacement_started,
 )
 
 CONNECTING = PeerState("connecting", 0.0, dials=1)
@@ -165,3 +167,15 @@ def test_backoff_refuses_bad_arguments(attempt: int, initial: float, cap: float)
 )
 def test_replace_at(connected_at: float, closes_at: float, expected: float) -> None:
     assert replace_at(connected_at, closes_at) == expected
+
+
+def test_a_replacement_dial_counts_and_keeps_the_link_connected() -> None:
+    state = replacement_started(CONNECTED)
+    assert (state.phase, state.dials, state.since) == ("connected", 2, 0.0)
+    state = replacement_failed(state, "refused")
+    assert (state.phase, state.failures, state.last_error, state.attempt) == (
+        "connected",
+        1,
+        "refused",
+        0,
+    )

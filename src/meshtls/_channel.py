@@ -8,7 +8,7 @@ message is one binary frame; a text frame from a foreign client arrives as its U
 Each incoming message becomes a `Message` tagged with the peer's *verified* SPIFFE ID (the
 stream's, never anything the peer wrote) and goes into the node's `Inbox`.
 
-`run_link` owns the stream and one nursery of three tasks, and nothing it runs raises
+`run_link` owns the stream and one nursery of four tasks, and nothing it runs raises
 into that nursery (so a peer's fault never becomes an exception group):
 
 - the *reader* (trio-websocket's, started through `_Tasks` so that it runs under
@@ -23,7 +23,9 @@ into that nursery (so a peer's fault never becomes an exception group):
   sends a ping; no byte within `keepalive_timeout` ends the link (``keepalive_timeout``).
   Time while our own forwarder waits on a full inbox does not count against the peer
   (our reader cannot read its answer then), and such a stalled side keeps pinging, which
-  tells the peer that it is alive, only slow.
+  tells the peer that it is alive, only slow;
+- the *flusher*: sends a message frame that a cancelled `Link.send` left held back
+  (see Acknowledgement below).
 
 The body of `run_link` does the upgrade (client: ``GET /mesh``; server: only ``/mesh``,
 else 404), bounded by `upgrade_timeout`, calls ``task_status.started(link)``, then waits
@@ -35,14 +37,17 @@ then decides one `LinkEnd`, wakes every waiting `Link.send` with ``SendError("cl
 closes the stream, tells the observer, and returns once the forwarder has queued the one
 message it may hold (it was acknowledged already). The stream is closed gracefully when
 the peer was told why the link ended (a WebSocket close frame or an HTTP error
-answer), and reset otherwise (timeouts, a broken stream, our own bug, cancellation), so
-a cut link never reads as a clean end.
+answer), and reset otherwise (timeouts, a broken stream, a protocol error trio-websocket
+sent no close frame for, our own bug, cancellation), so a cut link never reads as a clean
+end.
 
 Acknowledgement: `Link.send` writes the message, then a ping, and returns when the pong
 arrives. The peer's reader handles frames in order and answers a ping only after it
 handed over the messages before it (to the forwarder, which queues it), so a pong means
-the peer node holds the message. A send that does not return normally raised: the message
-may or may not have arrived (at-least-once for a caller that retries).
+the peer node holds the message. The message and its ping leave in one TLS record
+(`_Transport.corked`): a peer reads them together, so one that closes as soon as it reads
+the message has answered the ping already. A send that does not return normally raised:
+the message may or may not have arrived (at-least-once for a caller that retries).
 
 Any exception from serving one link ends that link with ``internal_error`` (logged with its
 traceback); `run_link` returns a `LinkEnd` for every fault of the peer and raises only
@@ -61,6 +66,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol, cast, get_args
 
+import h11
 import trio
 import trio_websocket
 import wsproto.utilities
@@ -98,7 +104,6 @@ _TOLD: Final = frozenset(
     {
         "closed",
         "message_too_large",
-        "protocol_error",
         "peer_error",
         "not_websocket",
         "wrong_path",
@@ -114,6 +119,9 @@ _CLOSE_REASONS: Final[dict[int, LinkEndReason]] = {
     1009: "message_too_large",
 }
 _ABNORMAL_CLOSURE: Final = 1006
+#: Close codes trio-websocket ends with without sending a close frame (wsproto found a
+#: protocol error; 1006: the stream failed): the stream is reset.
+_RESET_CODES: Final = frozenset({1002, 1003, 1006, 1007})
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,17 +305,71 @@ class Inbox:
 
 class _Transport(trio.abc.Stream):
     """The `MeshStream` as trio-websocket sees it. Records when bytes last came in and
-    what ended the stream; a send interrupted part-way through a frame ends the link."""
+    what ended the stream; a send interrupted part-way through a frame ends the link.
+
+    `corked` holds a task's next write back until its write after: a message and the ping
+    that acknowledges it leave as one TLS record, so the peer reads them together (and a
+    peer that closes on reading the message has answered the ping already). Any other
+    write sends what is held first; bytes still held when the sender gives up are sent
+    by `Link._flusher`. Writes are serialized by the transport's own lock.
+    """
 
     def __init__(self, link: Link) -> None:
         self._link = link
         self._stream = link.stream
+        self._lock = trio.StrictFIFOLock()
+        self._held = b""
+        self._cork: trio.lowlevel.Task | None = None
+        self.flush_wanted = trio.Event()
         self.last_received = trio.current_time()
         self.error: BaseException | None = None
         self.eof = False
         self.closed_by_websocket = False
 
+    @contextmanager
+    def corked(self) -> Iterator[None]:
+        """Hold the current task's next write until its following one."""
+        task = trio.lowlevel.current_task()
+        self._cork = task
+        try:
+            yield
+        finally:
+            if self._cork is task:
+                self._cork = None
+            if self._held:
+                self.flush_wanted.set()
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._cork is not None and self._cork is trio.lowlevel.current_task():
+            self._cork = None
+            self._held += data  # it leaves with the next write (no checkpoint: the caller
+            return  # took trio-websocket's lock, which was one)
+        await self._acquire()
+        try:
+            if self._held:
+                data, self._held = self._held + data, b""
+            await self._write(data)
+        finally:
+            self._lock.release()
+
+    async def flush(self) -> None:
+        """Send the bytes held back, if any."""
+        await self._acquire()
+        try:
+            if self._held:
+                data, self._held = self._held, b""
+                await self._write(data)
+        finally:
+            self._lock.release()
+
+    async def _acquire(self) -> None:
+        """The write lock, without a checkpoint when it is free (the write is one)."""
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
         try:
             await self._stream.send_all(data)
         except trio.ClosedResourceError:
@@ -338,11 +400,16 @@ class _Transport(trio.abc.Stream):
         return data
 
     async def aclose(self) -> None:
-        """trio-websocket closes after a close handshake, a refusal or a protocol error,
-        having told the peer why: gracefully, unless the link already ended uncleanly."""
+        """trio-websocket closes after a close handshake or an HTTP refusal (the peer was
+        told why: gracefully), or after a protocol error it sent no close frame for, or
+        once the link ended uncleanly (then with a reset)."""
         self.closed_by_websocket = True
         decided = self._link._verdict
-        if decided is not None and decided.reason not in _TOLD:
+        ws = self._link._ws
+        reason = ws.closed if ws is not None else None
+        if (decided is not None and decided.reason not in _TOLD) or (
+            reason is not None and reason.code in _RESET_CODES
+        ):
             self._stream.abort()
         else:
             self._stream.close_now()
@@ -392,6 +459,7 @@ class Link:
         self._reader_done = trio.Event()
         self._reader_scope = trio.CancelScope()
         self._keepalive_scope = trio.CancelScope()
+        self._flusher_scope = trio.CancelScope()
         self._until_reader_ends: set[trio.CancelScope] = set()
         self._sending: set[trio.CancelScope] = set()
         self._close_code: int | None = None
@@ -404,8 +472,9 @@ class Link:
 
     @property
     def closed(self) -> bool:
-        """Whether the link has ended (sends fail with ``SendError("closed")``)."""
-        return self._end is not None
+        """Whether the link takes no more sends (they raise ``SendError("closed")``): it
+        has ended, or its end is under way (a close handshake, say)."""
+        return self._end is not None or self._verdict is not None or self._close_code is not None
 
     @property
     def end(self) -> LinkEnd | None:
@@ -442,8 +511,9 @@ class Link:
         with trio.CancelScope() as scope:
             self._sending.add(scope)
             try:
-                await ws.send_message(payload)
-                await ws.ping(self._next_ping())
+                with self._transport.corked():  # the message and its ping: one record
+                    await ws.send_message(payload)
+                    await ws.ping(self._next_ping())
             except (trio_websocket.ConnectionClosed, wsproto.utilities.LocalProtocolError):
                 raise self._failed("closed", self._why_closed()) from None
             finally:
@@ -497,8 +567,14 @@ class Link:
                 False, "upgrade_rejected", f"the server answered HTTP {exc.status_code}"
             )
         except wsproto.utilities.LocalProtocolError as exc:
-            if self._close_code is None:  # else: a ping answered while our close is under way
+            # A ping read after a close went out (ours, or trio-websocket's 1009) cannot be
+            # answered: the end is the close's. Anything else is a bug.
+            closing = self._ws is not None and self._ws.closed is not None
+            if self._close_code is None and not closing:
                 self._fault = self._bug("the WebSocket reader failed", exc)
+        except h11.ProtocolError as exc:  # the peer's HTTP was garbage (trio-websocket trips)
+            kind: LinkEndReason = "protocol_error" if self._ws is not None else "not_websocket"
+            self._fault = LinkEnd(False, kind, describe_error(exc))
         except Exception as exc:
             self._fault = self._bug("the WebSocket reader failed", exc)
         finally:
@@ -603,7 +679,12 @@ class Link:
         self._verdict = self._verdict or end
         self._end = end
         self._closed.set()
-        for scope in (*self._sending, self._reader_scope, self._keepalive_scope):
+        for scope in (
+            *self._sending,
+            self._reader_scope,
+            self._keepalive_scope,
+            self._flusher_scope,
+        ):
             scope.cancel()
         if end.reason in _TOLD:
             self.stream.close_now()
@@ -635,6 +716,7 @@ class Link:
         self._ws = ws
         nursery.start_soon(self._forward, ws, inbox)
         nursery.start_soon(self._keepalive, ws)
+        nursery.start_soon(self._flusher)
         task_status.started(self)
         await self._wake.wait()
         closing = self._close_code is not None and not self._reader_done.is_set()
@@ -685,6 +767,20 @@ class Link:
         except Exception as exc:
             self._decide(self._bug("forwarding a message failed", exc))
 
+    async def _flusher(self) -> None:
+        """Send the bytes a cancelled `send` left held (`_Transport.corked`)."""
+        transport = self._transport
+        try:
+            with self._flusher_scope:
+                while True:
+                    await transport.flush_wanted.wait()
+                    transport.flush_wanted = trio.Event()
+                    await transport.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the link is ending: the transport or the reader says why
+        except Exception as exc:
+            self._decide(self._bug("sending held bytes failed", exc))
+
     async def _keepalive(self, ws: trio_websocket.WebSocketConnection) -> None:
         """Ping after ``keepalive_interval`` idle seconds; end the link when no byte came
         back within ``keepalive_timeout`` while our own reader was free to read it."""
@@ -703,9 +799,12 @@ class Link:
                         await ws.ping(self._next_ping())
                     if not wait.cancelled_caught:
                         continue
-                    stalled = self._delivering or self._last_delivered > sent_at
-                    if stalled or transport.last_received > sent_at:
-                        continue  # our reader was held by our inbox: not the peer's fault
+                    # Bytes since the ping say the peer lives (">=": on a frozen clock they
+                    # may share its instant; `due` put every earlier byte an interval back).
+                    if transport.last_received >= sent_at:
+                        continue
+                    if self._delivering or self._last_delivered >= sent_at:
+                        continue  # our reader was held by our own full inbox: not the peer
                     self._decide(
                         LinkEnd(False, "keepalive_timeout", f"no answer to a ping in {timeout:g}s")
                     )

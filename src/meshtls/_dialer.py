@@ -57,6 +57,8 @@ from ._pool import (
     link_ended,
     new_peer,
     replace_at,
+    replacement_failed,
+    replacement_started,
 )
 from ._spiffeid import SpiffeId
 from ._stream import MeshStream, Observer, OurRole, connect
@@ -115,7 +117,7 @@ class _Slot:
 class _Peer:
     """One pooled peer: its keeper's state, its pooled link, and the keeper's scope."""
 
-    __slots__ = ("address", "id", "link", "scope", "state", "wall_since")
+    __slots__ = ("address", "id", "link", "removed", "scope", "state", "wall_since")
 
     def __init__(self, peer_id: SpiffeId, address: Address, now: float, wall: datetime) -> None:
         self.id = peer_id
@@ -124,6 +126,7 @@ class _Peer:
         self.wall_since = wall
         self.link: Link | None = None
         self.scope = trio.CancelScope()
+        self.removed = False
 
 
 def _classify(slot: _Slot) -> str:
@@ -244,11 +247,27 @@ class Dialer:
         peer = self._peers.pop(peer_id, None)
         if peer is None:
             return False
-        peer.scope.cancel()
-        peer.link = None
+        peer.removed = True
         self._metrics.forget(str(peer_id))
+        self._stop(peer)
         self._pulse()
         return True
+
+    def _stop(self, peer: _Peer) -> None:
+        """End `peer`'s keeper: its link closed on purpose first (bounded by
+        ``keepalive_timeout``), at once when it has none."""
+        link = peer.link
+        if link is None or link.closed or self._nursery is None:
+            peer.scope.cancel()
+        else:
+            self._nursery.start_soon(self._close_then_stop, peer, link)
+
+    @staticmethod
+    async def _close_then_stop(peer: _Peer, link: Link) -> None:
+        try:
+            await link.aclose()
+        finally:
+            peer.scope.cancel()  # a replacement dial in flight, say
 
     def close(self) -> None:
         """Stop the pool for a drain: no more dials; every pooled and inbound link is closed
@@ -258,10 +277,7 @@ class Dialer:
             return
         self._closed = True
         for peer in self._peers.values():
-            if peer.link is not None and not peer.link.closed:
-                self._nursery.start_soon(peer.link.aclose)
-            else:
-                peer.scope.cancel()  # dialling or backing off: stop now
+            self._stop(peer)
         for links in self._inbound.values():
             for link in links:
                 self._nursery.start_soon(link.aclose)
@@ -274,14 +290,40 @@ class Dialer:
     def _set(self, peer: _Peer, state: PeerState) -> None:
         if state.since != peer.state.since or state.phase != peer.state.phase:
             peer.wall_since = self._clock()
+        self._log_change(peer, peer.state, state)
         peer.state = state
-        self._metrics.peer_connected(str(peer.id), state.phase == "connected")
+        if not peer.removed:  # a removed peer's series are gone: never make them again
+            self._metrics.peer_connected(str(peer.id), state.phase == "connected")
         self._pulse()
+
+    def _log_change(self, peer: _Peer, old: PeerState, new: PeerState) -> None:
+        """One line per event: a link made, and the first failure of a streak (the
+        retries after it show in ``/status`` and the metrics, not in the log)."""
+        if peer.removed:
+            return
+        if new.phase == "connected" and old.phase != "connected":
+            event(
+                logger,
+                logging.INFO,
+                "peer connected",
+                peer=str(peer.id),
+                address=format_address(peer.address),
+                after_failures=old.attempt or None,
+            )
+        elif new.phase == "backing_off" and new.attempt == 1:
+            event(
+                logger,
+                logging.WARNING,
+                "peer unavailable, retrying with backoff",
+                peer=str(peer.id),
+                address=format_address(peer.address),
+                error=new.last_error,
+            )
 
     async def _keep(self, peer: _Peer) -> None:
         """The keeper of one peer (see the module docstring); ends when the peer is removed."""
         with peer.scope:
-            while not self._closed:
+            while not (self._closed or peer.removed):
                 step = keeper_step(peer.state, trio.current_time())
                 if not isinstance(step, Dial):
                     await trio.sleep_until(step.until)
@@ -295,10 +337,14 @@ class Dialer:
                 peer.link = None
                 delay = self._backoff(peer.state.attempt)
                 if reason is None:
-                    self._metrics.dialed(str(peer.id), ok=False)
+                    self._dialed(peer, ok=False)
                     self._set(peer, dial_failed(peer.state, trio.current_time(), failure, delay))
                 else:
                     self._set(peer, link_ended(peer.state, trio.current_time(), reason, delay))
+
+    def _dialed(self, peer: _Peer, *, ok: bool) -> None:
+        if not peer.removed:
+            self._metrics.dialed(str(peer.id), ok=ok)
 
     def _backoff(self, attempt: int) -> float:
         return backoff(
@@ -340,8 +386,11 @@ class Dialer:
         await slot.up.wait()
         if slot.link is None:
             await slot.done.wait()
-            raise _DialFailedError(f"link failed: {slot.reason}")
-        self._metrics.dialed(str(peer.id), ok=True)
+            detail = slot.end.detail if slot.end is not None else None
+            raise _DialFailedError(
+                f"link failed: {slot.reason}" + (f": {detail}" if detail else "")
+            )
+        self._dialed(peer, ok=True)
         return slot
 
     async def _hold(self, peer: _Peer) -> tuple[str | None, str]:
@@ -378,9 +427,12 @@ class Dialer:
     async def _replacement(self, peer: _Peer, old: _Slot, links: trio.Nursery) -> _Slot | None:
         """A new link to `peer` that outlives `old`, made before `old` must close; None
         when it cannot be made or would close no later (no certificate rotated yet)."""
+        self._set(peer, replacement_started(peer.state))
         try:
             new = await self._open(peer, links)
         except _DialFailedError as exc:
+            self._dialed(peer, ok=False)
+            self._set(peer, replacement_failed(peer.state, str(exc)))
             event(
                 logger, logging.INFO, "link replacement failed", peer=str(peer.id), error=str(exc)
             )
@@ -424,7 +476,8 @@ class Dialer:
         finally:
             slot.stream.abort()  # closed already, normally; else reset, never a clean end
             slot.reason = _classify(slot)
-            self._metrics.link_ended("client", slot.reason)
+            if slot.link is not None:  # one that never came up is a failed dial
+                self._metrics.link_ended("client", slot.reason)
             slot.up.set()
             slot.done.set()
             self._pulse()
@@ -455,7 +508,7 @@ class Dialer:
             if not links:
                 self._inbound.pop(peer_id, None)
             slot.reason = _classify(slot)
-            self._metrics.link_ended("server", slot.reason)
+            self._metrics.link_ended("server", slot.reason)  # a failed upgrade too
             self._pulse()
 
     def _registered(self, peer_id: SpiffeId, link: Link) -> None:

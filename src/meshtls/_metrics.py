@@ -458,6 +458,8 @@ SEND_FAILURES: Final[tuple[str, ...]] = (
     "too_large",
 )
 #: Why a message link ended (`LinkEnd.reason`, plus the pool's own): any other is ``other``.
+#: The pool counts its client links once up (a failed upgrade is a failed dial); the
+#: mesh listener counts every server link, failed upgrades (``not_websocket``, ...) too.
 LINK_ENDS: Final[tuple[str, ...]] = (
     "closed",
     "drained",
@@ -465,11 +467,17 @@ LINK_ENDS: Final[tuple[str, ...]] = (
     "rejected",
     "replaced",
     "keepalive_timeout",
+    "close_timeout",
     "message_too_large",
+    "protocol_error",
+    "peer_error",
     "not_websocket",
+    "wrong_path",
+    "upgrade_rejected",
     "upgrade_timeout",
     "broken",
     "internal_error",
+    "cancelled",
     "other",
 )
 

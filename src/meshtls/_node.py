@@ -160,7 +160,8 @@ class PeerChannel:
 
     While it is open, the messages from `peer` come here (``async for message in
     channel``), not to `Node.messages`; `send` is `Node.send` to `peer`. Leaving the
-    block closes it; messages queued here and not read are then dropped with it.
+    block closes it; messages queued here and not read go back to `Node.messages` as far
+    as it has room (the rest are dropped, with a warning line).
     """
 
     def __init__(self, node: Node, peer: SpiffeId) -> None:
@@ -172,8 +173,9 @@ class PeerChannel:
     async def __aenter__(self) -> PeerChannel:
         if self._subscription is not None:
             raise RuntimeError("this channel is open already")
-        self._subscription = self.node.inbox.subscribe(self.peer)
-        self._receive = self._subscription.__enter__()
+        subscription = self.node.inbox.subscribe(self.peer)
+        self._receive = subscription.__enter__()  # trio.BusyResourceError: one is open
+        self._subscription = subscription
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -304,7 +306,8 @@ class Node:
 
     def messages(self) -> AsyncIterator[Message]:
         """Every incoming message that no open channel claims, in arrival order, each
-        with its sender's verified SPIFFE id. Not reading them slows the senders."""
+        with its sender's verified SPIFFE id. Not reading them slows the senders. The
+        iteration ends once the node has stopped and what was queued has been read."""
         return self.inbox.messages()
 
     def add_peer(self, peer_id: SpiffeId | str, address: str) -> None:
@@ -1002,6 +1005,8 @@ async def open_node(
         if started or failed is not None or other is not None:
             raise
         failed = _start_failure(group)  # a task that failed while the node was starting
+    finally:
+        node.inbox.close()  # every link has ended: `messages` ends once it is read
     if failed is not None:
         raise failed
 

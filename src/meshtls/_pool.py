@@ -173,6 +173,17 @@ def link_ended(state: PeerState, now: float, reason: str, delay: float) -> PeerS
     )
 
 
+def replacement_started(state: PeerState) -> PeerState:
+    """A replacement for the connected link is being dialled: a dial, no change of phase
+    (a failed one is a failure that changes nothing else: the old link still serves)."""
+    return replace(state, dials=state.dials + 1)
+
+
+def replacement_failed(state: PeerState, error: str) -> PeerState:
+    """The replacement dial failed with `error`: counted, kept as the last error."""
+    return replace(state, failures=state.failures + 1, last_error=error)
+
+
 def replace_at(connected_at: float, closes_at: float) -> float:
     """When to dial a link's replacement: `REPLACE_LEAD` before `closes_at`, or a quarter
     of the link's life before it for a short one; never before it was made."""

@@ -6,7 +6,9 @@ arrives before the loop runs is only noted, never acted on by Python's default (
 a KeyboardInterrupt traceback). `run_node` then runs one Trio loop that owns both the
 node and the signals:
 
-- the node starts in its own task (`open_node`), while the loop listens;
+- the node starts in its own task (`open_node`), while the loop listens; another task reads
+  the node's incoming messages and drops them (logged at debug: a standalone node has no
+  program to hand them to, and a queue nobody reads would hold up its peers' sends);
 - SIGTERM or SIGINT *during start-up* (a Workload API that does not answer yet, a local
   CA being made) cancels the start-up: one log line, exit 0;
 - SIGTERM or SIGINT once the node is up starts the drain (`Node.drain`, bounded by
@@ -63,6 +65,7 @@ class _Run:
         try:
             async with open_node(config) as node:
                 self.node = node
+                self.nursery.start_soon(_read_messages, node)
                 if self.reload_pending:
                     self.reload_pending = False
                     self.reload()
@@ -125,6 +128,20 @@ class _Run:
             event(logger, logging.ERROR, "reload refused", error=str(exc))
         except Exception as exc:  # a bug in reloading must not stop a serving node
             event(logger, logging.ERROR, "reload failed", error=describe_error(exc))
+
+
+async def _read_messages(node: Node) -> None:
+    """`meshtls node` has no program to hand its messages to: it reads each one (so that its
+    peers' sends are never held up by a queue nobody reads), logs it at debug and drops it.
+    Ends when the node stops."""
+    async for message in node.messages():
+        event(
+            logger,
+            logging.DEBUG,
+            "message received",
+            spiffe_id=str(message.sender),
+            size=len(message.data),
+        )
 
 
 async def _main(run: _Run, config: NodeConfig, held: HeldSignals) -> None:
