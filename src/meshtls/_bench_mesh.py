@@ -58,19 +58,18 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Final, Literal, Protocol, cast
 
 import trio
-from prometheus_client import CollectorRegistry
 
 from . import _bench
 from ._bench import HOST, Progress, environment, percentile, raise_fd_limit
 from ._config import AuthorizeSettings, LocalCAIdentity, NodeConfig, NodeSettings
-from ._node import open_node
+from ._node import Node, open_node
 from ._spiffeid import SpiffeId, TrustDomain
 
 TRUST_DOMAIN: Final = TrustDomain("bench.meshtls.local")
@@ -86,24 +85,6 @@ _LENGTH: Final = 4  # bytes of length prefix on the stream baseline
 
 
 # ---------------------------------------------------------------- nodes
-
-
-class _Message(Protocol):
-    @property
-    def data(self) -> bytes: ...
-
-
-class MeshNode(Protocol):
-    """What the benchmarks use of `meshtls.Node` (issue 10's message API)."""
-
-    config: NodeConfig
-    registry: CollectorRegistry
-    listeners: dict[str, list[trio.SocketListener]]
-
-    def add_peer(self, peer_id: SpiffeId | str, address: str) -> None: ...
-    def peers(self) -> Sequence[object]: ...
-    async def send(self, peer_id: SpiffeId | str, message: bytes | str) -> None: ...
-    def messages(self) -> AsyncIterator[_Message]: ...
 
 
 def node_id(index: int) -> SpiffeId:
@@ -122,7 +103,7 @@ def node_config(ca_dir: Path, index: int) -> NodeConfig:
     )
 
 
-def mesh_address(node: MeshNode) -> str:
+def mesh_address(node: Node) -> str:
     """``host:port`` of the node's bound mesh listener."""
     (listener, *_) = node.listeners["mesh"]
     return f"{HOST}:{int(listener.socket.getsockname()[1])}"
@@ -138,7 +119,7 @@ _COUNTED: Final = {
 }
 
 
-def snapshot(nodes: Sequence[MeshNode]) -> collections.Counter[str]:
+def snapshot(nodes: Sequence[Node]) -> collections.Counter[str]:
     """The `_COUNTED` counters summed over `nodes`, keyed ``name/label/label``
     (``handshakes_total/client/ok``; ``messages_sent_total/`` without labels): one collect
     per node, as a scrape would do."""
@@ -181,9 +162,9 @@ def _handshakes(counts: collections.Counter[str]) -> tuple[int, int, int]:
     return counts["handshakes_total/client/ok"], counts["handshakes_total/server/ok"], failed
 
 
-def connected(node: MeshNode) -> int:
+def connected(node: Node) -> int:
     """How many of the node's pooled peers are connected now."""
-    return sum(1 for peer in node.peers() if getattr(peer, "state", None) == "connected")
+    return sum(1 for peer in node.peers() if peer.state == "connected")
 
 
 def open_fds() -> int:
@@ -271,10 +252,9 @@ async def form_mesh(ca_dir: Path, nodes: int, *, gc_freeze: bool = False) -> Mes
     the collector's sight (`gc.freeze`) until the round ends."""
     async with contextlib.AsyncExitStack() as stack:
         started = time.perf_counter()
-        mesh: list[MeshNode] = []
+        mesh: list[Node] = []
         for index in range(nodes):
-            opened = await stack.enter_async_context(open_node(node_config(ca_dir, index)))
-            mesh.append(cast(MeshNode, opened))
+            mesh.append(await stack.enter_async_context(open_node(node_config(ca_dir, index))))
         startup = time.perf_counter() - started
         before = snapshot(mesh)
         addresses = [mesh_address(node) for node in mesh]
@@ -322,7 +302,7 @@ async def form_mesh(ca_dir: Path, nodes: int, *, gc_freeze: bool = False) -> Mes
     )
 
 
-async def _settled(mesh: Sequence[MeshNode], before: collections.Counter[str]) -> None:
+async def _settled(mesh: Sequence[Node], before: collections.Counter[str]) -> None:
     """Until the server ends have counted as many handshakes as the client ends (in TLS 1.3
     the client finishes first, so the server's count can trail it)."""
     was = _handshakes(before)
@@ -333,7 +313,7 @@ async def _settled(mesh: Sequence[MeshNode], before: collections.Counter[str]) -
         await trio.sleep(0.01)
 
 
-async def _until_full(mesh: Sequence[MeshNode], want: int | None = None) -> None:
+async def _until_full(mesh: Sequence[Node], want: int | None = None) -> None:
     """Return once every node shows `want` peers (default: all the others) connected.
 
     Looks at one node per poll (a full node is dropped and the next looked at at once),
@@ -676,7 +656,7 @@ async def _step(
 
 
 class _ChannelSender:
-    def __init__(self, node: MeshNode, peer: SpiffeId) -> None:
+    def __init__(self, node: Node, peer: SpiffeId) -> None:
         self._node = node
         self._peer = peer
 
@@ -770,11 +750,10 @@ async def _message_round(
     channel_in: list[Recorder] = [Recorder(0)]
     stream_in: list[Recorder] = [Recorder(0)]
     async with (
-        open_node(node_config(ca_dir, 0)) as a_node,
-        open_node(node_config(ca_dir, 1)) as b_node,
+        open_node(node_config(ca_dir, 0)) as a,
+        open_node(node_config(ca_dir, 1)) as b,
         trio.open_nursery() as nursery,
     ):
-        a, b = cast(MeshNode, a_node), cast(MeshNode, b_node)
         a.add_peer(node_id(1), mesh_address(b))
 
         async def inbox() -> None:
