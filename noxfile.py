@@ -87,3 +87,5 @@ def bench(session: nox.Session) -> None:
     _install(session, "bench")
     session.run("python", "benchmarks/verify.py")
     session.run("python", "benchmarks/handshake.py", *session.posargs)
+    session.run("meshtls", "bench", "mesh", "--nodes", "10,50")
+    session.run("meshtls", "bench", "messages")

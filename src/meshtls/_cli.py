@@ -877,18 +877,33 @@ def _config_cause(exc: BaseException) -> ConfigError | None:
 
 def _add_bench(commands: _Subcommands) -> None:
     bench = commands.add_parser(
-        "bench", help="measure handshakes against other TLS stacks, in the same run"
+        "bench",
+        help="measure handshakes against other TLS stacks, mesh formation and messages",
     )
-    bench.add_argument("what", choices=["handshake"], metavar="{handshake}", help="what to measure")
+    bench.add_argument(
+        "what",
+        choices=_BENCHES,
+        metavar="{" + ",".join(_BENCHES) + "}",
+        help="what to measure",
+    )
     options = bench.add_argument(
-        "options", nargs=argparse.REMAINDER, help="see 'meshtls bench handshake --help'"
+        "options", nargs=argparse.REMAINDER, help="see 'meshtls bench WHAT --help'"
     )
     options.required = False  # argparse marks REMAINDER required, so a bare `bench` named it
     bench.set_defaults(run=_cmd_bench)
 
 
+_BENCHES: Final = ("handshake", "mesh", "messages")
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ._bench import main as bench_main  # noqa: PLC0415 - heavy; only `bench` needs it
+    # Heavy imports, which only `bench` needs.
+    if args.what == "mesh":
+        from ._bench_mesh import main_mesh as bench_main  # noqa: PLC0415
+    elif args.what == "messages":
+        from ._bench_mesh import main_messages as bench_main  # noqa: PLC0415
+    else:
+        from ._bench import main as bench_main  # noqa: PLC0415
 
     try:
         return bench_main(args.options, prog=f"{PROG} bench {args.what}", kind=_Parser)
