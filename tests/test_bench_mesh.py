@@ -319,4 +319,4 @@ def test_max_dials_reaches_every_node_and_the_report(tmp_path: Path) -> None:
     (entry,) = report["results"]
     assert entry["handshakes_match_links"] is True
     assert "max_dials 1" in bench.render_mesh(report)
-    assert bench.node_config(tmp_path, 0).mesh.max_dials == 8  # the config default otherwise
+    assert bench.node_config(tmp_path, 0).mesh.max_dials == 16  # the config default otherwise

@@ -19,7 +19,7 @@ def test_no_mesh_table_takes_the_defaults(conf_dir: Path) -> None:
     mesh = parse(FILES, conf_dir).mesh
     assert mesh == MeshSettings()
     assert (mesh.max_message_size, mesh.queue_size) == (1 << 20, 64)
-    assert mesh.max_dials == 8
+    assert mesh.max_dials == 16
     assert (mesh.backoff_initial, mesh.backoff_max) == (
         timedelta(milliseconds=500),
         timedelta(seconds=30),

@@ -343,7 +343,7 @@ class MeshSettings:
     dial_timeout: timedelta = timedelta(seconds=10)
     backoff_initial: timedelta = timedelta(milliseconds=500)
     backoff_max: timedelta = timedelta(seconds=30)
-    max_dials: int = 8
+    max_dials: int = 16
 
     def __post_init__(self) -> None:
         _at_least("mesh", "max_message_size", self.max_message_size, 1)
