@@ -227,6 +227,8 @@ def test_bad_sizes(text: str) -> None:
     [
         ["bench", "mesh", "--nodes", "1"],
         ["bench", "mesh", "--nodes", "3,x"],
+        ["bench", "mesh", "--max-dials", "0"],
+        ["bench", "mesh", "--max-dials", "1025"],
         ["bench", "messages", "--count", "5", "--seconds", "1"],
         ["bench", "messages", "--size", "3"],
         ["bench", "messages", "--seconds", "nan"],
@@ -306,3 +308,15 @@ def test_gc_freeze_is_undone_after_each_round(tmp_path: Path) -> None:
     assert entry["handshakes_match_links"] is True
     assert gc.get_freeze_count() == 0
     assert "gc.freeze() after start-up" in bench.render_mesh(report)
+
+
+def test_max_dials_reaches_every_node_and_the_report(tmp_path: Path) -> None:
+    out = tmp_path / "mesh.json"
+    argv = ["--nodes", "3", "--rounds", "1", "--baseline-count", "2", "--max-dials", "1"]
+    assert bench.main_mesh([*argv, "--quiet", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["options"]["max_dials"] == 1
+    (entry,) = report["results"]
+    assert entry["handshakes_match_links"] is True
+    assert "max_dials 1" in bench.render_mesh(report)
+    assert bench.node_config(tmp_path, 0).mesh.max_dials == 16  # the config default otherwise

@@ -19,6 +19,7 @@ def test_no_mesh_table_takes_the_defaults(conf_dir: Path) -> None:
     mesh = parse(FILES, conf_dir).mesh
     assert mesh == MeshSettings()
     assert (mesh.max_message_size, mesh.queue_size) == (1 << 20, 64)
+    assert mesh.max_dials == 16
     assert (mesh.backoff_initial, mesh.backoff_max) == (
         timedelta(milliseconds=500),
         timedelta(seconds=30),
@@ -31,6 +32,7 @@ def test_every_mesh_key_is_read(conf_dir: Path) -> None:
         'max_message_size = "64KiB"\nqueue_size = 8\nsend_timeout = "2s"\n'
         'keepalive_interval = "1s"\nkeepalive_timeout = "3s"\nupgrade_timeout = "4s"\n'
         'dial_timeout = "5s"\nbackoff_initial = "100ms"\nbackoff_max = "6s"\n'
+        "max_dials = 3\n"
     )
     assert parse(text, conf_dir).mesh == MeshSettings(
         max_message_size=65536,
@@ -42,6 +44,7 @@ def test_every_mesh_key_is_read(conf_dir: Path) -> None:
         dial_timeout=timedelta(seconds=5),
         backoff_initial=timedelta(milliseconds=100),
         backoff_max=timedelta(seconds=6),
+        max_dials=3,
     )
 
 
@@ -74,6 +77,9 @@ def test_max_message_size_takes_bytes_or_binary_units(
         ("queue_size = 0", ["[mesh] queue_size", "at least 1"]),
         ("queue_size = 100000", ["[mesh] queue_size", "at most 65536"]),
         ('queue_size = "8"', ["[mesh] queue_size", "a whole number"]),
+        ("max_dials = 0", ["[mesh] max_dials", "at least 1"]),
+        ("max_dials = 2000", ["[mesh] max_dials", "at most 1024"]),
+        ("max_dials = 1.5", ["[mesh] max_dials", "a whole number"]),
         ('send_timeout = "0s"', ["[mesh] send_timeout", "longer than 0s"]),
         ('keepalive_interval = "soon"', ["[mesh] keepalive_interval", "'soon'"]),
         ("dial_timeout = 5", ["[mesh] dial_timeout", "duration string"]),
@@ -101,6 +107,8 @@ def test_each_mesh_mistake_is_one_line_naming_the_key(
         ({"queue_size": 0}, "mesh queue_size must be a whole number, at least 1"),
         ({"max_message_size": 1 << 31}, "at most 1GiB"),
         ({"dial_timeout": timedelta(0)}, "mesh dial_timeout must be longer than 0s"),
+        ({"max_dials": 0}, "mesh max_dials must be a whole number, at least 1"),
+        ({"max_dials": 1025}, "mesh max_dials must be at most 1024"),
         (
             {"backoff_initial": timedelta(seconds=2), "backoff_max": timedelta(seconds=1)},
             "shorter than",

@@ -68,7 +68,14 @@ import trio
 
 from . import _bench
 from ._bench import HOST, Progress, environment, percentile, raise_fd_limit
-from ._config import AuthorizeSettings, LocalCAIdentity, NodeConfig, NodeSettings
+from ._config import (
+    MAX_DIALS,
+    AuthorizeSettings,
+    LocalCAIdentity,
+    MeshSettings,
+    NodeConfig,
+    NodeSettings,
+)
 from ._node import Node, open_node
 from ._spiffeid import SpiffeId, TrustDomain
 
@@ -91,10 +98,12 @@ def node_id(index: int) -> SpiffeId:
     return SpiffeId(TRUST_DOMAIN, f"/bench/node/{index}")
 
 
-def node_config(ca_dir: Path, index: int) -> NodeConfig:
+def node_config(ca_dir: Path, index: int, *, mesh: MeshSettings | None = None) -> NodeConfig:
     """A node of the benchmark: local CA identity, 127.0.0.1:0, no metrics endpoint, no
-    access log, members of the bench trust domain allowed, no peers."""
+    access log, members of the bench trust domain allowed, no peers; `mesh` as ``[mesh]``
+    (default: the defaults)."""
     return NodeConfig(
+        mesh=mesh or MeshSettings(),
         identity=LocalCAIdentity(
             directory=ca_dir, spiffe_id=node_id(index), ttl=timedelta(minutes=30)
         ),
@@ -244,7 +253,9 @@ def _formation_deadline(nodes: int) -> float:
     return 60.0 + 0.05 * nodes * (nodes - 1)
 
 
-async def form_mesh(ca_dir: Path, nodes: int, *, gc_freeze: bool = False) -> MeshRound:
+async def form_mesh(
+    ca_dir: Path, nodes: int, *, gc_freeze: bool = False, mesh_settings: MeshSettings | None = None
+) -> MeshRound:
     """Open `nodes` nodes, then time their full mesh (see the module doc).
 
     Before the clock starts, garbage is collected (so an earlier round's is not collected
@@ -254,7 +265,8 @@ async def form_mesh(ca_dir: Path, nodes: int, *, gc_freeze: bool = False) -> Mes
         started = time.perf_counter()
         mesh: list[Node] = []
         for index in range(nodes):
-            mesh.append(await stack.enter_async_context(open_node(node_config(ca_dir, index))))
+            config = node_config(ca_dir, index, mesh=mesh_settings)
+            mesh.append(await stack.enter_async_context(open_node(config)))
         startup = time.perf_counter() - started
         before = snapshot(mesh)
         addresses = [mesh_address(node) for node in mesh]
@@ -336,6 +348,7 @@ class MeshOptions:
     rounds: int = 3
     baseline_count: int = 300
     gc_freeze: bool = False
+    max_dials: int | None = None
 
 
 def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str, object]:
@@ -350,6 +363,9 @@ def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str
         )
     progress = progress or Progress(0, "off", sys.stderr)
     progress.total = options.rounds * (len(options.nodes) + 1)
+    settings = (
+        MeshSettings() if options.max_dials is None else MeshSettings(max_dials=options.max_dials)
+    )
     baseline: list[_bench.Step] = []
     rounds: dict[int, list[MeshRound]] = {n: [] for n in options.nodes}
     done = 0
@@ -375,7 +391,13 @@ def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str
                 else:
                     progress.start(f"{label} mesh of {job} nodes")
                     mesh = trio.run(
-                        functools.partial(form_mesh, ca_dir, job, gc_freeze=options.gc_freeze)
+                        functools.partial(
+                            form_mesh,
+                            ca_dir,
+                            job,
+                            gc_freeze=options.gc_freeze,
+                            mesh_settings=settings,
+                        )
                     )
                     rounds[job].append(mesh)
                     detail = mesh.error or (
@@ -403,6 +425,7 @@ def run_mesh(options: MeshOptions, progress: Progress | None = None) -> dict[str
             " node start-up (CA issue, listener bind) is excluded",
             "identities": "one local CA, ECDSA P-256 leaves; metrics endpoints off",
             "gc_freeze": options.gc_freeze,
+            "max_dials": settings.max_dials,
         },
         "single_pair": {
             "what": "meshtls connect/serve, one at a time: connect, handshake, 1-byte echo,"
@@ -475,7 +498,8 @@ def render_mesh(report: dict[str, object]) -> str:
     lines = [
         f"Mesh formation, N nodes in one process over loopback: python {env['python']},"
         f" {env['openssl']}, {env['cpus_usable']} cpus; {options['rounds']} rounds"
-        + (", gc.freeze() after start-up" if options.get("gc_freeze") else ""),
+        + (", gc.freeze() after start-up" if options.get("gc_freeze") else "")
+        + (f", max_dials {options['max_dials']}" if options.get("max_dials") else ""),
         f"single pair (meshtls connect/serve, sequential): {pair['handshakes_per_second']}"
         f" handshakes/s (p50 {cast(dict[str, float], pair['latency_ms'])['p50']} ms,"
         f" cpu {pair['cpu_ms_per_handshake']} ms/hs)",
@@ -1050,9 +1074,23 @@ def mesh_parser(
         help="gc.freeze() once the nodes have started, so the cyclic garbage collector"
         " no longer scans them while the mesh forms",
     )
+    parser.add_argument(
+        "--max-dials",
+        type=_max_dials,
+        default=None,
+        metavar="N",
+        help="each node's [mesh] max_dials (dials in flight; default: the config default)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
+
+
+def _max_dials(text: str) -> int:
+    value = _bench._positive_int(text)
+    if value > MAX_DIALS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_DIALS}, not {value}")
+    return value
 
 
 def messages_parser(
@@ -1106,6 +1144,7 @@ def main_mesh(
         rounds=args.rounds,
         baseline_count=args.baseline_count,
         gc_freeze=args.gc_freeze,
+        max_dials=args.max_dials,
     )
     report = run_mesh(options, Progress(0, _mode(args.quiet), sys.stderr))
     print(render_mesh(report))

@@ -99,6 +99,8 @@ MAX_CLOCK_SKEW: Final = timedelta(hours=1)
 MAX_MESSAGE_SIZE: Final = 1 << 30
 #: ``[mesh] queue_size``: the most messages one inbox or channel may buffer.
 MAX_QUEUE_SIZE: Final = 1 << 16
+#: ``[mesh] max_dials``: the most dials one node's pool may have in flight.
+MAX_DIALS: Final = 1024
 _SIZE_UNITS: Final = {"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 _SIZE_RE: Final = re.compile(r"([0-9]{1,10})\s*(B|KiB|MiB|GiB)?")
 
@@ -328,7 +330,8 @@ class MeshSettings:
     memory; ``send_timeout`` bounds one `Node.send` (a connection plus the peer's ack);
     ``keepalive_interval`` and ``keepalive_timeout`` detect a dead peer; ``upgrade_timeout``
     bounds the WebSocket upgrade; ``dial_timeout`` bounds one dial (TCP and handshake);
-    failed dials back off from ``backoff_initial``, doubling, to ``backoff_max``.
+    failed dials back off from ``backoff_initial``, doubling, to ``backoff_max``;
+    ``max_dials`` bounds the pool's dials in flight (TCP connect to WebSocket upgrade).
     """
 
     max_message_size: int = 1 << 20
@@ -340,10 +343,14 @@ class MeshSettings:
     dial_timeout: timedelta = timedelta(seconds=10)
     backoff_initial: timedelta = timedelta(milliseconds=500)
     backoff_max: timedelta = timedelta(seconds=30)
+    max_dials: int = 16
 
     def __post_init__(self) -> None:
         _at_least("mesh", "max_message_size", self.max_message_size, 1)
         _at_least("mesh", "queue_size", self.queue_size, 1)
+        _at_least("mesh", "max_dials", self.max_dials, 1)
+        if self.max_dials > MAX_DIALS:
+            raise ConfigError(f"mesh max_dials must be at most {MAX_DIALS}, not {self.max_dials}")
         if self.max_message_size > MAX_MESSAGE_SIZE:
             raise ConfigError(
                 f"mesh max_message_size must be at most 1GiB, not {self.max_message_size}"
@@ -739,6 +746,7 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
         "dial_timeout",
         "backoff_initial",
         "backoff_max",
+        "max_dials",
     ),
     "expose": (
         "listen",
@@ -1379,6 +1387,9 @@ def _mesh(table: _Table) -> MeshSettings:
     queue_size = table.integer("queue_size", d.queue_size)
     if queue_size > MAX_QUEUE_SIZE:
         raise table.error("queue_size", f"must be at most {MAX_QUEUE_SIZE}, not {queue_size}")
+    max_dials = table.integer("max_dials", d.max_dials)
+    if max_dials > MAX_DIALS:
+        raise table.error("max_dials", f"must be at most {MAX_DIALS}, not {max_dials}")
     return MeshSettings(
         max_message_size=table.size(
             "max_message_size", d.max_message_size, maximum=MAX_MESSAGE_SIZE
@@ -1391,6 +1402,7 @@ def _mesh(table: _Table) -> MeshSettings:
         dial_timeout=table.duration("dial_timeout", d.dial_timeout),
         backoff_initial=initial,
         backoff_max=most,
+        max_dials=max_dials,
     )
 
 

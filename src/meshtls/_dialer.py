@@ -176,6 +176,8 @@ class Dialer:
         self._peers: dict[SpiffeId, _Peer] = {}
         self._inbound: dict[SpiffeId, list[Link]] = {}
         self._changed = trio.Event()
+        #: Places for dials in flight (``[mesh] max_dials``), taken in turn (FIFO).
+        self._dials = trio.CapacityLimiter(mesh.max_dials)
         self._nursery: trio.Nursery | None = None
         self._closed = False
 
@@ -379,11 +381,18 @@ class Dialer:
 
     async def _open(self, peer: _Peer, links: trio.Nursery) -> _Slot:
         """Dial `peer` and start a client link in `links`; the slot once its link is up.
-        Raises `_DialFailedError` if either fails."""
-        stream = await self._dial(peer)
-        slot = _Slot(stream)
-        links.start_soon(self._run_slot, peer, slot)
-        await slot.up.wait()
+        Raises `_DialFailedError` if either fails.
+
+        The dial waits for one of the pool's ``max_dials`` places (in turn) and holds it
+        from the TCP connect to the end of the WebSocket upgrade: a node joining a large
+        mesh runs a few dials at a time, each quick, instead of all at once, each slowed
+        by all the others until their upgrades time out and are redialled. The wait for a
+        place counts against no dial's timeouts (a sender's own deadline still runs)."""
+        async with self._dials:
+            stream = await self._dial(peer)
+            slot = _Slot(stream)
+            links.start_soon(self._run_slot, peer, slot)
+            await slot.up.wait()
         if slot.link is None:
             await slot.done.wait()
             detail = slot.end.detail if slot.end is not None else None
