@@ -136,7 +136,9 @@ def test_parse_optional_duration() -> None:
     assert parse_optional_duration("1h") == timedelta(hours=1)
 
 
-@pytest.mark.parametrize("text", ["30s", "1h", "2h30m", "365d", "1d2h3m4s", "0s"])
+@pytest.mark.parametrize(
+    "text", ["30s", "1h", "2h30m", "365d", "1d2h3m4s", "0s", "400ms", "1s500ms", "1d1ms"]
+)
 def test_format_duration_round_trips(text: str) -> None:
     assert format_duration(parse_duration(text)) == text
 

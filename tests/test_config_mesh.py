@@ -87,6 +87,10 @@ def test_max_message_size_takes_bytes_or_binary_units(
             'backoff_initial = "10s"\nbackoff_max = "1s"',
             ["[mesh] backoff_max", "shorter than backoff_initial 10s"],
         ),
+        (  # sub-second values are named as written, not rounded down to 0s
+            'backoff_initial = "1s"\nbackoff_max = "400ms"',
+            ["[mesh] backoff_max: 400ms is shorter than backoff_initial 1s"],
+        ),
         ("max_mesage_size = 1", ["[mesh] max_mesage_size", "did you mean 'max_message_size'?"]),
         ('[mesh]\nid = "x"', ["[mesh] id", "[[peers]]"]),
     ],

@@ -55,16 +55,20 @@ def parse_optional_duration(text: str, *, setting: str | None = None) -> timedel
 
 
 def format_duration(value: timedelta) -> str:
-    """The inverse of `parse_duration`, to whole seconds: ``2h30m``, ``365d``, ``-5m``."""
+    """The inverse of `parse_duration`, to whole milliseconds: ``2h30m``, ``365d``, ``-5m``,
+    ``400ms``, ``1s500ms`` (a finer remainder is dropped)."""
     if value < timedelta(0):
         return "-" + format_duration(-value)
-    seconds = int(value.total_seconds())
-    if seconds == 0:
+    milliseconds = value // timedelta(milliseconds=1)
+    if milliseconds == 0:
         return "0s"
+    seconds, milliseconds = divmod(milliseconds, 1000)
     days, seconds = divmod(seconds, 86400)
     hours, seconds = divmod(seconds, 3600)
     minutes, seconds = divmod(seconds, 60)
-    units = zip((days, hours, minutes, seconds), "dhms", strict=True)
+    units = zip(
+        (days, hours, minutes, seconds, milliseconds), ("d", "h", "m", "s", "ms"), strict=True
+    )
     return "".join(f"{amount}{unit}" for amount, unit in units if amount)
 
 
