@@ -322,3 +322,21 @@ def test_close_notify_keeps_every_record_readable() -> None:
     while chunk := client.read(65536):
         received += chunk
     assert bytes(received) == REPLY[:65536]
+
+
+async def test_a_peer_that_goes_away_after_data_is_not_called_a_rejection_of_our_certificate() -> (
+    None
+):
+    """A server that accepted us, sent data, then vanished without close_notify (its process
+    died): the client's error is still a `PeerRejectedError` (the API contract for a cut
+    without close_notify), but its words say the peer may have gone away, not that it
+    refused our certificate; before any data they still name the certificate."""
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        await server.send_all(b"hello")
+        assert await client.receive_some() == b"hello"
+        server.socket.close()  # a FIN with no close_notify, as from a process that died
+        with pytest.raises(meshtls.PeerRejectedError) as raised:
+            await client.receive_some()
+    assert "went away" in str(raised.value)
+    assert "certificate" not in str(raised.value)

@@ -442,7 +442,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         self._broken = exc
         if not (self._sending or self._send_lock.locked()):
             self._send_pending()
-        return _broken_by(exc, self._ours)
+        return _broken_by(exc, self._ours, heard=self.bytes_received > 0)
 
     def _send_pending(self) -> None:
         """Whatever the engine has queued, in one nonblocking send, errors ignored."""
@@ -625,12 +625,16 @@ class MeshStream(trio.abc.HalfCloseableStream):
             self._watch[0].closed(self._watch[1])
 
 
-def _broken_by(exc: ssl.SSLError, ours: OurRole) -> trio.BrokenResourceError:
+def _broken_by(
+    exc: ssl.SSLError, ours: OurRole, *, heard: bool = False
+) -> trio.BrokenResourceError:
     """Map a post-handshake TLS failure to trio's error, with a reason when it was an alert.
 
     A connection cut without close_notify means a rejection only when we are the client
     (TLS 1.3 lets a client finish before the server judges it); a server sees a client
-    that went away, and what it sent may be incomplete.
+    that went away, and what it sent may be incomplete. `heard`: the client had read
+    application data already, so the server had accepted it: the cut is a refusal of a
+    live connection or a peer that went away, and the message says both.
     """
     if isinstance(exc, ssl.SSLEOFError) and ours == "server":
         return trio.BrokenResourceError(
@@ -639,7 +643,10 @@ def _broken_by(exc: ssl.SSLError, ours: OurRole) -> trio.BrokenResourceError:
     if isinstance(exc, ssl.SSLEOFError):
         return PeerRejectedError(
             "protocol_error",
-            "the peer closed the connection without close_notify"
+            "the peer cut the connection without close_notify (it refused us after"
+            " accepting us, or it went away; what it sent may be incomplete)"
+            if heard
+            else "the peer closed the connection without close_notify"
             " (a server that rejects our certificate does this)",
         )
     name = (exc.reason or "").upper()
