@@ -372,6 +372,20 @@ async def test_a_subscribed_channel_claims_its_peers_messages_and_returns_leftov
         await inbox.deliver(Message(a, b"late"))
 
 
+async def test_closing_the_inbox_ends_an_open_channel_after_what_it_holds() -> None:
+    """A node that stops closes its inbox: a channel still being read ends too (it does
+    not wait forever), after the messages already in it."""
+    peer = meshtls.SpiffeId.parse(CLIENT_ID)
+    inbox = Inbox(2)
+    with inbox.subscribe(peer) as channel:
+        await inbox.deliver(Message(peer, b"kept"))
+        inbox.close()
+        with trio.fail_after(1):
+            assert [m.data async for m in channel] == [b"kept"]
+        with pytest.raises(trio.ClosedResourceError):
+            await inbox.deliver(Message(peer, b"late"))
+
+
 async def test_a_full_inbox_makes_deliver_wait() -> None:
     peer = meshtls.SpiffeId.parse(CLIENT_ID)
     inbox = Inbox(1)

@@ -296,8 +296,11 @@ class Inbox:
                 )
 
     def close(self) -> None:
-        """Refuse further deliveries; `messages` ends once what is queued was read."""
+        """Refuse further deliveries; `messages` and every open channel end once what is
+        queued in them was read."""
         self._send.close()
+        for channel in self._channels.values():
+            channel.close()
 
 
 # ---------------------------------------------------------------- the link
