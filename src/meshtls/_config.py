@@ -41,7 +41,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
@@ -736,18 +736,7 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
     ),
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
-    "mesh": (
-        "max_message_size",
-        "queue_size",
-        "send_timeout",
-        "keepalive_interval",
-        "keepalive_timeout",
-        "upgrade_timeout",
-        "dial_timeout",
-        "backoff_initial",
-        "backoff_max",
-        "max_dials",
-    ),
+    "mesh": tuple(f.name for f in fields(MeshSettings)),  # one key per setting
     "expose": (
         "listen",
         "backend",
