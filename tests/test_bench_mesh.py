@@ -5,6 +5,7 @@ numbers agree with each other and with the nodes' own metrics. No figure is judg
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -13,9 +14,11 @@ from pathlib import Path
 import pytest
 import trio
 
+import meshtls
 from meshtls import _bench_mesh as bench
 from meshtls._bench import MeshtlsStack, Tally, make_identity
 from meshtls._cli import main as cli_main
+from meshtls._node import Node
 from meshtls._stream import MeshStream
 
 NODES = 3
@@ -298,10 +301,21 @@ def test_gc_watch_counts_collections_only_while_watching() -> None:
     assert watch.report()["collections"] == watch.collections
 
 
-def test_gc_freeze_is_undone_after_each_round(tmp_path: Path) -> None:
+def test_gc_freeze_is_undone_after_each_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    frozen: list[int] = []
+    real_freeze = gc.freeze
+
+    def freeze() -> None:  # the real freeze, counted: a freeze never made is no freeze undone
+        frozen.append(1)
+        real_freeze()
+
+    monkeypatch.setattr(gc, "freeze", freeze)
     out = tmp_path / "mesh.json"
     argv = ["--nodes", "2", "--rounds", "1", "--baseline-count", "2", "--gc-freeze", "--quiet"]
     assert bench.main_mesh([*argv, "--json", str(out)]) == 0
+    assert frozen == [1]
     report = json.loads(out.read_text())
     assert report["options"]["gc_freeze"] is True
     (entry,) = report["results"]
@@ -310,10 +324,21 @@ def test_gc_freeze_is_undone_after_each_round(tmp_path: Path) -> None:
     assert "gc.freeze() after start-up" in bench.render_mesh(report)
 
 
-def test_max_dials_reaches_every_node_and_the_report(tmp_path: Path) -> None:
+def test_max_dials_reaches_every_node_and_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[int] = []
+    real_open_node = meshtls.open_node
+
+    def open_node(config: meshtls.NodeConfig) -> contextlib.AbstractAsyncContextManager[Node]:
+        seen.append(config.mesh.max_dials)  # what each mesh node really starts with
+        return real_open_node(config)
+
+    monkeypatch.setattr("meshtls._bench_mesh.open_node", open_node)
     out = tmp_path / "mesh.json"
     argv = ["--nodes", "3", "--rounds", "1", "--baseline-count", "2", "--max-dials", "1"]
     assert bench.main_mesh([*argv, "--quiet", "--json", str(out)]) == 0
+    assert seen == [1, 1, 1]
     report = json.loads(out.read_text())
     assert report["options"]["max_dials"] == 1
     (entry,) = report["results"]
