@@ -686,3 +686,28 @@ async def test_a_reload_that_moves_a_peer_redials_it_at_its_new_address(tmp_path
             await a.send(B, b"to the new address")
             assert (await receive(b2)).data == b"to the new address"
             await until(lambda: not b1.dialer.inbound_peers())  # the old link was closed
+
+
+async def test_removing_a_peer_keeps_the_message_its_link_had_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """b's second send is confirmed while a's inbox is full: a's link holds it in its
+    forwarder. Removing b from a's pool closes that link; the message must still reach
+    a's inbox (it was acknowledged), not be cancelled away with the link's tasks."""
+    world = World(tmp_path)
+    async with open_node(world.config("b", B)) as b:
+        config = world.config("a", A, peers={B: port(b, "mesh")}, mesh={"queue_size": "1"})
+        async with open_node(config) as a:
+            await until(connected(a, B))
+            await until(lambda: bool(b.dialer.inbound_peers()))
+            await b.send(A, b"1")  # queued in a's inbox (size 1)
+            await b.send(A, b"2")  # acknowledged: held by a's forwarder
+            a.remove_peer(B)
+            await trio.sleep(0.5)  # the close completes while nobody reads a's inbox
+            got: list[bytes] = []
+            with trio.move_on_after(1):
+                async for message in a.messages():
+                    got.append(message.data)
+                    if len(got) == 2:
+                        break
+            assert got == [b"1", b"2"]

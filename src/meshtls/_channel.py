@@ -459,6 +459,8 @@ class Link:
         self._end: LinkEnd | None = None  # acted on: the link is closed
         self._wake = trio.Event()
         self._closed = trio.Event()
+        #: Set when `run_link` has returned: the forwarder has queued what it held.
+        self._finished = trio.Event()
         self._reader_done = trio.Event()
         self._reader_scope = trio.CancelScope()
         self._keepalive_scope = trio.CancelScope()
@@ -489,11 +491,14 @@ class Link:
         await self._closed.wait()
 
     async def aclose(self) -> None:
-        """End the link on purpose: a WebSocket close (1000); returns once it has ended.
-        The close handshake is bounded by ``keepalive_timeout`` (then ``close_timeout``)."""
+        """End the link on purpose: a WebSocket close (1000); returns once `run_link` has
+        returned (every acknowledged message queued in the inbox). The close handshake is
+        bounded by ``keepalive_timeout`` (then ``close_timeout``); the last hand-over waits
+        for room in the inbox, so an owner that must stop bounds this call."""
         if self._end is None:
             self._request_close(1000)
-        await self._closed.wait()
+        await self._finished.wait()  # not only `_closed`: the message the forwarder holds was
+        # acknowledged already, so its owner must not cancel `run_link` before it is queued
 
     async def send(self, data: bytes | str) -> None:
         """Send one message (a str as its UTF-8 bytes) and wait for the peer node to have
@@ -851,6 +856,8 @@ async def run_link(
         reason = stream.end_reason if stream.end is not None and stream.end_reason else "cancelled"
         link._conclude(LinkEnd(False, reason, "the link's owner cut it"))
         raise
+    finally:
+        link._finished.set()
 
 
 class _Relay:

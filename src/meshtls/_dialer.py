@@ -264,10 +264,12 @@ class Dialer:
         else:
             self._nursery.start_soon(self._close_then_stop, peer, link)
 
-    @staticmethod
-    async def _close_then_stop(peer: _Peer, link: Link) -> None:
+    async def _close_then_stop(self, peer: _Peer, link: Link) -> None:
+        """Close `link` and wait for it to hand over the message it may hold (acknowledged
+        already), bounded by twice ``keepalive_timeout``; then end the keeper."""
         try:
-            await link.aclose()
+            with trio.move_on_after(2 * self.mesh.keepalive_timeout.total_seconds()):
+                await link.aclose()
         finally:
             peer.scope.cancel()  # a replacement dial in flight, say
 
