@@ -711,3 +711,14 @@ async def test_removing_a_peer_keeps_the_message_its_link_had_acknowledged(
                     if len(got) == 2:
                         break
             assert got == [b"1", b"2"]
+
+
+async def test_adding_a_peer_after_the_node_stopped_is_refused_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    world = World(tmp_path)
+    async with open_node(world.config("a", A)) as a:
+        pass
+    with pytest.raises(RuntimeError, match="not running"):
+        a.add_peer(B, "127.0.0.1:9")
+    assert a.peers() == []  # no peer without a keeper, shown as connecting for ever

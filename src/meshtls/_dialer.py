@@ -97,7 +97,7 @@ class _Slot:
     `task_status` of `run_link` (``started`` sets `up`); `done` is set when it has ended,
     `reason` then says why (the pool's word: ``drained``, ``revoked``, or the link's)."""
 
-    __slots__ = ("done", "end", "link", "reason", "replaced", "scope", "stream", "up")
+    __slots__ = ("done", "end", "link", "reason", "replaced", "stream", "up")
 
     def __init__(self, stream: MeshStream) -> None:
         self.stream = stream
@@ -107,7 +107,6 @@ class _Slot:
         self.end: LinkEnd | None = None
         self.reason = "broken"
         self.replaced = False
-        self.scope = trio.CancelScope()
 
     def started(self, value: Link | None = None) -> None:
         self.link = value
@@ -217,12 +216,15 @@ class Dialer:
         self, peers: Sequence[PeerSettings], *, task_status: trio.TaskStatus[None]
     ) -> NoReturn:
         """Keep a link to each of `peers`, and to each peer added later, until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for item in peers:
-                self.add(item.id, item.address)
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for item in peers:
+                    self.add(item.id, item.address)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._closed = True  # stopped: `add` refuses, never a peer without a keeper
         raise AssertionError("unreachable")  # pragma: no cover
 
     @property
@@ -238,9 +240,9 @@ class Dialer:
         if peer_id in self._peers:
             raise ValueError(f"{peer_id} is already a pooled peer")
         peer = _Peer(peer_id, address, trio.current_time(), self._clock())
-        self._peers[peer_id] = peer
-        self._metrics.peer_added(str(peer_id))
         self._nursery.start_soon(self._keep, peer, name=f"meshtls keeper {peer_id}")
+        self._peers[peer_id] = peer  # only once its keeper is on its way
+        self._metrics.peer_added(str(peer_id))
         self._pulse()
 
     def remove(self, peer_id: SpiffeId) -> bool:
@@ -469,10 +471,7 @@ class Dialer:
     async def _run_slot(self, peer: _Peer, slot: _Slot) -> None:
         """Run one client link under the rotation's tracking; set `slot.done` at its end."""
         try:
-            with (
-                slot.scope,
-                self._rotation.track(slot.stream, "client", listener=f"peer:{peer.id}"),
-            ):
+            with self._rotation.track(slot.stream, "client", listener=f"peer:{peer.id}"):
                 slot.end = await run_link(
                     slot.stream,
                     role="client",
