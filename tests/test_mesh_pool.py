@@ -722,3 +722,20 @@ async def test_adding_a_peer_after_the_node_stopped_is_refused_and_leaves_nothin
     with pytest.raises(RuntimeError, match="not running"):
         a.add_peer(B, "127.0.0.1:9")
     assert a.peers() == []  # no peer without a keeper, shown as connecting for ever
+
+
+async def test_a_reload_listing_a_peer_added_at_run_time_keeps_its_link(tmp_path: Path) -> None:
+    world = World(tmp_path)
+    async with open_node(world.config("b", B)) as b, open_node(world.config("a", A)) as a:
+        a.add_peer(B, f"127.0.0.1:{port(b, 'mesh')}")
+        await until(connected(a, B))
+        before = state(a, B)
+        result = a.reload(world.config("a", None, peers={B: port(b, "mesh")}))
+        assert result.changed == (f"[[peers]] {B} added",)
+        await trio.sleep(0.2)
+        after = state(a, B)  # the same keeper and link: not closed and redialled
+        assert (after.state, after.since, after.dials) == ("connected", before.since, before.dials)
+        text = await scrape(b)  # and b saw no link of a's end
+        assert "meshtls_channel_links_ended_total{" not in text or (
+            sample(text, "meshtls_channel_links_ended_total", reason="closed", role="server") == 0
+        )

@@ -245,6 +245,11 @@ class Dialer:
         self._metrics.peer_added(str(peer_id))
         self._pulse()
 
+    def address_of(self, peer_id: SpiffeId) -> Address | None:
+        """Where `peer_id` is dialled; None if it is not pooled."""
+        peer = self._peers.get(peer_id)
+        return None if peer is None else peer.address
+
     def remove(self, peer_id: SpiffeId) -> bool:
         """Stop keeping `peer_id`: its keeper and its links end (a send in flight on them
         raises). Returns whether it was pooled."""

@@ -731,9 +731,9 @@ class Node:
         if not self.dialer.running:
             return
         for sid, what in moves:
-            if what != "added":
+            if what == "removed":
                 self.dialer.remove(sid)
-            if what != "removed":
+            elif self.dialer.address_of(sid) != addresses[sid]:  # else kept, link and all
                 self.dialer.remove(sid)
                 self.dialer.add(sid, addresses[sid])
 
