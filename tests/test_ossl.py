@@ -524,3 +524,24 @@ async def test_openssl_offering_a_saved_session_gets_a_full_handshake(
     else:
         assert b"Reused, TLSv1.3" in second.stdout
         assert verified == []
+
+
+@pytest.mark.parametrize("leaf_only", [False, True])
+def test_leaf_only_skips_the_accepted_certificates_above_the_leaf(
+    world: World, leaf_only: bool
+) -> None:
+    """`leaf_only` (what meshtls's engine uses) still calls the verifier for the leaf, and
+    would for any failure; the root OpenSSL accepted is not handed to Python."""
+    server_ctx = context(world, "server")
+    depths: list[int] = []
+
+    def recording(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
+        depths.append(depth)
+        return accept_what_openssl_accepts(connection, ok, error, depth, chain)
+
+    _ossl.set_verify(server_ctx, recording, leaf_only=leaf_only)
+    outcome = handshake(server_ctx, context(world, "client"))
+    assert outcome.echoed
+    assert depths == ([0] if leaf_only else [1, 0])

@@ -187,23 +187,28 @@ def set_verify(
     verifier: Verifier,
     *,
     mode: int = SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+    leaf_only: bool = False,
 ) -> None:
     """Verify peers on `context` with `verifier` (see `Verifier`), replacing any other.
 
+    With `leaf_only`, a certificate above the leaf that OpenSSL accepted is accepted
+    without calling `verifier` (it is still called for the leaf, and for every failure).
     An exception from `verifier` rejects the peer with ``internal_error`` and is kept for
     `verify_problem`; it never escapes into OpenSSL.
     """
 
     def callback(preverify_ok: int, store: object) -> int:
+        depth = int(_lib.X509_STORE_CTX_get_error_depth(store))
+        if leaf_only and preverify_ok and depth:
+            return 1
         connection: SSL.Connection | None = None
         try:
-            ssl = _lib.X509_STORE_CTX_get_ex_data(store, _lib.SSL_get_ex_data_X509_STORE_CTX_idx())
-            connection = _connection_of(ssl)
+            connection = _connection_of(_lib.X509_STORE_CTX_get_ex_data(store, _STORE_SSL))
             error = verifier(
                 connection,
                 bool(preverify_ok),
                 int(_lib.X509_STORE_CTX_get_error(store)),
-                int(_lib.X509_STORE_CTX_get_error_depth(store)),
+                depth,
                 lambda: _store_chain(store),
             )
         except Exception as exc:  # one peer's fault ends its handshake only
@@ -211,7 +216,8 @@ def set_verify(
                 _problems[connection] = exc
             error = X509_V_ERR_UNSPECIFIED
         if error == X509_V_OK:
-            _lib.X509_STORE_CTX_set_error(store, X509_V_OK)
+            if not preverify_ok:  # the verifier overrode OpenSSL's refusal
+                _lib.X509_STORE_CTX_set_error(store, X509_V_OK)
             return 1
         _lib.X509_STORE_CTX_set_error(store, error)
         return 0
@@ -219,6 +225,10 @@ def set_verify(
     c_callback = _ffi.callback("int (*)(int, X509_STORE_CTX *)", callback, error=0)
     _callbacks[context] = c_callback
     _lib.SSL_CTX_set_verify(_raw_context(context), mode, c_callback)
+
+
+#: The ex-data index of the ``SSL *`` in a verify callback's store (one per process).
+_STORE_SSL: Final = _lib.SSL_get_ex_data_X509_STORE_CTX_idx()
 
 
 def _store_chain(store: object) -> list[bytes]:

@@ -216,7 +216,7 @@ def _context(server_side: bool, svid: X509Svid, bundles: BundleSet, groups: str)
         for authority in bundle.authorities:
             store.add_cert(crypto.X509.from_cryptography(authority))
     store.set_flags(X509_V_FLAG_PARTIAL_CHAIN | X509_V_FLAG_NO_CHECK_TIME)
-    _ossl.set_verify(context, _verify)
+    _ossl.set_verify(context, _verify, leaf_only=True)
     return context
 
 
