@@ -228,7 +228,12 @@ class Node:
         self._clock = clock or (lambda: datetime.now(UTC))
         self.metrics = NodeMetrics(self.registry, clock=self._clock, prefix=config.metrics.prefix)
         add_process_collectors(self.registry)
-        self.rotation = Rotation(policy=config.policy, metrics=self.metrics, clock=self._clock)
+        self.rotation = Rotation(
+            policy=config.policy,
+            metrics=self.metrics,
+            clock=self._clock,
+            groups=config.tls.groups,
+        )
         settings = config.revocation
         #: The revocation room (P-4): the cache every handshake reads, and its prefetcher.
         self.revocations = Revocations(
@@ -273,7 +278,7 @@ class Node:
     def contexts(self) -> TlsContexts:
         """Shortcut for ``identity().contexts(groups)`` with the node's ``[tls] groups`` (the
         contexts its own listeners and dials use)."""
-        return self.rotation.identity().contexts(self.config.tls.groups)
+        return self.rotation.identity().contexts(self.rotation.groups)
 
     @property
     def ready(self) -> bool:
