@@ -157,7 +157,7 @@ async def test_websockets_asking_for_another_path_gets_404(tmp_path: Path) -> No
     [
         pytest.param(None, "no_client_certificate", id="no-certificate"),
         pytest.param("other.org", "unauthorized", id="federated-other-domain"),
-        pytest.param("evil.org", "untrusted_chain", id="untrusted-domain"),
+        pytest.param("evil.org", "unknown_trust_domain", id="untrusted-domain"),
     ],
 )
 async def test_websockets_without_an_acceptable_certificate_is_refused_before_any_websocket_byte(
@@ -232,7 +232,7 @@ async def test_websockets_talks_to_a_real_nodes_mesh_listener(tmp_path: Path) ->
     ("who", "reason"),
     [
         pytest.param(None, "no_client_certificate", id="no-certificate"),
-        pytest.param("other.org", "untrusted_chain", id="another-trust-domain"),
+        pytest.param("other.org", "unknown_trust_domain", id="another-trust-domain"),
     ],
 )
 async def test_a_real_node_refuses_websockets_before_any_websocket_byte(

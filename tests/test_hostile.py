@@ -190,14 +190,18 @@ def _two_uri_sans(mesh: Mesh, spiffe_id: str) -> IssuedCertificate:
     return mesh.ca.issue(uris=[spiffe_id, "spiffe://example.org/also-me"])
 
 
-# OpenSSL rejects the first two during the handshake; a server cannot read a chain that
-# failed OpenSSL's check, so it knows no claimed id and says untrusted_chain. (A meshtls
-# client can, and names evil.org's case more precisely: see HOSTILE_SERVERS.) The others
-# pass OpenSSL and are refused by the SPIFFE checks after the handshake.
+# OpenSSL rejects the first two during the handshake; the server's verify callback still
+# reads the chain OpenSSL built and names the reason as `verify_svid` does (issue 11). The
+# others pass OpenSSL and are refused by the SPIFFE checks inside the handshake.
 DEFECTS = {
     # name: (make the certificate, the id it claims, the server's reason, claimed_id seen)
-    "untrusted_ca_own_domain": (_untrusted, "spiffe://evil.org/client", "untrusted_chain", None),
-    "untrusted_ca_claims_ours": (_untrusted, GOOD_CLIENT_ID, "untrusted_chain", None),
+    "untrusted_ca_own_domain": (
+        _untrusted,
+        "spiffe://evil.org/client",
+        "unknown_trust_domain",
+        "spiffe://evil.org/client",
+    ),
+    "untrusted_ca_claims_ours": (_untrusted, GOOD_CLIENT_ID, "untrusted_chain", GOOD_CLIENT_ID),
     "forged_across_trust_domains_L10": (_forged, GOOD_CLIENT_ID, "untrusted_chain", GOOD_CLIENT_ID),
     "expired": (_expired, GOOD_CLIENT_ID, "expired", GOOD_CLIENT_ID),
     "two_hour_lifetime": (_two_hours, GOOD_CLIENT_ID, "ttl_exceeded", GOOD_CLIENT_ID),
@@ -547,12 +551,10 @@ MALFORMED = {
 }
 #: Each case's verdict, judged by a server and by a client: the reason, or None when it is
 #: served. A root with no well-defined expiry is valid (RFC 5280), so its chain is served.
-#: A server cannot read a duplicate SAN that OpenSSL refused first: it has OpenSSL's verify
-#: message only (docs/decisions.md, "Verdicts that must still differ").
 VERDICTS: dict[str, tuple[str | None, str | None]] = {
     "edi_party_name_in_san": ("malformed_certificate", "malformed_certificate"),
     "x400_address_in_san": ("malformed_certificate", "malformed_certificate"),
-    "duplicate_san_extension": ("untrusted_chain", "malformed_certificate"),
+    "duplicate_san_extension": ("malformed_certificate", "malformed_certificate"),
     "leaf_not_after_99991231235959Z": ("ttl_exceeded", "ttl_exceeded"),
     "root_not_after_99991231235959Z": (None, None),
     "unknown_critical_extension_in_leaf": ("malformed_certificate", "malformed_certificate"),

@@ -283,7 +283,7 @@ async def test_s_server_that_rejects_our_certificate(mesh: Mesh, files: Files) -
                 await stream.receive_some()
         assert "certificate verify failed" in await server.exited()  # s_server's account
     assert isinstance(raised.value, trio.BrokenResourceError)
-    assert "UNKNOWN_CA" in str(raised.value)
+    assert "unknown_ca" in str(raised.value)
     assert raised.value.reason == "untrusted_chain"
 
 

@@ -49,7 +49,7 @@ def world() -> World:
 
 
 def accept_what_openssl_accepts(
-    connection: SSL.Connection, ok: bool, error: int, depth: int
+    connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
 ) -> int:
     return _ossl.X509_V_OK if ok else error
 
@@ -186,7 +186,9 @@ def test_a_rejection_sends_the_alert_its_x509_error_maps_to(
 ) -> None:
     calls: list[tuple[bool, int]] = []
 
-    def reject_leaf(connection: SSL.Connection, ok: bool, error: int, depth: int) -> int:
+    def reject_leaf(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
         calls.append((ok, depth))
         if not ok:
             return error
@@ -213,7 +215,9 @@ def test_a_side_that_rejected_its_peer_still_holds_the_peers_chain(
     """Issue 11: after a rejection in the verify callback the rejecting side can still
     read the chain OpenSSL built for the peer, so every reason can be computed from it."""
 
-    def reject_leaf(connection: SSL.Connection, ok: bool, error: int, depth: int) -> int:
+    def reject_leaf(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
         return _ossl.REJECT["certificate_revoked"] if depth == 0 else _ossl.X509_V_OK
 
     server_ctx, client_ctx = context(world, "server"), context(world, "client")
@@ -237,7 +241,9 @@ def test_access_denied_is_not_reachable_from_the_verify_callback() -> None:
 def test_a_verifier_that_raises_sends_internal_error_and_keeps_the_exception(
     world: World,
 ) -> None:
-    def broken(connection: SSL.Connection, ok: bool, error: int, depth: int) -> int:
+    def broken(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
         raise RuntimeError("the verifier broke")
 
     server_ctx, client_ctx = context(world, "server"), context(world, "client")
@@ -353,9 +359,11 @@ def test_no_session_can_resume_and_the_tickets_are_counted(world: World, refused
     server_ctx = context(world, "server", resumable=not refused)
     verified: list[int] = []
 
-    def counting(connection: SSL.Connection, ok: bool, error: int, depth: int) -> int:
+    def counting(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
         verified.append(depth)
-        return accept_what_openssl_accepts(connection, ok, error, depth)
+        return accept_what_openssl_accepts(connection, ok, error, depth, chain)
 
     _ossl.set_verify(server_ctx, counting)
     client = context(world, "client")
@@ -495,9 +503,11 @@ async def test_openssl_offering_a_saved_session_gets_a_full_handshake(
     ctx = context(world, "server", resumable=not refused)
     verified: list[int] = []
 
-    def counting(connection: SSL.Connection, ok: bool, error: int, depth: int) -> int:
+    def counting(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
         verified.append(depth)
-        return accept_what_openssl_accepts(connection, ok, error, depth)
+        return accept_what_openssl_accepts(connection, ok, error, depth, chain)
 
     _ossl.set_verify(ctx, counting)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")

@@ -1,8 +1,10 @@
 """P-5: no session resumption that skips verification.
 
-A resumed TLS session carries no verified peer chain in CPython (gh-160171), so meshtls
-never resumes: its server issues no session ticket, and a client that offers one anyway
-gets a full handshake in which its certificate is verified again. The peers are
+A resumed TLS session carries no peer chain to verify, so meshtls never resumes. Its
+OpenSSL 4 server still sends two TLS 1.3 tickets (pyOpenSSL cannot reach
+``SSL_CTX_set_num_tickets``), but they are stateful (``OP_NO_TICKET``): each is only a key
+into the server's session cache, which is off, so a client that offers one gets a full
+handshake in which its certificate is verified again (src/meshtls/_ossl.py). The peers are
 independent of meshtls: Python's ``ssl`` (through `trio.SSLStream`) and the ``openssl``
 CLI. Each test here fails if `_tls._context` turns tickets back on.
 """
@@ -159,9 +161,10 @@ async def test_P_5_the_server_gives_python_ssl_no_session_ticket(
     first = await python_visit(greeter.port, context)
     assert first.greeting == f"hello {CLIENT_ID}\n".encode()
     assert first.session is not None
-    assert not first.session.has_ticket
+    assert not first.reused
 
-    # Offering that session again resumes nothing: a full handshake, verified again.
+    # Offering that session (and its stateful ticket) resumes nothing: a full handshake,
+    # verified again.
     second = await python_visit(greeter.port, context, offer=first.session)
     assert second.greeting == first.greeting
     assert not second.reused
@@ -239,24 +242,25 @@ async def ticket_issuing_server(world: World) -> AsyncIterator[int]:
         await process.stdout.aclose()
 
 
-async def test_P_5_openssl_s_client_gets_no_ticket_to_save(
+async def test_P_5_openssl_s_client_saves_a_ticket_that_resumes_nothing(
     world: World, greeter: Greeter, tmp_path: Path
 ) -> None:
     saved = tmp_path / "session.pem"
     got = await s_client(greeter.port, world, world.client, "-sess_out", str(saved))
     assert f"hello {CLIENT_ID}" in got, got
     assert "New, TLSv1.3" in got, got
-    assert "Session Ticket" not in got, got
-    # s_client writes a TLS 1.3 session only when a ticket arrives.
-    assert not saved.exists()
-    assert greeter.greeted == [CLIENT_ID]
+    assert saved.exists()  # s_client writes a TLS 1.3 session only when a ticket arrives
+    again = await s_client(greeter.port, world, world.client, "-sess_in", str(saved))
+    assert "New, TLSv1.3" in again, again
+    assert "Reused" not in again, again
+    assert greeter.greeted == [CLIENT_ID, CLIENT_ID]  # verified and greeted twice
 
 
 async def test_P_5_an_offered_ticket_gets_a_full_verified_handshake(
     world: World, greeter: Greeter, tmp_path: Path
 ) -> None:
-    # A real ticket for our client, from a server with the same identity: what a meshtls
-    # server would have issued, had it issued any.
+    # A real stateless ticket for our client, from a server with the same identity that
+    # keeps tickets on: the kind that could resume, were meshtls to accept one.
     ticket = tmp_path / "ticket.pem"
     async with ticket_issuing_server(world) as port:
         request = b"GET / HTTP/1.0\r\n\r\n"

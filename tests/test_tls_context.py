@@ -8,7 +8,7 @@ bundle whose authority is an intermediate anchors nothing, and without
 
 from __future__ import annotations
 
-import ssl
+from OpenSSL import SSL
 
 from meshtls._tls import TlsContexts, TlsSession
 
@@ -26,12 +26,24 @@ def pump(client: TlsSession, server: TlsSession) -> None:
         client.feed(received)
 
 
-def connected(world: World) -> tuple[TlsSession, TlsSession]:
-    """A meshtls client and server after a full handshake and one round of data."""
-    server_svid = world.ca.issue("spiffe://example.org/server").svid()
-    client_svid = world.ca.issue("spiffe://example.org/client").svid()
-    server = TlsContexts.build(server_svid, world.bundles).session(server_side=True)
-    client = TlsContexts.build(client_svid, world.bundles).session(server_side=False)
+_BUILT: dict[int, tuple[TlsContexts, TlsContexts]] = {}
+
+
+def connected(world: World, offer: SSL.Session | None = None) -> tuple[TlsSession, TlsSession]:
+    """A meshtls client and server after a full handshake and one round of data; the client
+    offers `offer` (a session it saved) first. Both keep their contexts across calls."""
+    if id(world) not in _BUILT:
+        server_svid = world.ca.issue("spiffe://example.org/server").svid()
+        client_svid = world.ca.issue("spiffe://example.org/client").svid()
+        _BUILT[id(world)] = (
+            TlsContexts.build(server_svid, world.bundles),
+            TlsContexts.build(client_svid, world.bundles),
+        )
+    server_contexts, client_contexts = _BUILT[id(world)]
+    server = server_contexts.session(server_side=True)
+    client = client_contexts.session(server_side=False)
+    if offer is not None:
+        client._tls.set_session(offer)
     for _ in range(5):
         done = [client.handshake(), server.handshake()]
         pump(client, server)
@@ -45,19 +57,22 @@ def connected(world: World) -> tuple[TlsSession, TlsSession]:
     return client, server
 
 
-def test_P_5_no_session_ticket_is_ever_issued(world: World) -> None:
-    """A resumed TLS 1.3 session carries no peer chain to verify (CPython gh-160171), so a
-    meshtls server issues no ticket and a meshtls client would not keep one."""
+def test_P_5_an_offered_session_resumes_nothing_and_the_peer_is_verified_again(
+    world: World,
+) -> None:
+    """A resumed TLS 1.3 session carries no peer chain to verify: a meshtls client that
+    offers the session (and stateful ticket) it was given gets a full handshake."""
     client, _ = connected(world)
-    tls: ssl.SSLObject = client._tls
-    assert tls.session is not None
-    assert not tls.session.has_ticket
-    assert not tls.session_reused
+    saved = client._tls.get_session()
+    assert saved is not None
+    again, _ = connected(world, offer=saved)
+    assert not again.resumed
+    assert again.verified_chain()  # the server's chain was verified again
 
 
-def test_P_5_contexts_refuse_tickets_on_both_sides(world: World) -> None:
+def test_P_5_contexts_refuse_tickets_and_keep_no_session_cache(world: World) -> None:
     svid = world.ca.issue().svid()
     contexts = TlsContexts.build(svid, world.bundles)
     for context in (contexts.server, contexts.client):
-        assert context.options & ssl.OP_NO_TICKET
-    assert contexts.server.num_tickets == 0
+        assert context.set_options(0) & SSL.OP_NO_TICKET
+        assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF

@@ -20,7 +20,7 @@ from ._boundary import mapped
 from ._bundle import BundleSet
 from ._errors import MeshError, VerificationError
 from ._svid import X509Svid
-from ._tls import TlsContexts
+from ._tls import DEFAULT_GROUPS, TlsContexts
 
 
 class NoIdentityError(MeshError):
@@ -46,19 +46,24 @@ class Identity:
     svid: X509Svid
     bundles: BundleSet
     crls: tuple[bytes, ...] = ()
-    _built: list[TlsContexts] = field(default_factory=list, init=False, repr=False)
+    _built: dict[str, TlsContexts] = field(default_factory=dict, init=False, repr=False)
 
-    def contexts(self) -> TlsContexts:
-        """The TLS context pair of this identity: built on the first call, then shared.
+    def contexts(self, groups: str | None = None) -> TlsContexts:
+        """The TLS context pair of this identity offering `groups` (None: the default,
+        ``X25519MLKEM768:X25519``): built on the first call, then shared.
 
         Raises `VerificationError` (``malformed_certificate``) when the TLS library refuses
-        the SVID, its key or a root; nothing is kept then, and the next call tries again.
+        the SVID, its key or a root, and `GroupsError` (a ValueError) for a groups list
+        OpenSSL refuses;
+        nothing is kept then, and the next call tries again.
         """
-        if self._built:
-            return self._built[0]
-        with mapped(_refused_by_tls):
-            built = TlsContexts.build(self.svid, self.bundles)
-        self._built.append(built)
+        key = DEFAULT_GROUPS if groups is None else groups
+        built = self._built.get(key)
+        if built is not None:
+            return built
+        with mapped(_refused_by_tls):  # GroupsError (a MeshError) passes through
+            built = TlsContexts.build(self.svid, self.bundles, groups=key)
+        self._built[key] = built
         return built
 
     def __repr__(self) -> str:

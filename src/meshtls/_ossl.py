@@ -58,6 +58,22 @@ SYMBOLS: Final = (
     "X509_STORE_CTX_set_error",
     "ERR_clear_error",
     "SSL_session_reused",
+    "X509_STORE_CTX_get1_chain",
+    "sk_X509_num",
+    "sk_X509_value",
+    "sk_X509_free",
+    "X509_free",
+    "i2d_X509_bio",
+    "BIO_new",
+    "BIO_s_mem",
+    "BIO_get_mem_data",
+    "BIO_free",
+    "BIO_read",
+    "X509_verify_cert_error_string",
+    "SSL_get_verify_result",
+    "SSL_CTX_get_cert_store",
+    "X509_STORE_get0_objects",
+    "sk_X509_OBJECT_num",
 )
 
 HAS_NUM_TICKETS: Final[bool] = hasattr(_lib, "SSL_CTX_set_num_tickets")
@@ -76,6 +92,8 @@ REJECT: Final[dict[str, int]] = {
     "bad_certificate": int(_lib.X509_V_ERR_CERT_REJECTED),
     "unsupported_certificate": int(_lib.X509_V_ERR_INVALID_PURPOSE),
     "handshake_failure": int(_lib.X509_V_ERR_APPLICATION_VERIFICATION),
+    # an error the table does not list: OpenSSL falls back to certificate_unknown
+    "certificate_unknown": int(_lib.X509_V_ERR_SUBJECT_ISSUER_MISMATCH),
     "internal_error": X509_V_ERR_UNSPECIFIED,
 }
 
@@ -146,12 +164,15 @@ _LIST_SYNTAX: Final = (
     " list the group names to offer, in order, joined by ':'"
 )
 
-#: A verifier: ``(connection, preverify_ok, error, depth) -> X509 error``. Called once per
-#: certificate of the chain, root first and the leaf (depth 0) last, after OpenSSL's own
-#: check of it (``preverify_ok``, and ``error`` its X509 error or 0). Return `X509_V_OK` to
-#: accept this certificate, or an X509 error (see `REJECT`) to end the handshake with the
-#: alert OpenSSL maps it to.
-Verifier = Callable[[SSL.Connection, bool, int, int], int]
+#: The chain OpenSSL has built so far (DER, leaf first), read only when called.
+Chain = Callable[[], list[bytes]]
+
+#: A verifier: ``(connection, preverify_ok, error, depth, chain) -> X509 error``. Called
+#: once per certificate of the chain, root first and the leaf (depth 0) last, after
+#: OpenSSL's own check of it (``preverify_ok``, and ``error`` its X509 error or 0), and
+#: again for a check OpenSSL makes later. Return `X509_V_OK` to accept, or an X509 error
+#: (see `REJECT`) to end the handshake with the alert OpenSSL maps it to.
+Verifier = Callable[[SSL.Connection, bool, int, int, Chain], int]
 
 
 def set_groups(context: SSL.Context, groups: str = DEFAULT_GROUPS) -> None:
@@ -287,6 +308,7 @@ def set_verify(
                 bool(preverify_ok),
                 int(_lib.X509_STORE_CTX_get_error(store)),
                 int(_lib.X509_STORE_CTX_get_error_depth(store)),
+                lambda: _store_chain(store),
             )
         except Exception as exc:  # one peer's fault ends its handshake only
             if connection is not None:
@@ -301,6 +323,70 @@ def set_verify(
     c_callback = _ffi.callback("int (*)(int, X509_STORE_CTX *)", callback, error=0)
     _callbacks[context] = c_callback
     _lib.SSL_CTX_set_verify(_raw_context(context), mode, c_callback)
+
+
+def _store_chain(store: object) -> list[bytes]:
+    """DER of the chain a verify callback's store holds (``X509_STORE_CTX_get1_chain``)."""
+    stack = _lib.X509_STORE_CTX_get1_chain(store)
+    if stack == _ffi.NULL:
+        return []
+    try:
+        return [_der(_lib.sk_X509_value(stack, i)) for i in range(_lib.sk_X509_num(stack))]
+    finally:
+        for i in range(_lib.sk_X509_num(stack)):
+            _lib.X509_free(_lib.sk_X509_value(stack, i))
+        _lib.sk_X509_free(stack)
+
+
+def _der(certificate: object) -> bytes:
+    bio = _lib.BIO_new(_lib.BIO_s_mem())
+    if bio == _ffi.NULL:  # pragma: no cover - out of memory
+        raise MemoryError("BIO_new")
+    try:
+        if _lib.i2d_X509_bio(bio, certificate) != 1:  # pragma: no cover - out of memory
+            _lib.ERR_clear_error()
+            raise MemoryError("i2d_X509_bio")
+        data = _ffi.new("char **")
+        length = _lib.BIO_get_mem_data(bio, data)
+        return bytes(_ffi.buffer(data[0], length))
+    finally:
+        _lib.BIO_free(bio)
+
+
+def store_size(context: SSL.Context) -> int:
+    """How many objects (trust anchors) `context`'s certificate store holds."""
+    store = _lib.SSL_CTX_get_cert_store(_raw_context(context))
+    return int(_lib.sk_X509_OBJECT_num(_lib.X509_STORE_get0_objects(store)))
+
+
+def error_string(error: int) -> str:
+    """OpenSSL's words for an X509 verify error (``"certificate has expired"``)."""
+    return str(_ffi.string(_lib.X509_verify_cert_error_string(error)).decode("ascii", "replace"))
+
+
+def verify_result(connection: SSL.Connection) -> int:
+    """The X509 error OpenSSL recorded for the peer's chain (`X509_V_OK` if none)."""
+    return int(_lib.SSL_get_verify_result(_raw_connection(connection)))
+
+
+_DRAIN_SIZE: Final = 65536
+_drain_buffer = _ffi.new("char[]", _DRAIN_SIZE)
+
+
+def drain(connection: SSL.Connection) -> bytes:
+    """Every byte waiting in a memory-BIO connection's outgoing BIO, or b"".
+
+    pyOpenSSL's ``bio_read`` raises ``WantReadError`` when the BIO is empty, which costs
+    an error-queue walk on every empty read; this reads it directly (a private
+    attribute: test_ossl.py). Not thread-safe (one shared buffer; meshtls runs on one).
+    """
+    bio = connection._from_ssl
+    parts: list[bytes] = []
+    while (count := _lib.BIO_read(bio, _drain_buffer, _DRAIN_SIZE)) > 0:
+        parts.append(_ffi.buffer(_drain_buffer, count)[:])
+    if not parts:
+        return b""
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def verify_problem(connection: SSL.Connection) -> Exception | None:

@@ -36,9 +36,8 @@ import errno
 import logging
 import os
 import socket
-import ssl
 import struct
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Final, Literal, NoReturn, Protocol, get_args
 
@@ -54,8 +53,24 @@ from ._identity import IdentitySource
 from ._logs import Throttle, context_fields, event, log_context, throttled
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._revocation import RevocationPendingError, RevocationView
-from ._svid import Role, VerifiedPeer, leaf_spiffe_id, verify_handshake_chain, verify_svid
-from ._tls import TlsError, TlsSession, alert_reason
+from ._svid import (
+    MAX_CHAIN_LENGTH,
+    Role,
+    VerifiedPeer,
+    leaf_spiffe_id,
+    verify_handshake_chain,
+    verify_svid,
+)
+from ._tls import (
+    Deferred,
+    SentChain,
+    SessionError,
+    TlsError,
+    TlsSession,
+    _verify_reason,
+    alert_reason,
+    alert_words,
+)
 
 logger = logging.getLogger("meshtls")
 
@@ -63,6 +78,8 @@ RECEIVE_SIZE: Final = 65536
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0
 DEFAULT_MAX_HANDSHAKES: Final = 256
 DEFAULT_MAX_CONNECTIONS: Final = 1024
+#: How long `MeshStream.aclose` waits for the socket to take our close_notify.
+CLOSE_NOTIFY_TIMEOUT: Final = 5.0
 #: SO_LINGER on, 0 s: `close` sends a TCP RST and drops unsent data (an abort, not an EOF).
 LINGER_RESET: Final = struct.pack("ii", 1, 0)
 _ACCEPT_CAPACITY_ERRORS: Final = frozenset(
@@ -328,7 +345,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
     sending, and every byte it sends is still received (TLS 1.3 half-close). A peer
     that closes TCP without close_notify breaks the stream (`trio.BrokenResourceError`):
     truncation is never mistaken for EOF. A TLS failure sends OpenSSL's alert to the
-    peer and raises `trio.BrokenResourceError`, never `ssl.SSLError`.
+    peer and raises `trio.BrokenResourceError`, never an engine error.
     """
 
     __slots__ = (
@@ -427,11 +444,16 @@ class MeshStream(trio.abc.HalfCloseableStream):
         return "closed", None, None
 
     @property
+    def group(self) -> str | None:
+        """The key-exchange group the handshake negotiated (``X25519MLKEM768``)."""
+        return self._session.group
+
+    @property
     def broken(self) -> bool:
         """Whether the connection itself failed (the peer reset or cut it, or TLS failed)."""
         return self._broken is not None
 
-    def _fail(self, exc: ssl.SSLError) -> trio.BrokenResourceError:
+    def _fail(self, exc: SessionError) -> trio.BrokenResourceError:
         """The TLS session failed: break the stream, tell the peer why, return the error.
 
         OpenSSL writes a fatal alert when it fails a session (bad_record_mac,
@@ -494,7 +516,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
             if data:
                 try:
                     self._session.write(data)
-                except ssl.SSLError as exc:
+                except SessionError as exc:
                     raise self._fail(exc) from exc
             if not await self._flush():
                 await trio.lowlevel.checkpoint()
@@ -526,7 +548,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 self._check_usable()
                 try:
                     data = self._session.read(max_bytes)
-                except ssl.SSLError as exc:
+                except SessionError as exc:
                     raise self._fail(exc) from exc
                 if self._session.has_output() and await self._flush():  # e.g. a KeyUpdate reply
                     waited = True
@@ -561,7 +583,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 self._eof_sent = True
                 try:
                     self._session.close_notify()
-                except ssl.SSLError as exc:
+                except SessionError as exc:
                     raise self._fail(exc) from exc
                 waited = await self._flush()
             if not waited:
@@ -570,9 +592,42 @@ class MeshStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def aclose(self) -> None:
-        """Close now: a best-effort close_notify (never waits), then the socket."""
-        self.close_now()
-        await trio.lowlevel.checkpoint()
+        """Close: our close_notify, really flushed (waiting for the socket to take it, at
+        most `CLOSE_NOTIFY_TIMEOUT`), then the socket. If the flush times out, fails or is
+        cancelled, the socket is reset instead, so the peer reads an error, never a clean
+        end. A stream that is broken, cut off, already half-closed, or in the middle of
+        another task's send closes at once, as `close_now` does."""
+        if self._closed or not self._may_close_gracefully():
+            self.close_now()
+            await trio.lowlevel.checkpoint()
+            return
+        self._send_lock.acquire_nowait()  # free: `_may_close_gracefully` checked it
+        flushed = waited = False
+        try:
+            self._eof_sent = True
+            self._session.close_notify()
+            out = self._session.outgoing()
+            with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT):
+                waited = await _send_all(self._sock, out)
+                flushed = True
+        except (OSError, SessionError):
+            pass
+        finally:
+            self._send_lock.release()
+            if not flushed:
+                self._cut_off = True  # the peer must not take a lost close_notify for EOF
+            self._close(graceful=True)
+        if not waited:
+            await trio.lowlevel.checkpoint()
+
+    def _may_close_gracefully(self) -> bool:
+        return not (
+            self._cut_off
+            or self._broken is not None
+            or self._eof_sent
+            or self._sending
+            or self._send_lock.locked()
+        )
 
     def close_now(self) -> None:
         """`aclose` without its checkpoint, for a task that is about to end anyway."""
@@ -616,7 +671,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         elif self._broken is not None:
             self._send_pending()  # the fatal alert, if it is still queued
         elif not self._eof_sent:
-            with contextlib.suppress(ssl.SSLError):
+            with contextlib.suppress(SessionError):
                 self._session.close_notify()
             self._send_pending()
         trio.lowlevel.notify_closing(self._sock)  # wake tasks waiting on it
@@ -626,7 +681,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
 
 
 def _broken_by(
-    exc: ssl.SSLError, ours: OurRole, *, heard: bool = False
+    exc: SessionError, ours: OurRole, *, heard: bool = False
 ) -> trio.BrokenResourceError:
     """Map a post-handshake TLS failure to trio's error, with a reason when it was an alert.
 
@@ -636,11 +691,11 @@ def _broken_by(
     application data already, so the server had accepted it: the cut is a refusal of a
     live connection or a peer that went away, and the message says both.
     """
-    if isinstance(exc, ssl.SSLEOFError) and ours == "server":
+    if exc.truncated and ours == "server":
         return trio.BrokenResourceError(
             "the client closed the connection without close_notify (what it sent may be incomplete)"
         )
-    if isinstance(exc, ssl.SSLEOFError):
+    if exc.truncated:
         return PeerRejectedError(
             "protocol_error",
             "the peer cut the connection without close_notify (it refused us after"
@@ -649,15 +704,14 @@ def _broken_by(
             else "the peer closed the connection without close_notify"
             " (a server that rejects our certificate does this)",
         )
-    name = (exc.reason or "").upper()
-    if "ALERT" in name:
-        return PeerRejectedError(alert_reason(name), f"the peer sent a TLS alert: {exc.reason}")
-    return trio.BrokenResourceError(f"TLS failure: {exc.reason or exc}")
+    if exc.alert is not None:
+        return PeerRejectedError(alert_reason(exc.alert), alert_words(exc.alert))
+    return trio.BrokenResourceError(f"TLS failure: {exc}")
 
 
 def _words(exc: BaseException, ours: OurRole) -> str:
     """What broke a stream, in words (our messages as they are, foreign ones described)."""
-    if isinstance(exc, ssl.SSLError):
+    if isinstance(exc, SessionError):
         return str(_broken_by(exc, ours))
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()  # "connection reset by peer"
@@ -678,35 +732,18 @@ def _claimed_id(chain: list[bytes]) -> str | None:
         return None
 
 
-def _diagnose_client_side(
-    session: TlsSession, exc: TlsError, ctx: _HandshakeContext
-) -> HandshakeError:
-    """OpenSSL rejected the server's chain; our own verifier names the precise reason."""
-    chain = session.unverified_chain()
-    claimed = _claimed_id(chain)
-    if chain and exc.verify_code is not None:
-        try:
-            with quiet():
-                certs = [x509.load_der_x509_certificate(der) for der in chain]
-            # what OpenSSL refused is in the certificates: P-4 (off here) cannot name it
-            policy = dataclasses.replace(ctx.policy, revocation="off")
-            verify_svid(certs, ctx.bundles, policy=policy, now=ctx.clock(), role="server")
-        except VerificationError as precise:
-            return HandshakeError(
-                precise.reason, precise.detail, peer=ctx.address, claimed_id=claimed
-            )
-        except Exception as unreadable:  # our verifier cannot read what OpenSSL refused
-            return HandshakeError(
-                "malformed_certificate",
-                f"{exc.detail}; the chain is unreadable ({describe_error(unreadable)})",
-                peer=ctx.address,
-                claimed_id=claimed,
-            )
-    return HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed)
+class _AuthorizerError(Exception):
+    """The authorizer raised something other than a verdict (a bug): the cause is kept."""
+
+
+def _load_chain(chain: Sequence[bytes]) -> list[x509.Certificate]:
+    with quiet():  # a peer's DER must not make cryptography warn (a negative serial)
+        return [x509.load_der_x509_certificate(der) for der in chain]
 
 
 class _HandshakeContext:
-    """What one handshake needs: who we are, whom we trust, and the policy."""
+    """What one handshake needs: who we are, whom we trust, and the policy. It is the
+    session's `PeerVerifier`: OpenSSL's verify callback asks it inside the handshake."""
 
     __slots__ = ("address", "authorize", "bundles", "clock", "policy", "revocation", "role")
 
@@ -729,14 +766,70 @@ class _HandshakeContext:
         self.role = role  # the PEER's role
         self.revocation = revocation  # P-4's statuses (the cache only); None: none known
 
+    def judge(self, chain: list[bytes], sent: SentChain) -> VerifiedPeer:
+        """`verify_handshake_chain` on the chain OpenSSL verified, then the authorizer.
+
+        Raises `VerificationError`; `Deferred` when P-4 must wait for a status (the stream
+        waits after the handshake) or the verdict needs the peer's own chain, which a
+        server cannot read yet; `_AuthorizerError` for an authorizer's bug.
+        """
+        count = 0
+        with contextlib.suppress(Deferred):
+            count = len(sent())
+        try:
+            peer = verify_handshake_chain(
+                chain,
+                self.bundles,
+                policy=self.policy,
+                now=self.clock(),
+                role=self.role,
+                sent=count,
+                sent_chain=sent,
+                revocation=self.revocation,
+            )
+        except RevocationPendingError:
+            raise Deferred("a revocation status is being fetched") from None
+        self._authorize(peer)
+        return peer
+
+    def _authorize(self, peer: VerifiedPeer) -> None:
+        try:
+            self.authorize(peer)
+        except VerificationError:
+            raise
+        except Exception as exc:  # fail closed (logged as a bug, with its traceback)
+            raise _AuthorizerError(describe_error(exc)) from exc
+
+    def diagnose(self, chain: list[bytes], sent: SentChain, message: str) -> VerificationError:
+        """OpenSSL refused the peer's chain: our own verifier names the precise reason, from
+        what the peer sent (a client reads it) or the chain OpenSSL built (a server)."""
+        with contextlib.suppress(Deferred):
+            chain = list(sent()) or chain
+        if not chain:
+            return VerificationError(_verify_reason(message), f"OpenSSL: {message}")
+        try:
+            certs = _load_chain(chain)
+            # what OpenSSL refused is in the certificates: P-4 (off here) cannot name it
+            policy = dataclasses.replace(self.policy, revocation="off")
+            verify_svid(certs, self.bundles, policy=policy, now=self.clock(), role=self.role)
+        except VerificationError as precise:
+            return precise
+        except Exception as unreadable:  # our verifier cannot read what OpenSSL refused
+            return VerificationError(
+                "malformed_certificate",
+                f"OpenSSL: {message}; the chain is unreadable ({describe_error(unreadable)})",
+            )
+        return VerificationError(_verify_reason(message), f"OpenSSL: {message}")
+
 
 async def _judge_chain(
     verified: list[bytes], session: TlsSession, ctx: _HandshakeContext
 ) -> VerifiedPeer:
-    """`verify_handshake_chain`, and P-4's one bounded wait: under hard-fail, a chain whose
-    status is unknown waits (at most ``policy.hard_fail_wait``, inside the caller's
-    handshake timeout) for the view's prefetcher, then is judged once more; still
-    unknown, it is refused with ``revocation_unknown``. Raises `VerificationError`."""
+    """The verdict the handshake deferred: `verify_handshake_chain` with the chain the peer
+    sent, and P-4's one bounded wait: under hard-fail, a chain whose status is unknown
+    waits (at most ``policy.hard_fail_wait``, inside the caller's handshake timeout) for
+    the view's prefetcher, then is judged once more; still unknown, it is refused with
+    ``revocation_unknown``. Raises `VerificationError`."""
 
     def judge() -> VerifiedPeer:
         return verify_handshake_chain(
@@ -765,6 +858,21 @@ async def _judge_chain(
             ) from still
 
 
+def _refused(
+    exc: TlsError, ctx: _HandshakeContext, session: TlsSession
+) -> tuple[HandshakeError, BaseException]:
+    """The `HandshakeError` for a handshake that failed, and its cause: our verdict when we
+    refused the peer (so that a verifier's or authorizer's bug is logged as one)."""
+    claimed = _claimed_id(session.claimed_chain)
+    verdict = exc.verdict
+    if isinstance(verdict, _AuthorizerError) and verdict.__cause__ is not None:
+        message = f"the authorizer failed ({verdict})"
+        error = HandshakeError("unauthorized", message, peer=ctx.address, claimed_id=claimed)
+        return error, verdict.__cause__
+    error = HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed)
+    return error, exc if verdict is None else verdict
+
+
 async def _establish(
     sock: socket.socket,
     session: TlsSession,
@@ -774,7 +882,8 @@ async def _establish(
     handshake: _Handshake | None = None,
     watch: tuple[Observer, OurRole] | None = None,
 ) -> MeshStream:
-    """Handshake, verify, authorize. Closes nothing.
+    """Handshake (the session judges and authorizes the peer inside it, through `ctx`),
+    then the verdict the handshake deferred, if it deferred one. Closes nothing.
 
     Raises `HandshakeError` for any failure of any type while judging the peer, or
     OSError when `connecting` and the TCP connect failed. A verifier or authorizer that
@@ -784,9 +893,29 @@ async def _establish(
     try:
         await _handshake(sock, session, connecting=connecting, progress=handshake)
     except TlsError as exc:
-        if ctx.role == "server":  # we are the client: the server's chain is readable
-            raise _diagnose_client_side(session, exc, ctx) from exc
-        raise HandshakeError(exc.reason, exc.detail, peer=ctx.address) from exc
+        error, cause = _refused(exc, ctx, session)
+        raise error from cause
+    peer = session.peer
+    if isinstance(peer, VerifiedPeer) and not session.deferred:
+        if ctx.role == "client" and session.sent_chain_length() > MAX_CHAIN_LENGTH:
+            # a server learns how many certificates the client sent only now
+            raise HandshakeError(
+                "malformed_certificate",
+                f"the peer sent {session.sent_chain_length()} certificates,"
+                f" over {MAX_CHAIN_LENGTH}",
+                peer=ctx.address,
+                claimed_id=str(peer.spiffe_id),
+            )
+    else:
+        peer = await _deferred_verdict(session, ctx)
+    return MeshStream(
+        sock, session, peer, watch, ours="server" if ctx.role == "client" else "client"
+    )
+
+
+async def _deferred_verdict(session: TlsSession, ctx: _HandshakeContext) -> VerifiedPeer:
+    """Judge and authorize a peer after a handshake that could not (see `Deferred`).
+    Raises `HandshakeError`; a refused peer gets no alert here, only a closed connection."""
     verified: list[bytes] = []
     try:
         verified = session.verified_chain()
@@ -813,9 +942,7 @@ async def _establish(
             peer=ctx.address,
             claimed_id=str(peer.spiffe_id),
         ) from exc
-    return MeshStream(
-        sock, session, peer, watch, ours="server" if ctx.role == "client" else "client"
-    )
+    return peer
 
 
 def _source(address: str) -> str:
@@ -927,6 +1054,7 @@ async def connect(
     clock: Clock | None = None,
     observer: Observer | None = None,
     revocation: RevocationView | None = None,
+    groups: str | None = None,
 ) -> MeshStream:
     """Dial `host:port`, run TLS 1.3 mutual TLS, verify the server's SVID and authorize it.
 
@@ -939,10 +1067,12 @@ async def connect(
     first `receive_some` (or a later `send_all`) raises `PeerRejectedError`.
 
     `revocation` holds the statuses P-4 reads (see `_judge_chain`: under hard-fail an
-    unknown status waits at most ``policy.hard_fail_wait``). Timeouts belong to the
-    caller: wrap the call in `trio.fail_after`.
+    unknown status waits at most ``policy.hard_fail_wait``). `groups` are the key-exchange
+    groups offered, OpenSSL names joined by ``:`` (default ``X25519MLKEM768:X25519``);
+    ValueError if OpenSSL knows none of them. Timeouts belong to the caller: wrap the call
+    in `trio.fail_after`.
     """
-    contexts = source.identity().contexts()
+    contexts = source.identity().contexts(groups)
     started = trio.current_time()
     sock, connecting = await _open_socket(host, port)
     ctx = _HandshakeContext(
@@ -956,7 +1086,7 @@ async def connect(
     )
     watch: tuple[Observer, OurRole] | None = (observer, "client") if observer else None
     try:
-        session = contexts.session(server_side=False)
+        session = contexts.session(server_side=False, verifier=ctx)
         stream = await _establish(sock, session, ctx, connecting=connecting, watch=watch)
     except HandshakeError as exc:
         sock.close()
@@ -1080,6 +1210,7 @@ async def serve(
     on_rejected: Callable[[HandshakeError], object] | None = None,
     observer: Observer | None = None,
     revocation: RevocationView | None = None,
+    groups: str | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Accept mTLS connections on `port` and run ``handler(stream)`` for each verified peer.
@@ -1153,7 +1284,7 @@ async def serve(
                     why = "closed before sending anything"
                 if not first:
                     raise HandshakeError("protocol_error", why, peer=address)
-                contexts = source.identity().contexts()
+                contexts = source.identity().contexts(groups)
                 ctx = _HandshakeContext(
                     address=address,
                     bundles=contexts.bundles,
@@ -1163,7 +1294,7 @@ async def serve(
                     role="client",
                     revocation=revocation,
                 )
-                session = contexts.session(server_side=True)
+                session = contexts.session(server_side=True, verifier=ctx)
                 session.feed(first)
                 handshake = handshakes.new(scope, _source(address))
                 await handshakes.acquire(handshake)

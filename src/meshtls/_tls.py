@@ -1,47 +1,55 @@
 """The TLS engine: one context pair per identity, and sans-I/O sessions over memory BIOs.
 
-Everything meshtls asks of a TLS library lives here, so another engine could be
-plugged in behind `TlsContexts` and `TlsSession`. The engine today is CPython's
-`ssl` module (OpenSSL). No sockets, no trio: the stream layer moves the bytes.
+Everything meshtls asks of a TLS library lives here (and, for what pyOpenSSL does not
+expose, in `_ossl`), so another engine could be plugged in behind `TlsContexts` and
+`TlsSession`. The engine is OpenSSL 4 (the one the `cryptography` wheel bundles),
+driven through pyOpenSSL. No sockets, no trio: the stream layer moves the bytes
+(docs/decisions.md, "Engine": memory BIOs measured against pyOpenSSL on the socket).
 
-Context rules (issue 3, SPIFFE-RULES.md P-5):
+Context rules (issue 3, issue 11, SPIFFE-RULES.md P-5):
 - TLS 1.3 is both the minimum and the maximum version.
 - Both sides require and verify a certificate; no hostname check (SPIFFE authenticates
-  by URI SAN, checked after the handshake).
-- No session tickets (``num_tickets = 0``, ``OP_NO_TICKET``): a resumed session has no
-  peer chain to verify (CPython gh-160171), so there is never one.
+  by URI SAN).
+- No resumption (`_ossl.refuse_resumption`): a resumed session has no peer chain to
+  verify, so there is never one.
 - OpenSSL does not check validity times (``X509_V_FLAG_NO_CHECK_TIME``); meshtls checks
   them against the injected clock with the policy's skew.
 - Bundle authorities are trust anchors even when not self-signed
   (``X509_V_FLAG_PARTIAL_CHAIN``), as the SPIFFE bundle spec and `verify_svid` treat them.
+- No chain building beyond what the SVID source gave (``SSL_MODE_NO_AUTO_CHAIN``).
+- Key exchange groups are explicit (`_ossl.DEFAULT_GROUPS`: hybrid ML-KEM first).
 - The OpenSSL trust store holds the authorities of *every* trusted domain; binding a
-  peer to its own domain's roots (L-10) happens after the handshake, on the verified chain.
+  peer to its own domain's roots (L-10) is the `PeerVerifier`'s job.
+
+Verification inside the handshake: OpenSSL calls the session's `PeerVerifier` from its
+verify callback, after its own check of each certificate. A rejection aborts the
+handshake with the TLS alert that names the reason best (`ALERT_FOR`), and the peer
+maps the alert back (`alert_reason`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import ssl
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Final
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
-from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
 
-from . import _compat
+from . import _ossl
 from ._bundle import BundleSet
-from ._errors import MeshError, Reason
+from ._errors import MeshError, Reason, VerificationError
 from ._svid import X509Svid
 
 X509_V_FLAG_PARTIAL_CHAIN: Final = 0x80000
 X509_V_FLAG_NO_CHECK_TIME: Final = 0x200000
+SSL_MODE_NO_AUTO_CHAIN: Final = 0x8
+DEFAULT_GROUPS: Final = _ossl.DEFAULT_GROUPS
 
 # OpenSSL's verify messages (X509_verify_cert_error_string) and the reason each means:
-# the reason `verify_svid` gives for the same defect (tests/test_handshake_verdicts.py).
-# Matched by text: the numeric codes moved between releases (an invalid CA is 24 in
-# OpenSSL 1.1 and 79 in 3.0), the messages did not. The first fragment found wins.
+# the reason `verify_svid` gives for the same defect, used when our own verifier cannot
+# name what OpenSSL refused. Matched by text: the numeric codes moved between releases.
+# The first fragment found wins.
 _VERIFY_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
     ("unhandled critical extension", "malformed_certificate"),
     ("invalid or inconsistent certificate extension", "malformed_certificate"),
@@ -68,153 +76,305 @@ def _verify_reason(message: str) -> Reason:
     return "untrusted_chain"
 
 
-class TlsError(MeshError):
-    """The TLS layer failed a handshake. ``reason`` is one of `REASONS`.
+# The alert each rejection reason is sent with, reachable through OpenSSL's own
+# error-to-alert table (`_ossl.REJECT`). RFC 8446's access_denied is not reachable
+# there, so an authorizer's refusal goes out as certificate_unknown (docs/decisions.md).
+ALERT_FOR: Final[dict[Reason, str]] = {
+    "expired": "certificate_expired",
+    "revoked": "certificate_revoked",
+    "untrusted_chain": "unknown_ca",
+    "unknown_trust_domain": "unknown_ca",
+    "bad_signing_certificate": "unknown_ca",
+    "extended_key_usage": "unsupported_certificate",
+    "key_usage": "unsupported_certificate",
+    "unauthorized": "certificate_unknown",
+    "revocation_unknown": "certificate_unknown",
+}
+#: The alert for every other certificate reason (the SPIFFE leaf rules, the policy).
+DEFAULT_ALERT: Final = "bad_certificate"
 
-    ``verify_code`` is OpenSSL's when OpenSSL rejected the peer's chain, else None.
-    """
+# TLS alerts a peer sends when it refuses our certificate, and the reason each gives us:
+# for an alert several reasons share, the one it stands for first. Anything else is a
+# protocol_error.
+_ALERT_REASONS: Final[dict[str, Reason]] = {
+    "certificate_required": "no_client_certificate",
+    "unknown_ca": "untrusted_chain",
+    "certificate_expired": "expired",
+    "certificate_revoked": "revoked",
+    "access_denied": "unauthorized",
+    "certificate_unknown": "unauthorized",
+    "unsupported_certificate": "extended_key_usage",
+    "bad_certificate": "malformed_certificate",
+}
 
-    def __init__(self, reason: Reason, message: str, *, verify_code: int | None = None) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.detail = message
-        self.reason: Reason = reason
-        self.verify_code = verify_code
 
-
-# TLS alerts a peer sends when it refuses our certificate (OpenSSL's reason names), and
-# the reason each gives us. Anything else is a protocol_error.
-_ALERT_REASONS: Final[tuple[tuple[str, Reason], ...]] = (
-    ("CERTIFICATE_REQUIRED", "no_client_certificate"),
-    ("UNKNOWN_CA", "untrusted_chain"),
-    ("CERTIFICATE_EXPIRED", "expired"),
-    ("CERTIFICATE_REVOKED", "revoked"),
-    ("ACCESS_DENIED", "unauthorized"),
-    ("UNSUPPORTED_CERTIFICATE", "extended_key_usage"),
-    ("BAD_CERTIFICATE", "untrusted_chain"),
-    ("CERTIFICATE_UNKNOWN", "untrusted_chain"),
-)
+def alert_words(alert: str) -> str:
+    """What the peer's alert says, for error messages: a refusal of our certificate or a
+    TLS failure (``alert`` as `alert_reason` takes it)."""
+    if alert_reason(alert) == "protocol_error":
+        return f"the peer sent a TLS alert: {alert}"
+    return f"the peer rejects our certificate (TLS alert {alert})"
 
 
 def alert_reason(name: str) -> Reason:
-    """The reason a TLS alert from the peer names; ``protocol_error`` when it names none."""
-    upper = name.upper()
-    for fragment, reason in _ALERT_REASONS:
-        if fragment in upper:
-            return reason
-    return "protocol_error"
+    """The reason a TLS alert from the peer names (``certificate_expired``, or OpenSSL's
+    ``SSLV3_ALERT_CERTIFICATE_EXPIRED``); ``protocol_error`` when it names none."""
+    key = name.lower().replace(" ", "_")
+    for prefix in ("sslv3_alert_", "tlsv1_alert_", "tlsv13_alert_", "tls_alert_"):
+        key = key.removeprefix(prefix)
+    return _ALERT_REASONS.get(key, "protocol_error")
 
 
-def _reason_for(exc: ssl.SSLError) -> TlsError:
-    """Map an `ssl.SSLError` from a handshake to a reason."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code, message = exc.verify_code, exc.verify_message
-        return TlsError(_verify_reason(message), f"OpenSSL: {message} ({code})", verify_code=code)
-    name = (exc.reason or "").upper()
-    if name == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
-        return TlsError("no_client_certificate", "the client sent no certificate")
-    detail = exc.reason or str(exc)
-    if "ALERT" in name:
-        return TlsError(alert_reason(name), f"the peer refused the handshake ({detail})")
-    return TlsError("protocol_error", f"not a TLS 1.3 handshake ({detail})")
+class TlsError(MeshError):
+    """The TLS layer failed a handshake. ``reason`` is one of `REASONS`.
 
-
-@contextlib.contextmanager
-def _pem_path(data: bytes) -> Iterator[str]:
-    """A path whose contents are `data`, for `load_cert_chain`, which reads only files.
-
-    On Linux an anonymous memfd: the key never touches a file system. Elsewhere a
-    private temporary file, deleted at once.
+    ``verdict`` is what our verifier raised when *we* rejected the peer (a
+    `VerificationError`, or any exception from a verifier with a bug), else None.
     """
-    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
-        fd = os.memfd_create("meshtls-svid", os.MFD_CLOEXEC)
-        try:
-            os.write(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="meshtls-") as directory:  # pragma: no cover
-        path = os.path.join(directory, "svid.pem")
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        yield path
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        verdict: BaseException | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.detail = message
+        self.reason: Reason = reason
+        self.verdict = verdict
 
 
-def _context(server_side: bool, svid: X509Svid, bundles: BundleSet) -> ssl.SSLContext:
-    protocol = ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT
-    context = ssl.SSLContext(protocol)
-    context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.maximum_version = ssl.TLSVersion.TLSv1_3
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_REQUIRED
-    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME | X509_V_FLAG_PARTIAL_CHAIN
-    context.options |= ssl.OP_NO_TICKET
-    if server_side:
-        context.num_tickets = 0
-    roots = b"".join(bundle.pem for bundle in bundles.values())
-    if roots:
-        context.load_verify_locations(cadata=roots.decode("ascii"))
-    key = svid.private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    chain = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.chain)
-    with _pem_path(chain + key) as path:
-        context.load_cert_chain(path)
+class GroupsError(MeshError, ValueError):
+    """OpenSSL refused a key-exchange groups list (an unknown name, or none left)."""
+
+
+class SessionError(Exception):
+    """A session failed after its handshake (the stream maps it to trio's errors).
+
+    ``alert`` names the fatal alert the peer sent (``bad_record_mac``), None if none;
+    ``truncated``: the transport ended without the peer's close_notify.
+    """
+
+    def __init__(self, message: str, *, alert: str | None = None, truncated: bool = False) -> None:
+        super().__init__(message)
+        self.alert = alert
+        self.truncated = truncated
+
+
+class Deferred(MeshError):  # noqa: N818 (a signal, not an error; a MeshError so that the
+    # verifier's boundary passes it through unchanged)
+    """Raised by a `PeerVerifier` that cannot judge inside the handshake (a revocation
+    status still being fetched, the peer's own chain needed but not readable yet): the
+    handshake completes, and the stream judges the peer before any application byte."""
+
+
+SentChain = Callable[[], Sequence[bytes]]
+
+
+class PeerVerifier(Protocol):
+    """What a session asks while OpenSSL verifies the peer (called from the handshake).
+
+    `judge` gets the chain OpenSSL verified (DER, leaf first) and, lazily, the chain the
+    peer sent (`sent` raises `Deferred` where OpenSSL cannot give it yet). It returns the
+    verified peer (any object; the stream reads it back) or raises `VerificationError` to
+    reject, or `Deferred`. `diagnose` names what OpenSSL itself refused, from the chain
+    it built so far and OpenSSL's message. Any other exception rejects the peer with
+    ``internal_error`` and is kept as the `TlsError`'s verdict.
+    """
+
+    def judge(self, chain: list[bytes], sent: SentChain) -> object: ...
+
+    def diagnose(self, chain: list[bytes], sent: SentChain, message: str) -> VerificationError: ...
+
+
+def _context(server_side: bool, svid: X509Svid, bundles: BundleSet, groups: str) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_SERVER_METHOD if server_side else SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.set_max_proto_version(SSL.TLS1_3_VERSION)
+    context.set_mode(SSL_MODE_NO_AUTO_CHAIN)
+    _ossl.refuse_resumption(context)
+    try:
+        _ossl.set_groups(context, groups)
+    except ValueError as exc:
+        raise GroupsError(str(exc)) from None
+    context.use_certificate(svid.chain[0])
+    for extra in svid.chain[1:]:
+        context.add_extra_chain_cert(extra)
+    context.use_privatekey(svid.private_key)
+    context.check_privatekey()
+    store = context.get_cert_store()
+    if store is None:  # pragma: no cover - a new context always has one
+        raise RuntimeError("OpenSSL gave the context no certificate store")
+    for bundle in bundles.values():
+        for authority in bundle.authorities:
+            store.add_cert(crypto.X509.from_cryptography(authority))
+    store.set_flags(X509_V_FLAG_PARTIAL_CHAIN | X509_V_FLAG_NO_CHECK_TIME)
+    _ossl.set_verify(context, _verify)
     return context
 
 
 @dataclass(frozen=True, eq=False, slots=True)
 class TlsContexts:
-    """The server and client contexts of one identity (our SVID + the bundles we trust).
+    """The server and client contexts of one identity (our SVID + the bundles we trust),
+    offering `groups` for key exchange.
 
     Built once per identity and shared by every handshake; rotation builds a new one.
+    Raises whatever pyOpenSSL raises for an SVID, key or root OpenSSL refuses (the
+    identity maps it), and `GroupsError` for a groups list OpenSSL refuses.
     """
 
     svid: X509Svid
     bundles: BundleSet
-    server: ssl.SSLContext
-    client: ssl.SSLContext
+    server: SSL.Context
+    client: SSL.Context
+    groups: str = DEFAULT_GROUPS
 
     @classmethod
-    def build(cls, svid: X509Svid, bundles: BundleSet) -> TlsContexts:
-        return cls(svid, bundles, _context(True, svid, bundles), _context(False, svid, bundles))
+    def build(
+        cls, svid: X509Svid, bundles: BundleSet, *, groups: str = DEFAULT_GROUPS
+    ) -> TlsContexts:
+        return cls(
+            svid,
+            bundles,
+            _context(True, svid, bundles, groups),
+            _context(False, svid, bundles, groups),
+            groups,
+        )
 
-    def session(self, *, server_side: bool) -> TlsSession:
-        return TlsSession(self.server if server_side else self.client, server_side=server_side)
+    def session(self, *, server_side: bool, verifier: PeerVerifier | None = None) -> TlsSession:
+        """A session for one connection. Without a `verifier`, a peer is accepted once
+        OpenSSL's own path validation passes (tests and tools only)."""
+        context = self.server if server_side else self.client
+        return TlsSession(context, server_side=server_side, verifier=verifier)
+
+
+@dataclass(slots=True)
+class _Judging:
+    """One session's verification state, written by the verify callback. The connection
+    holds it as its app data; it holds nothing back (no reference cycle to collect)."""
+
+    verifier: PeerVerifier | None
+    server_side: bool
+    verdict: BaseException | None = None  # why we rejected the peer
+    peer: object = None  # what `judge` returned
+    judged: bool = False
+    deferred: bool = False
+    claimed: list[bytes] = field(default_factory=list)  # the chain as far as it was read
+
+
+def _verify(
+    connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+) -> int:
+    """OpenSSL's verify callback for every meshtls context: see `PeerVerifier`."""
+    state = connection.get_app_data()
+    if not isinstance(state, _Judging):  # a connection meshtls did not make
+        return _ossl.X509_V_OK if ok else error
+    if not ok:
+        state.judged = True
+        built = state.claimed = chain()
+        message = _ossl.error_string(error)
+        if state.verifier is None:
+            state.verdict = VerificationError(_verify_reason(message), f"OpenSSL: {message}")
+            return error
+        try:
+            state.verdict = state.verifier.diagnose(built, _sent_reader(connection, state), message)
+        except Exception as exc:  # a diagnosis that fails still rejects
+            state.verdict = exc
+        return _reject_with(state.verdict)
+    if depth != 0 or state.judged or state.verifier is None:
+        return _ossl.X509_V_OK
+    state.judged = True
+    built = state.claimed = chain()
+    try:
+        state.peer = state.verifier.judge(built, _sent_reader(connection, state))
+    except Deferred:
+        state.deferred = True
+        return _ossl.X509_V_OK
+    except Exception as exc:  # a VerificationError, or a verifier's bug: reject either way
+        state.verdict = exc
+        return _reject_with(exc)
+    return _ossl.X509_V_OK
+
+
+def _sent_reader(connection: SSL.Connection, state: _Judging) -> SentChain:
+    """The chain the peer sent, as the verify callback may read it: a client holds the
+    server's chain before verifying it; a server gets the client's only afterwards."""
+    if state.server_side:
+
+        def unavailable() -> Sequence[bytes]:
+            raise Deferred("a server reads the client's chain only after the handshake")
+
+        return unavailable
+    return lambda: _der(connection.get_peer_cert_chain())
+
+
+def _reject_with(verdict: BaseException) -> int:
+    if isinstance(verdict, VerificationError):
+        alert = ALERT_FOR.get(verdict.reason, DEFAULT_ALERT)
+        return _ossl.REJECT.get(alert, _ossl.REJECT[DEFAULT_ALERT])
+    return _ossl.REJECT["internal_error"]
+
+
+def _der(certificates: Sequence[crypto.X509] | None) -> list[bytes]:
+    if not certificates:
+        return []
+    return [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in certificates]
+
+
+def _error_text(exc: SSL.Error) -> str:
+    """The reason texts of a pyOpenSSL error (``"tlsv1 alert unknown ca"``), joined."""
+    parts: list[str] = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else ():
+        if isinstance(item, tuple) and item:
+            parts.append(str(item[-1]))
+    return "; ".join(parts) or str(exc)
+
+
+_ALERT_TEXT: Final = re.compile(r"\b(?:sslv3|tlsv1|tlsv13|tls) alert ([a-z0-9 ]+)")
+
+
+def _alert_in(text: str) -> str | None:
+    """The alert an OpenSSL error text says the peer sent (``"tls alert unknown ca"``:
+    ``"unknown_ca"``), else None."""
+    found = _ALERT_TEXT.search(text.lower())
+    return None if found is None else found.group(1).strip().replace(" ", "_")
+
+
+def _truncation(exc: SSL.Error) -> bool:
+    if isinstance(exc, SSL.SysCallError):
+        return True  # (-1, 'Unexpected EOF'): the transport ended inside the session
+    return "unexpected eof" in _error_text(exc).lower()
 
 
 class TlsSession:
     """One connection's TLS state, sans I/O: feed it bytes, take bytes out.
 
-    Owned by exactly one stream. Methods raise `TlsError` for handshake failures and
-    `ssl.SSLError` afterwards (the stream maps those to trio's errors).
+    Owned by exactly one stream. `handshake` raises `TlsError`; everything after it raises
+    `SessionError` (the stream maps those to trio's errors).
 
-    Half-close, theory of operation. CPython has no call that sends close_notify and
-    nothing else: `SSLObject.unwrap()` calls OpenSSL's ``SSL_shutdown`` a second time
-    as soon as the first has queued our close_notify (``Modules/_ssl.c``,
-    ``shutdown_seen_zero``). That second call tries to read the peer's close_notify
-    (``ssl3_shutdown``), and OpenSSL's record layer (``ssl3_read_bytes`` in
-    ``ssl/record/rec_layer_s3.c``) treats an application-data record found then as
-    fatal, ``APPLICATION_DATA_AFTER_CLOSE_NOTIFY``: it discards the record and the
-    session is dead. A record counts whether it is still in the incoming BIO or is the
-    rest of one that `read` took only part of. So `close_notify` leaves that second
-    call nothing to read: it takes the plaintext OpenSSL holds into ``_plain`` (served
-    first by `read`), holds the unread bytes back out of the BIO, and puts them back
-    after. For the same reason the transport's EOF is kept here (``_eof``) and given
-    to OpenSSL only once it has read everything before it.
+    Half-close: `close_notify` is one ``SSL_shutdown``, which queues our close_notify and
+    reads nothing, so the peer's data keeps arriving (TLS 1.3 half-close). The transport's
+    EOF is given to OpenSSL at once (`feed_eof`); OpenSSL reaches it only after every
+    byte fed before it.
     """
 
-    __slots__ = ("_eof", "_incoming", "_outgoing", "_plain", "_tls")
+    __slots__ = ("_judging", "_out", "_server_side", "_tls")
 
-    def __init__(self, context: ssl.SSLContext, *, server_side: bool) -> None:
-        self._incoming = ssl.MemoryBIO()
-        self._outgoing = ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        self._plain = bytearray()  # application data taken out of OpenSSL by close_notify
-        self._eof = False  # the transport ended; told to OpenSSL once it needs more
+    def __init__(
+        self, context: SSL.Context, *, server_side: bool, verifier: PeerVerifier | None = None
+    ) -> None:
+        self._judging = _Judging(verifier, server_side)
+        self._tls = SSL.Connection(context, None)
+        self._tls.set_app_data(self._judging)
+        if server_side:
+            self._tls.set_accept_state()
+        else:
+            self._tls.set_connect_state()
+        self._server_side = server_side
+        self._out = bytearray()
+
+    # ------------------------------------------------------------ the handshake
 
     def handshake(self) -> bool:
         """Advance the handshake with what has been fed. True once it is complete.
@@ -224,76 +384,149 @@ class TlsSession:
         """
         try:
             self._tls.do_handshake()
-        except ssl.SSLWantReadError:
+        except SSL.WantReadError:
             return False
-        except ssl.SSLError as exc:
-            raise _reason_for(exc) from exc
+        except SSL.Error as exc:
+            raise self._failure(exc) from None
         return True
 
+    def _failure(self, exc: SSL.Error) -> TlsError:
+        verdict = self._judging.verdict
+        if verdict is not None:
+            if isinstance(verdict, VerificationError):
+                return TlsError(verdict.reason, verdict.detail, verdict=verdict)
+            return TlsError(
+                "malformed_certificate",
+                f"the certificate could not be judged ({type(verdict).__name__}: {verdict})",
+                verdict=verdict,
+            )
+        if isinstance(exc, SSL.SysCallError):
+            return TlsError("protocol_error", "the peer closed the connection during the handshake")
+        text = _error_text(exc)
+        alert = _alert_in(text)
+        if alert is not None:
+            return TlsError(alert_reason(alert), alert_words(alert))
+        if "peer did not return a certificate" in text.lower():
+            return TlsError("no_client_certificate", "the client sent no certificate")
+        if "certificate verify failed" in text.lower():  # OpenSSL's own check, no callback
+            code = self._tls_verify_result()
+            message = _ossl.error_string(code)
+            return TlsError(_verify_reason(message), f"OpenSSL: {message} ({code})")
+        return TlsError("protocol_error", f"not a TLS 1.3 handshake ({text})")
+
+    def _tls_verify_result(self) -> int:
+        return _ossl.verify_result(self._tls)
+
+    @property
+    def peer(self) -> object:
+        """What the verifier's `judge` returned, or None (not judged, or deferred)."""
+        return self._judging.peer
+
+    @property
+    def claimed_chain(self) -> list[bytes]:
+        """The peer's chain as far as the verify callback read it (for log lines only)."""
+        return self._judging.claimed
+
+    @property
+    def deferred(self) -> bool:
+        """The verifier deferred its verdict: judge the peer before any application byte."""
+        return self._judging.deferred
+
+    # ------------------------------------------------------------ bytes in and out
+
     def feed(self, data: bytes) -> None:
-        self._incoming.write(data)
+        if data:
+            self._tls.bio_write(data)
 
     def feed_eof(self) -> None:
         """The transport ended. Nothing may be fed after this."""
-        self._eof = True
+        self._tls.bio_shutdown()
 
     def has_output(self) -> bool:
-        return self._outgoing.pending > 0
+        self._out += _ossl.drain(self._tls)
+        return bool(self._out)
 
     def outgoing(self) -> bytes:
         """Bytes the engine wants sent, or b""."""
-        return self._outgoing.read() if self._outgoing.pending else b""
+        out = _ossl.drain(self._tls)
+        if self._out:
+            out = bytes(self._out) + out
+            self._out.clear()
+        return out
 
     def read(self, max_bytes: int) -> bytes | None:
         """Application data; None when more input is needed; b"" after the peer's close_notify.
 
-        After `feed_eof`, never None: the rest of the data, then b"" or an `ssl.SSLError`
-        (``SSLEOFError`` when the transport ended without close_notify: truncation).
+        After `feed_eof`, never None: the rest of the data, then b"" or a `SessionError`
+        (``truncated`` when the transport ended without close_notify).
         """
-        if self._plain:
-            data = bytes(self._plain[:max_bytes])
-            del self._plain[:max_bytes]
-            return data
-        while True:
-            try:
-                return self._tls.read(max_bytes)
-            except ssl.SSLWantReadError:
-                if not self._eof:
-                    return None
-                if self._incoming.eof:  # OpenSSL saw the end and still wants more
-                    raise ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "the transport ended") from None
-                self._incoming.write_eof()  # OpenSSL has read all there was: now the end
-            except ssl.SSLZeroReturnError:
-                return b""
+        try:
+            return self._tls.recv(max_bytes)
+        except SSL.WantReadError:
+            return None
+        except SSL.ZeroReturnError:
+            return b""
+        except SSL.Error as exc:
+            raise _session_error(exc) from None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._tls.write(data)
+        try:
+            self._tls.sendall(data)
+        except SSL.Error as exc:
+            raise _session_error(exc) from None
 
     def close_notify(self) -> None:
         """Queue our close_notify. Reading goes on, losing nothing: TLS 1.3 half-close.
 
-        Raises `ssl.SSLError` only if the session had already failed.
+        Raises `SessionError` only if the session had already failed.
         """
-        held = self._incoming.read() if self._incoming.pending else b""
         try:
-            while waiting := self._tls.pending():  # the rest of a record read in part
-                self._plain += self._tls.read(waiting)
-            with contextlib.suppress(ssl.SSLWantReadError):  # the second SSL_shutdown
-                self._tls.unwrap()
-        finally:
-            if held:
-                self._incoming.write(held)
+            self._tls.shutdown()
+        except SSL.Error as exc:
+            raise _session_error(exc) from None
+
+    # ------------------------------------------------------------ what was negotiated
 
     def verified_chain(self) -> list[bytes]:
-        return _compat.verified_chain(self._tls)
+        """DER of the chain OpenSSL verified for the peer, leaf first, root last."""
+        return _der(self._tls.get_verified_chain())
 
     def unverified_chain(self) -> list[bytes]:
-        return _compat.unverified_chain(self._tls)
+        """DER of the chain the peer sent, leaf first; [] if it sent none."""
+        chain = _der(self._tls.get_peer_cert_chain())
+        if self._server_side and chain:  # a server's peer chain leaves the leaf out
+            leaf = self._tls.get_peer_certificate()
+            if leaf is not None:
+                chain = [crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf), *chain]
+        elif self._server_side:
+            leaf = self._tls.get_peer_certificate()
+            chain = [] if leaf is None else [crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)]
+        return chain
 
     def sent_chain_length(self) -> int:
         """How many certificates the peer sent."""
-        return _compat.unverified_chain_length(self._tls)
+        chain = self._tls.get_peer_cert_chain() or ()
+        if self._server_side:
+            return len(chain) + (self._tls.get_peer_certificate() is not None)
+        return len(chain)
 
     @property
     def version(self) -> str | None:
-        return self._tls.version()
+        name = self._tls.get_protocol_version_name()
+        return None if name == "Unknown" else name
+
+    @property
+    def group(self) -> str | None:
+        """The key-exchange group the handshake used (``X25519MLKEM768``)."""
+        return _ossl.negotiated_group(self._tls)
+
+    @property
+    def resumed(self) -> bool:
+        return _ossl.session_reused(self._tls)
+
+
+def _session_error(exc: SSL.Error) -> SessionError:
+    if _truncation(exc):
+        return SessionError("the transport ended without close_notify", truncated=True)
+    text = _error_text(exc)
+    return SessionError(text, alert=_alert_in(text))
