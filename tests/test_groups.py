@@ -229,6 +229,22 @@ async def test_nodes_negotiate_the_group_their_configs_allow(
     assert await negotiated_between(tmp_path, dialer, listener) == expected
 
 
+async def test_the_rotation_builds_contexts_for_the_configured_groups_only(tmp_path: Path) -> None:
+    """Before any handshake the active identity holds contexts for ``[tls] groups`` (built
+    by the rotation before the swap); the node's handshakes then build no other list."""
+    world = World(tmp_path)
+    served = Groups()
+    with trio.fail_after(20):
+        async with open_node(node_config(world, "b", B, "X25519"), handler=served.handler) as b:
+            assert list(b.identity()._built) == ["X25519"]
+            config = node_config(world, "a", A, "X25519", peers={B: port(b, "mesh")})
+            async with open_node(config) as a:
+                assert await served.first() == CLASSIC
+                assert list(a.identity()._built) == ["X25519"]
+            assert list(b.identity()._built) == ["X25519"]
+            assert b.contexts() is b.identity()._built["X25519"]
+
+
 async def test_nodes_with_no_group_in_common_fail_the_handshake_with_a_counted_reason(
     tmp_path: Path,
 ) -> None:
