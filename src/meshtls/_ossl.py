@@ -74,6 +74,7 @@ SYMBOLS: Final = (
     "SSL_CTX_get_cert_store",
     "X509_STORE_get0_objects",
     "sk_X509_OBJECT_num",
+    "SSL_get_peer_cert_chain",
 )
 
 HAS_NUM_TICKETS: Final[bool] = hasattr(_lib, "SSL_CTX_set_num_tickets")
@@ -351,6 +352,13 @@ def _der(certificate: object) -> bytes:
         return bytes(_ffi.buffer(data[0], length))
     finally:
         _lib.BIO_free(bio)
+
+
+def peer_chain_length(connection: SSL.Connection) -> int:
+    """How many certificates the peer's chain holds as OpenSSL keeps it, without copying
+    any (a server's count leaves the client's leaf out, as ``SSL_get_peer_cert_chain``)."""
+    stack = _lib.SSL_get_peer_cert_chain(_raw_connection(connection))
+    return 0 if stack == _ffi.NULL else int(_lib.sk_X509_num(stack))
 
 
 def store_size(context: SSL.Context) -> int:

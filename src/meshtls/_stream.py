@@ -775,7 +775,7 @@ class _HandshakeContext:
         """
         count = 0
         with contextlib.suppress(Deferred):
-            count = len(sent())
+            count = len(sent)
         try:
             peer = verify_handshake_chain(
                 chain,

@@ -104,6 +104,7 @@ MAX_SEARCH_STEPS: Final = 64
 #: The handshake's caches of certificate facts, by DER.
 LEAF_CACHE_SIZE: Final = 1024
 SIGNER_CACHE_SIZE: Final = 256
+VERDICT_CACHE_SIZE: Final = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,7 +704,7 @@ class _HandshakePaths:
     """The handshake's path step: OpenSSL's verified chain if it ends at an authority of
     the leaf's own trust domain; then (if that fails) a search of what the peer sent."""
 
-    __slots__ = ("_openssl", "_root", "_search", "_sent_chain", "_unreadable")
+    __slots__ = ("_openssl", "_root", "_search", "_sent_chain", "_unreadable", "searched")
 
     def __init__(
         self,
@@ -716,6 +717,8 @@ class _HandshakePaths:
         self._sent_chain = sent_chain
         self._search: _PathSearch | None = None
         self._unreadable: list[VerificationError] = []
+        #: whether candidates went past OpenSSL's chain (read what the peer sent)
+        self.searched = False
 
     def candidates(self, j: Judgement) -> Iterator[tuple[CertFacts, ...]]:
         assert j.bundle is not None
@@ -723,6 +726,7 @@ class _HandshakePaths:
             yield self._openssl
         if self._sent_chain is None:
             return
+        self.searched = True
         presented = self._sent_chain()[1:MAX_CHAIN_LENGTH]
         pool, self._unreadable = _pool(presented, lambda der, i: _cached(_SIGNERS, der, i))
         self._search = _PathSearch(j, pool)
@@ -880,12 +884,58 @@ def verify_handshake_chain(
         raise VerificationError(
             "malformed_certificate", f"the peer sent {sent} certificates, over {MAX_CHAIN_LENGTH}"
         )
-    with mapped(malformed("chain")):
-        j = Judgement(_cached(_LEAVES, verified[0], 0), role, bundles, policy, now)
-        openssl = tuple(_cached(_SIGNERS, der, i) for i, der in enumerate(verified[1:], start=1))
-        peer = _judge(j, _HandshakePaths(openssl, verified[-1], sent_chain))
+    key = (role, *verified)
+    memo = _VERDICTS.get(key)
+    if memo is not None and memo.holds(bundles, policy, now):
+        peer = memo.peer
+    else:
+        with mapped(malformed("chain")):
+            j = Judgement(_cached(_LEAVES, verified[0], 0), role, bundles, policy, now)
+            openssl = tuple(
+                _cached(_SIGNERS, der, i) for i, der in enumerate(verified[1:], start=1)
+            )
+            paths = _HandshakePaths(openssl, verified[-1], sent_chain)
+            peer = _judge(j, paths)
+        if not paths.searched:  # the path is OpenSSL's chain itself: nothing else was read
+            _VERDICTS.put(key, _Verdict.of(j, peer))
     revocation_is_not_known_bad(peer, policy, now, revocation)
     return peer
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Verdict:
+    """A chain that passed `STEPS` (role, bundles and policy as given), and the window of
+    times for which every time-dependent step (L-9's windows with the skew, P-2's age)
+    passes as well: within it, with the same bundle set and policy, `STEPS` would give
+    the same verified peer again. P-4 and the authorizer are never remembered."""
+
+    peer: VerifiedPeer
+    bundles: BundleSet
+    policy: ValidationPolicy
+    valid_from: datetime
+    valid_until: datetime
+
+    @classmethod
+    def of(cls, j: Judgement, peer: VerifiedPeer) -> _Verdict:
+        assert j.bundles is not None
+        path, skew = j.chain(), j.policy.clock_skew
+        valid_from = max(f.not_before for f in path) - skew
+        valid_until = min(f.not_after for f in path) + skew
+        if j.policy.max_age is not None:
+            valid_until = min(valid_until, j.leaf.not_before + j.policy.max_age)
+        return cls(peer, j.bundles, j.policy, valid_from, valid_until)
+
+    def holds(self, bundles: BundleSet, policy: ValidationPolicy, now: datetime) -> bool:
+        return (
+            bundles is self.bundles
+            and (policy is self.policy or policy == self.policy)
+            and self.valid_from <= now <= self.valid_until
+        )
+
+
+#: Verdicts of handshake chains, by (role, chain DER): a chain seen again (the same peer
+#: reconnecting) skips `STEPS` within its window (see `_Verdict`).
+_VERDICTS: Final[LruCache[tuple[str | bytes, ...], _Verdict]] = LruCache(VERDICT_CACHE_SIZE)
 
 
 # ---------------------------------------------------------------- our own SVID

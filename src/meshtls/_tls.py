@@ -30,7 +30,7 @@ maps the alert back (`alert_reason`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -169,7 +169,13 @@ class Deferred(MeshError):  # noqa: N818 (a signal, not an error; a MeshError so
     handshake completes, and the stream judges the peer before any application byte."""
 
 
-SentChain = Callable[[], Sequence[bytes]]
+class SentChain(Protocol):
+    """What the peer sent (DER, leaf first) when called, and how many certificates by
+    `len`; both raise `Deferred` where OpenSSL cannot give them yet (a server)."""
+
+    def __call__(self) -> Sequence[bytes]: ...
+
+    def __len__(self) -> int: ...
 
 
 class PeerVerifier(Protocol):
@@ -297,16 +303,33 @@ def _verify(
     return _ossl.X509_V_OK
 
 
-def _sent_reader(connection: SSL.Connection, state: _Judging) -> SentChain:
+class _SentChain:
     """The chain the peer sent, as the verify callback may read it: a client holds the
-    server's chain before verifying it; a server gets the client's only afterwards."""
-    if state.server_side:
+    server's chain before verifying it; a server gets the client's only afterwards
+    (reading it raises `Deferred`). Its length costs no copy; its DER is read once."""
 
-        def unavailable() -> Sequence[bytes]:
+    __slots__ = ("_connection", "_der", "_server_side")
+
+    def __init__(self, connection: SSL.Connection, server_side: bool) -> None:
+        self._connection = connection
+        self._server_side = server_side
+        self._der: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        if self._server_side:
             raise Deferred("a server reads the client's chain only after the handshake")
+        return _ossl.peer_chain_length(self._connection)
 
-        return unavailable
-    return lambda: _der(connection.get_peer_cert_chain())
+    def __call__(self) -> Sequence[bytes]:
+        if self._server_side:
+            raise Deferred("a server reads the client's chain only after the handshake")
+        if self._der is None:
+            self._der = _der(self._connection.get_peer_cert_chain())
+        return self._der
+
+
+def _sent_reader(connection: SSL.Connection, state: _Judging) -> _SentChain:
+    return _SentChain(connection, state.server_side)
 
 
 def _reject_with(verdict: BaseException) -> int:
