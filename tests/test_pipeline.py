@@ -254,6 +254,7 @@ def judge(chain: list[bytes], bundles: meshtls.BundleSet, **options: object) -> 
 def test_caches_are_bounded_lru_caches() -> None:
     assert _svid._LEAVES.limit == _svid.LEAF_CACHE_SIZE == 1024
     assert _svid._SIGNERS.limit == _svid.SIGNER_CACHE_SIZE == 256
+    assert _svid._VERDICTS.limit == _svid.VERDICT_CACHE_SIZE == 1024
 
 
 def test_cache_eviction_and_reading_again(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,6 +262,8 @@ def test_cache_eviction_and_reading_again(world: World, monkeypatch: pytest.Monk
     intermediate is read again, and judged the same."""
     monkeypatch.setattr(_svid, "_LEAVES", LruCache[bytes, CertFacts](2))
     monkeypatch.setattr(_svid, "_SIGNERS", LruCache[bytes, CertFacts](2))
+    verdicts = LruCache[tuple[str | bytes, ...], _svid._Verdict](2)  # chains[0] leaves it too
+    monkeypatch.setattr(_svid, "_VERDICTS", verdicts)
     chains = [
         handshake_chain(world.ca.intermediate().issue(), world.ca.certificate) for _ in range(3)
     ]

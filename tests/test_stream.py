@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
 
 import meshtls
-from meshtls._stream import Access
+from meshtls._stream import CLOSE_NOTIFY_TIMEOUT, Access
 from meshtls._tls import TlsSession
 
 from .meshnet import Mesh, start_server, stream_pair
@@ -324,3 +326,61 @@ async def test_a_peer_that_goes_away_after_data_is_not_called_a_rejection_of_our
             await client.receive_some()
     assert "went away" in str(raised.value)
     assert "certificate" not in str(raised.value)
+
+
+# ---------------------------------------------------------------- close_notify flushed (issue 11)
+
+
+async def _read_to_the_end(stream: meshtls.MeshStream) -> bytes:
+    received = bytearray()
+    while chunk := await stream.receive_some():
+        received.extend(chunk)
+    return bytes(received)
+
+
+def _fill(stream: meshtls.MeshStream) -> None:
+    """Small kernel buffers, so that a reply fills them while its reader is not reading."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+
+
+async def test_aclose_waits_for_the_socket_to_take_close_notify() -> None:
+    """The server's engine holds more than the socket can take (as a send_all that returned
+    would have left it, had the kernel taken less) when it closes, and the client is not
+    reading yet: `aclose` waits for room, so the client reads every byte and then a clean
+    end (b""), never a truncation."""
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        _fill(server)
+        received = bytearray()
+
+        async def read_later() -> None:
+            await trio.sleep(0.2)  # aclose below is waiting on a full socket meanwhile
+            received.extend(await _read_to_the_end(client))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_later)
+            server._session.write(REPLY)
+            with trio.fail_after(5):
+                await server.aclose()
+        assert bytes(received) == REPLY
+
+
+async def test_aclose_gives_up_after_close_notify_timeout_when_the_peer_never_reads(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Only the close_notify is stuck, behind data the client never reads: aclose waits
+    CLOSE_NOTIFY_TIMEOUT (Trio's clock jumps there), then resets the socket, so the client
+    reads an error after the data, never a clean end."""
+    mesh = Mesh()
+    async with stream_pair(mesh) as (client, server):
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        _fill(server)
+        # records the engine holds for the socket, ahead of the close_notify (as a send_all
+        # that returned would have left them, had the kernel taken less)
+        server._session.write(REPLY * 4)
+        started = trio.current_time()
+        await server.aclose()
+        assert trio.current_time() - started >= CLOSE_NOTIFY_TIMEOUT
+        with pytest.raises(trio.BrokenResourceError):
+            await _read_to_the_end(client)
