@@ -52,6 +52,7 @@ from ._config import (
 from ._duration import format_duration, parse_duration, parse_optional_duration
 from ._errors import BundleError, ConfigError, MeshError, SpiffeIdError, VerificationError
 from ._node import NodeError
+from ._ossl import DEFAULT_GROUPS, validate_groups
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._revocation import RevocationTarget, chain_targets
 from ._revocation_report import CertRevocation, no_issuer, report_chain, report_lines
@@ -582,11 +583,27 @@ def _add_check(commands: _Subcommands) -> None:
         "--timeout", type=_duration_arg, default=timedelta(seconds=10), metavar="DURATION"
     )
     check.add_argument(
+        "--groups",
+        type=_groups_arg,
+        default=DEFAULT_GROUPS,
+        metavar="G1:G2",
+        help="key-exchange groups to offer, most preferred first: OpenSSL names joined by"
+        f" ':' (default: {DEFAULT_GROUPS}); the one negotiated is printed as group:",
+    )
+    check.add_argument(
         "--no-revocation",
         action="store_true",
         help="do not fetch and print the peer chain's revocation status (OCSP, then CRL)",
     )
     check.set_defaults(run=_cmd_check)
+
+
+def _groups_arg(text: str) -> str:
+    """``--groups``: checked and normalised as ``[tls] groups`` is (`validate_groups`)."""
+    try:
+        return validate_groups(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -604,13 +621,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
     async def run() -> int:
         with trio.fail_after(args.timeout.total_seconds()):
             result = await check_peer(
-                host, port, source=source, authorize=authorize, wait=args.wait.total_seconds()
+                host,
+                port,
+                source=source,
+                authorize=authorize,
+                wait=args.wait.total_seconds(),
+                groups=args.groups,
             )
         if result.peer is not None:  # our side of the handshake finished: it has a time
             left = result.time_left()
             print(f"spiffe_id: {result.peer.spiffe_id}")
             print(f"time_left: {format_duration(left) if left is not None else '-'}")
             print(f"handshake: {result.handshake_seconds * 1000:.1f} ms")
+            print(f"group: {result.group or '-'}")
             peer_leaf = result.peer.chain[0]
             skew_note = _skew_note(
                 peer_leaf.not_valid_before_utc,

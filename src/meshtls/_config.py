@@ -30,6 +30,9 @@ Choices a reader of a config file should know:
   loopback) unless ``unsafe_listen`` / ``unsafe_target`` says otherwise. ``allow`` and
   ``expect`` take `IdPattern` strings. `with_flag_tunnels` adds ``meshtls node``'s tunnel
   flags under the same rules.
+- ``[tls] groups`` is checked against the OpenSSL that meshtls's engine uses
+  (`meshtls._ossl.validate_groups`: each name known and usable with TLS 1.3, none twice)
+  and kept normalised (no spaces around the names).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from ._ca import DEFAULT_CA_TTL
 from ._crl import CrlError, load_crl
 from ._duration import format_duration, parse_duration
 from ._errors import ConfigError, SpiffeIdError
+from ._ossl import DEFAULT_GROUPS, validate_groups
 from ._policy import MAX_HARD_FAIL_WAIT, REVOCATION_MODES, RevocationMode, ValidationPolicy
 from ._spiffeid import SCHEME_PREFIX, SpiffeId, TrustDomain
 
@@ -377,6 +381,26 @@ class MeshSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """``[tls]``: ``groups`` are the key-exchange groups every connection of the node
+    offers and accepts (mesh listener, dialer pool, expose and forward): OpenSSL names
+    joined by ``:``, most preferred first; the default puts the hybrid post-quantum
+    ``X25519MLKEM768`` before ``X25519``. Checked and normalised by
+    `meshtls._ossl.validate_groups` (a `ConfigError` naming the bad group). A change
+    needs a restart.
+    """
+
+    groups: str = DEFAULT_GROUPS
+
+    def __post_init__(self) -> None:
+        try:
+            groups = validate_groups(self.groups)
+        except ConfigError as exc:
+            raise ConfigError(f"tls groups: {exc}") from None
+        object.__setattr__(self, "groups", groups)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PeerSettings:
     """``[[peers]]``: a node the dialer pool keeps a connection to."""
 
@@ -575,6 +599,7 @@ class NodeConfig:
     forward: tuple[ForwardSettings, ...] = ()
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     write: tuple[WriteSettings, ...] = ()
+    tls: TlsSettings = field(default_factory=TlsSettings)
     source: Path | None = None
     notes: tuple[str, ...] = ()
 
@@ -737,6 +762,7 @@ _TABLES: Final[dict[str, tuple[str, ...]]] = {
     "authorize": ("member_of", "ids", "path_prefix"),
     "peers": ("id", "address"),
     "mesh": tuple(f.name for f in fields(MeshSettings)),  # one key per setting
+    "tls": ("groups",),
     "expose": (
         "listen",
         "backend",
@@ -1395,6 +1421,16 @@ def _mesh(table: _Table) -> MeshSettings:
     )
 
 
+def _tls(table: _Table) -> TlsSettings:
+    text = table.string("groups", 'a string of OpenSSL group names such as "X25519MLKEM768:X25519"')
+    if text is None:
+        return TlsSettings()
+    try:
+        return TlsSettings(groups=validate_groups(text))
+    except ConfigError as exc:
+        raise table.error("groups", str(exc)) from None
+
+
 def _peer(table: _Table) -> PeerSettings:
     return PeerSettings(
         id=table.required(
@@ -1801,6 +1837,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
     authorize = _authorize(table("authorize")) if "authorize" in document else AuthorizeSettings()
     peers = _array(reader, document, "peers", _peer)
     mesh = _mesh(table("mesh"))
+    tls = _tls(table("tls"))
     seen_ids: set[SpiffeId] = set()
     for peer_table, peer in peers:
         if peer.id in seen_ids:
@@ -1823,6 +1860,7 @@ def _parse(reader: _Reader, text: str) -> NodeConfig:
         forward=tuple(item for _, item in forward),
         metrics=metrics,
         write=tuple(item for _, item in write),
+        tls=tls,
         notes=tuple(reader.notes),
     )
 

@@ -148,7 +148,8 @@ class Dialer:
     Owned by the node, which passes its rotation (identity, tracking, policy), its
     revocation statuses, its clock (certificate time), its `Observer` (handshake and
     connection metrics), the `Inbox` incoming messages go to, ``[mesh]``, the
-    `MeshMetrics`, and the rng of the backoff's jitter.
+    `MeshMetrics`, the rng of the backoff's jitter, and the key-exchange `groups` every
+    dial offers (``[tls] groups``; None: the engine's default).
     """
 
     def __init__(
@@ -162,8 +163,10 @@ class Dialer:
         mesh: MeshSettings,
         metrics: MeshMetrics,
         rng: random.Random | None = None,
+        groups: str | None = None,
     ) -> None:
         self._rotation = rotation
+        self._groups = groups
         self._revocations = revocations
         self._clock = clock
         self._observer = observer
@@ -381,6 +384,7 @@ class Dialer:
                     revocation=self._revocations,
                     clock=self._clock,
                     observer=self._observer,
+                    groups=self._groups,
                 )
             except HandshakeError as exc:
                 raise _DialFailedError(str(exc)) from exc

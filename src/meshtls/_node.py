@@ -8,9 +8,11 @@ task, with a wait bounded by ``[node] startup_timeout``), the rotation task
 for ``/status``, a warning at 80 % of our SVID's lifetime, an error at its expiry), the
 mesh listener, every ``[[expose]]`` and ``[[forward]]`` listener, and last the dialer pool
 (`meshtls._dialer.Dialer.run`: a nursery of its own with one keeper task per ``[[peers]]``
-entry or `Node.add_peer`). The node is *ready* (``/readyz`` 200) once all of them are up,
-and for as long as our SVID has not expired (`meshtls._status.readiness`); the peers never
-decide readiness, ``/readyz`` only names how many are connected.
+entry or `Node.add_peer`). The mesh listener, the tunnels and the pool are each given
+``[tls] groups``, the key-exchange groups their handshakes offer and accept, when they
+start (so a change needs a restart). The node is *ready* (``/readyz`` 200) once all of
+them are up, and for as long as our SVID has not expired (`meshtls._status.readiness`);
+the peers never decide readiness, ``/readyz`` only names how many are connected.
 
 Messages. Without ``handler=``, the mesh listener runs a server message link
 (`meshtls._channel.run_link`) on each verified connection and registers it, so `Node.send`
@@ -226,7 +228,12 @@ class Node:
         self._clock = clock or (lambda: datetime.now(UTC))
         self.metrics = NodeMetrics(self.registry, clock=self._clock, prefix=config.metrics.prefix)
         add_process_collectors(self.registry)
-        self.rotation = Rotation(policy=config.policy, metrics=self.metrics, clock=self._clock)
+        self.rotation = Rotation(
+            policy=config.policy,
+            metrics=self.metrics,
+            clock=self._clock,
+            groups=config.tls.groups,
+        )
         settings = config.revocation
         #: The revocation room (P-4): the cache every handshake reads, and its prefetcher.
         self.revocations = Revocations(
@@ -259,6 +266,7 @@ class Node:
             mesh=config.mesh,
             metrics=self.mesh_metrics,
             rng=rng,
+            groups=config.tls.groups,
         )
 
     # ------------------------------------------------------------ what embedders read
@@ -268,8 +276,9 @@ class Node:
         return self.rotation.identity()
 
     def contexts(self) -> TlsContexts:
-        """Shortcut for ``identity().contexts()`` (built before the identity was swapped in)."""
-        return self.rotation.identity().contexts()
+        """Shortcut for ``identity().contexts(groups)`` with the node's ``[tls] groups`` (the
+        contexts its own listeners and dials use)."""
+        return self.rotation.identity().contexts(self.rotation.groups)
 
     @property
     def ready(self) -> bool:
@@ -566,6 +575,7 @@ class Node:
                     max_connections=settings.max_connections,
                     clock=self._clock,
                     observer=self,
+                    groups=self.config.tls.groups,
                 ),
             )
         for item, gate in zip(self.config.expose, tunnel_gates, strict=False):
@@ -587,6 +597,7 @@ class Node:
                         observer=self,
                         track=functools.partial(rotation.track, listener=name, gate=gate),
                         proxy_protocol=item.proxy_protocol,
+                        groups=self.config.tls.groups,
                     ),
                 )
         forward_gates = tunnel_gates[len(self.config.expose) :]
@@ -607,6 +618,7 @@ class Node:
                         clock=self._clock,
                         observer=self,
                         track=functools.partial(rotation.track, listener=name, gate=gate),
+                        groups=self.config.tls.groups,
                     ),
                 )
         await nursery.start(self.dialer.run, self.config.peers)
@@ -820,6 +832,7 @@ _JUDGED: frozenset[str] = frozenset(
         "notes",
         "peers",
         "mesh",
+        "tls",
     }
 )
 #: ``[node]`` keys a reload applies (the shutdown timeout is read when the drain starts).
@@ -890,6 +903,8 @@ def needs_restart(old: NodeConfig, new: NodeConfig) -> list[str]:
         if n not in _LIVE_REVOCATION_KEYS
     ]
     found += [f"[mesh] {name}" for name in _differing(old.mesh, new.mesh)]
+    # The groups are given to each listener and the pool when they start (`_start`).
+    found += [f"[tls] {name}" for name in _differing(old.tls, new.tls)]
     found += _tunnel_changes("expose", old.expose, new.expose, "allow")
     found += _tunnel_changes("forward", old.forward, new.forward, "expect")
     found += [f"[{name}]" for name in _differing(old, new) if name not in _JUDGED]

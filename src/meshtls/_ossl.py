@@ -10,7 +10,8 @@ attribute used here goes away, as tests/test_compat.py does for the stdlib.
   ``SSL_CTX_set1_curves_list`` is OpenSSL's groups-list control under its old name
   (``SSL_CTX_set1_groups_list`` is the same ``SSL_CTRL_SET_GROUPS_LIST``), so it takes
   hybrid names such as ``X25519MLKEM768``. `negotiated_group` is pyOpenSSL's own
-  ``get_group_name`` (``SSL_get0_group_name``).
+  ``get_group_name`` (``SSL_get0_group_name``). `validate_groups` checks a list from a
+  person (``[tls] groups``, ``--groups``) before anything is built with it.
 - **Specific alerts from verification** (`set_verify`). pyOpenSSL's verify callback is
   not handed the ``X509_STORE_CTX``, so a Python callback that says no leaves the store's
   error at ``X509_V_OK``; OpenSSL then records ``X509_V_ERR_UNSPECIFIED`` and the peer
@@ -29,12 +30,17 @@ attribute used here goes away, as tests/test_compat.py does for the stdlib.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import re
 import weakref
 from collections.abc import Callable
 from typing import Final
 
 from cryptography.hazmat.bindings.openssl.binding import Binding
 from OpenSSL import SSL
+
+from ._errors import ConfigError
 
 _binding = Binding()
 _ffi = _binding.ffi
@@ -129,6 +135,36 @@ _CB_READ: Final = int(_lib.SSL_CB_READ)
 #: Default groups: hybrid post-quantum first, then classic X25519 (issue 11).
 DEFAULT_GROUPS: Final = "X25519MLKEM768:X25519"
 
+#: Group names this OpenSSL offers for TLS 1.3, for "did you mean" hints only: OpenSSL
+#: itself decides what a list may hold (`validate_groups`). Aliases are left out
+#: (``secp256r1`` and ``prime256v1`` are ``P-256``).
+KNOWN_GROUPS: Final = (
+    "X25519MLKEM768",
+    "SecP256r1MLKEM768",
+    "SecP384r1MLKEM1024",
+    "X25519",
+    "X448",
+    "P-256",
+    "P-384",
+    "P-521",
+    "MLKEM512",
+    "MLKEM768",
+    "MLKEM1024",
+    "brainpoolP256r1tls13",
+    "brainpoolP384r1tls13",
+    "brainpoolP512r1tls13",
+    "ffdhe2048",
+    "ffdhe3072",
+    "ffdhe4096",
+    "ffdhe6144",
+    "ffdhe8192",
+)
+_GROUP_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_LIST_SYNTAX: Final = (
+    "OpenSSL's list syntax (DEFAULT, a leading ?, * or -, tuples with /) is not taken:"
+    " list the group names to offer, in order, joined by ':'"
+)
+
 #: The chain OpenSSL has built so far (DER, leaf first), read only when called.
 Chain = Callable[[], list[bytes]]
 
@@ -151,6 +187,75 @@ def set_groups(context: SSL.Context, groups: str = DEFAULT_GROUPS) -> None:
     if _lib.SSL_CTX_set1_curves_list(_raw_context(context), groups.encode("ascii")) != 1:
         _lib.ERR_clear_error()
         raise ValueError(f"OpenSSL refused the groups list {groups!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def validate_groups(text: str) -> str:
+    """`text` checked and normalised as the key-exchange groups meshtls offers: OpenSSL
+    group names joined by ``:``, most preferred first (``"X25519MLKEM768:X25519"``).
+
+    Spaces around a name are dropped. Each name must be one this OpenSSL knows (tried
+    alone on a throwaway context) and usable with TLS 1.3 (a throwaway client must be
+    able to write its ClientHello with it), and none may appear twice (in any case).
+    Returns the names joined by ``:``. Raises `ConfigError` (a ValueError) naming the
+    first bad name; the caller prefixes where the list came from.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"expected a string of group names joined by ':', not {text!r}")
+    if not text.strip():
+        raise ConfigError(f"no groups in {text!r}: list at least one, such as {DEFAULT_GROUPS!r}")
+    names = [name.strip(" \t") for name in text.split(":")]
+    seen: dict[str, str] = {}
+    for index, name in enumerate(names, 1):
+        where = "" if name == text else f" in {text!r}"
+        if not name:
+            raise ConfigError(f"{text!r}: name {index} of {len(names)} is empty (a ':' too many)")
+        if name.upper() == "DEFAULT" or name[0] in "?*-" or "/" in name:
+            raise ConfigError(f"{name!r}{where}: {_LIST_SYNTAX}")
+        if not _GROUP_NAME.fullmatch(name):
+            raise ConfigError(f"{name!r}{where} is not a group name{_hint(name)}")
+        first = seen.get(name.lower())
+        if first is not None:
+            twice = f"{name!r}" if first == name else f"{name!r} (as {first!r})"
+            raise ConfigError(f"{twice} is listed twice{where}: name each group once")
+        seen[name.lower()] = name
+        _check_group(name, where)
+    joined = ":".join(names)
+    set_groups(SSL.Context(SSL.TLS_CLIENT_METHOD), joined)  # the whole list, as built
+    return joined
+
+
+def _check_group(name: str, where: str) -> None:
+    """`name` is a group this OpenSSL knows, usable with TLS 1.3; else `ConfigError`
+    (`where` names the list it is in)."""
+    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    context.set_min_proto_version(SSL.TLS1_3_VERSION)
+    context.set_max_proto_version(SSL.TLS1_3_VERSION)
+    try:
+        set_groups(context, name)
+    except ValueError:
+        raise ConfigError(f"unknown group {name!r}{where}{_hint(name)}") from None
+    hello = SSL.Connection(context, None)
+    hello.set_connect_state()
+    try:
+        hello.do_handshake()
+    except SSL.WantReadError:
+        return  # the ClientHello is written: the group can be offered
+    except SSL.Error:
+        _lib.ERR_clear_error()
+    raise ConfigError(
+        f"group {name!r}{where} cannot be used with TLS 1.3, and meshtls speaks TLS 1.3"
+        f" only{_hint(name)}"
+    )
+
+
+def _hint(name: str) -> str:
+    """``; did you mean 'X25519'?`` for a name close to a known group, else ``""``."""
+    lowered = {known.lower(): known for known in KNOWN_GROUPS}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    if close and lowered[close[0]] != name:
+        return f"; did you mean {lowered[close[0]]!r}?"
+    return f"; known groups include {', '.join(KNOWN_GROUPS[:6])}"
 
 
 def negotiated_group(connection: SSL.Connection) -> str | None:

@@ -147,13 +147,25 @@ class Rotation:
     Owned by the node: it hands over the source's first identity (`begin`), runs `follow`
     on the source's cell, and passes `refused` to the source as its ``on_invalid``.
     `metrics` receives the rotations, the refusals and the connections closed for a root
-    that left; `clock` gives certificate time; `policy` is what our own SVID must pass.
+    that left; `clock` gives certificate time; `policy` is what our own SVID must pass;
+    `groups` (``[tls] groups``; None: the engine's default) names the TLS contexts built
+    for each identity before it becomes active, so no handshake builds them.
     """
 
-    def __init__(self, *, policy: ValidationPolicy, metrics: NodeMetrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        *,
+        policy: ValidationPolicy,
+        metrics: NodeMetrics,
+        clock: Clock,
+        groups: str | None = None,
+    ) -> None:
         #: The policy our SVID and every handshake of the node are judged by; the node
         #: replaces it on reload, and listeners read it through `current_policy`.
         self.policy = policy
+        #: The key-exchange groups the node's handshakes use (``[tls] groups``): each
+        #: identity's contexts for them are built before it is swapped in.
+        self.groups = groups
         self._metrics = metrics
         self._clock = clock
         self._active: Identity | None = None
@@ -182,7 +194,7 @@ class Rotation:
         problem = self._verify(first.svid, first.bundles)
         if problem is not None:
             raise problem
-        first.contexts()
+        first.contexts(self.groups)
         self._swap(first)
 
     async def follow(self, cell: IdentityCell, generation: int) -> NoReturn:
@@ -278,7 +290,7 @@ class Rotation:
     def _built(self, candidate: Identity, active: Identity) -> Identity | None:
         """`candidate` with its contexts built; else the old SVID beside its bundles; else None."""
         try:
-            candidate.contexts()
+            candidate.contexts(self.groups)
         except VerificationError as exc:
             self._refuse(exc.reason, str(exc), (candidate.svid.chain, "tls"))
         else:

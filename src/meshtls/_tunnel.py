@@ -230,6 +230,7 @@ async def expose(
     observer: Observer | None = None,
     track: Track = _untracked,
     proxy_protocol: bool = False,
+    groups: str | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """mTLS in on `listen`, plaintext out to `backend` (a TCP address, or the path of a
@@ -242,7 +243,7 @@ async def expose(
     (default: the wall clock), `revocation` the statuses P-4 reads (`serve`'s). With
     `proxy_protocol`, the backend first gets a PROXY v2
     header naming the peer (`proxy_header`); without it, nothing but the peer's bytes.
-    Runs until cancelled.
+    `groups` are the key-exchange groups accepted (`serve`'s). Runs until cancelled.
     """
     _check_connect_timeout(connect_timeout)
     if isinstance(backend, Path):
@@ -311,6 +312,7 @@ async def expose(
         revocation=revocation,
         on_rejected=on_rejected,
         observer=observer,
+        groups=groups,
         task_status=task_status,
     )
 
@@ -328,6 +330,7 @@ async def forward(
     revocation: RevocationView | None = None,
     observer: Observer | None = None,
     track: Track = _untracked,
+    groups: str | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Plaintext in on `listen`, mTLS out to `peer`, which `authorize` must accept (the
@@ -338,7 +341,8 @@ async def forward(
     completed its TCP connect and handshake within `connect_timeout` seconds: the
     plaintext client is reset (logged). At most `max_connections` clients at once; one
     more is reset at once. `clock` gives the time certificates are judged at (default:
-    the wall clock), `revocation` the statuses P-4 reads (`connect`'s). ``started()``
+    the wall clock), `revocation` the statuses P-4 reads and `groups` the key-exchange
+    groups offered (both `connect`'s). ``started()``
     gives the listeners. Each client is one line: the
     rejection (`connect`'s) or the failure (rate-limited per reason, like `serve`'s), or
     its `Access` to the observer, whose bytes are the plaintext client's.
@@ -386,6 +390,7 @@ async def forward(
                     clock=clock,
                     revocation=revocation,
                     observer=observer,
+                    groups=groups,
                 )
         except HandshakeError as exc:  # connect logged it: one line per event
             why, problem = exc.reason, exc.detail
