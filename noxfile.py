@@ -89,5 +89,6 @@ def bench(session: nox.Session) -> None:
     _install(session, "bench")
     session.run("python", "benchmarks/verify.py")
     session.run("python", "benchmarks/handshake.py", *session.posargs)
+    session.run("meshtls", "bench", "bulk")
     session.run("meshtls", "bench", "mesh", "--nodes", "10,50")
     session.run("meshtls", "bench", "messages")

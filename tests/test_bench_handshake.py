@@ -285,3 +285,165 @@ def test_a_missing_spiffe_tls_is_reported_unavailable_not_measured(
     assert [r["stack"] for r in report["results"]] == ["trio"]
     assert report["unavailable"] == [{"stack": "spiffe-tls", "reason": "not here (test)"}]
     assert "spiffe-tls          unavailable: not here (test)" in handshake.render(report)
+
+
+# ---------------------------------------------------------------- issue 11 rows and targets
+
+ISSUE_11_STACKS = [
+    "meshtls",
+    "meshtls-x25519",
+    "trio",
+    "asyncio",
+    "uvloop",
+    "pyopenssl-membio",
+    "pyopenssl-membio-pq",
+    "spiffe-tls",
+]
+
+
+@pytest.fixture(scope="module")
+def report_11(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A small real run of every issue-11 row at concurrency 1 and 64 (64 workers at most
+    `--count`: the c=64 targets are computed, the figures are not judged)."""
+    out = tmp_path_factory.mktemp("bench11") / "handshake.json"
+    argv = ["--count", "8", "--rounds", "2", "--concurrency", "1,64", "--no-memory"]
+    argv += ["--stacks", ",".join(ISSUE_11_STACKS), "--json", str(out), "--quiet"]
+    assert handshake.main(argv) == 0
+    loaded: dict[str, object] = json.loads(out.read_text())
+    return loaded
+
+
+def _results(report: dict[str, object]) -> list[object]:
+    results = report["results"]
+    assert isinstance(results, list)
+    return results
+
+
+def test_issue_11_rows_are_measured(report_11: dict[str, object]) -> None:
+    assert report_11["unavailable"] == []  # uvloop and spiffe-tls are installed here
+    rows = {(r["stack"], r["concurrency"]): r for r in _results(report_11) if isinstance(r, dict)}
+    for stack in ("meshtls", "meshtls-x25519", "trio", "asyncio", "uvloop"):
+        for level in (1, 64):
+            entry = rows[(stack, level)]
+            assert entry["errors"] == 0, entry["first_error"]
+            assert entry["handshakes_per_second"] > 0
+    for stack in ("pyopenssl-membio", "pyopenssl-membio-pq", "spiffe-tls"):
+        assert rows[(stack, 1)]["handshakes_per_second"] > 0
+        assert (stack, 64) not in rows  # sequential rows
+    text = handshake.render(report_11)
+    assert "\nmeshtls-x25519 " in text
+    assert "\nuvloop " in text
+
+
+def test_issue_11_targets_are_computed_from_this_run(report_11: dict[str, object]) -> None:
+    rows = {(r["stack"], r["concurrency"]): r for r in _results(report_11) if isinstance(r, dict)}
+    targets = report_11["targets"]
+    assert isinstance(targets, list)
+    by_name = {str(target["name"]): target for target in targets}
+    for (stack, baseline, level), (relation, bound, issue) in handshake.RATIO_TARGETS.items():
+        target = by_name[f"{stack} / {baseline} handshakes/s at concurrency {level}"]
+        value = round(
+            rows[(stack, level)]["handshakes_per_second"]
+            / rows[(baseline, level)]["handshakes_per_second"],
+            3,
+        )
+        assert target["value"] == value
+        assert target["issue"] == issue
+        assert target["target"] == f"{relation} {bound}"
+        assert target["met"] is (value >= bound if relation == ">=" else value > bound)
+    spread = by_name["meshtls p99 / p50 latency at concurrency 1"]
+    latency = rows[("meshtls", 1)]["latency_ms"]
+    assert spread["value"] == round(latency["p99"] / latency["p50"], 3)
+    assert spread["met"] is (spread["value"] <= 2.0)
+    memory = by_name["meshtls RSS bytes per idle MeshStream"]
+    assert memory["value"] is None  # --no-memory: reported, not judged
+    assert memory["met"] is None
+    assert "not measured in this run" in handshake.render(report_11)
+
+
+def test_meshtls_is_compared_to_the_floor_and_spiffe_tls(report_11: dict[str, object]) -> None:
+    rows = {(r["stack"], r["concurrency"]): r for r in _results(report_11) if isinstance(r, dict)}
+    peers = report_11["versus_peers"]
+    assert isinstance(peers, list)
+    assert [(p["stack"], p["over"]) for p in peers] == [
+        (stack, over)
+        for stack in ("meshtls", "meshtls-x25519")
+        for over in ("pyopenssl-membio", "pyopenssl-membio-pq", "spiffe-tls")
+    ]
+    for entry in peers:
+        mine = rows[(entry["stack"], 1)]["handshakes_per_second"]
+        theirs = rows[(entry["over"], 1)]["handshakes_per_second"]
+        assert entry["ratio"] == round(mine / theirs, 3)
+        assert entry["note"] is None
+    text = handshake.render(report_11)
+    assert "meshtls             / spiffe-tls" in text
+
+
+def test_hybrid_cost_is_computed_from_the_two_meshtls_rows(report_11: dict[str, object]) -> None:
+    rows = {(r["stack"], r["concurrency"]): r for r in _results(report_11) if isinstance(r, dict)}
+    costs = report_11["hybrid_cost"]
+    assert isinstance(costs, list)
+    assert [cost["concurrency"] for cost in costs] == [1, 64]
+    for cost in costs:
+        hybrid = rows[("meshtls", cost["concurrency"])]
+        classic = rows[("meshtls-x25519", cost["concurrency"])]
+        rate = hybrid["handshakes_per_second"] / classic["handshakes_per_second"]
+        assert cost["ratio"] == round(rate, 3)
+        assert len(cost["per_round"]) == 2
+        assert cost["cpu_us_per_handshake_hybrid"] == round(
+            hybrid["cpu_ms_per_handshake"] * 1000, 1
+        )
+        assert cost["cpu_us_per_handshake_x25519"] == round(
+            classic["cpu_ms_per_handshake"] * 1000, 1
+        )
+        assert cost["cpu_us_extra"] == pytest.approx(
+            cost["cpu_us_per_handshake_hybrid"] - cost["cpu_us_per_handshake_x25519"]
+        )
+    assert "hybrid (X25519MLKEM768) vs X25519" in handshake.render(report_11)
+
+
+def _row(
+    stack: str, level: int, rate: float, p50: float = 1.0, p99: float = 1.5
+) -> dict[str, object]:
+    return {
+        "stack": stack,
+        "concurrency": level,
+        "handshakes_per_second": rate,
+        "cpu_ms_per_handshake": 1.0,
+        "rounds": [{"handshakes_per_second": rate}],
+        "latency_ms": {"p50": p50, "p99": p99},
+    }
+
+
+def test_a_target_flips_with_the_figures() -> None:
+    """The verdict follows the numbers: 1.8x trio is met, 1.79x is not; a tie at c=64 is not
+    'ahead of asyncio'; p99/p50 of 2.1 fails; a stack left out is not measured, not met."""
+    base = [_row("trio", 1, 100.0), _row("asyncio", 64, 200.0), _row("trio", 64, 200.0)]
+
+    def verdicts(results: list[dict[str, object]]) -> dict[str, object]:
+        return {str(t["name"]): t["met"] for t in handshake.judge(results, [])}
+
+    met = verdicts([*base, _row("meshtls-x25519", 1, 180.0), _row("meshtls", 64, 200.0)])
+    assert met["meshtls-x25519 / trio handshakes/s at concurrency 1"] is True
+    assert met["meshtls / asyncio handshakes/s at concurrency 64"] is False  # a tie
+    assert met["meshtls / trio handshakes/s at concurrency 64"] is True  # issue 3: not behind
+    assert met["meshtls / uvloop handshakes/s at concurrency 64"] is None  # uvloop not run
+    assert met["meshtls / trio handshakes/s at concurrency 1"] is None  # meshtls c=1 not run
+    missed = verdicts([*base, _row("meshtls-x25519", 1, 179.0), _row("meshtls", 1, 160.0, 1, 2.1)])
+    assert missed["meshtls-x25519 / trio handshakes/s at concurrency 1"] is False
+    assert missed["meshtls / trio handshakes/s at concurrency 1"] is True
+    assert missed["meshtls p99 / p50 latency at concurrency 1"] is False
+
+
+def test_a_missing_uvloop_is_reported_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` raises ImportError
+    (stack,) = handshake.build_stacks(["uvloop"])
+    assert isinstance(stack, handshake.UnavailableStack)
+    assert "'bench' dependency group" in stack.reason
+    report = handshake.run_benchmark(
+        handshake.Options(count=1, rounds=1, concurrency=(1,), stacks=("uvloop",), memory=False)
+    )
+    assert report["results"] == []
+    assert report["unavailable"] == [{"stack": "uvloop", "reason": stack.reason}]

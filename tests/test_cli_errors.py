@@ -223,7 +223,7 @@ def test_bench_without_what_to_measure_names_only_that(
     names, one of them (the options) not required at all."""
     code, _, err = run(capsys, "bench")
     assert code == 2
-    line = one_error(err, "required: {handshake,mesh,messages}")
+    line = one_error(err, "required: {handshake,bulk,mesh,messages}")
     assert "options" not in line
 
 

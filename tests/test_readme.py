@@ -157,14 +157,16 @@ def command_options(parser: argparse.ArgumentParser, path: str) -> Iterator[tupl
 
 
 def every_option() -> list[tuple[str, str]]:
-    """Every option of ``meshtls`` (recursively), and of ``meshtls bench handshake``, whose
-    options its own parser reads."""
+    """Every option of ``meshtls`` (recursively), and of ``meshtls bench handshake`` and
+    ``meshtls bench bulk``, whose options their own parsers read."""
     from meshtls._bench import parser as bench_parser
+    from meshtls._bench_bulk import parser as bulk_parser
     from meshtls._cli import build_parser
 
     return [
         *command_options(build_parser(), "meshtls"),
         *command_options(bench_parser(), "meshtls bench handshake"),
+        *command_options(bulk_parser(), "meshtls bench bulk"),
     ]
 
 

@@ -901,7 +901,8 @@ def _config_cause(exc: BaseException) -> ConfigError | None:
 def _add_bench(commands: _Subcommands) -> None:
     bench = commands.add_parser(
         "bench",
-        help="measure handshakes against other TLS stacks, mesh formation and messages",
+        help="measure handshakes and bulk transfer against other TLS stacks, mesh formation"
+        " and messages",
     )
     bench.add_argument(
         "what",
@@ -916,7 +917,7 @@ def _add_bench(commands: _Subcommands) -> None:
     bench.set_defaults(run=_cmd_bench)
 
 
-_BENCHES: Final = ("handshake", "mesh", "messages")
+_BENCHES: Final = ("handshake", "bulk", "mesh", "messages")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -925,6 +926,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from ._bench_mesh import main_mesh as bench_main  # noqa: PLC0415
     elif args.what == "messages":
         from ._bench_mesh import main_messages as bench_main  # noqa: PLC0415
+    elif args.what == "bulk":
+        from ._bench_bulk import main as bench_main  # noqa: PLC0415
     else:
         from ._bench import main as bench_main  # noqa: PLC0415
 
