@@ -162,6 +162,7 @@ def test_every_binding_symbol_and_private_attribute_the_shim_uses_exists() -> No
     assert "SSL_CTX *" in repr(ctx._context)
     conn = SSL.Connection(ctx, None)
     assert SSL.Connection._reverse_mapping[conn._ssl] is conn
+    assert callable(conn._raise_ssl_error)  # read_records builds pyOpenSSL's own exception
     assert conn.get_group_name() is None  # pyOpenSSL's SSL_get0_group_name, before a handshake
     # The codes REJECT names are distinct, and none is "accept".
     assert len(set(_ossl.REJECT.values())) == len(_ossl.REJECT)

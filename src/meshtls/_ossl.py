@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Final
@@ -75,6 +76,8 @@ SYMBOLS: Final = (
     "X509_STORE_get0_objects",
     "sk_X509_OBJECT_num",
     "SSL_get_peer_cert_chain",
+    "SSL_read",
+    "SSL_get_error",
 )
 
 HAS_NUM_TICKETS: Final[bool] = hasattr(_lib, "SSL_CTX_set_num_tickets")
@@ -387,8 +390,18 @@ def verify_result(connection: SSL.Connection) -> int:
     return int(_lib.SSL_get_verify_result(_raw_connection(connection)))
 
 
-_DRAIN_SIZE: Final = 65536
-_drain_buffer = _ffi.new("char[]", _DRAIN_SIZE)
+#: One scratch buffer per thread for `drain` and `read_records` (cffi drops the GIL in each
+#: OpenSSL call, so threads must not share one). 256 KiB: a 64 KiB write is 4 records of
+#: 16 KiB plus 22 bytes each, more than 64 KiB, which used to take two reads and a join.
+_SCRATCH_SIZE: Final = 1 << 18
+_scratch = threading.local()
+
+
+def _buffer() -> object:
+    buffer: object | None = getattr(_scratch, "buffer", None)
+    if buffer is None:
+        buffer = _scratch.buffer = _ffi.new("char[]", _SCRATCH_SIZE)
+    return buffer
 
 
 def drain(connection: SSL.Connection) -> bytes:
@@ -396,15 +409,52 @@ def drain(connection: SSL.Connection) -> bytes:
 
     pyOpenSSL's ``bio_read`` raises ``WantReadError`` when the BIO is empty, which costs
     an error-queue walk on every empty read; this reads it directly (a private
-    attribute: test_ossl.py). Not thread-safe (one shared buffer; meshtls runs on one).
+    attribute: test_ossl.py), into this thread's scratch buffer.
     """
     bio = connection._from_ssl
+    buffer = _buffer()
     parts: list[bytes] = []
-    while (count := _lib.BIO_read(bio, _drain_buffer, _DRAIN_SIZE)) > 0:
-        parts.append(_ffi.buffer(_drain_buffer, count)[:])
+    while (count := _lib.BIO_read(bio, buffer, _SCRATCH_SIZE)) > 0:
+        parts.append(_ffi.buffer(buffer, count)[:])
     if not parts:
         return b""
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_SSL_ERROR_WANT_READ: Final = int(_lib.SSL_ERROR_WANT_READ)
+
+
+def read_records(connection: SSL.Connection, max_bytes: int) -> tuple[bytes, SSL.Error | None]:
+    """Up to `max_bytes` of application data from every record OpenSSL can decrypt with
+    what it has been fed, in one copy; and what stopped it early, if not lack of input.
+
+    ``SSL_read`` returns one record at most (16 KiB), and pyOpenSSL's ``recv`` allocates
+    `max_bytes` and copies out on each call, and raises ``WantReadError`` (an error-queue
+    walk) when a record is incomplete. This calls ``SSL_read`` into this thread's scratch
+    buffer until `max_bytes` are read or it returns nothing. The error is None when it
+    stopped for `max_bytes` or for want of input; otherwise it is the exception pyOpenSSL
+    would have raised for that ``SSL_read`` (``ZeroReturnError`` after close_notify,
+    ``SysCallError`` for a truncation, ``Error`` for a fatal alert), built at once from
+    the error queue (``Connection._raise_ssl_error``, a private method: test_ossl.py),
+    which it leaves empty. The data read before it stays valid.
+    """
+    ssl = connection._ssl
+    buffer = _buffer()
+    limit = min(max_bytes, _SCRATCH_SIZE)
+    got = 0
+    problem: SSL.Error | None = None
+    while got < limit:
+        count = _lib.SSL_read(ssl, buffer + got, limit - got)  # type: ignore[operator]
+        if count > 0:
+            got += count
+            continue
+        if _lib.SSL_get_error(ssl, count) != _SSL_ERROR_WANT_READ:
+            try:
+                connection._raise_ssl_error(ssl, count)
+            except SSL.Error as exc:
+                problem = exc
+        break
+    return (_ffi.buffer(buffer, got)[:] if got else b""), problem
 
 
 def verify_problem(connection: SSL.Connection) -> Exception | None:

@@ -382,7 +382,7 @@ class TlsSession:
     byte fed before it.
     """
 
-    __slots__ = ("_judging", "_out", "_server_side", "_tls")
+    __slots__ = ("_judging", "_out", "_server_side", "_stopped", "_tls")
 
     def __init__(
         self, context: SSL.Context, *, server_side: bool, verifier: PeerVerifier | None = None
@@ -396,6 +396,7 @@ class TlsSession:
             self._tls.set_connect_state()
         self._server_side = server_side
         self._out = bytearray()
+        self._stopped: SSL.Error | None = None  # what ended a read that had data to give
 
     # ------------------------------------------------------------ the handshake
 
@@ -483,14 +484,17 @@ class TlsSession:
         After `feed_eof`, never None: the rest of the data, then b"" or a `SessionError`
         (``truncated`` when the transport ended without close_notify).
         """
-        try:
-            return self._tls.recv(max_bytes)
-        except SSL.WantReadError:
-            return None
-        except SSL.ZeroReturnError:
-            return b""
-        except SSL.Error as exc:
-            raise _session_error(exc) from None
+        problem = self._stopped
+        if problem is None:
+            data, problem = _ossl.read_records(self._tls, max_bytes)
+            if problem is None:
+                return data or None
+            if data:  # give the data first; the next read reports what stopped it
+                self._stopped = problem
+                return data
+        if isinstance(problem, SSL.ZeroReturnError):
+            return b""  # and again on every later read, as OpenSSL does
+        raise _session_error(problem) from None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         try:
