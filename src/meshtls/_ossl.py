@@ -78,6 +78,7 @@ SYMBOLS: Final = (
     "SSL_get_peer_cert_chain",
     "SSL_read",
     "SSL_get_error",
+    "SSL_do_handshake",
 )
 
 HAS_NUM_TICKETS: Final[bool] = hasattr(_lib, "SSL_CTX_set_num_tickets")
@@ -422,6 +423,20 @@ def drain(connection: SSL.Connection) -> bytes:
 
 
 _SSL_ERROR_WANT_READ: Final = int(_lib.SSL_ERROR_WANT_READ)
+
+
+def handshake_step(connection: SSL.Connection) -> bool:
+    """One ``SSL_do_handshake``: True once the handshake is complete, False when it needs
+    more input (no ``WantReadError`` raised and caught on every flight); otherwise the
+    exception pyOpenSSL's ``do_handshake`` raises (``Connection._raise_ssl_error``)."""
+    ssl = connection._ssl
+    result = _lib.SSL_do_handshake(ssl)
+    if result == 1:
+        return True
+    if _lib.SSL_get_error(ssl, result) == _SSL_ERROR_WANT_READ:
+        return False
+    connection._raise_ssl_error(ssl, result)
+    raise SSL.Error(f"SSL_do_handshake returned {result}")  # pragma: no cover
 
 
 def read_records(connection: SSL.Connection, max_bytes: int) -> tuple[bytes, SSL.Error | None]:

@@ -407,12 +407,9 @@ class TlsSession:
         let the `TlsError` go.
         """
         try:
-            self._tls.do_handshake()
-        except SSL.WantReadError:
-            return False
+            return _ossl.handshake_step(self._tls)
         except SSL.Error as exc:
             raise self._failure(exc) from None
-        return True
 
     def _failure(self, exc: SSL.Error) -> TlsError:
         verdict = self._judging.verdict
