@@ -8,8 +8,10 @@ bundle whose authority is an intermediate anchors nothing, and without
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
+from meshtls import BundleSet, X509Bundle, X509Svid
 from meshtls._tls import TlsContexts, TlsSession
 
 from .conftest import World
@@ -76,3 +78,29 @@ def test_P_5_contexts_refuse_tickets_and_keep_no_session_cache(world: World) -> 
     for context in (contexts.server, contexts.client):
         assert context.set_options(0) & SSL.OP_NO_TICKET
         assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+
+
+def test_no_chain_is_built_beyond_what_the_svid_source_gave(world: World) -> None:
+    """SSL_MODE_NO_AUTO_CHAIN: a server whose SVID source gave only the leaf sends only the
+    leaf, although its store holds the intermediate that would complete the chain (the
+    client trusts that intermediate as a bundle authority, so the handshake completes)."""
+    intermediate = world.ca.intermediate()
+    issued = intermediate.issue("spiffe://example.org/server")
+    leaf_only = X509Svid.from_parts([issued.leaf], issued.svid().private_key)
+    bundles = BundleSet._build(
+        [X509Bundle(world.ca.trust_domain, (world.ca.certificate, intermediate.certificate))]
+    )
+    server = TlsContexts.build(leaf_only, bundles).session(server_side=True)
+    client_svid = world.ca.issue("spiffe://example.org/client").svid()
+    client = TlsContexts.build(client_svid, bundles).session(server_side=False)
+    for _ in range(5):
+        done = [client.handshake(), server.handshake()]
+        pump(client, server)
+        if all(done):
+            break
+    assert all(done)
+    assert client.sent_chain_length() == 1
+    assert client.verified_chain()[:2] == [
+        issued.leaf.public_bytes(Encoding.DER),
+        intermediate.certificate.public_bytes(Encoding.DER),
+    ]
