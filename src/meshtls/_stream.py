@@ -786,6 +786,9 @@ class _HandshakeContext:
                 sent=count,
                 sent_chain=sent,
                 revocation=self.revocation,
+                # a server cannot read what the client sent yet: OpenSSL's chain decides,
+                # unless it ends outside the leaf's trust domain (then `sent` defers)
+                search_after_failure=self.role == "server",
             )
         except RevocationPendingError:
             raise Deferred("a revocation status is being fetched") from None

@@ -704,17 +704,27 @@ class _HandshakePaths:
     """The handshake's path step: OpenSSL's verified chain if it ends at an authority of
     the leaf's own trust domain; then (if that fails) a search of what the peer sent."""
 
-    __slots__ = ("_openssl", "_root", "_search", "_sent_chain", "_unreadable", "searched")
+    __slots__ = (
+        "_after_failure",
+        "_openssl",
+        "_root",
+        "_search",
+        "_sent_chain",
+        "_unreadable",
+        "searched",
+    )
 
     def __init__(
         self,
         openssl: tuple[CertFacts, ...],
         root: bytes,
         sent_chain: Callable[[], Sequence[bytes]] | None,
+        after_failure: bool = True,
     ) -> None:
         self._openssl = openssl
         self._root = root
         self._sent_chain = sent_chain
+        self._after_failure = after_failure
         self._search: _PathSearch | None = None
         self._unreadable: list[VerificationError] = []
         #: whether candidates went past OpenSSL's chain (read what the peer sent)
@@ -724,6 +734,8 @@ class _HandshakePaths:
         assert j.bundle is not None
         if self._root in j.bundle.authority_ders:
             yield self._openssl
+            if not self._after_failure:
+                return
         if self._sent_chain is None:
             return
         self.searched = True
@@ -868,6 +880,7 @@ def verify_handshake_chain(
     sent: int = 0,
     sent_chain: Callable[[], Sequence[bytes]] | None = None,
     revocation: RevocationView | None = None,
+    search_after_failure: bool = True,
 ) -> VerifiedPeer:
     """`STEPS` on a chain OpenSSL verified in a handshake (DER, leaf first, root last).
 
@@ -876,7 +889,10 @@ def verify_handshake_chain(
     does not end at an authority of the leaf's own trust domain or fails a step: the path
     is then searched as `verify_svid` searches it. P-4 then runs on the chosen path on
     every handshake (the facts caches never skip it), reading `revocation`. Raises
-    `VerificationError` (`RevocationPendingError`: hard-fail, a status unknown).
+    `VerificationError` (`RevocationPendingError`: hard-fail, a status unknown). Without
+    `search_after_failure`, a chain that ends at an authority of the leaf's own trust
+    domain and fails a step is refused with that step's reason, without searching what the
+    peer sent (a server inside the handshake, which cannot read it yet).
     """
     if not verified:
         raise VerificationError("no_client_certificate", "the peer sent no certificate")
@@ -894,7 +910,7 @@ def verify_handshake_chain(
             openssl = tuple(
                 _cached(_SIGNERS, der, i) for i, der in enumerate(verified[1:], start=1)
             )
-            paths = _HandshakePaths(openssl, verified[-1], sent_chain)
+            paths = _HandshakePaths(openssl, verified[-1], sent_chain, search_after_failure)
             peer = _judge(j, paths)
         if not paths.searched:  # the path is OpenSSL's chain itself: nothing else was read
             _VERDICTS.put(key, _Verdict.of(j, peer))
