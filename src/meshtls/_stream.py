@@ -786,8 +786,8 @@ class _HandshakeContext:
                 sent=count,
                 sent_chain=sent,
                 revocation=self.revocation,
-                # a server cannot read what the client sent yet: OpenSSL's chain decides,
-                # unless it ends outside the leaf's trust domain (then `sent` defers)
+                # a server cannot read what the client sent yet: OpenSSL's chain decides
+                # when the leaf alone fails; otherwise reading `sent` defers
                 search_after_failure=self.role == "server",
             )
         except RevocationPendingError:

@@ -700,6 +700,21 @@ class _BuiltPaths:
         return self._search.no_path(j, self._unreadable)
 
 
+def _leaf_fails_alone(j: Judgement) -> bool:
+    """Whether the leaf by itself fails a time-dependent step (L-9 with the skew, P-1,
+    P-2): then every path through it fails, whatever else the peer sent."""
+    path = j.path
+    j.path = ()
+    try:
+        validity_with_skew(j)
+        leaf_lifetime(j)
+    except VerificationError:
+        return True
+    finally:
+        j.path = path
+    return False
+
+
 class _HandshakePaths:
     """The handshake's path step: OpenSSL's verified chain if it ends at an authority of
     the leaf's own trust domain; then (if that fails) a search of what the peer sent."""
@@ -734,8 +749,8 @@ class _HandshakePaths:
         assert j.bundle is not None
         if self._root in j.bundle.authority_ders:
             yield self._openssl
-            if not self._after_failure:
-                return
+            if not self._after_failure and _leaf_fails_alone(j):
+                return  # no other path can mend the leaf: OpenSSL's path's error stands
         if self._sent_chain is None:
             return
         self.searched = True
@@ -891,8 +906,10 @@ def verify_handshake_chain(
     every handshake (the facts caches never skip it), reading `revocation`. Raises
     `VerificationError` (`RevocationPendingError`: hard-fail, a status unknown). Without
     `search_after_failure`, a chain that ends at an authority of the leaf's own trust
-    domain and fails a step is refused with that step's reason, without searching what the
-    peer sent (a server inside the handshake, which cannot read it yet).
+    domain and fails a step while its leaf alone fails one too (expired, not yet valid,
+    over max_ttl or max_age) is refused with that chain's reason, without searching what
+    the peer sent (a server inside the handshake, which cannot read it yet): no other path
+    could pass.
     """
     if not verified:
         raise VerificationError("no_client_certificate", "the peer sent no certificate")
