@@ -8,11 +8,13 @@ bundle whose authority is an intermediate anchors nothing, and without
 
 from __future__ import annotations
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from meshtls._tls import TlsContexts, TlsSession
 
 from .conftest import World
+from .meshnet import Mesh
 
 
 def pump(client: TlsSession, server: TlsSession) -> None:
@@ -76,3 +78,32 @@ def test_P_5_contexts_refuse_tickets_and_keep_no_session_cache(world: World) -> 
     for context in (contexts.server, contexts.client):
         assert context.set_options(0) & SSL.OP_NO_TICKET
         assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+
+
+def test_verified_and_unverified_chains_are_der_leaf_first_on_both_sides() -> None:
+    """What the stream and the verifier read from a session (moved from test_compat.py
+    when the stdlib shim went): the chain the peer sent, and the chain OpenSSL verified
+    (leaf to root), as DER, on a server and on a client."""
+    mesh = Mesh()
+    server_ctx: TlsContexts = mesh.server.contexts()
+    client_ctx: TlsContexts = mesh.client.contexts()
+    server = server_ctx.session(server_side=True)
+    client = client_ctx.session(server_side=False)
+    for _ in range(5):
+        done = [client.handshake(), server.handshake()]
+        pump(client, server)
+        if all(done):
+            break
+    else:
+        raise AssertionError("the handshake did not finish")
+
+    root = mesh.ca.certificate.public_bytes(Encoding.DER)
+    client_chain = [c.public_bytes(Encoding.DER) for c in client_ctx.svid.chain]
+    assert len(client_chain) == 2  # the mesh's client sends its intermediate too
+    assert server.verified_chain() == [*client_chain, root]
+    assert server.unverified_chain() == client_chain
+    assert server.sent_chain_length() == 2
+    server_leaf = server_ctx.svid.leaf.public_bytes(Encoding.DER)
+    assert client.verified_chain() == [server_leaf, root]
+    assert client.unverified_chain() == [server_leaf]
+    assert client.sent_chain_length() == 1
