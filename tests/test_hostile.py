@@ -638,7 +638,7 @@ async def _present_client_certificate(
             pytest.skip(TLSLITE_MISSING)
         with trio.fail_after(2 * WAIT):
             outcome = await trio.to_thread.run_sync(
-                lambda: tlslite_client(port, PROBE, identity=issued)
+                lambda: tlslite_client(port, PROBE, identity=issued, one_write_per_flight=True)
             )
         return outcome.received, _tlslite_alert(outcome)
     tried = await tls_client(port, client_context(mesh, write_pem(directory, issued)))
