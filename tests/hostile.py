@@ -8,6 +8,7 @@ socket and stream opened here is closed here: pytest runs with warnings as error
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -170,13 +171,33 @@ def server_context(certificate: Path) -> ssl.SSLContext:
     return context
 
 
+_ALERT_REASON: Final = re.compile(r"(?:SSLV3|TLSV1|TLSV13)_ALERT_([A-Z_]+)")
+
+
+def alert_of(error: BaseException | None) -> str | None:
+    """The TLS alert a stdlib peer's failure says it received from the other side
+    (``TLSV1_ALERT_UNKNOWN_CA``: ``"unknown_ca"``); None for a close, a reset or a failure
+    of its own. Read from the `ssl.SSLError` behind trio's `BrokenResourceError`."""
+    while error is not None:
+        if isinstance(error, ssl.SSLError):
+            found = _ALERT_REASON.fullmatch(error.reason or "")
+            return None if found is None else found.group(1).lower()
+        error = error.__cause__ or error.__context__
+    return None
+
+
 @dataclass
 class Outcome:
-    """What a hostile client saw: whether its handshake completed, and what came back."""
+    """What a hostile client saw: whether its handshake completed, what came back, and
+    how it ended (``alert``: the TLS alert it received, None if none)."""
 
     handshake_completed: bool = False
     received: bytes = b""
     error: BaseException | None = None
+
+    @property
+    def alert(self) -> str | None:
+        return alert_of(self.error)
 
 
 async def receive_until_closed(
@@ -285,13 +306,18 @@ HANDSHAKE: Final = 22
 
 @dataclass(eq=False)
 class HostileServer:
-    """A stdlib `ssl` server on trio that accepts one connection and records what came in."""
+    """A stdlib `ssl` server on trio that accepts one connection and records what came in
+    (``alert``: the TLS alert it received, None if none)."""
 
     port: int = 0
     handshake_completed: bool = False
     received: bytes = b""
     error: BaseException | None = None
     done: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def alert(self) -> str | None:
+        return alert_of(self.error)
 
 
 @asynccontextmanager

@@ -262,11 +262,46 @@ class TlsliteOutcome:
     ended: str
 
 
+class _OneWritePerFlight:
+    """A blocking socket whose writes wait for the next read, then go out as one.
+
+    tlslite-ng writes each TLS 1.3 record of its second flight (Certificate,
+    CertificateVerify, Finished) on its own. A server that refuses the Certificate alerts
+    and closes while the rest is still arriving; unread data makes that close a reset,
+    and tlslite's next write fails before it reads the alert. One write per flight lets
+    the server read it all, so it closes cleanly and the alert is read.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._pending = bytearray()
+
+    def send(self, data: bytes) -> int:
+        self._pending += data
+        return len(data)
+
+    def sendall(self, data: bytes) -> None:
+        self._pending += data
+
+    def flush(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._sock.sendall(data)
+
+    def recv(self, size: int) -> bytes:
+        self.flush()
+        return self._sock.recv(size)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
 def tlslite_client(
     port: int,
     payload: bytes,
     *,
     identity: IssuedCertificate | None,
+    one_write_per_flight: bool = False,
 ) -> TlsliteOutcome:
     """Blocking: a tlslite-ng TLS 1.3-only client, with `identity` as its certificate.
 
@@ -287,7 +322,8 @@ def tlslite_client(
     handshake = False
     received = b""
     with socket.create_connection((LOOPBACK, port), timeout=PEER_TIMEOUT) as sock:
-        connection = tlslite_api.TLSConnection(sock)
+        coalesced = _OneWritePerFlight(sock) if one_write_per_flight else None
+        connection = tlslite_api.TLSConnection(coalesced or sock)
         try:
             if identity is None:
                 connection.handshakeClientCert(settings=settings)
@@ -299,6 +335,8 @@ def tlslite_client(
             handshake = cast(tuple[int, int], connection.version) == (3, 4)
             if payload:
                 connection.write(payload)
+            if coalesced is not None:
+                coalesced.flush()
             while True:
                 chunk = bytes(cast(bytearray, connection.read()))
                 if not chunk:

@@ -10,6 +10,9 @@ raw bytes, so that they can present what meshtls itself would refuse to.
 "No application byte is ever delivered to an unverified peer": in the certificate
 cases the attacker completes its side of the TLS 1.3 handshake (the client finishes
 first), sends a probe, and must get nothing back but a close, a reset or an alert.
+Each refused peer's table row names the exact TLS alert it received (read on the hostile
+side, from its own TLS library's error), or None where the server can only judge after
+the handshake and closes the connection without one (issue 11; docs/decisions.md).
 
 The client side mirrors a few cases: `meshtls.connect` to a hostile stdlib server
 raises `HandshakeError` with the reason and never sends it a byte of application data.
@@ -78,10 +81,12 @@ async def expect_rejection(server: EchoServer, reason: str) -> meshtls.Handshake
     return rejected
 
 
-def assert_nothing_delivered(outcome: Outcome) -> None:
-    """The attacker finished its handshake but got no application byte back."""
+def assert_nothing_delivered(outcome: Outcome, alert: str | None) -> None:
+    """The attacker finished its handshake but got no application byte back, only `alert`
+    (None: the connection closed without one)."""
     assert outcome.handshake_completed, outcome
     assert outcome.received == b"", outcome
+    assert outcome.alert == alert, outcome
 
 
 # ---------------------------------------------------------------- not TLS 1.3 at all
@@ -154,7 +159,7 @@ async def test_client_without_a_certificate_is_refused() -> None:
     mesh = Mesh()
     async with echo_server(mesh) as server:
         outcome = await tls_client(server.port, client_context(mesh, None))
-        assert_nothing_delivered(outcome)
+        assert_nothing_delivered(outcome, "certificate_required")
         await expect_rejection(server, "no_client_certificate")
         await server.assert_serves_good_client()
 
@@ -192,32 +197,49 @@ def _two_uri_sans(mesh: Mesh, spiffe_id: str) -> IssuedCertificate:
 
 # OpenSSL rejects the first two during the handshake; the server's verify callback still
 # reads the chain OpenSSL built and names the reason as `verify_svid` does (issue 11). The
-# others pass OpenSSL and are refused by the SPIFFE checks inside the handshake.
+# others pass OpenSSL and are refused by the SPIFFE checks: inside the handshake, with
+# ALERT_FOR's alert, where the leaf alone decides (the SAN, CA flag); after it, with no
+# alert, where a step on the path fails (time, policy, L-10): the verifier must then search
+# what the client sent, which a server reads only after the handshake.
 DEFECTS = {
-    # name: (make the certificate, the id it claims, the server's reason, claimed_id seen)
+    # name: (make the certificate, the id it claims, the server's reason, claimed_id seen,
+    #        the alert the client receives)
     "untrusted_ca_own_domain": (
         _untrusted,
         "spiffe://evil.org/client",
         "unknown_trust_domain",
         "spiffe://evil.org/client",
+        "unknown_ca",
     ),
-    "untrusted_ca_claims_ours": (_untrusted, GOOD_CLIENT_ID, "untrusted_chain", GOOD_CLIENT_ID),
-    "forged_across_trust_domains_L10": (_forged, GOOD_CLIENT_ID, "untrusted_chain", GOOD_CLIENT_ID),
-    "expired": (_expired, GOOD_CLIENT_ID, "expired", GOOD_CLIENT_ID),
-    "two_hour_lifetime": (_two_hours, GOOD_CLIENT_ID, "ttl_exceeded", GOOD_CLIENT_ID),
-    "leaf_is_ca": (_leaf_is_ca, GOOD_CLIENT_ID, "leaf_is_ca", GOOD_CLIENT_ID),
-    "two_uri_sans": (_two_uri_sans, GOOD_CLIENT_ID, "multiple_uri_sans", None),
+    "untrusted_ca_claims_ours": (
+        _untrusted,
+        GOOD_CLIENT_ID,
+        "untrusted_chain",
+        GOOD_CLIENT_ID,
+        "unknown_ca",
+    ),
+    "forged_across_trust_domains_L10": (
+        _forged,
+        GOOD_CLIENT_ID,
+        "untrusted_chain",
+        GOOD_CLIENT_ID,
+        None,
+    ),
+    "expired": (_expired, GOOD_CLIENT_ID, "expired", GOOD_CLIENT_ID, None),
+    "two_hour_lifetime": (_two_hours, GOOD_CLIENT_ID, "ttl_exceeded", GOOD_CLIENT_ID, None),
+    "leaf_is_ca": (_leaf_is_ca, GOOD_CLIENT_ID, "leaf_is_ca", GOOD_CLIENT_ID, "bad_certificate"),
+    "two_uri_sans": (_two_uri_sans, GOOD_CLIENT_ID, "multiple_uri_sans", None, "bad_certificate"),
 }
 
 
 @pytest.mark.parametrize("defect", list(DEFECTS))
 async def test_defective_client_certificate_is_refused(defect: str, tmp_path: Path) -> None:
-    make, spiffe_id, reason, claimed_id = DEFECTS[defect]
+    make, spiffe_id, reason, claimed_id, alert = DEFECTS[defect]
     mesh = Mesh()
     certificate = write_pem(tmp_path, make(mesh, spiffe_id))
     async with echo_server(mesh) as server:
         outcome = await tls_client(server.port, client_context(mesh, certificate))
-        assert_nothing_delivered(outcome)
+        assert_nothing_delivered(outcome, alert)
         rejected = await expect_rejection(server, reason)
         assert rejected.claimed_id == claimed_id
         assert rejected.peer.startswith("127.0.0.1:")
@@ -239,8 +261,11 @@ async def test_authorizer_that_says_no() -> None:
                 "127.0.0.1", server.port, source=visitor, authorize=meshtls.authorize_any()
             )
             async with stream:
-                with pytest.raises(meshtls.PeerRejectedError):
+                with pytest.raises(meshtls.PeerRejectedError) as caught:
                     await stream.receive_some()
+        # the server's alert (certificate_unknown) names the reason to the client
+        assert caught.value.reason == "unauthorized", caught.value
+        assert "certificate_unknown" in str(caught.value), caught.value
         rejected = await expect_rejection(server, "unauthorized")
         assert rejected.claimed_id == "spiffe://other.org/visitor"
         await server.assert_serves_good_client()
@@ -432,7 +457,9 @@ async def test_chain_length_limit_matches_verify_svid(intermediates: int, tmp_pa
             assert server.pending_rejections() == []
         else:
             outcome = await tls_client(server.port, client_context(mesh, certificate))
-            assert_nothing_delivered(outcome)
+            # a server learns how many certificates the client sent only after the
+            # handshake: the connection is closed without an alert
+            assert_nothing_delivered(outcome, None)
             await expect_rejection(server, by_hand)
             await server.assert_serves_good_client()
 
@@ -444,39 +471,51 @@ def _server_with_id(mesh: Mesh, spiffe_id: str) -> IssuedCertificate:
     return mesh.ca.issue(spiffe_id)
 
 
+# A client reads the server's chain inside the handshake, so every refusal sends its alert.
 HOSTILE_SERVERS = {
-    # name: (make the certificate, the id it claims, the client's authorizer, the reason)
+    # name: (make the certificate, the id it claims, the client's authorizer, the reason,
+    #        the alert the server receives)
     "untrusted_ca_own_domain": (
         _untrusted,
         "spiffe://evil.org/server",
         meshtls.authorize_any(),
         "unknown_trust_domain",  # the client reads the chain OpenSSL refused: more precise
+        "unknown_ca",
     ),
     "untrusted_ca_claims_ours": (
         _untrusted,
         SERVER_ID,
         meshtls.authorize_member_of("example.org"),
         "untrusted_chain",
+        "unknown_ca",
     ),
     "forged_across_trust_domains_L10": (
         _forged,
         SERVER_ID,
         meshtls.authorize_member_of("example.org"),
         "untrusted_chain",
+        "unknown_ca",
     ),
-    "expired": (_expired, SERVER_ID, meshtls.authorize_member_of("example.org"), "expired"),
+    "expired": (
+        _expired,
+        SERVER_ID,
+        meshtls.authorize_member_of("example.org"),
+        "expired",
+        "certificate_expired",
+    ),
     "refused_by_the_authorizer": (
         _server_with_id,
         "spiffe://example.org/impostor",
         meshtls.authorize_id(SERVER_ID),
         "unauthorized",
+        "certificate_unknown",  # access_denied is unreachable (docs/decisions.md)
     ),
 }
 
 
 @pytest.mark.parametrize("case", list(HOSTILE_SERVERS))
 async def test_connect_to_a_hostile_server_raises(case: str, tmp_path: Path) -> None:
-    make, spiffe_id, authorize, reason = HOSTILE_SERVERS[case]
+    make, spiffe_id, authorize, reason, alert = HOSTILE_SERVERS[case]
     mesh = Mesh()
     context = server_context(write_pem(tmp_path, make(mesh, spiffe_id)))
     async with hostile_server(context) as server:
@@ -485,6 +524,8 @@ async def test_connect_to_a_hostile_server_raises(case: str, tmp_path: Path) -> 
         assert caught.value.reason == reason, caught.value
         assert caught.value.claimed_id == spiffe_id
     assert server.received == b""  # not one byte of application data went to it
+    assert not server.handshake_completed
+    assert server.alert == alert, server.error
 
 
 async def test_control_a_good_stdlib_client_is_echoed(tmp_path: Path) -> None:
@@ -563,25 +604,45 @@ VERDICTS: dict[str, tuple[str | None, str | None]] = {
         "malformed_certificate",
     ),
 }
+#: The alert the hostile peer receives: (the client, from our server; the server, from our
+#: client). A leaf whose lifetime breaks the policy fails a step on the path, which a server
+#: judges after the handshake (no alert: test_handshake_verdicts.NO_ALERT).
+ALERTS: dict[str, tuple[str | None, str | None]] = {
+    "edi_party_name_in_san": ("bad_certificate", "bad_certificate"),
+    "x400_address_in_san": ("bad_certificate", "bad_certificate"),
+    "duplicate_san_extension": ("bad_certificate", "bad_certificate"),
+    "leaf_not_after_99991231235959Z": (None, "bad_certificate"),
+    "root_not_after_99991231235959Z": (None, None),
+    "unknown_critical_extension_in_leaf": ("bad_certificate", "bad_certificate"),
+    "unknown_critical_extension_in_intermediate": ("bad_certificate", "bad_certificate"),
+}
 MAY_BE_SERVED = {case for case, (server, client) in VERDICTS.items() if server is None}
 #: OpenSSL will not load a certificate with a duplicate extension: tlslite-ng presents it.
 VIA_TLSLITE = {"duplicate_san_extension"}
 
 
+def _tlslite_alert(outcome: TlsliteOutcome | None) -> str | None:
+    """The alert a tlslite-ng peer received (``ended`` is ``"alert:bad_certificate"``)."""
+    if outcome is None or not outcome.ended.startswith("alert:"):
+        return None
+    return outcome.ended.removeprefix("alert:")
+
+
 async def _present_client_certificate(
     case: str, mesh: Mesh, issued: IssuedCertificate, port: int, directory: Path
-) -> bytes:
-    """Handshake with `issued` as a client certificate, send PROBE; what came back."""
+) -> tuple[bytes, str | None]:
+    """Handshake with `issued` as a client certificate, send PROBE; what came back, and
+    the alert received (None if none)."""
     if case in VIA_TLSLITE:
         if TLSLITE_MISSING is not None:
             pytest.skip(TLSLITE_MISSING)
         with trio.fail_after(2 * WAIT):
             outcome = await trio.to_thread.run_sync(
-                lambda: tlslite_client(port, PROBE, identity=issued)
+                lambda: tlslite_client(port, PROBE, identity=issued, one_write_per_flight=True)
             )
-        return outcome.received
+        return outcome.received, _tlslite_alert(outcome)
     tried = await tls_client(port, client_context(mesh, write_pem(directory, issued)))
-    return tried.received
+    return tried.received, tried.alert
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -594,7 +655,10 @@ async def test_a_malformed_client_certificate_ends_only_its_connection(
     mesh, far = _far_mesh()
     issued = MALFORMED[case](mesh, far, GOOD_CLIENT_ID)
     async with echo_server(mesh, authorize=meshtls.authorize_any()) as server:
-        received = await _present_client_certificate(case, mesh, issued, server.port, tmp_path)
+        received, alert = await _present_client_certificate(
+            case, mesh, issued, server.port, tmp_path
+        )
+        assert alert == ALERTS[case][0]
         if case in MAY_BE_SERVED:
             assert received == PROBE
             assert server.served == ["spiffe://far.example/client"]
@@ -612,11 +676,12 @@ async def test_a_malformed_client_certificate_ends_only_its_connection(
 @asynccontextmanager
 async def _server_presenting(
     case: str, issued: IssuedCertificate, directory: Path
-) -> AsyncIterator[tuple[int, Callable[[], bytes]]]:
-    """A TLS 1.3 server presenting `issued` for one connection: (its port, what it got)."""
+) -> AsyncIterator[tuple[int, Callable[[], tuple[bytes, str | None]]]]:
+    """A TLS 1.3 server presenting `issued` for one connection: (its port, what it got:
+    the application bytes and the alert, read once the block has ended)."""
     if case not in VIA_TLSLITE:
         async with hostile_server(server_context(write_pem(directory, issued))) as server:
-            yield server.port, lambda: server.received
+            yield server.port, lambda: (server.received, server.alert)
         return
     if TLSLITE_MISSING is not None:
         pytest.skip(TLSLITE_MISSING)
@@ -630,7 +695,12 @@ async def _server_presenting(
                 outcome.append(await trio.to_thread.run_sync(tlslite_server, listener, issued))
 
             nursery.start_soon(serve_one)
-            yield listener.getsockname()[1], lambda: outcome[0].received if outcome else b""
+            yield (
+                listener.getsockname()[1],
+                lambda: (
+                    (outcome[0].received, _tlslite_alert(outcome[0])) if outcome else (b"", None)
+                ),
+            )
 
 
 @pytest.mark.parametrize("case", list(MALFORMED))
@@ -641,7 +711,7 @@ async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
     reason (`VERDICTS`; never a foreign exception), and sends it no application byte."""
     mesh, far = _far_mesh()
     issued = MALFORMED[case](mesh, far, SERVER_ID)
-    async with _server_presenting(case, issued, tmp_path) as (port, received):
+    async with _server_presenting(case, issued, tmp_path) as (port, seen):
         with trio.fail_after(WAIT):
             try:
                 stream = await meshtls.connect(
@@ -653,7 +723,7 @@ async def test_a_malformed_server_certificate_fails_connect_with_a_reason(
             else:
                 assert case in MAY_BE_SERVED
                 await stream.aclose()
-    assert received() == b""
+    assert seen() == (b"", ALERTS[case][1])
 
 
 def _buggy_authorizer(peer: meshtls.VerifiedPeer) -> None:
@@ -740,6 +810,7 @@ async def test_a_server_whose_leaf_has_a_negative_serial_is_refused_without_a_wa
     assert caught.value.reason == "malformed_certificate", caught.value
     assert "is not positive (RFC 5280 4.1.2.2)" in caught.value.detail
     assert server.received == b""
+    assert server.alert == "bad_certificate", server.error
 
 
 async def test_a_client_whose_leaf_has_a_negative_serial_is_refused_without_a_warning(
@@ -750,7 +821,7 @@ async def test_a_client_whose_leaf_has_a_negative_serial_is_refused_without_a_wa
     with no_cryptography_warning():
         async with echo_server(mesh) as server:
             outcome = await tls_client(server.port, client_context(mesh, certificate))
-            assert_nothing_delivered(outcome)
+            assert_nothing_delivered(outcome, "bad_certificate")
             rejected = await expect_rejection(server, "malformed_certificate")
             assert "is not positive (RFC 5280 4.1.2.2)" in rejected.detail
             await server.assert_serves_good_client()

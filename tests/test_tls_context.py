@@ -15,6 +15,7 @@ from meshtls import BundleSet, X509Bundle, X509Svid
 from meshtls._tls import TlsContexts, TlsSession
 
 from .conftest import World
+from .meshnet import Mesh
 
 
 def pump(client: TlsSession, server: TlsSession) -> None:
@@ -104,3 +105,32 @@ def test_no_chain_is_built_beyond_what_the_svid_source_gave(world: World) -> Non
         issued.leaf.public_bytes(Encoding.DER),
         intermediate.certificate.public_bytes(Encoding.DER),
     ]
+
+
+def test_verified_and_unverified_chains_are_der_leaf_first_on_both_sides() -> None:
+    """What the stream and the verifier read from a session (moved from test_compat.py
+    when the stdlib shim went): the chain the peer sent, and the chain OpenSSL verified
+    (leaf to root), as DER, on a server and on a client."""
+    mesh = Mesh()
+    server_ctx: TlsContexts = mesh.server.contexts()
+    client_ctx: TlsContexts = mesh.client.contexts()
+    server = server_ctx.session(server_side=True)
+    client = client_ctx.session(server_side=False)
+    for _ in range(5):
+        done = [client.handshake(), server.handshake()]
+        pump(client, server)
+        if all(done):
+            break
+    else:
+        raise AssertionError("the handshake did not finish")
+
+    root = mesh.ca.certificate.public_bytes(Encoding.DER)
+    client_chain = [c.public_bytes(Encoding.DER) for c in client_ctx.svid.chain]
+    assert len(client_chain) == 2  # the mesh's client sends its intermediate too
+    assert server.verified_chain() == [*client_chain, root]
+    assert server.unverified_chain() == client_chain
+    assert server.sent_chain_length() == 2
+    server_leaf = server_ctx.svid.leaf.public_bytes(Encoding.DER)
+    assert client.verified_chain() == [server_leaf, root]
+    assert client.unverified_chain() == [server_leaf]
+    assert client.sent_chain_length() == 1

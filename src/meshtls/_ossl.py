@@ -4,7 +4,7 @@ pyOpenSSL drives the OpenSSL that the `cryptography` wheel bundles (4.0 at the t
 writing), but it does not expose everything a SPIFFE engine needs (issue 11). What it
 lacks is reached here, through ``cryptography.hazmat.bindings.openssl.binding``, and
 nowhere else; tests/test_ossl.py fails loudly if a symbol or a private pyOpenSSL
-attribute used here goes away, as tests/test_compat.py does for the stdlib.
+attribute used here goes away.
 
 - **Groups** (`set_groups`). pyOpenSSL 26 has no ``set_groups``. The binding's
   ``SSL_CTX_set1_curves_list`` is OpenSSL's groups-list control under its old name
