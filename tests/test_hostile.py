@@ -198,9 +198,9 @@ def _two_uri_sans(mesh: Mesh, spiffe_id: str) -> IssuedCertificate:
 # OpenSSL rejects the first two during the handshake; the server's verify callback still
 # reads the chain OpenSSL built and names the reason as `verify_svid` does (issue 11). The
 # others pass OpenSSL and are refused by the SPIFFE checks: inside the handshake, with
-# ALERT_FOR's alert, where the leaf alone decides (the SAN, CA flag); after it, with no
-# alert, where a step on the path fails (time, policy, L-10): the verifier must then search
-# what the client sent, which a server reads only after the handshake.
+# ALERT_FOR's alert, judged on the chain OpenSSL built; after it, with no alert, where that
+# chain ends outside the leaf's own trust domain (L-10): the verifier must then search what
+# the client sent, which a server reads only after the handshake.
 DEFECTS = {
     # name: (make the certificate, the id it claims, the server's reason, claimed_id seen,
     #        the alert the client receives)
@@ -225,8 +225,14 @@ DEFECTS = {
         GOOD_CLIENT_ID,
         None,
     ),
-    "expired": (_expired, GOOD_CLIENT_ID, "expired", GOOD_CLIENT_ID, None),
-    "two_hour_lifetime": (_two_hours, GOOD_CLIENT_ID, "ttl_exceeded", GOOD_CLIENT_ID, None),
+    "expired": (_expired, GOOD_CLIENT_ID, "expired", GOOD_CLIENT_ID, "certificate_expired"),
+    "two_hour_lifetime": (
+        _two_hours,
+        GOOD_CLIENT_ID,
+        "ttl_exceeded",
+        GOOD_CLIENT_ID,
+        "bad_certificate",
+    ),
     "leaf_is_ca": (_leaf_is_ca, GOOD_CLIENT_ID, "leaf_is_ca", GOOD_CLIENT_ID, "bad_certificate"),
     "two_uri_sans": (_two_uri_sans, GOOD_CLIENT_ID, "multiple_uri_sans", None, "bad_certificate"),
 }
@@ -605,13 +611,12 @@ VERDICTS: dict[str, tuple[str | None, str | None]] = {
     ),
 }
 #: The alert the hostile peer receives: (the client, from our server; the server, from our
-#: client). A leaf whose lifetime breaks the policy fails a step on the path, which a server
-#: judges after the handshake (no alert: test_handshake_verdicts.NO_ALERT).
+#: client). Every refusal alerts, on both sides.
 ALERTS: dict[str, tuple[str | None, str | None]] = {
     "edi_party_name_in_san": ("bad_certificate", "bad_certificate"),
     "x400_address_in_san": ("bad_certificate", "bad_certificate"),
     "duplicate_san_extension": ("bad_certificate", "bad_certificate"),
-    "leaf_not_after_99991231235959Z": (None, "bad_certificate"),
+    "leaf_not_after_99991231235959Z": ("bad_certificate", "bad_certificate"),
     "root_not_after_99991231235959Z": (None, None),
     "unknown_critical_extension_in_leaf": ("bad_certificate", "bad_certificate"),
     "unknown_critical_extension_in_intermediate": ("bad_certificate", "bad_certificate"),
