@@ -130,3 +130,29 @@ async def test_an_authorizer_refusal_reads_back_as_unauthorized_on_both_sides() 
 
 async def _never(stream: meshtls.MeshStream) -> None:
     raise AssertionError(f"a refused peer reached the handler: {stream.peer}")
+
+
+async def test_a_refused_client_that_already_sent_data_still_reads_the_alert() -> None:
+    """TLS 1.3 lets the client send application data right after its Finished, and keep
+    sending. The server that refuses it reads and drops that data before closing
+    (`_let_the_alert_land`), so its close is a FIN, not a TCP reset that could fail the
+    client's next send or overtake the alert: the client reads the reason. (On loopback the
+    server usually reads the first data together with the Finished, so this passes without
+    the linger too; the race it guards is between the server's last read and its close.)"""
+    mesh = Mesh()
+    expired = _expired(mesh, "spiffe://example.org/client")
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, _never, source=mesh.server)
+        for _ in range(10):
+            with trio.fail_after(WAIT):
+                stream = await meshtls.connect(
+                    "127.0.0.1", port, source=expired, authorize=meshtls.authorize_any()
+                )
+                await stream.send_all(b"x" * 20000)
+                await trio.sleep(0.05)  # the server has refused us and closed by now
+                with pytest.raises(meshtls.PeerRejectedError) as raised:
+                    await stream.send_all(b"y" * 20000)  # a reset would fail this first
+                    await stream.receive_some()
+                await stream.aclose()
+            assert raised.value.reason == "expired", raised.value
+        nursery.cancel_scope.cancel()

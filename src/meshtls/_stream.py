@@ -308,6 +308,8 @@ async def _handshake(
             if alert:
                 with contextlib.suppress(OSError):  # the peer may be gone already
                     sock.send(alert)
+                    if progress is not None:
+                        progress.alerted = True
             raise
         out = session.outgoing()
         if out and connecting:
@@ -1123,7 +1125,7 @@ async def connect(
 class _Handshake:
     """One in-progress server handshake, as `_Handshakes` sees it."""
 
-    __slots__ = ("evicted", "host", "scope", "sequence", "waiting_since")
+    __slots__ = ("alerted", "evicted", "host", "scope", "sequence", "waiting_since")
 
     def __init__(self, scope: trio.CancelScope, host: str, sequence: int) -> None:
         self.scope = scope
@@ -1131,6 +1133,7 @@ class _Handshake:
         self.sequence = sequence  # arrival order: ties go against the older handshake
         self.waiting_since: float | None = None  # Trio time it began waiting on the peer
         self.evicted = False
+        self.alerted = False  # we refused the peer with an alert (`_let_the_alert_land`)
 
 
 class _Handshakes:
@@ -1316,11 +1319,13 @@ async def serve(
                     peer=address,
                 )
         except HandshakeError as exc:
-            sock.close()
             seconds = trio.current_time() - started
             _log_rejection("server", exc, seconds)
             access.rejected(exc.reason)
             rejected(exc, seconds)
+            if handshake is not None and handshake.alerted:
+                await _let_the_alert_land(sock)
+            sock.close()
             return
         except OSError as exc:
             sock.close()
@@ -1382,6 +1387,26 @@ async def serve(
         task_status.started(listeners)
     # Every listener was closed (a node's drain) and every connection has ended.
     await trio.sleep_forever()
+
+
+#: How long a server that refused a client with an alert reads what the client sent after
+#: it, so that closing does not reset the connection before the client reads the alert.
+ALERT_LINGER: Final = 0.5
+
+
+async def _let_the_alert_land(sock: socket.socket) -> None:
+    """Half-close after our alert, then read (and drop) what the client still sends, until
+    it closes, for at most `ALERT_LINGER` seconds and 64 KiB. Closing a socket with unread
+    data sends a TCP reset, which can reach the client before it reads the alert: a TLS 1.3
+    client finishes first and may have sent application data already."""
+    budget = RECEIVE_SIZE
+    with trio.move_on_after(ALERT_LINGER), contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        while budget > 0:
+            data, _ = await _recv(sock, budget)
+            if not data:
+                return
+            budget -= len(data)
 
 
 def _handler_failed(exc: Exception, stream: MeshStream, access: Access) -> None:
