@@ -150,8 +150,8 @@ async def test_a_refused_client_that_already_sent_data_still_reads_the_alert() -
                 )
                 await stream.send_all(b"x" * 20000)
                 await trio.sleep(0.05)  # the server has refused us and closed by now
+                await stream.send_all(b"y" * 20000)  # a reset would fail this
                 with pytest.raises(meshtls.PeerRejectedError) as raised:
-                    await stream.send_all(b"y" * 20000)  # a reset would fail this first
                     await stream.receive_some()
                 await stream.aclose()
             assert raised.value.reason == "expired", raised.value
