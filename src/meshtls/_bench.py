@@ -1810,17 +1810,23 @@ def _positive_ints(text: str) -> tuple[int, ...]:
     return values
 
 
-def _stack_names(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = sorted(set(names) - set(STACKS))
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown stack {', '.join(unknown) or '(none)'}; choose from {', '.join(STACKS)}"
-        )
-    return names
+def stack_names(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type: a comma-separated list of names from `choices` (a bench's stacks)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(part.strip() for part in text.split(",") if part.strip())
+        unknown = sorted(set(names) - set(choices))
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown stack {', '.join(unknown) or '(none)'}; choose from {', '.join(choices)}"
+            )
+        return names
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -1839,13 +1845,13 @@ def parser(
         prog=prog,
         description="TLS 1.3 mutual-auth handshakes/s and latency: meshtls and baselines.",
     )
-    parser.add_argument("--count", type=_positive_int, default=300, help="per stack, level, round")
-    parser.add_argument("--rounds", type=_positive_int, default=3)
+    parser.add_argument("--count", type=positive_int, default=300, help="per stack, level, round")
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--concurrency", type=_positive_ints, default=(1, 16, 64), metavar="C,C")
-    parser.add_argument("--stacks", type=_stack_names, default=STACKS, metavar="NAME,NAME")
+    parser.add_argument("--stacks", type=stack_names(STACKS), default=STACKS, metavar="NAME,NAME")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--no-memory", action="store_true", help="skip the idle-memory part")
-    parser.add_argument("--idle", type=_positive_int, default=IDLE_CONNECTIONS, metavar="N")
+    parser.add_argument("--idle", type=positive_int, default=IDLE_CONNECTIONS, metavar="N")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 

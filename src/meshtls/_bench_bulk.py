@@ -61,7 +61,17 @@ import trio
 
 import meshtls
 
-from ._bench import HOST, TRUST_DOMAIN, Identity, Progress, _port_of, environment, make_identity
+from ._bench import (
+    HOST,
+    TRUST_DOMAIN,
+    Identity,
+    Progress,
+    _port_of,
+    environment,
+    make_identity,
+    positive_int,
+    stack_names,
+)
 
 MiB: Final = 1 << 20
 STACKS: Final = ("blocking", "trio", "meshtls")
@@ -526,16 +536,6 @@ def render(report: dict[str, object]) -> str:
 # ---------------------------------------------------------------- command line
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"want a positive integer: {text!r}")
-    return value
-
-
 def _cpu(text: str) -> int:
     try:
         value = int(text)
@@ -546,16 +546,6 @@ def _cpu(text: str) -> int:
     return value
 
 
-def _stack_names(text: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = sorted(set(names) - set(STACKS))
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"unknown stack {', '.join(unknown) or '(none)'}; choose from {', '.join(STACKS)}"
-        )
-    return names
-
-
 def parser(
     prog: str | None = None, kind: type[argparse.ArgumentParser] = argparse.ArgumentParser
 ) -> argparse.ArgumentParser:
@@ -564,12 +554,12 @@ def parser(
         prog=prog,
         description="MiB/s over one TLS 1.3 stream on one core: meshtls, trio, blocking ssl.",
     )
-    parser.add_argument("--mib", type=_positive_int, default=64, help="MiB per transfer")
-    parser.add_argument("--transfers", type=_positive_int, default=3, help="timed, per round")
-    parser.add_argument("--rounds", type=_positive_int, default=3)
-    parser.add_argument("--stacks", type=_stack_names, default=STACKS, metavar="NAME,NAME")
-    parser.add_argument("--write-size", type=_positive_int, default=65536, metavar="BYTES")
-    parser.add_argument("--read-size", type=_positive_int, default=65536, metavar="BYTES")
+    parser.add_argument("--mib", type=positive_int, default=64, help="MiB per transfer")
+    parser.add_argument("--transfers", type=positive_int, default=3, help="timed, per round")
+    parser.add_argument("--rounds", type=positive_int, default=3)
+    parser.add_argument("--stacks", type=stack_names(STACKS), default=STACKS, metavar="NAME,NAME")
+    parser.add_argument("--write-size", type=positive_int, default=65536, metavar="BYTES")
+    parser.add_argument("--read-size", type=positive_int, default=65536, metavar="BYTES")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--cpu", type=_cpu, metavar="N", help="pin to cpu N (default: first)")
     where.add_argument("--no-pin", action="store_true", help="leave the cpu affinity alone")

@@ -1060,10 +1060,10 @@ def mesh_parser(
         " handshakes/s next to the single-pair sequential rate of the same run.",
     )
     parser.add_argument("--nodes", type=_node_counts, default=(10, 50), metavar="N,N")
-    parser.add_argument("--rounds", type=_bench._positive_int, default=3)
+    parser.add_argument("--rounds", type=_bench.positive_int, default=3)
     parser.add_argument(
         "--baseline-count",
-        type=_bench._positive_int,
+        type=_bench.positive_int,
         default=300,
         metavar="N",
         help="single-pair handshakes per round",
@@ -1087,7 +1087,7 @@ def mesh_parser(
 
 
 def _max_dials(text: str) -> int:
-    value = _bench._positive_int(text)
+    value = _bench.positive_int(text)
     if value > MAX_DIALS:
         raise argparse.ArgumentTypeError(f"at most {MAX_DIALS}, not {value}")
     return value
@@ -1110,11 +1110,11 @@ def messages_parser(
         help="sends in flight at once",
     )
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--count", type=_bench._positive_int, metavar="N", help="messages per step")
+    amount.add_argument("--count", type=_bench.positive_int, metavar="N", help="messages per step")
     amount.add_argument(
         "--seconds", type=_positive_float, metavar="S", help="seconds of sending per step"
     )
-    parser.add_argument("--rounds", type=_bench._positive_int, default=3)
+    parser.add_argument("--rounds", type=_bench.positive_int, default=3)
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
