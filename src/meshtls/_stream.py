@@ -281,9 +281,16 @@ def _prepare(sock: socket.socket) -> None:
 
 def _address(sock: socket.socket) -> str:
     try:
-        host, port = sock.getpeername()[:2]
+        return _host_port(sock.getpeername())
     except OSError:
         return "-"
+
+
+def _host_port(address: object) -> str:
+    """``host:port`` (``[v6]:port``) of a socket address tuple; ``-`` for anything else."""
+    if not isinstance(address, tuple) or len(address) < 2:
+        return "-"
+    host, port = address[:2]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
@@ -775,9 +782,10 @@ class _HandshakeContext:
         waits after the handshake) or the verdict needs the peer's own chain, which a
         server cannot read yet; `_AuthorizerError` for an authorizer's bug.
         """
-        count = 0
-        with contextlib.suppress(Deferred):
+        try:
             count = len(sent)
+        except Deferred:  # a server: counted after the handshake (`_establish`)
+            count = 0
         try:
             peer = verify_handshake_chain(
                 chain,
@@ -1181,12 +1189,13 @@ class _Handshakes:
         self._waiters.unpark()
 
 
-def _accept_ready(listener: socket.socket) -> list[socket.socket]:
-    """Every connection waiting in the backlog now, without blocking."""
-    accepted: list[socket.socket] = []
+def _accept_ready(listener: socket.socket) -> list[tuple[socket.socket, str]]:
+    """Every connection waiting in the backlog now, without blocking, with its peer's
+    ``host:port`` (as accept gave it: no getpeername call)."""
+    accepted: list[tuple[socket.socket, str]] = []
     while True:
         try:
-            sock, _ = listener.accept()
+            sock, address = listener.accept()
         except BlockingIOError:
             return accepted
         except OSError as exc:
@@ -1198,7 +1207,7 @@ def _accept_ready(listener: socket.socket) -> list[socket.socket]:
                 continue  # the peer gave up before we got to it
             raise
         _prepare(sock)
-        accepted.append(sock)
+        accepted.append((sock, _host_port(address)))
 
 
 async def serve(
@@ -1270,8 +1279,8 @@ async def serve(
         except Exception as bug:
             event(logger, logging.ERROR, "on_rejected or the observer failed", exc_info=bug)
 
-    async def serve_one(sock: socket.socket) -> None:
-        with accounted("server", _address(sock), observer) as access:
+    async def serve_one(sock: socket.socket, address: str) -> None:
+        with accounted("server", address, observer) as access:
             await judge_and_handle(sock, access)
 
     async def judge_and_handle(sock: socket.socket, access: Access) -> None:
@@ -1427,7 +1436,7 @@ def _account(access: Access, stream: MeshStream) -> None:
 async def _accept_loop(
     listener: trio.SocketListener,
     nursery: trio.Nursery,
-    serve_one: Callable[[socket.socket], Awaitable[None]],
+    serve_one: Callable[[socket.socket, str], Awaitable[None]],
 ) -> None:
     """Accept in batches on the listener's socket; wait only when the backlog is empty.
 
@@ -1453,8 +1462,8 @@ async def _accept_loop(
                     )
                     await trio.sleep(0.1)
                     continue
-                for sock in ready:
-                    nursery.start_soon(serve_one, sock)
+                for sock, address in ready:
+                    nursery.start_soon(serve_one, sock, address)
                 # The backlog is drained, so this parks: a checkpoint that lets the new
                 # tasks run before the next batch.
                 try:
