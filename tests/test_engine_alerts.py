@@ -156,3 +156,17 @@ async def test_a_refused_client_that_already_sent_data_still_reads_the_alert() -
                 await stream.aclose()
             assert raised.value.reason == "expired", raised.value
         nursery.cancel_scope.cancel()
+
+
+async def test_serve_refuses_a_groups_list_openssl_refuses_before_listening() -> None:
+    """Not per connection (a bug line on every accept), but once, at the start."""
+    mesh = Mesh()
+    with pytest.raises(ValueError, match="NoSuchGroup"):
+        await meshtls.serve(
+            _never,
+            0,
+            host="127.0.0.1",
+            source=mesh.server,
+            authorize=meshtls.authorize_any(),
+            groups="X25519:NoSuchGroup",
+        )

@@ -8,11 +8,16 @@ bundle whose authority is an intermediate anchors nothing, and without
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 
 from meshtls import BundleSet, X509Bundle, X509Svid
-from meshtls._tls import TlsContexts, TlsSession
+from meshtls._errors import VerificationError
+from meshtls._tls import TlsContexts, TlsError, TlsSession
 
 from .conftest import World
 from .meshnet import Mesh
@@ -134,3 +139,49 @@ def test_verified_and_unverified_chains_are_der_leaf_first_on_both_sides() -> No
     assert client.verified_chain() == [server_leaf, root]
     assert client.unverified_chain() == [server_leaf]
     assert client.sent_chain_length() == 1
+
+
+class _Refusing:
+    """A verifier that refuses every peer, with or without a bug."""
+
+    def __init__(self, bug: bool) -> None:
+        self.bug = bug
+
+    def judge(self, chain: list[bytes], sent: object) -> object:
+        if self.bug:
+            raise RuntimeError("a verifier's bug")
+        raise VerificationError("unauthorized", "refused")
+
+    def diagnose(self, chain: list[bytes], sent: object, message: str) -> VerificationError:
+        return VerificationError("untrusted_chain", message)
+
+
+def _run_handshake(client: TlsSession, server: TlsSession) -> None:
+    for _ in range(5):
+        client.handshake()
+        server.handshake()
+        pump(client, server)
+
+
+@pytest.mark.parametrize("bug", [False, True], ids=["verdict", "bug"])
+def test_a_refused_handshake_leaves_no_reference_cycle(world: World, bug: bool) -> None:
+    """The verdict's traceback holds the verify callback's frame, and so the connection:
+    once the handshake is over the connection no longer holds the verdict, so refcounting
+    alone frees it (a flood of refused peers does not wait for the cyclic collector)."""
+    server_svid = world.ca.issue("spiffe://example.org/server").svid()
+    client_svid = world.ca.issue("spiffe://example.org/client").svid()
+    server = TlsContexts.build(server_svid, world.bundles).session(
+        server_side=True,
+        verifier=_Refusing(bug),
+    )
+    client = TlsContexts.build(client_svid, world.bundles).session(server_side=False)
+    connection = weakref.ref(server._tls)
+    gc.disable()
+    try:
+        with pytest.raises(TlsError) as raised:
+            _run_handshake(client, server)
+        assert raised.value.verdict is not None
+        del raised, server
+        assert connection() is None
+    finally:
+        gc.enable()

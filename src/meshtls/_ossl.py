@@ -322,7 +322,7 @@ def set_verify(
             )
         except Exception as exc:  # one peer's fault ends its handshake only
             if connection is not None:
-                _problems[connection] = exc
+                _problems[connection] = exc.with_traceback(None)  # no frame keeps the key alive
             error = X509_V_ERR_UNSPECIFIED
         if error == X509_V_OK:
             if not preverify_ok:  # the verifier overrode OpenSSL's refusal

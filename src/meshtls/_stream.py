@@ -51,6 +51,7 @@ from ._certs import quiet
 from ._errors import HandshakeError, Reason, VerificationError
 from ._identity import IdentitySource
 from ._logs import Throttle, context_fields, event, log_context, throttled
+from ._ossl import validate_groups
 from ._policy import DEFAULT_POLICY, ValidationPolicy
 from ._revocation import RevocationPendingError, RevocationView
 from ._svid import (
@@ -310,13 +311,13 @@ async def _handshake(
     while True:
         try:
             done = session.handshake()
-        except TlsError:
+        except TlsError as exc:
             alert = session.outgoing()  # tell the peer why, if the engine wrote an alert
             if alert:
                 with contextlib.suppress(OSError):  # the peer may be gone already
                     sock.send(alert)
-                    if progress is not None:
-                        progress.alerted = True
+                    if progress is not None and exc.verdict is not None:
+                        progress.alerted = True  # we refused its certificate: linger
             raise
         out = session.outgoing()
         if out and connecting:
@@ -1261,6 +1262,8 @@ async def serve(
         raise ValueError("max_handshakes must be >= 1")
     if max_connections < 1:
         raise ValueError("max_connections (a connection cap) must be >= 1")
+    if groups is not None:
+        validate_groups(groups)  # a list OpenSSL refuses fails here, once, not per connection
     connections = trio.CapacityLimiter(max_connections)
     listeners = await trio.open_tcp_listeners(port, host=host)
     handshakes = _Handshakes(max_handshakes)
@@ -1332,9 +1335,11 @@ async def serve(
             _log_rejection("server", exc, seconds)
             access.rejected(exc.reason)
             rejected(exc, seconds)
-            if handshake is not None and handshake.alerted:
-                await _let_the_alert_land(sock)
-            sock.close()
+            try:
+                if handshake is not None and handshake.alerted:
+                    await _let_the_alert_land(sock)
+            finally:
+                sock.close()
             return
         except OSError as exc:
             sock.close()

@@ -382,7 +382,7 @@ class TlsSession:
     byte fed before it.
     """
 
-    __slots__ = ("_judging", "_out", "_server_side", "_stopped", "_tls")
+    __slots__ = ("_eof", "_judging", "_out", "_server_side", "_stopped", "_tls")
 
     def __init__(
         self, context: SSL.Context, *, server_side: bool, verifier: PeerVerifier | None = None
@@ -397,6 +397,7 @@ class TlsSession:
         self._server_side = server_side
         self._out = bytearray()
         self._stopped: SSL.Error | None = None  # what ended a read that had data to give
+        self._eof = False  # the transport ended (`feed_eof`)
 
     # ------------------------------------------------------------ the handshake
 
@@ -407,9 +408,24 @@ class TlsSession:
         let the `TlsError` go.
         """
         try:
-            return _ossl.handshake_step(self._tls)
+            done = _ossl.handshake_step(self._tls)
         except SSL.Error as exc:
-            raise self._failure(exc) from None
+            failure = self._failure(exc)
+            self._judged()
+            try:
+                raise failure from None
+            finally:
+                del failure  # this frame, kept by the traceback, must not keep the error
+        if done:
+            self._judged()
+        return done
+
+    def _judged(self) -> None:
+        """The handshake is over: the connection lets go of the verification state, and the
+        state of its verdict (now in the `TlsError`), so that no reference cycle through a
+        verdict's traceback keeps the connection alive until the cyclic collector runs."""
+        self._tls.set_app_data(None)
+        self._judging.verdict = None
 
     def _failure(self, exc: SSL.Error) -> TlsError:
         verdict = self._judging.verdict
@@ -462,6 +478,7 @@ class TlsSession:
     def feed_eof(self) -> None:
         """The transport ended. Nothing may be fed after this."""
         self._tls.bio_shutdown()
+        self._eof = True
 
     def has_output(self) -> bool:
         self._out += _ossl.drain(self._tls)
@@ -485,7 +502,10 @@ class TlsSession:
         if problem is None:
             data, problem = _ossl.read_records(self._tls, max_bytes)
             if problem is None:
-                return data or None
+                if data or not self._eof:
+                    return data or None
+                # OpenSSL wants more input that can never come: a truncation, never a spin
+                raise SessionError("the transport ended without close_notify", truncated=True)
             if data:  # give the data first; the next read reports what stopped it
                 self._stopped = problem
                 return data
