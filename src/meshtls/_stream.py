@@ -503,6 +503,8 @@ class MeshStream(trio.abc.HalfCloseableStream):
             self._send_lock.release()
 
     async def _flush_locked(self) -> bool:
+        if self._closed:  # another task's aclose took the lock first and closed the socket
+            raise trio.ClosedResourceError("this MeshStream was closed")
         out = self._session.outgoing()
         if not out:
             return False
