@@ -258,7 +258,7 @@ class TlsContexts:
 @dataclass(slots=True)
 class _Judging:
     """One session's verification state, written by the verify callback. The connection
-    holds it as its app data; it holds nothing back (no reference cycle to collect)."""
+    holds it as its app data until the handshake ends (`TlsSession._judged`)."""
 
     verifier: PeerVerifier | None
     server_side: bool
