@@ -185,3 +185,21 @@ def test_a_refused_handshake_leaves_no_reference_cycle(world: World, bug: bool) 
         assert connection() is None
     finally:
         gc.enable()
+
+
+class _Interrupted(_Refusing):
+    def judge(self, chain: list[bytes], sent: object) -> object:
+        raise SystemExit(3)
+
+
+def test_a_systemexit_inside_the_verify_callback_is_raised_not_swallowed(world: World) -> None:
+    """OpenSSL calls the verifier through cffi, which would print and drop a BaseException:
+    the session keeps it and raises it from `handshake` (the peer is refused meanwhile)."""
+    server_svid = world.ca.issue("spiffe://example.org/server").svid()
+    client_svid = world.ca.issue("spiffe://example.org/client").svid()
+    server = TlsContexts.build(server_svid, world.bundles).session(
+        server_side=True, verifier=_Interrupted(False)
+    )
+    client = TlsContexts.build(client_svid, world.bundles).session(server_side=False)
+    with pytest.raises(SystemExit):
+        _run_handshake(client, server)

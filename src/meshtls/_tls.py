@@ -297,8 +297,8 @@ def _verify(
     except Deferred:
         state.deferred = True
         return _ossl.X509_V_OK
-    except Exception as exc:  # a VerificationError, or a verifier's bug: reject either way
-        state.verdict = exc
+    except BaseException as exc:  # a VerificationError, a verifier's bug, or KeyboardInterrupt
+        state.verdict = exc  # rejected either way; `handshake` re-raises what is no Exception
         return _reject_with(exc)
     return _ossl.X509_V_OK
 
@@ -410,6 +410,7 @@ class TlsSession:
         try:
             done = _ossl.handshake_step(self._tls)
         except SSL.Error as exc:
+            self._raise_interrupt()
             failure = self._failure(exc)
             self._judged()
             try:
@@ -419,6 +420,14 @@ class TlsSession:
         if done:
             self._judged()
         return done
+
+    def _raise_interrupt(self) -> None:
+        """Re-raise a verdict that is no `Exception` (KeyboardInterrupt, SystemExit), which
+        cffi would otherwise have printed and dropped: not the peer's fault."""
+        verdict = self._judging.verdict
+        if verdict is not None and not isinstance(verdict, Exception):
+            self._judged()
+            raise verdict
 
     def _judged(self) -> None:
         """The handshake is over: the connection lets go of the verification state, and the
