@@ -455,13 +455,10 @@ class TlsSession:
         if "peer did not return a certificate" in text.lower():
             return TlsError("no_client_certificate", "the client sent no certificate")
         if "certificate verify failed" in text.lower():  # OpenSSL's own check, no callback
-            code = self._tls_verify_result()
+            code = _ossl.verify_result(self._tls)
             message = _ossl.error_string(code)
             return TlsError(_verify_reason(message), f"OpenSSL: {message} ({code})")
         return TlsError("protocol_error", f"not a TLS 1.3 handshake ({text})")
-
-    def _tls_verify_result(self) -> int:
-        return _ossl.verify_result(self._tls)
 
     @property
     def peer(self) -> object:
@@ -547,21 +544,18 @@ class TlsSession:
     def unverified_chain(self) -> list[bytes]:
         """DER of the chain the peer sent, leaf first; [] if it sent none."""
         chain = _der(self._tls.get_peer_cert_chain())
-        if self._server_side and chain:  # a server's peer chain leaves the leaf out
+        if self._server_side:  # a server's peer chain (OpenSSL's) leaves the client's leaf out
             leaf = self._tls.get_peer_certificate()
             if leaf is not None:
-                chain = [crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf), *chain]
-        elif self._server_side:
-            leaf = self._tls.get_peer_certificate()
-            chain = [] if leaf is None else [crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf)]
+                chain.insert(0, crypto.dump_certificate(crypto.FILETYPE_ASN1, leaf))
         return chain
 
     def sent_chain_length(self) -> int:
-        """How many certificates the peer sent."""
-        chain = self._tls.get_peer_cert_chain() or ()
+        """How many certificates the peer sent (counted without copying any but a leaf)."""
+        count = _ossl.peer_chain_length(self._tls)
         if self._server_side:
-            return len(chain) + (self._tls.get_peer_certificate() is not None)
-        return len(chain)
+            return count + (self._tls.get_peer_certificate() is not None)
+        return count
 
     @property
     def version(self) -> str | None:
