@@ -23,6 +23,16 @@ from .conftest import World
 from .meshnet import Mesh
 
 
+def handshake(client: TlsSession, server: TlsSession) -> None:
+    """Run a handshake over memory to its end; AssertionError if it does not finish."""
+    for _ in range(5):
+        done = [client.handshake(), server.handshake()]
+        pump(client, server)
+        if all(done):
+            return
+    raise AssertionError("the handshake did not finish")
+
+
 def pump(client: TlsSession, server: TlsSession) -> None:
     """Move every pending byte between the two sessions, both ways, until quiet."""
     for _ in range(10):
@@ -52,13 +62,7 @@ def connected(world: World, offer: SSL.Session | None = None) -> tuple[TlsSessio
     client = client_contexts.session(server_side=False)
     if offer is not None:
         client._tls.set_session(offer)
-    for _ in range(5):
-        done = [client.handshake(), server.handshake()]
-        pump(client, server)
-        if all(done):
-            break
-    else:
-        raise AssertionError("the handshake did not finish")
+    handshake(client, server)
     server.write(b"hello")  # a server sends NewSessionTicket after the client's Finished
     pump(client, server)
     assert client.read(100) == b"hello"
@@ -99,12 +103,7 @@ def test_no_chain_is_built_beyond_what_the_svid_source_gave(world: World) -> Non
     server = TlsContexts.build(leaf_only, bundles).session(server_side=True)
     client_svid = world.ca.issue("spiffe://example.org/client").svid()
     client = TlsContexts.build(client_svid, bundles).session(server_side=False)
-    for _ in range(5):
-        done = [client.handshake(), server.handshake()]
-        pump(client, server)
-        if all(done):
-            break
-    assert all(done)
+    handshake(client, server)
     assert client.sent_chain_length() == 1
     assert client.verified_chain()[:2] == [
         issued.leaf.public_bytes(Encoding.DER),
@@ -121,13 +120,7 @@ def test_verified_and_unverified_chains_are_der_leaf_first_on_both_sides() -> No
     client_ctx: TlsContexts = mesh.client.contexts()
     server = server_ctx.session(server_side=True)
     client = client_ctx.session(server_side=False)
-    for _ in range(5):
-        done = [client.handshake(), server.handshake()]
-        pump(client, server)
-        if all(done):
-            break
-    else:
-        raise AssertionError("the handshake did not finish")
+    handshake(client, server)
 
     root = mesh.ca.certificate.public_bytes(Encoding.DER)
     client_chain = [c.public_bytes(Encoding.DER) for c in client_ctx.svid.chain]
