@@ -19,6 +19,7 @@ from meshtls import _svid
 from meshtls._svid import verify_handshake_chain
 
 from .conftest import T, World
+from .test_verify import second_candidate
 
 POLICY = meshtls.ValidationPolicy()
 SKEW = POLICY.clock_skew
@@ -42,6 +43,7 @@ def judge(
     policy: meshtls.ValidationPolicy = POLICY,
     role: Literal["client", "server"] = "client",
     revocation: object = None,
+    sent_chain: Sequence[bytes] | None = None,
 ) -> str:
     """The reason `verify_handshake_chain` gives, or "ok"."""
     try:
@@ -52,6 +54,8 @@ def judge(
             now=now,  # type: ignore[arg-type]
             role=role,
             revocation=revocation,  # type: ignore[arg-type]
+            sent=len(sent_chain or ()),
+            sent_chain=None if sent_chain is None else lambda: sent_chain,
         )
     except meshtls.VerificationError as exc:
         return exc.reason
@@ -136,3 +140,19 @@ def test_a_refusal_is_never_remembered(world: World, role: str) -> None:
     chain = chain_of(world, not_before=T - timedelta(hours=3), ttl=timedelta(hours=2))
     assert judge(world, chain, role=role) in {"expired", "ttl_exceeded"}  # type: ignore[arg-type]
     assert not remembered(chain, role)
+
+
+def test_a_chain_passed_only_by_searching_what_was_sent_is_not_remembered(
+    world: World,
+) -> None:
+    """OpenSSL's chain goes through an intermediate that breaks S-3; the twin the peer also
+    sent gives a valid path. Remembering that verdict under OpenSSL's chain would accept
+    the same bad chain later from a peer that sends no good twin."""
+    issued = second_candidate(world)
+    leaf, bad, good = issued.chain
+    openssl_chain = [der(leaf), der(bad), der(world.ca.certificate)]
+    sent_both = [der(leaf), der(bad), der(good)]
+    assert judge(world, openssl_chain, sent_chain=sent_both) == "ok"
+    assert not remembered(openssl_chain)
+    sent_bad_only = [der(leaf), der(bad)]
+    assert judge(world, openssl_chain, sent_chain=sent_bad_only) == "bad_signing_certificate"

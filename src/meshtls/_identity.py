@@ -54,8 +54,7 @@ class Identity:
 
         Raises `VerificationError` (``malformed_certificate``) when the TLS library refuses
         the SVID, its key or a root, and `GroupsError` (a ValueError) for a groups list
-        OpenSSL refuses;
-        nothing is kept then, and the next call tries again.
+        OpenSSL refuses; nothing is kept then, and the next call tries again.
         """
         key = DEFAULT_GROUPS if groups is None else groups
         built = self._built.get(key)
