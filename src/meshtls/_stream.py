@@ -946,18 +946,15 @@ async def _deferred_verdict(session: TlsSession, ctx: _HandshakeContext) -> Veri
             peer=ctx.address,
             claimed_id=_claimed_id(verified),
         ) from exc
+    claimed = str(peer.spiffe_id)
     try:
-        ctx.authorize(peer)
+        ctx._authorize(peer)
     except VerificationError as exc:
-        claimed = str(peer.spiffe_id)
         raise HandshakeError(exc.reason, exc.detail, peer=ctx.address, claimed_id=claimed) from exc
-    except Exception as exc:  # fail closed (logged as a bug, with its traceback)
-        raise HandshakeError(
-            "unauthorized",
-            f"the authorizer failed ({describe_error(exc)})",
-            peer=ctx.address,
-            claimed_id=str(peer.spiffe_id),
-        ) from exc
+    except _AuthorizerError as exc:  # fail closed (logged as a bug, with its traceback)
+        message = f"the authorizer failed ({exc})"
+        error = HandshakeError("unauthorized", message, peer=ctx.address, claimed_id=claimed)
+        raise error from exc.__cause__
     return peer
 
 
