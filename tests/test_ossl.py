@@ -29,6 +29,7 @@ X509_V_FLAG_PARTIAL_CHAIN = 0x80000
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
 SSL_MODE_NO_AUTO_CHAIN = 0x8
 TICKET = bytes([4])  # the NewSessionTicket handshake message type
+CLIENT_HELLO = bytes([1])
 WAIT = 5.0
 Side = Literal["server", "client"]
 
@@ -173,7 +174,8 @@ def test_every_binding_symbol_and_private_attribute_the_shim_uses_exists() -> No
 
 def test_the_binding_still_lacks_num_tickets() -> None:
     """When cryptography adds SSL_CTX_set_num_tickets, `refuse_resumption` calls it and
-    the ticket count below becomes 0: update the docstrings and decisions.md then."""
+    the ticket count after a HelloRetryRequest below becomes 0: update the docstrings
+    and decisions.md then."""
     assert _ossl.HAS_NUM_TICKETS is False
 
 
@@ -330,15 +332,19 @@ def test_a_bad_groups_list_is_refused_and_leaves_no_openssl_error(
 
 @contextlib.contextmanager
 def counting_tickets(ctx: SSL.Context) -> Iterator[list[int]]:
-    """The size of each NewSessionTicket message the server writes (OpenSSL's msg callback)."""
+    """The size of each NewSessionTicket message the server writes, and a 0 for each
+    ClientHello it reads (OpenSSL's msg callback)."""
     binding = Binding()
     sizes: list[int] = []
 
     def on_message(*args: object) -> None:
         write, _version, content, buf, length, _ssl, _arg = args
         assert isinstance(length, int)
-        if write and content == 22 and binding.ffi.buffer(buf, length)[0:1] == TICKET:
+        kind = binding.ffi.buffer(buf, length)[0:1] if content == 22 else b""
+        if write and kind == TICKET:
             sizes.append(length)
+        elif not write and kind == CLIENT_HELLO:
+            sizes.append(0)
 
     callback = binding.ffi.callback(
         "void (*)(int, int, int, void *, size_t, SSL *, void *)", on_message
@@ -351,12 +357,26 @@ def counting_tickets(ctx: SSL.Context) -> Iterator[list[int]]:
         binding.lib.SSL_CTX_set_msg_callback(raw, binding.ffi.NULL)
 
 
-@pytest.mark.parametrize("refused", [True, False], ids=["refused", "control"])
-def test_no_session_can_resume_and_the_tickets_are_counted(world: World, refused: bool) -> None:
-    """OpenSSL 4 via this binding cannot be told num_tickets=0: the server still sends
-    two stateful tickets, but they key a cache that is off, so an offered session is
-    ignored and the peer is verified again in a full handshake. The control (OpenSSL's
-    defaults on the server) shows that the client really offers a resumable session."""
+@pytest.mark.parametrize(
+    ("case", "client_groups"),
+    [
+        ("refused", _ossl.DEFAULT_GROUPS),
+        ("refused", "P-256:X25519"),  # a P-256 key share only: the server asks again
+        ("control", _ossl.DEFAULT_GROUPS),
+    ],
+    ids=["refused", "refused-after-hello-retry", "control"],
+)
+def test_no_session_can_resume_and_the_tickets_are_counted(
+    world: World, case: str, client_groups: str
+) -> None:
+    """OpenSSL 4 via this binding cannot be told num_tickets=0; `refuse_resumption`
+    stops its tickets from the servername callback instead, except after a
+    HelloRetryRequest, when the server sends two stateful tickets that key a cache that
+    is off. Either way an offered session is ignored and the peer is verified again in a
+    full handshake. The control (OpenSSL's defaults on the server) shows that the client
+    really offers a resumable session."""
+    refused = case == "refused"
+    retried = client_groups != _ossl.DEFAULT_GROUPS
     server_ctx = context(world, "server", resumable=not refused)
     verified: list[int] = []
 
@@ -367,17 +387,23 @@ def test_no_session_can_resume_and_the_tickets_are_counted(world: World, refused
         return accept_what_openssl_accepts(connection, ok, error, depth, chain)
 
     _ossl.set_verify(server_ctx, counting)
-    client = context(world, "client")
+    client = context(world, "client", groups=client_groups)
     client.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)  # this client wants to resume
-    with counting_tickets(server_ctx) as tickets:
+    with counting_tickets(server_ctx) as messages:
         first = handshake(server_ctx, client)
     assert first.echoed
-    assert len(tickets) == (0 if _ossl.HAS_NUM_TICKETS and refused else 2)
-    if refused:
+    hellos = [size for size in messages if size == 0]
+    tickets = [size for size in messages if size]
+    assert len(hellos) == (2 if retried else 1)
+    if refused and not retried:
+        assert tickets == []
+    elif refused:
+        assert len(tickets) == 2
         # Each: a 4-byte header, lifetime, age_add, nonce and a 32-byte session id (57
         # bytes here), and on the wire a TLS 1.3 record's 22 more (header, type, AEAD tag).
         assert all(40 <= size <= 80 for size in tickets), tickets
     else:  # a stateless ticket carries the whole session, the client's chain included
+        assert len(tickets) == 2
         assert all(size > 500 for size in tickets), tickets
     session = first.connections["client"].get_session()
     assert session is not None
@@ -501,6 +527,8 @@ async def test_openssl_offering_a_saved_session_gets_a_full_handshake(
     saved = tmp_path / "session.pem"
     argv = [openssl, "s_client", "-noservername", "-ign_eof", "-tls1_3"]
     argv += _write_pem(tmp_path, world)
+    if refused:  # the server sends tickets only after a HelloRetryRequest
+        argv += ["-groups", "P-256:X25519"]
     ctx = context(world, "server", resumable=not refused)
     verified: list[int] = []
 

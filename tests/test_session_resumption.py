@@ -1,10 +1,10 @@
 """P-5: no session resumption that skips verification.
 
 A resumed TLS session carries no peer chain to verify, so meshtls never resumes. Its
-OpenSSL 4 server still sends two TLS 1.3 tickets (pyOpenSSL cannot reach
-``SSL_CTX_set_num_tickets``), but they are stateful (``OP_NO_TICKET``): each is only a key
-into the server's session cache, which is off, so a client that offers one gets a full
-handshake in which its certificate is verified again (src/meshtls/_ossl.py). The peers are
+server sends no TLS 1.3 ticket, except after a HelloRetryRequest, when OpenSSL 4 sends
+two stateful ones (pyOpenSSL cannot reach ``SSL_CTX_set_num_tickets``): each is only a
+key into the server's session cache, which is off, so a client that offers one gets a
+full handshake in which its certificate is verified again (src/meshtls/_ossl.py). The peers are
 independent of meshtls: Python's ``ssl`` (through `trio.SSLStream`) and the ``openssl``
 CLI. Each test here fails if `_tls._context` turns tickets back on.
 """
@@ -163,7 +163,7 @@ async def test_P_5_the_server_gives_python_ssl_no_session_ticket(
     assert first.session is not None
     assert not first.reused
 
-    # Offering that session (and its stateful ticket) resumes nothing: a full handshake,
+    # Offering that session (it holds no ticket) resumes nothing: a full handshake,
     # verified again.
     second = await python_visit(greeter.port, context, offer=first.session)
     assert second.greeting == first.greeting
@@ -242,15 +242,32 @@ async def ticket_issuing_server(world: World) -> AsyncIterator[int]:
         await process.stdout.aclose()
 
 
-async def test_P_5_openssl_s_client_saves_a_ticket_that_resumes_nothing(
+async def test_P_5_openssl_s_client_gets_no_ticket(
     world: World, greeter: Greeter, tmp_path: Path
 ) -> None:
     saved = tmp_path / "session.pem"
-    got = await s_client(greeter.port, world, world.client, "-sess_out", str(saved))
+    got = await s_client(greeter.port, world, world.client, "-sess_out", str(saved), "-msg")
     assert f"hello {CLIENT_ID}" in got, got
     assert "New, TLSv1.3" in got, got
-    assert saved.exists()  # s_client writes a TLS 1.3 session only when a ticket arrives
-    again = await s_client(greeter.port, world, world.client, "-sess_in", str(saved))
+    assert "NewSessionTicket" not in got, got  # -msg names every handshake message read
+    assert not saved.exists()  # s_client writes a TLS 1.3 session only when a ticket arrives
+    assert greeter.greeted == [CLIENT_ID]
+
+
+async def test_P_5_after_a_hello_retry_the_tickets_resume_nothing(
+    world: World, greeter: Greeter, tmp_path: Path
+) -> None:
+    """A client whose only key share is for a group the server does not take (P-256) gets
+    a HelloRetryRequest, after which OpenSSL 4 sends two stateful tickets (src/meshtls/
+    _ossl.py): offering one resumes nothing."""
+    saved = tmp_path / "session.pem"
+    retry = ("-groups", "P-256:X25519")
+    got = await s_client(greeter.port, world, world.client, *retry, "-sess_out", str(saved), "-msg")
+    assert got.count("], ClientHello") == 2, got  # -msg: the second follows the retry
+    assert got.count("], NewSessionTicket") == 2, got
+    assert f"hello {CLIENT_ID}" in got, got
+    assert saved.exists()  # the ticket arrived
+    again = await s_client(greeter.port, world, world.client, *retry, "-sess_in", str(saved))
     assert "New, TLSv1.3" in again, again
     assert "Reused" not in again, again
     assert greeter.greeted == [CLIENT_ID, CLIENT_ID]  # verified and greeted twice

@@ -82,12 +82,29 @@ def test_P_5_an_offered_session_resumes_nothing_and_the_peer_is_verified_again(
     assert again.verified_chain()  # the server's chain was verified again
 
 
-def test_P_5_contexts_refuse_tickets_and_keep_no_session_cache(world: World) -> None:
-    svid = world.ca.issue().svid()
-    contexts = TlsContexts.build(svid, world.bundles)
-    for context in (contexts.server, contexts.client):
-        assert context.set_options(0) & SSL.OP_NO_TICKET
+def test_P_5_a_server_sends_no_ticket_and_neither_side_keeps_a_session_cache(
+    world: World,
+) -> None:
+    """Once the server has the client's Finished, it has nothing more to send: no
+    NewSessionTicket (a ticket would be 2 x 79 bytes here, see tests/test_ossl.py)."""
+    server_contexts = TlsContexts.build(
+        world.ca.issue("spiffe://example.org/s").svid(), world.bundles
+    )
+    client_contexts = TlsContexts.build(
+        world.ca.issue("spiffe://example.org/c").svid(), world.bundles
+    )
+    for context in (server_contexts.server, client_contexts.client):
         assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    server = server_contexts.session(server_side=True)
+    client = client_contexts.session(server_side=False)
+    assert not client.handshake()
+    server.feed(client.outgoing())
+    assert not server.handshake()
+    client.feed(server.outgoing())
+    assert client.handshake()
+    server.feed(client.outgoing())
+    assert server.handshake()
+    assert server.outgoing() == b""
 
 
 def test_no_chain_is_built_beyond_what_the_svid_source_gave(world: World) -> None:

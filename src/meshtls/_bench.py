@@ -48,9 +48,9 @@ of work ends with the client's close_notify read by the server. ``spiffe-tls`` i
 py-spiffe's spiffe-tls (the direct competitor), with ONE reused ``create_ssl_context``
 per side (not ``dial``, which builds a context per connection) over blocking sockets, a
 server thread and TCP_NODELAY, checking the peer's SPIFFE ID; it is given X25519 too.
-None of these can send zero tickets (cryptography's binding has no
-``SSL_CTX_set_num_tickets``, see `meshtls._ossl`): each server sends two stateful,
-unusable tickets (2 x 79 bytes). Without spiffe-tls (the ``bench`` dependency group),
+Each of these servers sends no ticket, as meshtls's and the stdlib rows' do
+(`meshtls._ossl.refuse_resumption`: cryptography's binding has no
+``SSL_CTX_set_num_tickets``). Without spiffe-tls (the ``bench`` dependency group),
 its row is reported unavailable, with the reason.
 
 Idle memory: 1,000 client streams connected to a server whose handler holds each

@@ -20,12 +20,19 @@ attribute used here goes away.
   (``X509_STORE_CTX_set_error``), so that OpenSSL's own error-to-alert table
   (``ssl_x509err2alert``) sends the alert: see `REJECT`. ``access_denied`` is not in
   that table, so no verify error reaches it.
-- **No resumption** (`refuse_resumption`). The binding has no ``SSL_CTX_set_num_tickets``
-  and no ``SSL_CTX_ctrl`` (the bundled library holds them, but as hidden symbols), and an
-  ``OPENSSL_CONF`` ``NumTickets = 0`` would reach the whole process. So an OpenSSL 4
-  server still sends its two TLS 1.3 tickets, but they are stateful (``OP_NO_TICKET``:
-  a ticket is only a session-cache key) and the server's cache is off, so none can ever
-  resume. If the binding gains ``SSL_CTX_set_num_tickets``, it is called with 0 too.
+- **No resumption, and no tickets** (`refuse_resumption`). The binding has no
+  ``SSL_CTX_set_num_tickets`` and no ``SSL_CTX_ctrl`` (the bundled library holds them,
+  but as hidden symbols), and an ``OPENSSL_CONF`` ``NumTickets = 0`` would reach the
+  whole process. What the binding does have is the servername callback, which OpenSSL
+  calls on every ClientHello, SNI or not; when it turns ``OP_NO_TICKET`` on for the
+  connection (off until then), OpenSSL drops the ticket it meant to send
+  (``final_server_name``), so the server sends none. After a HelloRetryRequest the
+  second ClientHello cannot turn tickets off again (the option is already on): that
+  handshake ends with two stateful tickets that key a session cache which is off, so
+  none can resume. Both paths are tested (tests/test_ossl.py). Tickets are worth
+  removing, not only tolerating: a client that reads and writes one TLS connection
+  from two threads (the `websockets` library's sync client on the stdlib ``ssl``) can
+  lose its first write while its reader handles a ticket, and they cost 158 bytes.
 """
 
 from __future__ import annotations
@@ -59,6 +66,8 @@ SYMBOLS: Final = (
     "X509_STORE_CTX_set_error",
     "ERR_clear_error",
     "SSL_session_reused",
+    "SSL_CTX_set_tlsext_servername_callback",
+    "SSL_set_options",
     "X509_STORE_CTX_get1_chain",
     "sk_X509_num",
     "sk_X509_value",
@@ -268,16 +277,38 @@ def negotiated_group(connection: SSL.Connection) -> str | None:
 
 
 def refuse_resumption(context: SSL.Context) -> None:
-    """Make every handshake on `context` a full one (SPIFFE-RULES P-5).
+    """Make every handshake on `context` a full one (SPIFFE-RULES P-5), with no ticket.
 
-    Server side: tickets are stateful (``OP_NO_TICKET``) and the session cache is off, so
-    a ticket names nothing and a client offering one gets a full, verified handshake.
-    Client side: no cache, so no session is ever offered. See the module docstring.
+    As a server: no ticket is sent (`_no_ticket`), or, after a HelloRetryRequest, two
+    stateful ones that name nothing, the session cache being off; a client offering a
+    ticket gets a full, verified handshake. As a client: no cache, so no session is
+    ever offered. The context's own servername callback is taken (meshtls has no SNI).
+    See the module docstring.
     """
-    context.set_options(SSL.OP_NO_TICKET)
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if HAS_NUM_TICKETS:  # pragma: no cover - not in cryptography 50's binding
         _lib.SSL_CTX_set_num_tickets(_raw_context(context), 0)
+    # OP_NO_TICKET must stay off on the context: OpenSSL drops the ticket only when the
+    # callback is what turns it on.
+    _lib.SSL_CTX_set_tlsext_servername_callback(_raw_context(context), _no_ticket)
+
+
+_OP_NO_TICKET: Final = int(_lib.SSL_OP_NO_TICKET)
+_SNI_OK: Final = int(_lib.SSL_TLSEXT_ERR_OK)
+_SNI_FATAL: Final = int(_lib.SSL_TLSEXT_ERR_ALERT_FATAL)
+
+
+def _no_ticket_callback(ssl: object, alert: object, arg: object) -> int:
+    """The servername callback of `refuse_resumption`: tickets off for this connection
+    (no Python object is looked up, so nothing here can fail; if it did, the handshake
+    would end with an alert rather than go on issuing tickets)."""
+    _lib.SSL_set_options(ssl, _OP_NO_TICKET)
+    return _SNI_OK
+
+
+_no_ticket: Final = _ffi.callback(
+    "int (*)(SSL *, int *, void *)", _no_ticket_callback, error=_SNI_FATAL
+)
 
 
 def session_reused(connection: SSL.Connection) -> bool:
