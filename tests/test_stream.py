@@ -384,3 +384,45 @@ async def test_aclose_gives_up_after_close_notify_timeout_when_the_peer_never_re
         assert trio.current_time() - started >= CLOSE_NOTIFY_TIMEOUT
         with pytest.raises(trio.BrokenResourceError):
             await _read_to_the_end(client)
+
+
+async def test_an_exchange_closed_both_ways_leaves_no_reference_cycle() -> None:
+    """Each stream, its session and its socket are freed by reference counting alone, once
+    the echo exchange ends with close_notify both ways: none waits for the cyclic collector
+    (which, with one cycle per connection, cost a full collection's pause every few
+    thousand handshakes and kept closed sockets' memory until then)."""
+    import gc
+    import weakref
+
+    mesh = Mesh()
+    streams: list[weakref.ref[object]] = []
+    served = trio.Semaphore(0)
+
+    async def echo(stream: meshtls.MeshStream) -> None:
+        streams.append(weakref.ref(stream._session._tls))  # MeshStream has no __weakref__
+        streams.append(weakref.ref(stream._sock))
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+        served.release()
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, echo, source=mesh.server)
+            for _ in range(3):
+                client = await meshtls.connect(
+                    "127.0.0.1", port, source=mesh.client, authorize=meshtls.authorize_any()
+                )
+                streams.append(weakref.ref(client._session._tls))
+                await client.send_all(b"x")
+                assert await client.receive_some() == b"x"
+                await client.aclose()
+                del client
+                await served.acquire()
+            await trio.testing.wait_all_tasks_blocked()  # the handler tasks have ended
+            nursery.cancel_scope.cancel()
+        assert len(streams) == 9
+        assert [ref() for ref in streams] == [None] * 9
+    finally:
+        gc.enable()

@@ -498,7 +498,10 @@ def read_records(connection: SSL.Connection, max_bytes: int) -> tuple[bytes, SSL
             try:
                 connection._raise_ssl_error(ssl, count)
             except SSL.Error as exc:
-                problem = exc
+                # without its traceback: kept (by the caller too), it would hold this
+                # frame, whose `problem` holds it, and every caller's frame (a cycle
+                # that only the cyclic collector frees, with the stream and its socket)
+                problem = exc.with_traceback(None)
         break
     return (_ffi.buffer(buffer, got)[:] if got else b""), problem
 
