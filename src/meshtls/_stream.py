@@ -619,8 +619,15 @@ class MeshStream(trio.abc.HalfCloseableStream):
             self._eof_sent = True
             self._session.close_notify()
             out = self._session.outgoing()
-            with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT):
-                waited = await _send_all(self._sock, out)
+            try:
+                sent = self._sock.send(out)  # the socket nearly always takes it at once
+            except BlockingIOError:
+                sent = 0
+            if sent < len(out):  # a cancel scope (and its deadline) only when it must wait
+                with trio.move_on_after(CLOSE_NOTIFY_TIMEOUT):
+                    waited = await _send_all(self._sock, out[sent:])
+                    flushed = True
+            else:
                 flushed = True
         except (OSError, SessionError):
             pass
