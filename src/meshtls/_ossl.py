@@ -85,6 +85,7 @@ SYMBOLS: Final = (
     "X509_STORE_get0_objects",
     "sk_X509_OBJECT_num",
     "SSL_get_peer_cert_chain",
+    "SSL_get_peer_certificate",
     "SSL_read",
     "SSL_get_error",
     "SSL_do_handshake",
@@ -376,34 +377,48 @@ def _store_chain(store: object) -> list[bytes]:
     stack = _lib.X509_STORE_CTX_get1_chain(store)
     if stack == _ffi.NULL:
         return []
+    certificates = [_lib.sk_X509_value(stack, i) for i in range(_lib.sk_X509_num(stack))]
     try:
-        return [_der(_lib.sk_X509_value(stack, i)) for i in range(_lib.sk_X509_num(stack))]
+        return _ders(certificates)
     finally:
-        for i in range(_lib.sk_X509_num(stack)):
-            _lib.X509_free(_lib.sk_X509_value(stack, i))
+        for certificate in certificates:
+            _lib.X509_free(certificate)
         _lib.sk_X509_free(stack)
 
 
-def _der(certificate: object) -> bytes:
+def _ders(certificates: list[object]) -> list[bytes]:
+    """The DER of each certificate, encoded one after another into one memory BIO (a
+    handshake's verify callback runs this: two binding calls a certificate, not five)."""
     bio = _lib.BIO_new(_lib.BIO_s_mem())
     if bio == _ffi.NULL:  # pragma: no cover - out of memory
         raise MemoryError("BIO_new")
     try:
-        if _lib.i2d_X509_bio(bio, certificate) != 1:  # pragma: no cover - out of memory
-            _lib.ERR_clear_error()
-            raise MemoryError("i2d_X509_bio")
         data = _ffi.new("char **")
-        length = _lib.BIO_get_mem_data(bio, data)
-        return bytes(_ffi.buffer(data[0], length))
+        ends = [0]
+        for certificate in certificates:
+            if _lib.i2d_X509_bio(bio, certificate) != 1:  # pragma: no cover - out of memory
+                _lib.ERR_clear_error()
+                raise MemoryError("i2d_X509_bio")
+            ends.append(_lib.BIO_get_mem_data(bio, data))
+        encoded = bytes(_ffi.buffer(data[0], ends[-1])) if certificates else b""
+        return [encoded[ends[i] : ends[i + 1]] for i in range(len(certificates))]
     finally:
         _lib.BIO_free(bio)
 
 
-def peer_chain_length(connection: SSL.Connection) -> int:
-    """How many certificates the peer's chain holds as OpenSSL keeps it, without copying
-    any (a server's count leaves the client's leaf out, as ``SSL_get_peer_cert_chain``)."""
-    stack = _lib.SSL_get_peer_cert_chain(_raw_connection(connection))
-    return 0 if stack == _ffi.NULL else int(_lib.sk_X509_num(stack))
+def peer_chain_length(connection: SSL.Connection, *, server_side: bool = False) -> int:
+    """How many certificates the peer sent, without copying any. A server's
+    ``SSL_get_peer_cert_chain`` leaves the client's leaf out: with `server_side`, the leaf
+    is counted apart (``SSL_get_peer_certificate``, a reference let go at once)."""
+    ssl = _raw_connection(connection)
+    stack = _lib.SSL_get_peer_cert_chain(ssl)
+    count = 0 if stack == _ffi.NULL else int(_lib.sk_X509_num(stack))
+    if server_side:
+        leaf = _lib.SSL_get_peer_certificate(ssl)
+        if leaf != _ffi.NULL:
+            _lib.X509_free(leaf)
+            count += 1
+    return count
 
 
 def store_size(context: SSL.Context) -> int:

@@ -551,11 +551,8 @@ class TlsSession:
         return chain
 
     def sent_chain_length(self) -> int:
-        """How many certificates the peer sent (counted without copying any but a leaf)."""
-        count = _ossl.peer_chain_length(self._tls)
-        if self._server_side:
-            return count + (self._tls.get_peer_certificate() is not None)
-        return count
+        """How many certificates the peer sent (counted without copying any)."""
+        return _ossl.peer_chain_length(self._tls, server_side=self._server_side)
 
     @property
     def version(self) -> str | None:
