@@ -135,11 +135,10 @@ class Message:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChannelSettings:
-    """The bounds of message channels. Sizes in bytes and messages, times in seconds."""
+    """The bounds of one link. Sizes in bytes, times in seconds. (A node's inbox size and
+    send timeout are the node's: `Inbox` and ``[mesh]``, not a link's.)"""
 
     max_message_size: int = 1 << 20  # larger: send raises SendError("too_large"); receive: 1009
-    queue_size: int = 64  # messages buffered per inbox and per channel before backpressure
-    send_timeout: float = 10.0  # a node's send: a connection plus the peer's acknowledgement
     keepalive_interval: float = 15.0  # idle seconds before a keepalive ping
     keepalive_timeout: float = 10.0  # a ping unanswered this long ends the link
     upgrade_timeout: float = 10.0  # the WebSocket upgrade after the TLS handshake
@@ -147,9 +146,7 @@ class ChannelSettings:
     def __post_init__(self) -> None:
         if self.max_message_size < 1:
             raise ValueError("max_message_size must be at least 1 byte")
-        if self.queue_size < 1:
-            raise ValueError("queue_size must be at least 1")
-        for name in ("send_timeout", "keepalive_interval", "keepalive_timeout", "upgrade_timeout"):
+        for name in ("keepalive_interval", "keepalive_timeout", "upgrade_timeout"):
             value: float = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a positive number of seconds")

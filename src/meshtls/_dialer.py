@@ -77,11 +77,9 @@ RETIRE_GRACE: Final = 1.0
 
 
 def channel_settings(mesh: MeshSettings) -> ChannelSettings:
-    """The message channels' settings from ``[mesh]``."""
+    """A link's settings from ``[mesh]`` (the inbox size and send timeout stay the node's)."""
     return ChannelSettings(
         max_message_size=mesh.max_message_size,
-        queue_size=mesh.queue_size,
-        send_timeout=mesh.send_timeout.total_seconds(),
         keepalive_interval=mesh.keepalive_interval.total_seconds(),
         keepalive_timeout=mesh.keepalive_timeout.total_seconds(),
         upgrade_timeout=mesh.upgrade_timeout.total_seconds(),
