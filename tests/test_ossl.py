@@ -9,6 +9,7 @@ loudly if cryptography's binding or pyOpenSSL drops anything the shim uses.
 from __future__ import annotations
 
 import contextlib
+import gc
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -259,6 +260,48 @@ def test_a_verifier_that_raises_sends_internal_error_and_keeps_the_exception(
     assert _ossl.verify_problem(outcome.connections["client"]) is None
 
 
+def _reaches(start: object, target: object) -> bool:
+    """Whether `target` can be reached from `start` through object references."""
+    seen: set[int] = set()
+    pending = [start]
+    while pending:
+        item = pending.pop()
+        if item is target:
+            return True
+        if id(item) in seen or isinstance(item, type):
+            continue
+        seen.add(id(item))
+        pending.extend(gc.get_referents(item))
+    return False
+
+
+def test_a_kept_verifier_exception_does_not_keep_its_connection_alive(world: World) -> None:
+    """`verify_problem` keys its exceptions by connection, weakly: the exception kept (and
+    whatever it is chained to) must hold no frame, whose locals would hold the connection
+    and keep its entry for good."""
+
+    def inner(connection: SSL.Connection) -> None:
+        raise ValueError(f"cannot read {connection!r}")
+
+    def broken(
+        connection: SSL.Connection, ok: bool, error: int, depth: int, chain: _ossl.Chain
+    ) -> int:
+        try:
+            inner(connection)
+        except ValueError as exc:
+            raise RuntimeError("the verifier broke") from exc
+        return _ossl.X509_V_OK
+
+    server_ctx, client_ctx = context(world, "server"), context(world, "client")
+    _ossl.set_verify(server_ctx, broken)
+    outcome = handshake(server_ctx, client_ctx)
+    server = outcome.connections["server"]
+    problem = _ossl.verify_problem(server)
+    assert isinstance(problem, RuntimeError)
+    assert isinstance(problem.__cause__, ValueError)  # the chain is kept, its frames are not
+    assert not _reaches(problem, server)
+
+
 def test_openssls_own_rejection_keeps_its_own_alert(world: World) -> None:
     """A client that trusts another CA: OpenSSL's own error passes through the verifier,
     so the server hears unknown_ca."""
@@ -405,6 +448,8 @@ def test_no_session_can_resume_and_the_tickets_are_counted(
     else:  # a stateless ticket carries the whole session, the client's chain included
         assert len(tickets) == 2
         assert all(size > 500 for size in tickets), tickets
+    # Without a ticket (refused, no retry) the client has nothing to offer: the checks
+    # below then hold trivially; the retry and the control are the cases that offer one.
     session = first.connections["client"].get_session()
     assert session is not None
     verified.clear()
@@ -415,6 +460,31 @@ def test_no_session_can_resume_and_the_tickets_are_counted(
     assert _ossl.session_reused(second.connections["client"]) is not refused
     assert _ossl.session_reused(second.connections["server"]) is not refused
     assert verified == ([1, 0] if refused else [])  # refused: the chain was verified again
+
+
+def test_a_stateless_ticket_of_the_same_context_resumes_nothing(world: World) -> None:
+    """The backstop behind `refuse_resumption`'s callback: were a stateless ticket ever
+    issued (the callback off, here by hand), offering it back resumes nothing, for the
+    contexts have no session id context and OpenSSL then fails a handshake that would
+    resume a verified peer. Never give them one (``set_session_id``)."""
+    binding = Binding()
+    server_ctx = context(world, "server")
+    raw = server_ctx._context
+    binding.lib.SSL_CTX_set_tlsext_servername_callback(raw, binding.ffi.NULL)
+    client = context(world, "client")
+    client.set_session_cache_mode(SSL.SESS_CACHE_CLIENT)
+    with counting_tickets(server_ctx) as messages:
+        first = handshake(server_ctx, client)
+    assert first.echoed
+    assert [size for size in messages if size > 500]  # stateless: it carries the session
+    session = first.connections["client"].get_session()
+    assert session is not None
+    binding.lib.SSL_CTX_set_tlsext_servername_callback(raw, _ossl._no_ticket)
+    conn = SSL.Connection(client, None)
+    conn.set_session(session)
+    # The server refuses the resumption outright: the handshake fails, no peer gets in.
+    with pytest.raises(SSL.Error, match="session id context uninitialized"):
+        _handshake_with(server_ctx, conn)
 
 
 def _handshake_with(server_ctx: SSL.Context, client: SSL.Connection) -> Outcome:

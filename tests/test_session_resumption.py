@@ -161,6 +161,7 @@ async def test_P_5_the_server_gives_python_ssl_no_session_ticket(
     first = await python_visit(greeter.port, context)
     assert first.greeting == f"hello {CLIENT_ID}\n".encode()
     assert first.session is not None
+    assert not first.session.has_ticket  # the server sent none
     assert not first.reused
 
     # Offering that session (it holds no ticket) resumes nothing: a full handshake,

@@ -386,9 +386,11 @@ async def test_aclose_gives_up_after_close_notify_timeout_when_the_peer_never_re
             await _read_to_the_end(client)
 
 
-async def test_an_exchange_closed_both_ways_leaves_no_reference_cycle() -> None:
-    """Each stream, its session and its socket are freed by reference counting alone, once
-    the echo exchange ends with close_notify both ways: none waits for the cyclic collector
+@pytest.mark.parametrize("ending", ["close_notify", "reset"])
+async def test_an_exchange_that_ends_leaves_no_reference_cycle(ending: str) -> None:
+    """Each stream, its session and its socket are freed by reference counting alone once
+    the echo exchange ends, with close_notify both ways or with the client's reset (the
+    server's stream then keeps what broke it): none waits for the cyclic collector
     (which, with one cycle per connection, cost a full collection's pause every few
     thousand handshakes and kept closed sockets' memory until then)."""
     import gc
@@ -397,12 +399,16 @@ async def test_an_exchange_closed_both_ways_leaves_no_reference_cycle() -> None:
     mesh = Mesh()
     streams: list[weakref.ref[object]] = []
     served = trio.Semaphore(0)
+    broken: list[bool] = []
 
     async def echo(stream: meshtls.MeshStream) -> None:
         streams.append(weakref.ref(stream._session._tls))  # MeshStream has no __weakref__
         streams.append(weakref.ref(stream._sock))
-        while data := await stream.receive_some():
-            await stream.send_all(data)
+        try:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+        except trio.BrokenResourceError:
+            broken.append(stream.broken)
         served.release()
 
     gc.collect()
@@ -417,11 +423,15 @@ async def test_an_exchange_closed_both_ways_leaves_no_reference_cycle() -> None:
                 streams.append(weakref.ref(client._session._tls))
                 await client.send_all(b"x")
                 assert await client.receive_some() == b"x"
-                await client.aclose()
+                if ending == "reset":
+                    client.abort()
+                else:
+                    await client.aclose()
                 del client
                 await served.acquire()
             await trio.testing.wait_all_tasks_blocked()  # the handler tasks have ended
             nursery.cancel_scope.cancel()
+        assert broken == ([True] * 3 if ending == "reset" else [])
         assert len(streams) == 9
         assert [ref() for ref in streams] == [None] * 9
     finally:

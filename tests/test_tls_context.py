@@ -63,7 +63,7 @@ def connected(world: World, offer: SSL.Session | None = None) -> tuple[TlsSessio
     if offer is not None:
         client._tls.set_session(offer)
     handshake(client, server)
-    server.write(b"hello")  # a server sends NewSessionTicket after the client's Finished
+    server.write(b"hello")  # one round of data both ways after the handshake
     pump(client, server)
     assert client.read(100) == b"hello"
     return client, server
@@ -73,7 +73,8 @@ def test_P_5_an_offered_session_resumes_nothing_and_the_peer_is_verified_again(
     world: World,
 ) -> None:
     """A resumed TLS 1.3 session carries no peer chain to verify: a meshtls client that
-    offers the session (and stateful ticket) it was given gets a full handshake."""
+    offers the session it kept (it holds no ticket: the server sent none) gets a full
+    handshake."""
     client, _ = connected(world)
     saved = client._tls.get_session()
     assert saved is not None

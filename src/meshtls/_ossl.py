@@ -283,8 +283,10 @@ def refuse_resumption(context: SSL.Context) -> None:
     As a server: no ticket is sent (`_no_ticket`), or, after a HelloRetryRequest, two
     stateful ones that name nothing, the session cache being off; a client offering a
     ticket gets a full, verified handshake. As a client: no cache, so no session is
-    ever offered. The context's own servername callback is taken (meshtls has no SNI).
-    See the module docstring.
+    ever offered. The context's own servername callback is taken (meshtls has no SNI);
+    never set another, nor a session id context (``set_session_id``): without one,
+    OpenSSL fails a handshake that would resume a verified peer, the backstop should a
+    stateless ticket ever be issued. See the module docstring.
     """
     context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if HAS_NUM_TICKETS:  # pragma: no cover - not in cryptography 50's binding
@@ -354,7 +356,7 @@ def set_verify(
             )
         except Exception as exc:  # one peer's fault ends its handshake only
             if connection is not None:
-                _problems[connection] = exc.with_traceback(None)  # no frame keeps the key alive
+                _problems[connection] = _without_frames(exc)  # no frame keeps the key alive
             error = X509_V_ERR_UNSPECIFIED
         if error == X509_V_OK:
             if not preverify_ok:  # the verifier overrode OpenSSL's refusal
@@ -366,6 +368,21 @@ def set_verify(
     c_callback = _ffi.callback("int (*)(int, X509_STORE_CTX *)", callback, error=0)
     _callbacks[context] = c_callback
     _lib.SSL_CTX_set_verify(_raw_context(context), mode, c_callback)
+
+
+def _without_frames(exc: Exception) -> Exception:
+    """`exc`, and every exception chained to it, without tracebacks: a verifier's frames
+    hold the connection, which keys `_problems` (kept, they would keep it alive for good)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        link = pending.pop()
+        if link is None or id(link) in seen:
+            continue
+        seen.add(id(link))
+        link.with_traceback(None)
+        pending += (link.__cause__, link.__context__)
+    return exc
 
 
 #: The ex-data index of the ``SSL *`` in a verify callback's store (one per process).

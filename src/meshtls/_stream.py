@@ -471,7 +471,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         It goes out now, without waiting, unless a send is under way (the alert would
         land inside that send's record); then closing the stream sends it.
         """
-        self._broken = exc
+        self._broken = exc.with_traceback(None)  # its frames would hold this stream: a cycle
         if not (self._sending or self._send_lock.locked()):
             self._send_pending()
         return _broken_by(exc, self._ours, heard=self.bytes_received > 0)
@@ -511,10 +511,13 @@ class MeshStream(trio.abc.HalfCloseableStream):
         try:
             return await _send_all(self._sock, out)
         except OSError as exc:
-            self._broken = exc
+            self._broken = exc.with_traceback(None)  # kept without the frames that hold us
             raise trio.BrokenResourceError(f"sending failed: {_words(exc, self._ours)}") from exc
         except BaseException as exc:  # cancelled with part of a record sent
-            self._broken = exc
+            # not the exception itself: it is on its way up, with frames that hold us
+            self._broken = trio.BrokenResourceError(
+                f"a send was interrupted part-way ({type(exc).__name__})"
+            )
             raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -572,7 +575,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     chunk, blocked = await _recv(self._sock, RECEIVE_SIZE)
                 except OSError as exc:
-                    self._broken = exc
+                    self._broken = exc.with_traceback(None)  # no frame of ours kept
                     raise trio.BrokenResourceError(
                         f"receiving failed: {_words(exc, self._ours)}"
                     ) from exc
