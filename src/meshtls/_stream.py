@@ -248,9 +248,17 @@ class PeerRejectedError(trio.BrokenResourceError):
 # ---------------------------------------------------------------- socket primitives
 
 
-async def _recv(sock: socket.socket, max_bytes: int) -> tuple[bytes, bool]:
-    """Receive at least one byte, or b"" at EOF; and whether it had to wait (a checkpoint)."""
-    waited = False
+async def _recv(
+    sock: socket.socket, max_bytes: int, *, wait_first: bool = False
+) -> tuple[bytes, bool]:
+    """Receive at least one byte, or b"" at EOF; and whether it had to wait (a checkpoint).
+
+    With `wait_first`, wait for readability before the first try: for a reply to what we
+    just sent, which cannot be there yet (a failed try costs a system call and an
+    exception)."""
+    waited = wait_first
+    if wait_first:
+        await trio.lowlevel.wait_readable(sock)
     while True:
         try:
             return sock.recv(max_bytes), waited
@@ -333,7 +341,8 @@ async def _handshake(
         if progress is not None:
             progress.waiting_since = trio.current_time()
         try:
-            data, _ = await _recv(sock, RECEIVE_SIZE)
+            # after a flight, the peer's answer is a round trip away: wait before reading
+            data, _ = await _recv(sock, RECEIVE_SIZE, wait_first=bool(out))
         except OSError as exc:
             raise TlsError("protocol_error", f"the peer went away ({exc})") from None
         if progress is not None:
