@@ -472,6 +472,12 @@ class MeshStream(trio.abc.HalfCloseableStream):
         """Whether the connection itself failed (the peer reset or cut it, or TLS failed)."""
         return self._broken is not None
 
+    def _break(self, exc: BaseException) -> None:
+        """Mark the stream broken by `exc`, kept without its traceback: its frames hold
+        this stream, a cycle that would keep stream, session and socket until the cyclic
+        collector ran (the raised error still chains to `exc`)."""
+        self._broken = exc.with_traceback(None)
+
     def _fail(self, exc: SessionError) -> trio.BrokenResourceError:
         """The TLS session failed: break the stream, tell the peer why, return the error.
 
@@ -480,7 +486,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
         It goes out now, without waiting, unless a send is under way (the alert would
         land inside that send's record); then closing the stream sends it.
         """
-        self._broken = exc.with_traceback(None)  # its frames would hold this stream: a cycle
+        self._break(exc)
         if not (self._sending or self._send_lock.locked()):
             self._send_pending()
         return _broken_by(exc, self._ours, heard=self.bytes_received > 0)
@@ -520,13 +526,11 @@ class MeshStream(trio.abc.HalfCloseableStream):
         try:
             return await _send_all(self._sock, out)
         except OSError as exc:
-            self._broken = exc.with_traceback(None)  # kept without the frames that hold us
+            self._break(exc)
             raise trio.BrokenResourceError(f"sending failed: {_words(exc, self._ours)}") from exc
         except BaseException as exc:  # cancelled with part of a record sent
-            # not the exception itself: it is on its way up, with frames that hold us
-            self._broken = trio.BrokenResourceError(
-                f"a send was interrupted part-way ({type(exc).__name__})"
-            )
+            # not the exception itself: it is on its way up, and keeps its frames
+            self._break(trio.BrokenResourceError(f"a send was interrupted ({type(exc).__name__})"))
             raise
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -584,7 +588,7 @@ class MeshStream(trio.abc.HalfCloseableStream):
                 try:
                     chunk, blocked = await _recv(self._sock, RECEIVE_SIZE)
                 except OSError as exc:
-                    self._broken = exc.with_traceback(None)  # no frame of ours kept
+                    self._break(exc)
                     raise trio.BrokenResourceError(
                         f"receiving failed: {_words(exc, self._ours)}"
                     ) from exc
