@@ -189,9 +189,11 @@ def test_P_4_revocation_on_is_compared_to_off_in_the_same_run(tmp_path: Path) ->
     assert entry["concurrency"] == 1
     assert entry["ratio"] > 0
     assert len(entry["per_round"]) == 2
+    assert entry["paired"] == round(statistics.median(entry["per_round"]), 3)
     assert entry["p50_ratio"] > 0
-    names = [target["name"] for target in report["targets"]]
-    assert "meshtls revocation on / off handshakes/s at concurrency 1" in names
+    targets = {target["name"]: target for target in report["targets"]}
+    target = targets["meshtls revocation on / off handshakes/s at concurrency 1"]
+    assert (target["value"], target["ratio_of_medians"]) == (entry["paired"], entry["ratio"])
     assert "revocation on (soft-fail, warm cache) / off" in handshake.render(report)
 
 
