@@ -108,6 +108,17 @@ def test_P_5_a_server_sends_no_ticket_and_neither_side_keeps_a_session_cache(
     assert server.outgoing() == b""
 
 
+def test_one_engine_write_takes_a_whole_buffer(world: World) -> None:
+    """pyOpenSSL turns on partial writes for every context, so an ``SSL_write`` of 64 KiB
+    would return after each 16 KiB record; a memory BIO always takes everything, and
+    meshtls's contexts write a whole buffer in one call (`_ossl.whole_writes`). The bytes
+    are the same either way."""
+    client, server = connected(world)
+    assert client._tls.send(b"w" * 65536) == 65536  # one SSL_write: four records
+    server.feed(client.outgoing())
+    assert server.read(1 << 17) == b"w" * 65536
+
+
 def test_no_chain_is_built_beyond_what_the_svid_source_gave(world: World) -> None:
     """SSL_MODE_NO_AUTO_CHAIN: a server whose SVID source gave only the leaf sends only the
     leaf, although its store holds the intermediate that would complete the chain (the

@@ -58,6 +58,7 @@ _lib = _binding.lib
 #: (The constants below are read at import, so a lost one fails every import at once.)
 SYMBOLS: Final = (
     "SSL_CTX_set1_curves_list",
+    "SSL_CTX_clear_mode",
     "SSL_CTX_set_verify",
     "SSL_get_ex_data_X509_STORE_CTX_idx",
     "X509_STORE_CTX_get_ex_data",
@@ -275,6 +276,17 @@ def _hint(name: str) -> str:
 def negotiated_group(connection: SSL.Connection) -> str | None:
     """The key-exchange group the handshake used (``X25519MLKEM768``), None before one."""
     return connection.get_group_name()
+
+
+_PARTIAL_WRITE: Final = int(_lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
+
+
+def whole_writes(context: SSL.Context) -> None:
+    """Let one ``SSL_write`` take a whole buffer: pyOpenSSL turns on
+    ``SSL_MODE_ENABLE_PARTIAL_WRITE`` for every context, so a write returns after each
+    16 KiB record (four calls, and four trips through pyOpenSSL, for 64 KiB), which is
+    of use only with a socket BIO that can be full. A memory BIO takes everything."""
+    _lib.SSL_CTX_clear_mode(_raw_context(context), _PARTIAL_WRITE)
 
 
 def refuse_resumption(context: SSL.Context) -> None:

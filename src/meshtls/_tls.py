@@ -199,6 +199,7 @@ def _context(server_side: bool, svid: X509Svid, bundles: BundleSet, groups: str)
     context.set_min_proto_version(SSL.TLS1_3_VERSION)
     context.set_max_proto_version(SSL.TLS1_3_VERSION)
     context.set_mode(SSL_MODE_NO_AUTO_CHAIN)
+    _ossl.whole_writes(context)
     _ossl.refuse_resumption(context)
     try:
         _ossl.set_groups(context, groups)
