@@ -2,7 +2,7 @@
 
 The same as ``meshtls bench handshake``; see `meshtls._bench` for how it measures.
 
-    python benchmarks/handshake.py [--count 300] [--rounds 3] [--concurrency 1,16,64] [--json F]
+    python benchmarks/handshake.py [--count 300] [--rounds 5] [--concurrency 1,16,64] [--json F]
 """
 
 from __future__ import annotations

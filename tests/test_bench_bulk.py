@@ -94,9 +94,9 @@ def test_the_target_flips_at_0_8_and_is_not_judged_without_blocking() -> None:
 
     assert bulk.judge([row("blocking", 1000.0), row("meshtls", 800.0)])[0]["met"] is True
     assert bulk.judge([row("blocking", 1000.0), row("meshtls", 799.0)])[0]["met"] is False
-    # paired: the box halves both stacks' speed in round 2 (820/1000, 410/500, 700/900);
-    # the ratio of medians (700 / 900, from two different rounds) would say not met
-    (drift,) = bulk.judge([row("blocking", 1000, 500, 900), row("meshtls", 820, 410, 700)])
+    # paired: the box halves both stacks' speed in round 2 (700/1000, 410/500, 740/900);
+    # the ratio of medians (round 1's 700 over round 3's 900) would say not met
+    (drift,) = bulk.judge([row("blocking", 1000, 500, 900), row("meshtls", 700, 410, 740)])
     assert (drift["value"], drift["ratio_of_medians"], drift["met"]) == (0.82, 0.778, True)
     alone = bulk.judge([row("meshtls", 800.0)])[0]
     assert alone["met"] is None

@@ -40,7 +40,8 @@ Revocation (issue 9): ``meshtls-rev`` is meshtls with revocation on, soft-fail, 
 side reading one `Revocations` whose cache was filled with ``good`` OCSP statuses for
 both chains before timing (a warm cache, no network). The plain ``meshtls`` row has no
 revocation view, so P-4 looks nothing up: it is revocation off. Both rows are measured
-in the same rounds, and reported as the on/off ratio of medians.
+in the same rounds, and reported as the on/off ratio, paired (its target too) and as a
+ratio of medians.
 
 pyOpenSSL rows (issue 11), at concurrency 1 only, on the OpenSSL that cryptography
 bundles (4.x) rather than the system's: ``pyopenssl-membio`` is a pyOpenSSL client and
@@ -1286,22 +1287,28 @@ def _latency(entry: dict[str, object], name: str) -> float:
     return cast(dict[str, float], entry["latency_ms"])[name]
 
 
-def per_round(mine: dict[str, object], theirs: dict[str, object]) -> list[float]:
-    """`mine`'s handshakes/s over `theirs`' in each round (both rows of one run: round i
-    of each ran in the same round, seconds apart)."""
+def _round_ratios(mine: dict[str, object], theirs: dict[str, object]) -> list[float]:
+    """`mine`'s handshakes/s over `theirs`' in each round where `theirs` completed any
+    (both rows of one run: round i of each ran in the same round, seconds apart)."""
     mine_rounds = cast(list[dict[str, float]], mine["rounds"])
     their_rounds = cast(list[dict[str, float]], theirs["rounds"])
     return [
-        round(m["handshakes_per_second"] / o["handshakes_per_second"], 3)
+        m["handshakes_per_second"] / o["handshakes_per_second"]
         for m, o in zip(mine_rounds, their_rounds, strict=True)
         if o["handshakes_per_second"] > 0
     ]
 
 
+def per_round(mine: dict[str, object], theirs: dict[str, object]) -> list[float]:
+    """`_round_ratios`, rounded for display."""
+    return [round(ratio, 3) for ratio in _round_ratios(mine, theirs)]
+
+
 def paired(mine: dict[str, object], theirs: dict[str, object]) -> float | None:
-    """The median of `per_round`: the ratio a target judges (see the module doc); None
-    when `theirs` completed no handshake in any round."""
-    ratios = per_round(mine, theirs)
+    """The median of the per-round ratios (unrounded; the result rounded to 3 places): the
+    ratio a target judges (see the module doc). None when `theirs` completed no handshake
+    in any round."""
+    ratios = _round_ratios(mine, theirs)
     return round(statistics.median(ratios), 3) if ratios else None
 
 
