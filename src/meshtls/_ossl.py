@@ -20,6 +20,9 @@ attribute used here goes away.
   (``X509_STORE_CTX_set_error``), so that OpenSSL's own error-to-alert table
   (``ssl_x509err2alert``) sends the alert: see `REJECT`. ``access_denied`` is not in
   that table, so no verify error reaches it.
+- **Whole writes** (`whole_writes`). pyOpenSSL turns ``SSL_MODE_ENABLE_PARTIAL_WRITE``
+  on for every context; with memory BIOs it only splits a write into one call per record,
+  so meshtls's contexts turn it off (``SSL_CTX_clear_mode``).
 - **No resumption, and no tickets** (`refuse_resumption`). The binding has no
   ``SSL_CTX_set_num_tickets`` and no ``SSL_CTX_ctrl`` (the bundled library holds them,
   but as hidden symbols), and an ``OPENSSL_CONF`` ``NumTickets = 0`` would reach the

@@ -17,6 +17,7 @@ Context rules (issue 3, issue 11, SPIFFE-RULES.md P-5):
 - Bundle authorities are trust anchors even when not self-signed
   (``X509_V_FLAG_PARTIAL_CHAIN``), as the SPIFFE bundle spec and `verify_svid` treat them.
 - No chain building beyond what the SVID source gave (``SSL_MODE_NO_AUTO_CHAIN``).
+- One ``SSL_write`` takes a whole buffer (`_ossl.whole_writes`: partial writes off).
 - Key exchange groups are explicit (`_ossl.DEFAULT_GROUPS`: hybrid ML-KEM first).
 - The OpenSSL trust store holds the authorities of *every* trusted domain; binding a
   peer to its own domain's roots (L-10) is the `PeerVerifier`'s job.
