@@ -1287,28 +1287,30 @@ def _latency(entry: dict[str, object], name: str) -> float:
     return cast(dict[str, float], entry["latency_ms"])[name]
 
 
-def _round_ratios(mine: dict[str, object], theirs: dict[str, object]) -> list[float]:
-    """`mine`'s handshakes/s over `theirs`' in each round where `theirs` completed any
-    (both rows of one run: round i of each ran in the same round, seconds apart)."""
+def _round_ratios(mine: dict[str, object], theirs: dict[str, object], rate: str) -> list[float]:
+    """`mine`'s `rate` over `theirs`' in each round where `theirs`' is above zero (both
+    rows of one run: round i of each ran in the same round, seconds apart)."""
     mine_rounds = cast(list[dict[str, float]], mine["rounds"])
     their_rounds = cast(list[dict[str, float]], theirs["rounds"])
     return [
-        m["handshakes_per_second"] / o["handshakes_per_second"]
-        for m, o in zip(mine_rounds, their_rounds, strict=True)
-        if o["handshakes_per_second"] > 0
+        m[rate] / o[rate] for m, o in zip(mine_rounds, their_rounds, strict=True) if o[rate] > 0
     ]
 
 
-def per_round(mine: dict[str, object], theirs: dict[str, object]) -> list[float]:
+def per_round(
+    mine: dict[str, object], theirs: dict[str, object], rate: str = "handshakes_per_second"
+) -> list[float]:
     """`_round_ratios`, rounded for display."""
-    return [round(ratio, 3) for ratio in _round_ratios(mine, theirs)]
+    return [round(ratio, 3) for ratio in _round_ratios(mine, theirs, rate)]
 
 
-def paired(mine: dict[str, object], theirs: dict[str, object]) -> float | None:
-    """The median of the per-round ratios (unrounded; the result rounded to 3 places): the
-    ratio a target judges (see the module doc). None when `theirs` completed no handshake
-    in any round."""
-    ratios = _round_ratios(mine, theirs)
+def paired(
+    mine: dict[str, object], theirs: dict[str, object], rate: str = "handshakes_per_second"
+) -> float | None:
+    """The median of the per-round ratios of `rate` (unrounded; the result rounded to 3
+    places): the ratio a target judges (see the module doc; `meshtls bench bulk` judges
+    its MiB/s so too). None when `theirs` had no rate above zero in any round."""
+    ratios = _round_ratios(mine, theirs, rate)
     return round(statistics.median(ratios), 3) if ratios else None
 
 

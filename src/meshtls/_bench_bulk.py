@@ -71,6 +71,7 @@ from ._bench import (
     _port_of,
     environment,
     make_identity,
+    paired,
     positive_int,
     stack_names,
 )
@@ -413,19 +414,6 @@ def compare(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     return ratios
 
 
-def paired(mine: dict[str, object], theirs: dict[str, object]) -> float | None:
-    """The median over rounds of `mine`'s MiB/s over `theirs`' in the same round; None
-    when `theirs` moved nothing in any round."""
-    mine_rounds = cast(list[dict[str, float]], mine["rounds"])
-    their_rounds = cast(list[dict[str, float]], theirs["rounds"])
-    ratios = [
-        m["mib_per_second"] / o["mib_per_second"]
-        for m, o in zip(mine_rounds, their_rounds, strict=True)
-        if o["mib_per_second"] > 0
-    ]
-    return round(statistics.median(ratios), 3) if ratios else None
-
-
 def judge(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     """Issue 11's bulk target, from this run: meshtls / blocking MiB/s >= 0.8, `paired`
     (``ratio_of_medians`` beside it); ``met`` and ``value`` None when either stack was left
@@ -435,7 +423,7 @@ def judge(results: Sequence[dict[str, object]]) -> list[dict[str, object]]:
     medians: float | None = None
     mesh, base = rows.get("meshtls"), rows.get(BASELINE)
     if mesh is not None and base is not None and cast(float, base["mib_per_second"]) > 0:
-        value = paired(mesh, base)
+        value = paired(mesh, base, "mib_per_second")
         rate, base_rate = cast(float, mesh["mib_per_second"]), cast(float, base["mib_per_second"])
         medians = round(rate / base_rate, 3)
     return [
